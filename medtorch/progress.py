@@ -10,10 +10,11 @@ Nested steps use :class:`SubProgress` so that each step reports 0..1 of its own 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from typing import Protocol, TextIO
+from typing import Any, Iterator, Protocol, TextIO
 
 from medtorch.errors import Cancelled
 
@@ -117,6 +118,9 @@ def sitk_observe(filt: object, progress: ProgressCallback | None, cancel: Cancel
 
     A cancel calls the filter's ``Abort()``; SimpleITK then raises, and the caller sees
     :class:`~medtorch.errors.Cancelled` if it wraps ``Execute`` in :func:`run_sitk_filter`.
+    Iterative filters that report only iteration events and ignore ``Abort()`` (N4 bias
+    correction, for one) are stopped by raising :class:`~medtorch.errors.Cancelled` from
+    their iteration event, which SimpleITK turns into an exception out of ``Execute``.
     """
     import SimpleITK as sitk
 
@@ -127,7 +131,37 @@ def sitk_observe(filt: object, progress: ProgressCallback | None, cancel: Cancel
         if progress is not None:
             progress(float(filt.GetProgress()), message)  # type: ignore[attr-defined]
 
+    def on_iteration() -> None:
+        if cancel is not None and cancel.cancelled:
+            filt.Abort()  # type: ignore[attr-defined]
+            raise Cancelled()
+
     filt.AddCommand(sitk.sitkProgressEvent, on_progress)  # type: ignore[attr-defined]
+    if cancel is not None:
+        filt.AddCommand(sitk.sitkIterationEvent, on_iteration)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _quiet_cancel_tracebacks() -> Iterator[None]:
+    """Keep SimpleITK from printing a traceback for a Cancelled raised inside a command.
+
+    SimpleITK reports a Python exception raised in a command through ``sys.excepthook``;
+    during the call, that hook stays silent for :class:`Cancelled` and passes anything
+    else on to the hook that was installed before.
+    """
+    previous = sys.excepthook
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if isinstance(exc_type, type) and issubclass(exc_type, Cancelled):
+            return
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
+    try:
+        yield
+    finally:
+        if sys.excepthook is hook:
+            sys.excepthook = previous
 
 
 def run_sitk_filter(filt: object, *images: object, progress: ProgressCallback | None = None,
@@ -137,7 +171,8 @@ def run_sitk_filter(filt: object, *images: object, progress: ProgressCallback | 
         cancel.raise_if_cancelled()
     sitk_observe(filt, progress, cancel, message)
     try:
-        out = filt.Execute(*images)  # type: ignore[attr-defined]
+        with _quiet_cancel_tracebacks():
+            out = filt.Execute(*images)  # type: ignore[attr-defined]
     except RuntimeError:
         if cancel is not None and cancel.cancelled:
             raise Cancelled() from None

@@ -16,10 +16,12 @@ Conventions (the same everywhere in MedTorch):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from medtorch.errors import MedTorchInputError
 
@@ -36,7 +38,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _as_vec3(values: Any, what: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    # A private copy: a frozen Geometry must not change when the caller's array does.
+    arr = np.array(values, dtype=np.float64, copy=True).reshape(-1)
     if arr.shape != (3,):
         raise MedTorchInputError(
             f"{what} must have 3 values, got {arr.size}", "give one value per axis (i, j, k)"
@@ -44,20 +47,41 @@ def _as_vec3(values: Any, what: str) -> np.ndarray:
     return arr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, init=False)
 class Geometry:
-    """The voxel grid of a volume in LPS physical space."""
+    """The voxel grid of a volume in LPS physical space.
+
+    ``==`` is exact equality of size, origin, spacing and direction; use
+    :meth:`isclose` to compare within a tolerance. Geometries are hashable.
+    """
 
     size: tuple[int, int, int]
     origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
     spacing: np.ndarray = field(default_factory=lambda: np.ones(3))
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
 
+    def __init__(
+        self,
+        size: Sequence[int],
+        origin: ArrayLike | None = None,
+        spacing: ArrayLike | None = None,
+        direction: ArrayLike | None = None,
+    ) -> None:
+        """Any array-likes are accepted; they are copied into read-only float64 arrays.
+
+        Defaults: origin (0, 0, 0), spacing (1, 1, 1), identity direction.
+        """
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "origin", np.zeros(3) if origin is None else origin)
+        object.__setattr__(self, "spacing", np.ones(3) if spacing is None else spacing)
+        object.__setattr__(self, "direction", np.eye(3) if direction is None else direction)
+        self.__post_init__()
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
         object.__setattr__(self, "origin", _as_vec3(self.origin, "origin"))
         object.__setattr__(self, "spacing", _as_vec3(self.spacing, "spacing"))
-        d = np.asarray(self.direction, dtype=np.float64)
+        d = np.array(self.direction, dtype=np.float64, copy=True)
         if d.size != 9:
             raise MedTorchInputError(
                 f"direction must be a 3x3 matrix, got {d.size} values",
@@ -66,6 +90,20 @@ class Geometry:
         object.__setattr__(self, "direction", d.reshape(3, 3))
         for a in (self.origin, self.spacing, self.direction):
             a.setflags(write=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Geometry):
+            return NotImplemented
+        return (
+            self.size == other.size
+            and bool(np.array_equal(self.origin, other.origin))
+            and bool(np.array_equal(self.spacing, other.spacing))
+            and bool(np.array_equal(self.direction, other.direction))
+        )
+
+    def __hash__(self) -> int:
+        # ``+ 0.0`` turns -0.0 into 0.0, which ``==`` treats as equal.
+        return hash((self.size, *((a + 0.0).tobytes() for a in (self.origin, self.spacing, self.direction))))
 
     # -- validation --------------------------------------------------------------
     def validate(self, name: str = "volume") -> "Geometry":
@@ -107,7 +145,7 @@ class Geometry:
         return LPS_TO_RAS @ self.ijk_to_lps()
 
     @classmethod
-    def from_ijk_to_lps(cls, matrix: np.ndarray, size: tuple[int, int, int]) -> "Geometry":
+    def from_ijk_to_lps(cls, matrix: ArrayLike, size: Sequence[int]) -> "Geometry":
         m = np.asarray(matrix, dtype=np.float64).reshape(4, 4)
         linear = m[:3, :3]
         spacing = np.linalg.norm(linear, axis=0)
@@ -118,7 +156,7 @@ class Geometry:
         return cls(size=size, origin=m[:3, 3], spacing=spacing, direction=linear / spacing)
 
     @classmethod
-    def from_ijk_to_ras(cls, matrix: np.ndarray, size: tuple[int, int, int]) -> "Geometry":
+    def from_ijk_to_ras(cls, matrix: ArrayLike, size: Sequence[int]) -> "Geometry":
         """Geometry from Slicer's IJK-to-RAS matrix."""
         return cls.from_ijk_to_lps(LPS_TO_RAS @ np.asarray(matrix, dtype=np.float64), size)
 
@@ -172,17 +210,21 @@ class Geometry:
             and bool(np.allclose(self.direction, other.direction, atol=atol))
         )
 
-    def with_size_spacing(self, size: tuple[int, int, int], spacing: np.ndarray) -> "Geometry":
-        return replace(self, size=size, spacing=np.asarray(spacing, dtype=np.float64))
+    def with_size_spacing(self, size: Sequence[int], spacing: ArrayLike) -> "Geometry":
+        """The same origin and direction with another size and spacing."""
+        return Geometry(size, self.origin, spacing, self.direction)
 
 
-@dataclass
+@dataclass(eq=False)
 class Volume:
     """Voxels (``array[z, y, x]`` or ``array[z, y, x, c]``) on a :class:`Geometry`.
 
     ``kind`` is ``"label"`` for label maps (integer voxels, nearest-neighbour
     resampling), ``"vector"`` for multi-component voxels, else ``"scalar"``.
     ``metadata`` carries free-form strings (DICOM tags, the seed of a run, ...).
+
+    The array is kept as given (no copy). ``==`` is identity; compare ``array`` and
+    ``geometry`` explicitly.
     """
 
     array: np.ndarray
@@ -193,6 +235,10 @@ class Volume:
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
         self.array = arr
+        if self.kind not in ("scalar", "label", "vector"):
+            raise MedTorchInputError(
+                f"unknown volume kind {self.kind!r}", "use 'scalar', 'label' or 'vector'"
+            )
         expected = self.geometry.shape_zyx
         if self.kind == "vector":
             if arr.ndim != 4 or arr.shape[:3] != expected:
@@ -315,7 +361,9 @@ class Volume:
         """Tensor ``[c, z, y, x]`` (c = 1 for scalar and label volumes) on ``device``.
 
         The geometry does not travel with the tensor: keep the :class:`Volume` (or its
-        :attr:`geometry`) and rebuild with :meth:`from_torch`.
+        :attr:`geometry`) and rebuild with :meth:`from_torch`. The tensor never shares
+        memory with :attr:`array` (an in-place op on it cannot change the volume); uint16
+        becomes int32 and uint32 int64, as torch lacks general unsigned types.
         """
         import torch
 
@@ -324,13 +372,21 @@ class Volume:
             arr = arr.astype(np.int32)
         elif arr.dtype == np.uint32:
             arr = arr.astype(np.int64)
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-        t = t.permute(3, 0, 1, 2) if self.kind == "vector" else t.unsqueeze(0)
-        if dtype is not None:
-            t = t.to(dtype)
-        if device is not None:
-            t = t.to(device)
-        return t.contiguous()
+        elif arr.dtype.byteorder not in ("=", "|"):
+            arr = arr.astype(arr.dtype.newbyteorder("="))  # torch takes native byte order only
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:
+            arr = arr.copy()  # torch.from_numpy warns on read-only arrays
+        base = torch.from_numpy(arr)
+        t = base.permute(3, 0, 1, 2) if self.kind == "vector" else base.unsqueeze(0)
+        t = t.to(device=device, dtype=dtype).contiguous()
+        if np.may_share_memory(arr, self.array) and t.device.type == "cpu" and (
+            t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+        ):
+            # Never hand out a view of the volume's voxels: an in-place op on the
+            # tensor would silently change the input volume.
+            t = t.clone()
+        return t
 
     @classmethod
     def from_torch(
@@ -341,8 +397,17 @@ class Volume:
         metadata: dict[str, Any] | None = None,
         dtype: np.dtype | type | None = None,
     ) -> "Volume":
-        """Volume from a ``[c, z, y, x]`` or ``[z, y, x]`` tensor on any device."""
+        """Volume from a ``[c, z, y, x]`` or ``[z, y, x]`` tensor on any device.
+
+        The voxels are copied (the volume never shares memory with ``tensor``). Half
+        precision (float16, bfloat16, e.g. from mixed precision) comes back as float32
+        unless ``dtype`` says otherwise.
+        """
+        import torch
+
         t = tensor.detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.to(torch.float32)
         if t.ndim == 5 and t.shape[0] == 1:
             t = t[0]
         if t.ndim == 4 and t.shape[0] == 1 and kind != "vector":
@@ -357,7 +422,10 @@ class Volume:
             arr = np.moveaxis(arr, 0, -1)
         if dtype is not None:
             arr = arr.astype(dtype)
-        return cls(np.ascontiguousarray(arr), geometry, kind, dict(metadata or {}))
+        out = np.ascontiguousarray(arr)
+        if t.device.type == "cpu" and np.may_share_memory(out, t.numpy()):
+            out = out.copy()
+        return cls(out, geometry, kind, dict(metadata or {}))
 
 
 # -- validation --------------------------------------------------------------------------

@@ -6,14 +6,19 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
+import struct
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
-from medtorch.io.atomic import atomic_path, check_writable, write_text_atomic
+from medtorch.io.atomic import _os_error, atomic_path, check_writable, write_text_atomic
 from medtorch.volume import Volume, VolumeKind
 
 __all__ = [
@@ -35,6 +40,95 @@ def _has_volume_extension(path: Path) -> bool:
     return any(name.endswith(ext) for ext in VOLUME_EXTENSIONS)
 
 
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Bytes a complete NIfTI-1/-2 file holds (header + voxels), or None if unknown."""
+    if len(header) < 4:
+        return None
+    for order in ("<", ">"):
+        sizeof_hdr = struct.unpack(order + "i", header[:4])[0]
+        if sizeof_hdr == 348 and len(header) >= 348:  # NIfTI-1
+            dim = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            vox_offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if sizeof_hdr == 540 and len(header) >= 540:  # NIfTI-2
+            dim = struct.unpack(order + "8q", header[16:80])
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            vox_offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    ndim = dim[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8 or any(d < 0 for d in dim[1 : ndim + 1]):
+        return None
+    nvox = 1
+    for d in dim[1 : ndim + 1]:
+        nvox *= max(int(d), 1)
+    return max(int(vox_offset), sizeof_hdr) + nvox * (bitpix // 8)
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise for a truncated NIfTI file.
+
+    ITK's NIfTI reader fills the missing part of a truncated ``.nii``/``.nii.gz`` with
+    zeros and reports nothing, so the size is checked here: the header's dimensions give
+    the bytes a complete file holds; a ``.nii.gz`` is decompressed (streamed, not kept).
+    """
+    name = path.name.lower()
+    try:
+        if name.endswith(".nii"):
+            with open(path, "rb") as fh:
+                expected = _nifti_expected_bytes(fh.read(540))
+            have = path.stat().st_size
+        elif name.endswith(".nii.gz"):
+            with open(path, "rb") as fh:
+                if fh.read(2) != b"\x1f\x8b":
+                    return  # not gzip: let the reader give its own error
+            have = 0
+            expected = None
+            with gzip.open(path, "rb") as gz:
+                head = gz.read(540)
+                expected = _nifti_expected_bytes(head)
+                if expected is None:
+                    return
+                have = len(head)
+                while have < expected:
+                    chunk = gz.read(min(1 << 24, expected - have))
+                    if not chunk:
+                        break
+                    have += len(chunk)
+        else:
+            return
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise MedTorchInputError(
+            f"{path.name} is truncated or corrupt (the compressed data ends early: {exc})",
+            "the file was not saved or copied completely: copy or export it again",
+        ) from exc
+    if expected is not None and have < expected:
+        raise MedTorchInputError(
+            f"{path.name} is truncated: it holds {have} of the {expected} bytes its header announces",
+            "the file was not saved or copied completely: copy or export it again",
+        )
+
+
+def _itk_error_detail(exc: RuntimeError, path: Path) -> str:
+    """The most telling line of an ITK/SimpleITK exception text."""
+    lines = []
+    for ln in str(exc).splitlines():
+        ln = ln.strip()
+        if not ln or ln.startswith("Exception thrown in SimpleITK"):
+            continue
+        if ln.startswith("ITK ERROR:"):
+            ln = ln.split("):", 1)[-1].strip() if "):" in ln else ln[len("ITK ERROR:"):].strip()
+        if ln.startswith("sitk::ERROR:"):
+            ln = ln[len("sitk::ERROR:"):].strip()
+        # ITK appends the stale errno text, which is misleading for a file that exists.
+        if ln.startswith("Reason:") and path.exists():
+            continue
+        lines.append(ln)
+    return lines[-1][:200] if lines else ""
+
+
 def _read_sitk(path: Path) -> Any:
     import SimpleITK as sitk
 
@@ -42,15 +136,32 @@ def _read_sitk(path: Path) -> Any:
         raise MedTorchInputError(f"file not found: {path}", "check the path")
     if path.stat().st_size == 0:
         raise MedTorchInputError(f"{path} is empty (0 bytes)", "the file was not saved completely: export it again")
+    _check_nifti_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        text = str(exc).splitlines()
-        detail = next((ln for ln in text if "rror" in ln or "nable" in ln), text[-1] if text else "")
         raise MedTorchInputError(
-            f"{path.name} could not be read as an image (it is truncated, corrupt or not an image: {detail.strip()[:200]})",
+            f"{path.name} could not be read as an image (it is truncated, corrupt or not an image: "
+            f"{_itk_error_detail(exc, path)})",
             "check that the file is complete (copy or export it again) and is NIfTI, NRRD, MHA or DICOM",
         ) from exc
+
+
+def _volume_from_image(img: Any, p: Path, kind: VolumeKind | None) -> Volume:
+    if img.GetDimension() == 2:
+        raise MedTorchInputError(
+            f"{p.name} is a 2D image (size {img.GetSize()}): a 3D volume is needed",
+            "load the whole series (a DICOM folder or a 3D file) rather than one slice",
+        )
+    if img.GetDimension() == 4:
+        raise MedTorchInputError(
+            f"{p.name} is 4D ({img.GetSize()[3]} frames): a 3D volume is needed",
+            "pick one frame first (medtorch.io.read_frames returns them one by one)",
+        )
+    vol = Volume.from_sitk(img, kind=kind, metadata={"source": str(p)})
+    if kind is None and img.GetNumberOfComponentsPerPixel() == 1 and p.name.lower().endswith(".seg.nrrd"):
+        vol.kind = "label"
+    return vol
 
 
 def read_frames(path: str | os.PathLike[str], kind: VolumeKind | None = None) -> list[Volume]:
@@ -68,7 +179,7 @@ def read_frames(path: str | os.PathLike[str], kind: VolumeKind | None = None) ->
             frames.append(Volume.from_sitk(sitk.Extract(img, size[:3] + [0], [0, 0, 0, t]), kind=kind,
                                            metadata={"source": str(p), "frame": t}))
         return frames
-    return [read_volume(p, kind=kind)]
+    return [_volume_from_image(img, p, kind)]
 
 
 def read_volume(path: str | os.PathLike[str], kind: VolumeKind | None = None, series_uid: str | None = None) -> Volume:
@@ -87,21 +198,7 @@ def read_volume(path: str | os.PathLike[str], kind: VolumeKind | None = None, se
         if kind is not None and kind != vol.kind:
             vol = Volume(vol.array, vol.geometry, kind, vol.metadata)
         return vol
-    img = _read_sitk(p)
-    if img.GetDimension() == 2:
-        raise MedTorchInputError(
-            f"{p.name} is a 2D image (size {img.GetSize()}): a 3D volume is needed",
-            "load the whole series (a DICOM folder or a 3D file) rather than one slice",
-        )
-    if img.GetDimension() == 4:
-        raise MedTorchInputError(
-            f"{p.name} is 4D ({img.GetSize()[3]} frames): a 3D volume is needed",
-            "pick one frame first (medtorch.io.read_frames returns them one by one)",
-        )
-    vol = Volume.from_sitk(img, kind=kind, metadata={"source": str(p)})
-    if kind is None and img.GetNumberOfComponentsPerPixel() == 1 and p.name.lower().endswith(".seg.nrrd"):
-        vol.kind = "label"
-    return vol
+    return _volume_from_image(_read_sitk(p), p, kind)
 
 
 def _looks_like_dicom(p: Path) -> bool:
@@ -113,8 +210,35 @@ def _looks_like_dicom(p: Path) -> bool:
         return False
 
 
+#: Formats whose voxels go to a second file beside the header.
+_DETACHED_EXTENSIONS = (".nhdr", ".mhd")
+
+
+def _write_failed(exc: RuntimeError, final: Path, nbytes: int) -> MedTorchInputError:
+    """Turn a SimpleITK write error into a user-facing error (ITK loses the errno)."""
+    text = str(exc)
+    try:
+        free = shutil.disk_usage(final.parent).free
+    except OSError:
+        free = None
+    if "No space left" in text or "ENOSPC" in text or (free is not None and free < nbytes + (1 << 20)):
+        return MedTorchInputError(
+            f"the disk filled up while writing {final}", "free some disk space or write to another disk"
+        )
+    return MedTorchInputError(
+        f"{final.name} could not be written ({_itk_error_detail(exc, final)})",
+        "check that the output folder is writable and has free space, or choose another output path",
+    )
+
+
 def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = True) -> Path:
-    """Write ``volume`` atomically; format from the extension (.nrrd, .nii.gz, .nii, .mha, ...)."""
+    """Write ``volume`` atomically; format from the extension (.nrrd, .nii.gz, .nii, .mha, ...).
+
+    A failure (full disk, unwritable folder, cancel) leaves no partial file under the
+    final name and leaves a file already there untouched. Detached formats (``.nhdr``,
+    ``.mhd``) are written to a temporary folder beside the target and their data file is
+    moved in before the header.
+    """
     import SimpleITK as sitk
 
     p = Path(path)
@@ -126,6 +250,43 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = 
     img = volume.to_sitk()
     if volume.kind == "label" and volume.array.dtype.kind == "f":
         img = sitk.Cast(img, sitk.sitkInt16 if np.abs(volume.array).max() < 32767 else sitk.sitkInt32)
+    nbytes = int(volume.array.nbytes)
+    if p.name.lower().endswith(_DETACHED_EXTENSIONS):
+        return _write_detached(img, p, compress, nbytes)
     with atomic_path(p) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=compress)
+        try:
+            sitk.WriteImage(img, str(tmp), useCompression=compress)
+        except RuntimeError as exc:
+            raise _write_failed(exc, p, nbytes) from exc
+    return p
+
+
+def _write_detached(img: Any, p: Path, compress: bool, nbytes: int) -> Path:
+    import SimpleITK as sitk
+
+    final = check_writable(p)
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    except OSError as exc:
+        raise MedTorchInputError(
+            f"cannot write in the output folder {final.parent} ({exc.strerror})",
+            "choose an output path in a folder you can write to",
+        ) from exc
+    try:
+        try:
+            sitk.WriteImage(img, str(tmpdir / final.name), useCompression=compress)
+        except RuntimeError as exc:
+            raise _write_failed(exc, final, nbytes) from exc
+        header = tmpdir / final.name
+        for f in sorted(tmpdir.iterdir()):
+            if f != header:
+                os.replace(f, final.parent / f.name)
+        os.replace(header, final)
+    except OSError as exc:
+        err = _os_error(exc, final)
+        if err is not None:
+            raise err from exc
+        raise
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
     return p

@@ -45,27 +45,78 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _output_mode(final: Path) -> int:
+    """Permissions for a new output: those of the file it replaces, else 0666 minus the umask."""
+    try:
+        return final.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+#: ``errno`` values that mean "no room left" (a full disk or an exhausted quota).
+_NO_SPACE = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+#: ``errno`` values that mean "not allowed to write there".
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _os_error(exc: OSError, final: Path) -> MedTorchInputError | None:
+    if exc.errno in _NO_SPACE:
+        return MedTorchInputError(
+            f"the disk filled up while writing {final}", "free some disk space or write to another disk"
+        )
+    if exc.errno in _NOT_ALLOWED:
+        return MedTorchInputError(
+            f"no permission to write {final} ({exc.strerror})",
+            "choose an output path in a folder you can write to",
+        )
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extension); rename it over ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left as it was.
-    A full disk (``ENOSPC``) becomes a :class:`MedTorchInputError` that says so.
+    A full disk (``ENOSPC``, or an exhausted quota) and a refused write (``EACCES``,
+    ``EPERM``, ``EROFS``) become a :class:`MedTorchInputError` that says so. The new file
+    gets the permissions of the file it replaces, or the usual ``0666 & ~umask``
+    (not the ``0600`` of a temporary file).
     """
     final = check_writable(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{_suffix(final)}", dir=final.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{_suffix(final)}", dir=final.parent)
+    except OSError as exc:
+        err = _os_error(exc, final)
+        if err is not None:
+            raise err from exc
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, _output_mode(final))
         os.replace(tmp, final)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise MedTorchInputError(
-                f"the disk filled up while writing {final}", "free some disk space or write to another disk"
-            ) from exc
+        err = _os_error(exc, final)
+        if err is not None:
+            raise err from exc
         raise
     except BaseException:
         with contextlib.suppress(OSError):

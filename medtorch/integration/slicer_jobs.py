@@ -1,0 +1,140 @@
+"""Running MedTorch operations from Slicer module logic: blocking or in the background.
+
+A :class:`LogicJob` ties an operation (:mod:`medtorch.tasks`) to the function that turns
+its result into MRML nodes. Nothing touches the scene until the operation has finished,
+and :func:`scene_transaction` removes every node an ``apply`` step added if it fails, so a
+cancel or an error leaves the scene as it was.
+
+:class:`QtTaskRunner` drives a background task from a widget: a progress dialog with a
+Cancel button, polled from a ``QTimer`` so the GUI never freezes. It is the only piece
+here that needs Qt, and it imports ``qt`` lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from medtorch.errors import Cancelled
+from medtorch.progress import CancelToken, ProgressCallback
+from medtorch.tasks import BackgroundTask, OperationResult, run_operation
+from medtorch.volume import Volume
+
+
+@contextlib.contextmanager
+def scene_transaction(scene: Any) -> Iterator[None]:
+    """Remove the nodes added inside the block if it raises (a cancel, an error)."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    except BaseException:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node is not None and node.GetID() not in before and node.GetScene() is scene:
+                scene.RemoveNode(node)
+        raise
+
+
+def scene_node_ids(scene: Any) -> set[str]:
+    """IDs of all nodes in the scene (for before/after comparisons)."""
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+class LogicJob:
+    """An operation plus the step that puts its result into the scene."""
+
+    def __init__(self, operation: str, inputs: dict[str, Volume], params: dict[str, Any],
+                 apply: Callable[[OperationResult], Any], scene: Any) -> None:
+        self.operation = operation
+        self.inputs = inputs
+        self.params = params
+        self.apply = apply
+        self.scene = scene
+        self.task: BackgroundTask | None = None
+
+    def run_blocking(self, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Any:
+        """Run in this process and apply the result (scripts, tests, self-tests)."""
+        result = run_operation(self.operation, self.inputs, self.params, progress, cancel)
+        return self.finish(result)
+
+    def start(self, progress: ProgressCallback | None = None) -> BackgroundTask:
+        """Start in a background process; call :meth:`finish` once it is done."""
+        self.task = BackgroundTask(self.operation, self.inputs, self.params, progress).start()
+        return self.task
+
+    def finish(self, result: OperationResult | None = None) -> Any:
+        if result is None:
+            if self.task is None or self.task.result is None:
+                raise Cancelled("the task has no result (it was cancelled or failed)")
+            result = self.task.result
+        with scene_transaction(self.scene):
+            return self.apply(result)
+
+    def run_background_blocking(self, timeout: float | None = None) -> Any:
+        """Background process, waited for here (the same path the GUI takes, without Qt)."""
+        task = self.start()
+        result = task.wait(timeout=timeout)
+        return self.finish(result)
+
+
+class QtTaskRunner:
+    """Show a background :class:`LogicJob` in Slicer: progress dialog, Cancel, no freeze."""
+
+    def __init__(self, job: LogicJob, title: str, on_done: Callable[[Any], None] | None = None,
+                 on_error: Callable[[str], None] | None = None, parent: Any = None, interval_ms: int = 100,
+                 on_cancelled: Callable[[], None] | None = None) -> None:
+        import qt
+
+        self.job = job
+        self.on_done = on_done
+        self.on_error = on_error
+        self.on_cancelled = on_cancelled
+        self.status = "idle"
+        self.output: Any = None
+        self.dialog = qt.QProgressDialog(title, "Cancel", 0, 100, parent)
+        self.dialog.setWindowTitle(title)
+        self.dialog.setMinimumDuration(0)
+        self.dialog.setValue(0)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.connect("timeout()", self._poll)
+
+    def start(self) -> "QtTaskRunner":
+        self.job.start()
+        self.status = "running"
+        self.dialog.show()
+        self.timer.start()
+        return self
+
+    def cancel(self) -> None:
+        if self.job.task is not None:
+            self.job.task.cancel()
+
+    def _poll(self) -> None:
+        task = self.job.task
+        if task is None:
+            return
+        if self.dialog.wasCanceled:
+            task.cancel()
+        state = task.poll()
+        self.dialog.setValue(int(round(state.fraction * 100)))
+        self.dialog.setLabelText(state.message or "working")
+        if state.status == "running":
+            return
+        self.timer.stop()
+        self.dialog.close()
+        self.status = state.status
+        if state.status == "done":
+            try:
+                self.output = self.job.finish()
+            except Exception as exc:  # an apply failure leaves the scene as it was
+                self.status = "failed"
+                if self.on_error:
+                    self.on_error(str(exc))
+                return
+            if self.on_done:
+                self.on_done(self.output)
+        elif state.status == "failed" and self.on_error:
+            self.on_error(state.message)
+        elif state.status == "cancelled" and self.on_cancelled:
+            self.on_cancelled()
