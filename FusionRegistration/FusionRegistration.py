@@ -66,6 +66,7 @@ class FusionRegistrationParameterNode:
     normalization - "percentile": each input mapped to [0, 1]; "none": raw intensities.
     outputVolume - where the blend goes; a new volume is created when none is chosen.
     showResult - show the fused volume in the slice views.
+    device - where torch computes: auto ($MEDTORCH_DEVICE, else cuda, then mps, then cpu), cpu, cuda or mps.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -74,6 +75,7 @@ class FusionRegistrationParameterNode:
     normalization: Annotated[str, Choice(["percentile", "none"])] = "percentile"
     outputVolume: vtkMRMLScalarVolumeNode
     showResult: bool = True
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
 
 
 #
@@ -109,7 +111,7 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
         with slicer.util.tryWithErrorDisplay(_("Failed to blend the volumes."), waitCursor=True):
             p = self._parameterNode
             job = self.logic.blendJob(p.fixedVolume, p.movingVolume, p.blendWeight, p.normalization,
-                                      p.outputVolume, p.showResult)
+                                      p.outputVolume, p.showResult, p.device)
             self.runJob(job, _("Fusion Registration"), self.onDone)
 
     def onDone(self, outputNode) -> None:
@@ -140,7 +142,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         ensure_dependencies(self.requirementsPath(), "Fusion Registration", ask=slicer.util.confirmOkCancelDisplay)
 
     def blendJob(self, fixedVolume, movingVolume, weight: float = 0.5, normalization: str = "percentile",
-                 outputVolume=None, showResult: bool = True):
+                 outputVolume=None, showResult: bool = True, device: str = "auto"):
         """Prepare the blend as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         The moving volume is resampled through both volumes' parent transforms. Nothing in
@@ -157,7 +159,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                                      "choose another output volume, or none to create a new one")
         self.ensureDependencies()
         inputs = {"fixed": bridge.volume_from_node(fixedVolume), "moving": bridge.volume_from_node(movingVolume)}
-        params = {"weight": float(weight), "normalization": normalization}
+        params = {"weight": float(weight), "normalization": normalization, "device": device}
         transform = bridge.transform_between_volumes(fixedVolume, movingVolume)
         if transform is not None and not hasattr(transform, "geometry"):
             params["matrix"] = transform.tolist()
@@ -184,10 +186,11 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return LogicJob("blend", inputs, params, apply, slicer.mrmlScene)
 
     def blend(self, fixedVolume, movingVolume, weight: float = 0.5, normalization: str = "percentile",
-              outputVolume=None, showResult: bool = True):
+              outputVolume=None, showResult: bool = True, device: str = "auto"):
         """Blocking blend (scripts and tests). Returns the output volume node."""
         startTime = time.time()
-        node = self.blendJob(fixedVolume, movingVolume, weight, normalization, outputVolume, showResult).run_blocking()
+        node = self.blendJob(fixedVolume, movingVolume, weight, normalization, outputVolume, showResult,
+                             device).run_blocking()
         logging.info(f"Blend completed in {time.time() - startTime:.2f} seconds")
         return node
 

@@ -386,12 +386,12 @@ def test_progress_and_cancel(moving: Volume, reference: Geometry) -> None:
 
 
 def test_estimate_for_a_large_ct_is_a_few_gb() -> None:
-    """512 x 512 x 400 int16 CT, rotated onto its own grid: well under 3 GB with chunking."""
+    """512 x 512 x 400 int16 CT, rotated onto its own grid: under 1.5 GB with chunking."""
     geom = Geometry(size=(512, 512, 400), spacing=(0.7, 0.7, 1.0))
     ct = Volume(np.broadcast_to(np.int16(0), geom.shape_zyx), geom)  # no real allocation
     a = affine_4x4(rot((0, 0, 10)), [0, 0, 0])
     need = estimate_resample_bytes(ct, geom, a)
-    assert 1.0 * 1024**3 < need < 2.0 * 1024**3
+    assert 0.8 * 1024**3 < need < 1.5 * 1024**3  # moving float32 + output float32 + one chunk
     assert estimate_resample_bytes(ct, geom) <= 420 * 1024**2  # identity: a copy only
 
 

@@ -149,16 +149,17 @@ def _read_stat(path: Path, key: str) -> int:
     return 0
 
 
-def _cgroup_available_bytes() -> int | None:
+def _cgroup_available_bytes(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
     """Memory left under this process's cgroup limit (v2 or v1), or ``None`` when unlimited.
 
-    Reclaimable page cache (``inactive_file``) counts as free, as container runtimes do.
+    Looks at the process's own cgroup (from ``/proc/self/cgroup``) and at the root of the
+    cgroup mount (what a container sees). Reclaimable page cache (``inactive_file``) counts
+    as free, as container runtimes count it.
     """
-    root = Path("/sys/fs/cgroup")
     paths_v2: list[Path] = []
     paths_v1: list[Path] = []
     try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
+        for line in proc_cgroup.read_text().splitlines():
             parts = line.split(":", 2)
             if len(parts) != 3:
                 continue

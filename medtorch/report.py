@@ -345,7 +345,8 @@ class Panel:
     """One image of a :func:`panel_figure`.
 
     ``image`` is 2D (grey values, windowed with ``vmin``/``vmax``) or ``[h, w, 3]`` RGB in
-    [0, 1]. ``contours`` are ``(mask2d, colour, legend label)``; ``points`` are ``(N, 2)``
+    [0, 1]. ``contours`` are ``(mask2d, colour, legend label)``, earlier ones drawn wider so
+that coinciding outlines stay visible (the label may be empty); ``points`` are ``(N, 2)``
     (column, row) pixel positions drawn as crosses; ``rectangles`` are
     ``(col0, row0, col1, row1, colour)``.
     """
@@ -411,10 +412,11 @@ def panel_figure(
         raise MedTorchInputError("a figure needs at least one panel", "pass one or more panels")
     ncols = n if ncols is None else max(1, min(int(ncols), n))
     nrows = int(math.ceil(n / ncols))
-    heights = [p.image.shape[0] * p.aspect / p.image.shape[1] for p in panels]
-    h_ratio = max(0.4, min(2.5, float(np.max(heights))))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * h_ratio * nrows + 0.35 * nrows
-                                                    + (0.4 if title else 0.0)), squeeze=False)
+    heights = [max(0.3, min(2.5, p.image.shape[0] * p.aspect / p.image.shape[1])) for p in panels]
+    row_heights = [max(heights[r * ncols:(r + 1) * ncols]) for r in range(nrows)]
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, gridspec_kw={"height_ratios": row_heights},
+                             figsize=(panel_size * ncols, panel_size * sum(row_heights) + 0.45 * nrows
+                                      + (0.4 if title else 0.0)))
     fig.patch.set_facecolor("black")
     for ax in axes.ravel():
         ax.set_facecolor("black")
@@ -430,10 +432,12 @@ def panel_figure(
             im = ax.imshow(img, cmap=p.cmap, vmin=p.vmin, vmax=p.vmax, origin="upper", aspect=p.aspect,
                            interpolation="nearest")
         handles = []
-        for mask, colour, label in p.contours:
+        for n, (mask, colour, label) in enumerate(p.contours):
             m = np.asarray(mask, dtype=float)
+            # Earlier contours are drawn wider, so a later one that coincides leaves them visible.
+            width = 1.3 + 1.4 * (len(p.contours) - 1 - n)
             if m.any() and not m.all():
-                ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.3)
+                ax.contour(m, levels=[0.5], colors=[colour], linewidths=width)
             if label:
                 handles.append(plt.Line2D([], [], color=colour, label=label))
         for c0, r0, c1, r1, colour in p.rectangles:

@@ -80,7 +80,7 @@ Interpolation = Literal["linear", "nearest"]
 Precision = Literal["single", "double"]
 
 #: Default size of the working memory of one chunk (points, indices, samples).
-DEFAULT_CHUNK_BYTES = 256 * 1024**2
+DEFAULT_CHUNK_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -386,6 +386,11 @@ def warp(
 
 
 # -- the volume-level resampler -----------------------------------------------------------
+#
+# resample() does not call sample(): it folds the last step (moving LPS -> moving index ->
+# grid_sample coordinates) into one float64 matrix, decides inside/outside per output row
+# analytically (in float64) when the transform is affine, samples nearest with grid_sample
+# on pre-rounded coordinates, and works in place, so that each chunk costs a few passes.
 
 
 def _torch_storage_dtype(dt: np.dtype) -> np.dtype:
@@ -402,33 +407,114 @@ def _torch_storage_dtype(dt: np.dtype) -> np.dtype:
     return dt
 
 
+def _compute_dtype(in_dtype: np.dtype, mode: Interpolation, precision: Precision) -> np.dtype:
+    """Float dtype of the moving tensor. Nearest needs one that holds every voxel value
+    exactly: float32 for 8/16-bit integers and float32 data, float64 otherwise."""
+    if precision == "double":
+        return np.dtype(np.float64)
+    if mode == "linear":
+        return np.dtype(np.float32)
+    small = (in_dtype.kind in "biu" and in_dtype.itemsize <= 2) or in_dtype.kind == "f" and in_dtype.itemsize <= 4
+    return np.dtype(np.float32 if small else np.float64)
+
+
+def _torch_dtype(np_dtype: np.dtype) -> torch.dtype:
+    return torch.float64 if np.dtype(np_dtype) == np.float64 else torch.float32
+
+
 def _block_tensor(arr: np.ndarray, vector: bool, np_dtype: np.dtype, device: torch.device) -> torch.Tensor:
-    """``[C, z, y, x]`` tensor of a numpy block (``[z, y, x]`` or ``[z, y, x, c]``)."""
+    """``[1, C, z, y, x]`` float tensor of a numpy block (``[z, y, x]`` or ``[z, y, x, c]``)."""
     a = np.moveaxis(arr, -1, 0) if vector else arr[None]
     if device.type == "cpu":
-        host = np.ascontiguousarray(a, dtype=np_dtype)
-        return torch.from_numpy(host)
-    # Upload in the storage dtype (smaller), convert on the device.
-    store = _torch_storage_dtype(arr.dtype)
-    host_t = torch.from_numpy(np.ascontiguousarray(a, dtype=store))
-    return host_t.to(device).to(torch.float64 if np_dtype == np.float64 else
-                                 torch.float32 if np_dtype == np.float32 else host_t.dtype)
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np_dtype))[None]
+    # Upload in the (smaller) storage dtype, convert on the device.
+    host = torch.from_numpy(np.ascontiguousarray(a, dtype=_torch_storage_dtype(arr.dtype)))
+    return host.to(device).to(_torch_dtype(np_dtype))[None]
 
 
 def _cast_output(values: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    if out_dtype == np.bool_:
+        return values != 0
     if np.issubdtype(out_dtype, np.integer) and values.dtype.kind == "f":
         info = np.iinfo(out_dtype)
         return np.clip(np.rint(values), info.min, info.max).astype(out_dtype)
-    if out_dtype == np.bool_:
-        return values != 0
     return values.astype(out_dtype, copy=False)
+
+
+def _axis_scale(size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis (scale, offset) of index -> grid_sample coordinate (align_corners=True)."""
+    s = np.array([2.0 / (n - 1) if n > 1 else 1.0 for n in size])
+    o = np.array([-1.0 if n > 1 else 0.0 for n in size])
+    return s, o
+
+
+def _row_outside(
+    m: np.ndarray, ref_size: tuple[int, int, int], k_range: tuple[int, int], msize: tuple[int, int, int],
+    device: torch.device,
+) -> torch.Tensor:
+    """Outside mask ``[nk, J, I]`` for the affine map ``m`` (reference index -> moving index).
+
+    Along an output row the moving index is ``a + b * i``; ITK's inside test
+    ``-0.5 <= u < size - 0.5`` becomes an interval of ``i``, found in float64 per row.
+    """
+    ni, nj = ref_size[0], ref_size[1]
+    k = np.arange(k_range[0], k_range[1], dtype=np.float64)
+    j = np.arange(nj, dtype=np.float64)
+    a = m[:3, 3][None, None, :] + j[None, :, None] * m[:3, 1] + k[:, None, None] * m[:3, 2]  # [nk, J, 3]
+    lo = np.zeros(a.shape[:2], dtype=np.int64)
+    hi = np.full(a.shape[:2], ni - 1, dtype=np.int64)
+    for d in range(3):
+        b, ad = m[d, 0], a[..., d]
+        low, high = -0.5, msize[d] - 0.5
+        if abs(b) < 1e-12:
+            empty = ~((ad >= low) & (ad < high))
+            lo = np.where(empty, ni, lo)
+            continue
+        x_low = np.clip((low - ad) / b, -2.0, ni + 2.0)
+        x_high = np.clip((high - ad) / b, -2.0, ni + 2.0)
+        if b > 0:  # i >= x_low and i < x_high
+            lo = np.maximum(lo, np.ceil(x_low).astype(np.int64))
+            hi = np.minimum(hi, np.ceil(x_high).astype(np.int64) - 1)
+        else:  # i <= x_low and i > x_high
+            lo = np.maximum(lo, np.floor(x_high).astype(np.int64) + 1)
+            hi = np.minimum(hi, np.floor(x_low).astype(np.int64))
+    i = torch.arange(ni, device=device)
+    lo_t = torch.from_numpy(lo).to(device)[..., None]
+    hi_t = torch.from_numpy(hi).to(device)[..., None]
+    return (i < lo_t) | (i > hi_t)
+
+
+def _grid_sample_rows(moving: torch.Tensor, grid: torch.Tensor, nearest: bool) -> torch.Tensor:
+    """``grid_sample`` of ``moving`` (``[1, C, z, y, x]``) at ``grid`` (``[nk, J, I, 3]``): ``[C, nk, J, I]``.
+
+    On the CPU, torch parallelises the 3D kernel over the batch only, so the grid's rows are
+    split into one batch item per thread against an expanded (not copied) input.
+    """
+    nk, nj, ni = grid.shape[:3]
+    mode = "nearest" if nearest else "bilinear"
+    grid = grid.to(moving.dtype)
+    rows = nk * nj
+    nb = 1
+    if moving.device.type == "cpu" and rows > 1:
+        for n in range(min(torch.get_num_threads(), 16, rows), 1, -1):
+            if rows % n == 0:
+                nb = n
+                break
+    if nb == 1:
+        return F.grid_sample(moving, grid[None], mode=mode, padding_mode="border", align_corners=True)[0]
+    c = moving.shape[1]
+    g = grid.reshape(nb, 1, rows // nb, ni, 3)
+    v = F.grid_sample(moving.expand(nb, -1, -1, -1, -1), g, mode=mode, padding_mode="border", align_corners=True)
+    return v.transpose(0, 1).reshape(c, nk, nj, ni)  # [nb, C, 1, rows/nb, I] -> [C, nk, J, I]
 
 
 @dataclass
 class _Plan:
-    stages: list[tuple[str, Any]]  # ("matrix", 4x4 float64) | ("field", DisplacementField or Volume)
+    first: np.ndarray  # reference index -> LPS (fields) or -> moving index (no fields)
+    middle: list[tuple[str, Any]]  # ("field", op) / ("matrix", LPS -> LPS) between fields
+    final: np.ndarray | None  # LPS -> moving index after the last field (None without fields)
     mode: Interpolation
-    compute_np: np.dtype  # dtype of the moving tensor
+    compute_np: np.dtype  # float dtype of the moving tensor
     coord_dtype: torch.dtype
     out_dtype: np.dtype
     channels: int
@@ -462,12 +548,9 @@ def _make_plan(
         )
     coord_dtype = torch.float64 if precision == "double" else torch.float32
     in_dtype = np.dtype(volume.array.dtype)
-    if mode == "nearest":
-        compute_np = _torch_storage_dtype(in_dtype)
-    else:
-        compute_np = np.dtype(np.float64 if precision == "double" else np.float32)
-    if volume.kind == "label":
-        out_dtype = in_dtype.newbyteorder("=") if dtype in (None, "input") else np.dtype(dtype)
+    compute_np = _compute_dtype(in_dtype, mode, precision)
+    if volume.kind == "label" and dtype in (None, "input"):
+        out_dtype = in_dtype.newbyteorder("=")
     elif dtype is None:
         out_dtype = np.dtype(np.float64 if precision == "double" else np.float32)
     elif isinstance(dtype, str) and dtype == "input":
@@ -479,42 +562,53 @@ def _make_plan(
             raise MedTorchInputError(f"unknown output dtype {dtype!r}", "give a numpy dtype, 'input' or None") from exc
 
     ops = _flatten_transform(transform)
-    stages: list[tuple[str, Any]] = []
+    cb = torch.empty(0, dtype=coord_dtype).element_size()
+    first: np.ndarray | None = None
+    middle: list[tuple[str, Any]] = []
     current = reference.ijk_to_lps()
     field_bytes = 0
     for op in reversed(ops):
         if isinstance(op, (np.ndarray, torch.Tensor)):
             a = op.detach().cpu().double().numpy() if isinstance(op, torch.Tensor) else np.asarray(op, np.float64)
             current = a @ current
-        else:
-            stages.append(("matrix", current))
-            stages.append(("field", op))
-            g = op.geometry
-            field_bytes += estimate_bytes(g.num_voxels, 3 * torch.empty(0, dtype=coord_dtype).element_size())
-            current = np.eye(4)
-    stages.append(("matrix", volume.geometry.lps_to_ijk() @ current))
+            continue
+        if isinstance(op, Volume) and not np.all(np.isfinite(op.array)):
+            raise MedTorchInputError("the displacement field contains NaN or infinite values",
+                                     "replace them (e.g. with 0) before resampling")
+        if first is None:
+            first = current
+        elif not np.allclose(current, np.eye(4), rtol=0, atol=1e-15):
+            middle.append(("matrix", current))
+        middle.append(("field", op))
+        field_bytes += estimate_bytes(op.geometry.num_voxels, 3 * cb)
+        current = np.eye(4)
+    to_index = volume.geometry.lps_to_ijk()
+    if first is None:
+        first, final = to_index @ current, None
+    else:
+        final = to_index @ current
     identity = (
-        len(stages) == 1
+        final is None
         and tuple(reference.size) == tuple(volume.size)
-        and bool(np.abs(stages[0][1] - np.eye(4)).max() < 1e-6)
+        and bool(np.abs(first - np.eye(4)).max() < 1e-6)
     )
     channels = volume.num_components
-    n_in, n_out = volume.geometry.num_voxels, reference.num_voxels
-    cb = torch.empty(0, dtype=coord_dtype).element_size()
-    vb = np.dtype(compute_np).itemsize
-    # coordinates: grid, transformed copies, clamped/normalised copies; masks; gathered
-    # indices (nearest); values before/after the fill and the host copy.
-    work = 3 * cb * 6 + 4 + (32 if mode == "nearest" else 0) + channels * (3 * vb + out_dtype.itemsize)
+    vb = compute_np.itemsize
+    # grid coordinates (plus a transformed copy with fields), the outside mask, the sampled
+    # values and their host copy in the output dtype.
+    work = 3 * cb * (3 if middle else 1) + 2 + channels * (2 * vb + out_dtype.itemsize)
     return _Plan(
-        stages=stages,
+        first=first,
+        middle=middle,
+        final=final,
         mode=mode,
-        compute_np=np.dtype(compute_np),
+        compute_np=compute_np,
         coord_dtype=coord_dtype,
         out_dtype=out_dtype,
         channels=channels,
-        moving_bytes=estimate_bytes(n_in, channels * vb),
+        moving_bytes=estimate_bytes(volume.geometry.num_voxels, channels * vb),
         field_bytes=field_bytes,
-        output_bytes=estimate_bytes(n_out, channels * out_dtype.itemsize),
+        output_bytes=estimate_bytes(reference.num_voxels, channels * out_dtype.itemsize),
         work_per_voxel=work,
         identity=identity,
     )
@@ -530,8 +624,8 @@ def estimate_resample_bytes(
     precision: Precision = "single",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> int:
-    """Bytes :func:`resample` allocates on the CPU with the moving volume held whole:
-    the moving tensor, displacement fields, the output and one chunk of work."""
+    """Bytes :func:`resample` allocates on the CPU with the moving volume held whole: the
+    moving tensor, displacement fields, the output and one chunk of work."""
     ref = reference.geometry if isinstance(reference, Volume) else reference
     plan = _make_plan(volume, ref, transform, interpolation, dtype, precision)
     if plan.identity:
@@ -561,7 +655,7 @@ def resample(
 
     Args:
         volume: the moving (input) volume: scalar, label or vector. Its array may be a
-            read-only ``numpy.memmap``.
+            read-only ``numpy.memmap`` (see :mod:`medtorch.io.raw`).
         reference: the output grid (a :class:`Geometry`, or a :class:`Volume` whose grid is used).
         transform: output point -> input point; see :data:`TransformLike`.
         interpolation: ``"linear"`` or ``"nearest"``; ``None`` picks nearest for labels and
@@ -572,8 +666,9 @@ def resample(
             scalar and vector volumes, the input dtype for labels. ``"input"``: the input
             dtype (integers are rounded and clipped). Or any numpy dtype.
         precision: ``"single"`` (float32 coordinates and values) or ``"double"`` (float64).
+            Nearest always samples in a float type that holds the voxel values exactly.
         memory_budget: overrides ``MEDTORCH_MEMORY_BUDGET`` and the available memory.
-        chunk_slices: output slices per chunk (default: as many as fit 256 MB of work).
+        chunk_slices: output slices per chunk (default: as many as fit 64 MB of work).
         stream: fetch only the block of the input each chunk needs instead of moving the
             whole input to the device. ``None``: only when the whole input does not fit.
         progress, cancel: see :mod:`medtorch.progress`.
@@ -590,12 +685,13 @@ def resample(
     volume.geometry.validate("input volume")
     plan = _make_plan(volume, ref, transform, interpolation, dtype, precision)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    out_shape = ref.shape_zyx + ((plan.channels,) if volume.kind == "vector" else ())
-    if plan.mode == "nearest" and np.issubdtype(plan.compute_np, np.integer):
-        info = np.iinfo(plan.out_dtype if np.issubdtype(plan.out_dtype, np.integer) else plan.compute_np)
-        if not (float(default_value).is_integer() and info.min <= default_value <= info.max):
+    vector = volume.kind == "vector"
+    out_shape = ref.shape_zyx + ((plan.channels,) if vector else ())
+    if np.issubdtype(plan.out_dtype, np.integer):
+        info = np.iinfo(plan.out_dtype)
+        if volume.kind == "label" and not (float(default_value).is_integer() and info.min <= default_value <= info.max):
             raise MedTorchInputError(
-                f"default value {default_value} does not fit the {np.dtype(plan.out_dtype).name} voxels",
+                f"default value {default_value} does not fit the {plan.out_dtype.name} voxels",
                 f"give a whole number between {info.min} and {info.max}",
             )
 
@@ -603,28 +699,28 @@ def resample(
     if plan.identity:
         check_fits(plan.output_bytes, "resampling", None, memory_budget)
         out = _cast_output(np.asarray(volume.array), plan.out_dtype)
-        if out is volume.array or np.shares_memory(out, volume.array):
+        if np.shares_memory(out, volume.array):
             out = out.copy()
         report(progress, cancel, 1.0, "resampling: same grid, copied")
         return Volume(np.ascontiguousarray(out), ref, volume.kind, dict(volume.metadata))
 
-    # -- memory plan ---------------------------------------------------------------------
+    # -- memory plan: check before allocating -------------------------------------------------
     per_slice = ref.size[0] * ref.size[1] * plan.work_per_voxel
     on_cpu = dev.type == "cpu"
     host_fixed = plan.output_bytes
-    dev_fixed = plan.field_bytes
+    moving_dev = plan.moving_bytes
+    if not on_cpu:  # the upload in the storage dtype exists next to the converted tensor
+        moving_dev += estimate_bytes(volume.geometry.num_voxels,
+                                     plan.channels * _torch_storage_dtype(volume.array.dtype).itemsize)
+    fixed = plan.field_bytes + (host_fixed if on_cpu else 0)
     dev_budget = memory_budget_bytes(dev, memory_budget)
-    whole_fits = plan.moving_bytes + dev_fixed + per_slice + (host_fixed if on_cpu else 0) <= dev_budget
-    use_stream = (not whole_fits) if stream is None else bool(stream)
-    if use_stream:
-        need_dev = dev_fixed + per_slice + (host_fixed if on_cpu else 0)
-    else:
-        need_dev = plan.moving_bytes + dev_fixed + per_slice + (host_fixed if on_cpu else 0)
-    check_fits(need_dev, "resampling", dev, memory_budget)
+    use_stream = (moving_dev + fixed + per_slice > dev_budget) if stream is None else bool(stream)
+    need = fixed + per_slice + (0 if use_stream else moving_dev)
+    check_fits(need, "resampling", dev, memory_budget)
     if not on_cpu:
         check_fits(host_fixed + ref.size[0] * ref.size[1] * plan.channels * plan.out_dtype.itemsize,
                    "resampling (the result in host memory)", None, memory_budget)
-    left = dev_budget - (need_dev - per_slice)
+    left = dev_budget - (need - per_slice)  # for chunk work (and streamed blocks)
     if chunk_slices is not None:
         if int(chunk_slices) < 1:
             raise MedTorchInputError(f"chunk_slices must be >= 1, got {chunk_slices}", "give a positive number")
@@ -635,74 +731,104 @@ def resample(
         chunks = plan_chunks(ref.size[2], per_slice, work_budget)
     block_budget = max(left - per_slice * max(b - a for a, b in chunks), 0)
 
-    # -- data on the device --------------------------------------------------------------
-    vector = volume.kind == "vector"
+    # -- data on the device ----------------------------------------------------------------------
     moving_t = None if use_stream else _block_tensor(np.asarray(volume.array), vector, plan.compute_np, dev)
-    stages: list[tuple[str, Any]] = []
-    for name, obj in plan.stages:
-        if name == "field":
-            stages.append((name, _to_tensor_op(obj, dev, plan.coord_dtype)))
-        else:
-            stages.append((name, obj))
+    middle = [(name, _to_tensor_op(obj, dev, plan.coord_dtype) if name == "field" else obj)
+              for name, obj in plan.middle]
+    msize = volume.geometry.size
+    scale, offset = _axis_scale(msize)
+    nearest = plan.mode == "nearest"
+    # Coordinates the pipeline produces: grid_sample's for linear; index + 0.5 for nearest
+    # (floored in place, then scaled). ITK's inside test in those coordinates:
+    to_coords = np.eye(4)
+    if nearest:
+        to_coords[:3, 3] = 0.5
+        low, high = np.zeros(3), np.asarray(msize, dtype=np.float64)
+    else:
+        to_coords[:3, :3] = np.diag(scale)
+        to_coords[:3, 3] = offset
+        low, high = scale * -0.5 + offset, scale * (np.asarray(msize) - 0.5) + offset
+    cdt = plan.coord_dtype
+    low_t = torch.tensor(low, device=dev, dtype=cdt)
+    high_t = torch.tensor(high, device=dev, dtype=cdt)
+    scale_t = torch.tensor(scale, device=dev, dtype=cdt)
+    offset_t = torch.tensor(offset, device=dev, dtype=cdt)
+    last = to_coords @ (plan.first if plan.final is None else plan.final)
+
+    def coordinates(k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pipeline coordinates [nk, J, I, 3], outside mask [nk, J, I])."""
+        if plan.final is None:
+            g = _grid_from_matrix(last, ref.size, (k0, k1), dev, cdt)
+            return g, _row_outside(plan.first, ref.size, (k0, k1), msize, dev)
+        p = _grid_from_matrix(plan.first, ref.size, (k0, k1), dev, cdt)
+        for name, obj in middle:
+            if name == "field":
+                p += sample(obj.displacement, p, obj.geometry, "linear", 0.0).movedim(0, -1)
+            else:
+                p = p @ torch.tensor(obj[:3, :3].T, device=dev, dtype=cdt) + torch.tensor(obj[:3, 3], device=dev, dtype=cdt)
+        g = p @ torch.tensor(last[:3, :3].T, device=dev, dtype=cdt) + torch.tensor(last[:3, 3], device=dev, dtype=cdt)
+        outside = ((g < low_t) | (g >= high_t)).any(-1)
+        return g, outside
+
+    def to_grid(g: torch.Tensor, block_lo: np.ndarray | None, block_size: Sequence[int] | None) -> torch.Tensor:
+        """In place: pipeline coordinates -> grid_sample coordinates (of a block if given)."""
+        if nearest:
+            torch.floor_(g)  # index of the nearest voxel (ITK rounds half up)
+            if block_lo is None:
+                return torch.addcmul(offset_t, g, scale_t, out=g)
+            sb, ob = _axis_scale(block_size)  # type: ignore[arg-type]
+            return g.sub_(torch.tensor(block_lo, device=dev, dtype=cdt)).mul_(
+                torch.tensor(sb, device=dev, dtype=cdt)).add_(torch.tensor(ob, device=dev, dtype=cdt))
+        if block_lo is None:
+            return g
+        sb, ob = _axis_scale(block_size)  # type: ignore[arg-type]
+        ratio = sb / scale
+        return g.mul_(torch.tensor(ratio, device=dev, dtype=cdt)).add_(
+            torch.tensor(ob - offset * ratio - block_lo * sb, device=dev, dtype=cdt))
+
+    def sample_grid(moving: torch.Tensor, grid: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+        return _grid_sample_rows(moving, grid, nearest).masked_fill_(outside, float(default_value))
+
+    def store(k0: int, values: torch.Tensor) -> None:
+        host = (values.movedim(0, -1) if vector else values[0]).cpu().numpy()
+        out[k0 : k0 + host.shape[0]] = _cast_output(host, plan.out_dtype)
+
+    def run_stream(k0: int, g: torch.Tensor, outside: torch.Tensor) -> None:
+        inside = ~outside
+        if not bool(inside.any()):
+            out[k0 : k0 + g.shape[0]] = _cast_output(np.array(default_value), plan.out_dtype)
+            return
+        sel = g[inside]
+        lo_c, hi_c = sel.amin(0).double().cpu().numpy(), sel.amax(0).double().cpu().numpy()
+        if not nearest:  # back to moving indices
+            lo_c, hi_c = (lo_c - offset) / scale, (hi_c - offset) / scale
+        upper = np.asarray(msize) - 1
+        lo_i = np.clip(np.floor(lo_c) - 1, 0, upper).astype(np.int64)  # one voxel of slack
+        hi_i = np.clip(np.floor(hi_c) + 2, 0, upper).astype(np.int64)
+        block_size = hi_i - lo_i + 1
+        block_bytes = int(np.prod(block_size)) * plan.channels * plan.compute_np.itemsize * (1 if on_cpu else 2)
+        if block_bytes > block_budget and g.shape[0] > 1:
+            half = g.shape[0] // 2
+            run_stream(k0, g[:half], outside[:half])
+            run_stream(k0 + half, g[half:], outside[half:])
+            return
+        if block_bytes > block_budget:
+            check_fits(need + block_bytes, "resampling (streaming the input)", dev, memory_budget)
+        arr = volume.array[lo_i[2] : hi_i[2] + 1, lo_i[1] : hi_i[1] + 1, lo_i[0] : hi_i[0] + 1]
+        block = _block_tensor(np.asarray(arr), vector, plan.compute_np, dev)
+        store(k0, sample_grid(block, to_grid(g, lo_i.astype(np.float64), [int(v) for v in block_size]), outside))
 
     out = np.empty(out_shape, dtype=plan.out_dtype)
     total = float(ref.size[2])
-    msize = volume.geometry.size
-
-    def moving_index(k0: int, k1: int) -> torch.Tensor:
-        pts = _grid_from_matrix(stages[0][1], ref.size, (k0, k1), dev, plan.coord_dtype)
-        for name, obj in stages[1:]:
-            if name == "field":
-                pts = pts + sample(obj.displacement, pts, obj.geometry, "linear", 0.0).movedim(0, -1)
-            else:
-                m = torch.tensor(obj, device=dev).to(plan.coord_dtype)
-                pts = pts @ m[:3, :3].transpose(0, 1) + m[:3, 3]
-        return pts
-
-    def store(k0: int, values: torch.Tensor) -> None:
-        v = values.movedim(0, -1) if vector else values[0]
-        host = v.cpu().numpy()
-        out[k0 : k0 + host.shape[0]] = _cast_output(host, plan.out_dtype)
-
-    def run_stream(k0: int, idx: torch.Tensor) -> None:
-        inside = _inside(idx, msize)
-        if not bool(inside.any()):
-            store(k0, torch.full((plan.channels,) + tuple(idx.shape[:-1]), float(default_value), dtype=torch.float64))
-            return
-        sel = idx[inside]
-        upper = torch.tensor([s - 1 for s in msize], device=idx.device, dtype=idx.dtype)
-        clamped = torch.minimum(torch.maximum(sel, torch.zeros_like(upper)), upper)
-        if plan.mode == "nearest":
-            lo_f = torch.floor(clamped + 0.5).amin(0)
-            hi_f = torch.floor(clamped + 0.5).amax(0)
-        else:
-            lo_f = torch.floor(clamped).amin(0)
-            hi_f = torch.minimum(torch.floor(clamped).amax(0) + 1, upper)
-        lo = [int(v) for v in lo_f.tolist()]
-        hi = [int(v) for v in hi_f.tolist()]
-        block_voxels = (hi[0] - lo[0] + 1) * (hi[1] - lo[1] + 1) * (hi[2] - lo[2] + 1)
-        block_bytes = block_voxels * plan.channels * plan.compute_np.itemsize * 2
-        if block_bytes > block_budget and idx.shape[0] > 1:
-            half = idx.shape[0] // 2
-            run_stream(k0, idx[:half])
-            run_stream(k0 + half, idx[half:])
-            return
-        if block_bytes > block_budget:
-            check_fits(block_bytes + (need_dev - per_slice) + per_slice, "resampling (streaming the input)", dev,
-                       memory_budget)
-        arr = volume.array[lo[2] : hi[2] + 1, lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
-        block = _block_tensor(np.asarray(arr), vector, plan.compute_np, dev)
-        store(k0, _sample_index(block, idx, msize, plan.mode, default_value, (lo[0], lo[1], lo[2])))
-
     with torch.no_grad():
         for k0, k1 in chunks:
             report(progress, cancel, k0 / total, f"resampling slices {k0 + 1}-{k1} of {ref.size[2]}")
-            idx = moving_index(k0, k1)
+            g, outside = coordinates(k0, k1)
             if use_stream:
-                run_stream(k0, idx)
+                run_stream(k0, g, outside)
             else:
                 assert moving_t is not None
-                store(k0, _sample_index(moving_t, idx, msize, plan.mode, default_value))
+                store(k0, sample_grid(moving_t, to_grid(g, None, None), outside))
     report(progress, cancel, 1.0, "resampling done")
     return Volume(out, ref, volume.kind, dict(volume.metadata))
 
@@ -715,5 +841,3 @@ def resample_like(
 ) -> Volume:
     """:func:`resample` ``volume`` onto the grid of ``reference_volume`` (same keywords)."""
     return resample(volume, reference_volume.geometry, transform, **kwargs)
-
-

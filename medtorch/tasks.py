@@ -1,7 +1,9 @@
 """Operations that Slicer and the command line run, blocking or in a background process.
 
-Every Slicer-facing operation is registered here by name with a function
-``op(inputs: dict[str, Volume], params: dict, progress, cancel) -> OperationResult``.
+Every Slicer-facing operation is registered by name (``@register("name")``) with a function
+``op(inputs: dict[str, Volume], params: dict, progress, cancel) -> OperationResult``, in
+the ``ops`` module of its subpackage (``medtorch/fusion/ops.py``, ...), found by
+:func:`discover_operations`.
 
 * :func:`run_operation` runs one in this process and blocks (scripts, tests, the CLI).
 * :class:`BackgroundTask` runs one in a separate Python process (``python -m
@@ -47,6 +49,7 @@ class OperationResult:
 
 Operation = Callable[[dict[str, Volume], dict[str, Any], "ProgressCallback | None", "CancelToken | None"], OperationResult]
 OPERATIONS: dict[str, Operation] = {}
+_DISCOVERED = False
 
 
 def register(name: str) -> Callable[[Operation], Operation]:
@@ -57,66 +60,27 @@ def register(name: str) -> Callable[[Operation], Operation]:
     return deco
 
 
-def _need(inputs: dict[str, Volume], name: str) -> Volume:
+def need(inputs: dict[str, Volume], name: str) -> Volume:
+    """The input volume ``name``, or a clear error when it is missing."""
     if name not in inputs:
         raise MedTorchInputError(f"the {name} volume is missing", f"select a {name} volume")
     return inputs[name]
 
 
-# -- the operations ----------------------------------------------------------------------
+def discover_operations() -> dict[str, Operation]:
+    """Import every ``medtorch.<subpackage>.ops`` module, which registers its operations."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        import importlib
+        import pkgutil
 
+        import medtorch
 
-@register("blend")
-def _op_blend(inputs: dict[str, Volume], params: dict[str, Any], progress: ProgressCallback | None,
-              cancel: CancelToken | None) -> OperationResult:
-    from medtorch.fusion.blend import resample_and_blend
-
-    transform: list[Any] = []
-    if params.get("matrix") is not None:
-        transform.append(np.asarray(params["matrix"], dtype=np.float64))
-    if "displacement" in inputs:
-        transform.append(inputs["displacement"])
-    res = resample_and_blend(
-        _need(inputs, "fixed"),
-        _need(inputs, "moving"),
-        transform=(transform[0] if len(transform) == 1 else transform) if transform else None,
-        weight=float(params.get("weight", 0.5)),
-        normalization=params.get("normalization", "percentile"),
-        device=params.get("device"),
-        progress=progress,
-        cancel=cancel,
-    )
-    return OperationResult({"fused": res.fused, "resampled": res.resampled_moving},
-                           {"overlap_fraction": res.overlap_fraction})
-
-
-@register("denoise")
-def _op_denoise(inputs: dict[str, Volume], params: dict[str, Any], progress: ProgressCallback | None,
-                cancel: CancelToken | None) -> OperationResult:
-    from medtorch.enhance.denoise import denoise
-
-    options = {k: params[k] for k in ("iterations", "time_step") if params.get(k) is not None}
-    if params.get("method", "gaussian") != "anisotropic":
-        options = {}
-    out = denoise(_need(inputs, "input"), params.get("method", "gaussian"), params.get("strength"),
-                  progress=progress, cancel=cancel, **options)
-    return OperationResult({"output": out}, {})
-
-
-@register("threshold")
-def _op_threshold(inputs: dict[str, Volume], params: dict[str, Any], progress: ProgressCallback | None,
-                  cancel: CancelToken | None) -> OperationResult:
-    from medtorch.segment.threshold import Box, threshold_largest_component
-
-    roi = params.get("roi")
-    box = None if roi is None else Box(np.asarray(roi["center"], float), np.asarray(roi["half_size"], float),
-                                       np.asarray(roi.get("axes", np.eye(3).tolist()), float))
-    res = threshold_largest_component(
-        _need(inputs, "input"), float(params["lower"]), float(params.get("upper", float("inf"))), box,
-        keep_largest=bool(params.get("keep_largest", True)), progress=progress, cancel=cancel,
-    )
-    return OperationResult({"label": res.label}, {"volume_ml": res.volume_ml, "voxel_count": res.voxel_count,
-                                                 "num_components": res.num_components})
+        for info in pkgutil.iter_modules(medtorch.__path__):
+            if info.ispkg and importlib.util.find_spec(f"medtorch.{info.name}.ops") is not None:
+                importlib.import_module(f"medtorch.{info.name}.ops")
+        _DISCOVERED = True
+    return OPERATIONS
 
 
 # -- running -----------------------------------------------------------------------------
@@ -125,9 +89,10 @@ def _op_threshold(inputs: dict[str, Volume], params: dict[str, Any], progress: P
 def run_operation(name: str, inputs: dict[str, Volume], params: dict[str, Any] | None = None,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> OperationResult:
     """Run operation ``name`` in this process (blocking). Inputs are not modified."""
-    if name not in OPERATIONS:
-        raise MedTorchInputError(f"unknown operation {name!r}", "use one of " + ", ".join(sorted(OPERATIONS)))
-    return OPERATIONS[name](inputs, dict(params or {}), progress, cancel)
+    ops = discover_operations()
+    if name not in ops:
+        raise MedTorchInputError(f"unknown operation {name!r}", "use one of " + ", ".join(sorted(ops)))
+    return ops[name](inputs, dict(params or {}), progress, cancel)
 
 
 def _json_default(obj: Any) -> Any:
@@ -172,8 +137,9 @@ class BackgroundTask:
 
     def __init__(self, operation: str, inputs: dict[str, Volume], params: dict[str, Any] | None = None,
                  progress: ProgressCallback | None = None) -> None:
-        if operation not in OPERATIONS:
-            raise MedTorchInputError(f"unknown operation {operation!r}", "use one of " + ", ".join(sorted(OPERATIONS)))
+        ops = discover_operations()
+        if operation not in ops:
+            raise MedTorchInputError(f"unknown operation {operation!r}", "use one of " + ", ".join(sorted(ops)))
         self.operation = operation
         self.inputs = inputs
         self.params = dict(params or {})

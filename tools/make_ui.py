@@ -148,7 +148,13 @@ def fusion_registration() -> str:
         (label("showResultLabel", "Show result:", "Show the fused volume when done"),
          widget("QCheckBox", "showResultCheckBox", "Show the fused volume in the slice views when done", "showResult", text="")),
     ])
-    return document("FusionRegistration", [inputs, params, outputs,
+    advanced = section("advancedCollapsibleButton", "Advanced", "Compute settings", [
+        (label("deviceLabel", "Device:", "Where the computation runs"),
+         widget("QComboBox", "deviceComboBox",
+                "auto: $MEDTORCH_DEVICE if set, else CUDA GPU, then Apple MPS, then CPU; or force cpu, cuda or mps",
+                "device", items=["auto", "cpu", "cuda", "mps"])),
+    ], collapsed=True)
+    return document("FusionRegistration", [inputs, params, outputs, advanced,
                                            apply_button("Resample the moving volume onto the fixed grid and blend them"),
                                            status_label()])
 

@@ -62,7 +62,8 @@ def resample_and_blend(
         weight: share of the moving volume in the blend, in [0, 1].
         normalization: ``"percentile"`` maps each input's [lower, upper] percentile to
             [0, 1] (the output is then in [0, 1]); ``"none"`` blends raw intensities.
-        device: torch device for the resampling (``None``: automatic).
+        device: torch device for the resampling: ``auto``/``None`` (``$MEDTORCH_DEVICE``, else
+            cuda, then mps, then cpu), ``cpu``, ``cuda`` or ``mps``.
 
     Raises:
         MedTorchInputError: bad volumes, a weight outside [0, 1], or no overlap between
@@ -77,14 +78,17 @@ def resample_and_blend(
             f"percentiles ({lower_percentile}, {upper_percentile}) are not ordered within [0, 100]",
             "use e.g. lower 1 and upper 99",
         )
-    report(progress, cancel, 0.0, "resampling the moving volume")
+    from medtorch.device import select_device
+
+    dev = select_device(device)
+    report(progress, cancel, 0.0, f"resampling the moving volume on {dev}")
     moved = resample(
         moving,
         fixed.geometry,
         transform,
         interpolation="linear",
         default_value=0.0,
-        device=device,
+        device=dev,
         progress=SubProgress(progress, 0.0, 0.6, "resampling"),
         cancel=cancel,
     )
@@ -95,7 +99,7 @@ def resample_and_blend(
         transform,
         interpolation="linear",
         default_value=0.0,
-        device=device,
+        device=dev,
         progress=SubProgress(progress, 0.6, 0.8, "overlap"),
         cancel=cancel,
     )
@@ -118,7 +122,7 @@ def resample_and_blend(
     else:
         raise MedTorchInputError(f"unknown normalization {normalization!r}", "use 'percentile' or 'none'")
     fused = ((1.0 - weight) * f + weight * m).astype(np.float32)
-    meta = {"operation": "blend", "weight": weight, "normalization": normalization,
+    meta = {"operation": "blend", "weight": weight, "normalization": normalization, "device": str(dev),
             "output_range": "[0, 1]" if normalization == "percentile" else "input units"}
     report(progress, cancel, 1.0, "done")
     return BlendResult(

@@ -1,0 +1,46 @@
+"""One module per ``medtorch`` sub-command, discovered by :mod:`medtorch.cli`.
+
+A command module defines ``COMMANDS``: a list of :class:`Command` objects, each with a
+``name``, a ``help`` line, ``examples`` (shown in ``--help``), an ``add_arguments(parser)``
+function and a ``run(args, cancel) -> int`` function. Heavy imports go inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+from medtorch.progress import CancelToken, ConsoleProgressBar
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    examples: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, CancelToken], int]
+
+
+def vec3(text: str) -> tuple[float, float, float]:
+    """argparse type: three comma-separated numbers."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    try:
+        return (float(parts[0]), float(parts[1]), float(parts[2]))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from exc
+
+
+def progress_bar(args: argparse.Namespace) -> ConsoleProgressBar:
+    """The progress bar a command shows (silent with ``--quiet``)."""
+    return ConsoleProgressBar(quiet=getattr(args, "quiet", False))
+
+
+def device_of(args: argparse.Namespace) -> str:
+    """The torch device chosen by ``--device`` / ``$MEDTORCH_DEVICE`` / auto."""
+    from medtorch.device import select_device
+
+    return str(select_device(getattr(args, "device", None)))
