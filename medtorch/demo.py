@@ -986,8 +986,11 @@ def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: di
     # -- fusion: blended volumes ---------------------------------------------------------------------------
     report(progress, cancel, 0.25, "drawing the fusion figure")
     # T1 and T2 contrasts are largely inverse, so a 50/50 blend is flat: show it with a
-    # window of its own (percentiles inside the head of the aligned blend), the same for both rows.
-    f_lo, f_hi = (float(v) for v in np.percentile(fused["known_transform"].array[head], [0.5, 99.5]))
+    # window of its own (percentiles inside the brain of the aligned blend), the same for both rows.
+    from scipy.ndimage import binary_erosion
+
+    interior = binary_erosion(head, iterations=2)
+    f_lo, f_hi = (float(v) for v in np.percentile(fused["known_transform"].array[interior], [1.0, 99.5]))
     panels = []
     for name, label in (("no_registration", "no registration"), ("known_transform", "known transform")):
         d_f = disp(fused[name].array)
@@ -1044,7 +1047,7 @@ def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: di
                 float(corners[:, 1].max()), "#ffcc00")
         truth_sl, seg_sl = d_t.slice(plane, tc), d_s.slice(plane, tc)
         img = d_p.slice(plane, tc)
-        contours = [(truth_sl, "#00ff66", ""), (seg_sl, "#ff3030", "")]
+        contours = [(truth_sl, "#00ff66", ""), (seg_sl, "#ff3030", "", "dashed")]
         panels.append(Panel(img, f"tumour phantom, {plane}", 0, vmax_p, aspect=d_p.aspect(plane),
                             contours=contours, rectangles=[rect], orientation=d_p.labels(plane)))
     # zoom on the axial slice
@@ -1058,11 +1061,11 @@ def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: di
     m = seg["metrics"]
     panels.append(Panel(img, f"zoom: Dice {m['dice']:.3f}, volume error {m['volume_error_percent']:+.1f} %", 0,
                         vmax_p, aspect=d_p.aspect(plane),
-                        contours=[(tsl, "#00ff66", "truth"), (ssl, "#ff3030", "segmentation")],
+                        contours=[(tsl, "#00ff66", "truth"), (ssl, "#ff3030", "segmentation", "dashed")],
                         orientation=orient))
     files["segmentation.png"] = panel_figure(fig_dir / "segmentation.png", panels, ncols=4,
-                                             title="Tumour phantom: truth (green) and threshold segmentation (red); "
-                                                   "ROI box dashed")
+                                             title="Tumour phantom: truth (green) and threshold segmentation (red, "
+                                                   "dashed); ROI box (yellow, dashed)")
     report(progress, cancel, 0.85, "figures done")
     return files
 

@@ -91,10 +91,13 @@ def format_bytes(n: float) -> str:
 def _bytes_per_item(bytes_per_voxel: Any) -> float:
     if isinstance(bytes_per_voxel, (int, float, np.integer, np.floating)) and not isinstance(bytes_per_voxel, bool):
         return float(bytes_per_voxel)
-    itemsize = getattr(bytes_per_voxel, "itemsize", None)  # numpy dtype, torch dtype
-    if itemsize is not None:
-        return float(itemsize)
-    return float(np.dtype(bytes_per_voxel).itemsize)
+    if type(bytes_per_voxel).__module__.startswith("torch"):  # a torch.dtype
+        return float(bytes_per_voxel.itemsize)
+    try:
+        return float(np.dtype(bytes_per_voxel).itemsize)
+    except TypeError as exc:
+        raise MedTorchInputError(f"bytes per voxel {bytes_per_voxel!r} is not a size or a dtype",
+                                 "give a number of bytes or a numpy/torch dtype") from exc
 
 
 def estimate_bytes(shape_or_numvoxels: int | Sequence[int], bytes_per_voxel: Any = 4, copies: float = 1) -> int:

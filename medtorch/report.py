@@ -345,10 +345,12 @@ class Panel:
     """One image of a :func:`panel_figure`.
 
     ``image`` is 2D (grey values, windowed with ``vmin``/``vmax``) or ``[h, w, 3]`` RGB in
-    [0, 1]. ``contours`` are ``(mask2d, colour, legend label)``, earlier ones drawn wider so
-that coinciding outlines stay visible (the label may be empty); ``points`` are ``(N, 2)``
-    (column, row) pixel positions drawn as crosses; ``rectangles`` are
-    ``(col0, row0, col1, row1, colour)``.
+    [0, 1]. ``contours`` are ``(mask2d, colour, legend label[, line style])``, earlier ones
+    drawn wider so that coinciding outlines stay visible (the label may be empty);
+    ``points`` are ``(N, 2)`` (column, row) pixel positions drawn as crosses;
+    ``rectangles`` are ``(col0, row0, col1, row1, colour)``. ``aspect`` is a pixel's
+    height/width (:meth:`DisplayVolume.aspect`); ``orientation`` the letters at the
+    (top, bottom, left, right) edges (:meth:`DisplayVolume.labels`).
     """
 
     image: np.ndarray
@@ -357,7 +359,7 @@ that coinciding outlines stay visible (the label may be empty); ``points`` are `
     vmax: float | None = None
     cmap: str = "gray"
     aspect: float = 1.0
-    contours: Sequence[tuple[np.ndarray, str, str]] = field(default_factory=list)
+    contours: Sequence[tuple[Any, ...]] = field(default_factory=list)
     points: np.ndarray | None = None
     point_colour: str = "yellow"
     rectangles: Sequence[tuple[float, float, float, float, str]] = field(default_factory=list)
@@ -432,14 +434,16 @@ def panel_figure(
             im = ax.imshow(img, cmap=p.cmap, vmin=p.vmin, vmax=p.vmax, origin="upper", aspect=p.aspect,
                            interpolation="nearest")
         handles = []
-        for n, (mask, colour, label) in enumerate(p.contours):
+        for n, contour in enumerate(p.contours):
+            mask, colour, label = contour[0], contour[1], contour[2]
+            style = contour[3] if len(contour) > 3 else "solid"
             m = np.asarray(mask, dtype=float)
             # Earlier contours are drawn wider, so a later one that coincides leaves them visible.
             width = 1.3 + 1.4 * (len(p.contours) - 1 - n)
             if m.any() and not m.all():
-                ax.contour(m, levels=[0.5], colors=[colour], linewidths=width)
+                ax.contour(m, levels=[0.5], colors=[colour], linewidths=width, linestyles=style)
             if label:
-                handles.append(plt.Line2D([], [], color=colour, label=label))
+                handles.append(plt.Line2D([], [], color=colour, label=label, linestyle=style, linewidth=width))
         for c0, r0, c1, r1, colour in p.rectangles:
             ax.add_patch(plt.Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, edgecolor=colour, linewidth=1.0,
                                        linestyle="--"))

@@ -1,0 +1,1 @@
+"""Benchmarks: MedTorch beside its peers on the same data, writing the tables in docs/."""

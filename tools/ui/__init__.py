@@ -1,0 +1,1 @@
+"""Per-module UI descriptions for tools/make_ui.py."""

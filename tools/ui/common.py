@@ -1,0 +1,120 @@
+"""Building blocks for the modules' Qt Designer ``.ui`` files (see ``tools/make_ui.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+REPO = Path(__file__).resolve().parent.parent
+
+CUSTOM = {
+    "ctkCollapsibleButton": ("QWidget", "ctkCollapsibleButton.h", True),
+    "ctkSliderWidget": ("QWidget", "ctkSliderWidget.h", False),
+    "qMRMLNodeComboBox": ("QWidget", "qMRMLNodeComboBox.h", False),
+    "qMRMLWidget": ("QWidget", "qMRMLWidget.h", True),
+}
+
+
+def prop(name: str, value, stdset: bool = True) -> str:
+    extra = "" if stdset else ' stdset="0"'
+    if isinstance(value, bool):
+        body = f"<bool>{'true' if value else 'false'}</bool>"
+    elif isinstance(value, int):
+        body = f"<number>{value}</number>"
+    elif isinstance(value, float):
+        body = f"<double>{value!r}</double>"
+    elif isinstance(value, list):
+        body = "<stringlist>" + "".join(f"<string>{escape(v)}</string>" for v in value) + "</stringlist>"
+    else:
+        body = f"<string>{escape(str(value))}</string>"
+    return f'<property name="{name}"{extra}>{body}</property>'
+
+
+def widget(cls: str, name: str, tooltip: str, param: str | None = None, items: list[str] | None = None, **props) -> str:
+    parts = [f'<widget class="{cls}" name="{name}">', prop("toolTip", tooltip)]
+    for key, value in props.items():
+        parts.append(prop(key, value))
+    if param:
+        parts.append(prop("SlicerParameterName", param, stdset=False))
+    for item in items or []:
+        parts.append(f"<item>{prop('text', item)}</item>")
+    parts.append("</widget>")
+    return "".join(parts)
+
+
+def label(name: str, text: str, tooltip: str) -> str:
+    return widget("QLabel", name, tooltip, text=text)
+
+
+def node_combo(name: str, param: str, tooltip: str, node_types: list[str], optional: bool = False) -> str:
+    return widget("qMRMLNodeComboBox", name, tooltip, param, nodeTypes=node_types, showChildNodeTypes=False,
+                  addEnabled=optional, removeEnabled=optional, noneEnabled=optional,
+                  noneDisplay="Create new" if optional else "None", renameEnabled=True)
+
+
+def form(rows: list[tuple[str, str]]) -> str:
+    """rows: (label xml, field xml) pairs; label xml may be '' for a full-width field."""
+    out = ['<layout class="QFormLayout">']
+    for r, (lab, field) in enumerate(rows):
+        if lab:
+            out.append(f'<item row="{r}" column="0">{lab}</item><item row="{r}" column="1">{field}</item>')
+        else:
+            out.append(f'<item row="{r}" column="0" colspan="2">{field}</item>')
+    out.append("</layout>")
+    return "".join(out)
+
+
+def section(name: str, title: str, tooltip: str, rows: list[tuple[str, str]], collapsed: bool = False) -> str:
+    return (f'<widget class="ctkCollapsibleButton" name="{name}">{prop("toolTip", tooltip)}{prop("text", title)}'
+            f'{prop("collapsed", collapsed)}{form(rows)}</widget>')
+
+
+def document(module: str, body: list[str]) -> str:
+    items = "".join(f"<item>{b}</item>" for b in body)
+    spacer = ('<item><spacer name="verticalSpacer"><property name="orientation"><enum>Qt::Vertical</enum></property>'
+              '</spacer></item>')
+    customs = "".join(
+        f"<customwidget><class>{c}</class><extends>{e}</extends><header>{h}</header>"
+        + ("<container>1</container>" if cont else "") + "</customwidget>"
+        for c, (e, h, cont) in CUSTOM.items()
+    )
+    combos = []
+    import re
+
+    for m in re.finditer(r'<widget class="qMRMLNodeComboBox" name="(\w+)"', "".join(body)):
+        combos.append(
+            f"<connection><sender>{module}</sender><signal>mrmlSceneChanged(vtkMRMLScene*)</signal>"
+            f"<receiver>{m.group(1)}</receiver><slot>setMRMLScene(vtkMRMLScene*)</slot></connection>"
+        )
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<ui version="4.0">'
+        f"<class>{module}</class>"
+        f'<widget class="qMRMLWidget" name="{module}">{prop("toolTip", module.replace("SR", " SR"))}'
+        f'<layout class="QVBoxLayout" name="verticalLayout">{items}{spacer}</layout></widget>'
+        f"<customwidgets>{customs}</customwidgets><resources/><connections>{''.join(combos)}</connections></ui>\n"
+    )
+    return pretty(xml)
+
+
+def pretty(text: str) -> str:
+    import xml.dom.minidom
+
+    return xml_dom_fix(xml.dom.minidom.parseString(text.encode("utf-8")).toprettyxml(indent=" ", encoding="UTF-8").decode("utf-8"))
+
+
+def xml_dom_fix(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def apply_button(tooltip: str, text: str = "Apply") -> str:
+    return widget("QPushButton", "applyButton", tooltip, text=text, enabled=False)
+
+
+def status_label() -> str:
+    return widget("QLabel", "statusLabel", "Result of the last run", text="")
+
+
+SCALAR = ["vtkMRMLScalarVolumeNode"]
+
+
