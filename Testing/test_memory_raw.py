@@ -234,7 +234,7 @@ def oblique_image() -> sitk.Image:
     return img
 
 
-def assert_same_as_sitk(vol: Volume, path: Path, check_memmap: bool = True) -> None:
+def assert_same_as_sitk(vol: Volume, path: Path) -> None:
     img = sitk.ReadImage(str(path))
     assert isinstance(vol.array, np.memmap) or isinstance(vol.array.base, np.memmap)
     assert not vol.array.flags.writeable
@@ -246,13 +246,14 @@ def assert_same_as_sitk(vol: Volume, path: Path, check_memmap: bool = True) -> N
     assert vol.kind == ("vector" if img.GetNumberOfComponentsPerPixel() > 1 else "scalar")
 
 
-@pytest.mark.parametrize("ext", [".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".hdr"])
-@pytest.mark.parametrize("pixel", ["int16", "uint8", "float64", "vector"])
+@pytest.mark.parametrize(
+    "ext, pixel",
+    [(ext, pixel) for ext in (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".hdr")
+     for pixel in ("int16", "uint8", "float64", "vector") if (ext, pixel) != (".hdr", "vector")],
+)
 def test_memmap_matches_sitk(tmp_path: Path, oblique_image: sitk.Image, ext: str, pixel: str) -> None:
     img = oblique_image
     if pixel == "vector":
-        if ext == ".hdr":
-            pytest.skip("Analyze-style pairs hold no vector images")
         arr = sitk.GetArrayFromImage(img).astype(np.float32)
         vec = sitk.GetImageFromArray(np.stack([arr, -arr, arr * 0.5], -1), isVector=True)
         vec.CopyInformation(img)
@@ -346,7 +347,7 @@ def test_nifti2_matches_nifti1_read_by_sitk(tmp_path: Path, oblique_image: sitk.
     # SimpleITK 2.5 (ITK 5.4) does not read NIfTI-2: compare with its reading of the NIfTI-1 twin.
     vol = memmap_volume(path)
     assert vol.metadata["data_offset"] == 544
-    assert_same_as_sitk(vol, src, check_memmap=True)
+    assert_same_as_sitk(vol, src)
 
 
 def test_nifti_scaled_needs_consent(tmp_path: Path, oblique_image: sitk.Image) -> None:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import html
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -367,7 +368,7 @@ class Panel:
     colorbar: bool = False
 
 
-def save_figure(fig: "MplFigure", path: str | os.PathLike[str], dpi: int = 100) -> Path:
+def save_figure(fig: MplFigure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
