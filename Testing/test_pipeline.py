@@ -1,0 +1,137 @@
+"""``medtorch pipeline`` on NIfTI and on a DICOM folder made from pydicom's files, and
+``medtorch batch`` on a Dask LocalCluster of 2 workers: isolation of a failing case and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from medtorch.cli import main
+from medtorch.errors import MedTorchInputError
+from medtorch.io import read_volume, write_volume
+from medtorch.phantoms import blob_phantom, lesion_mask, oblique_geometry
+from medtorch.pipeline import load_config, run_pipeline
+
+
+def _study(tmp_path: Path, steps: dict, fixed: str = "fixed.nii.gz", moving: str | None = "moving.nii.gz") -> Path:
+    cfg = {"study": "p001", "output_dir": "out", "seed": 3, "inputs": {"fixed": fixed}, "steps": steps}
+    if moving:
+        cfg["inputs"]["moving"] = moving
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def nifti_pair(tmp_path):
+    geom = oblique_geometry()
+    write_volume(blob_phantom(geom, noise=4.0, seed=1), tmp_path / "fixed.nii.gz")
+    write_volume(blob_phantom(geom, noise=4.0, seed=2), tmp_path / "moving.nii.gz")
+    return geom
+
+
+def test_pipeline_on_nifti_writes_outputs_and_run_record(tmp_path, nifti_pair):
+    path = _study(tmp_path, {"fuse": {"method": "average", "weight": 0.4},
+                             "denoise": {"input": "fixed", "method": "gaussian", "strength": 1.0},
+                             "segment": {"input": "fixed", "method": "threshold", "lower": 150}})
+    before = hashlib.sha256((tmp_path / "fixed.nii.gz").read_bytes()).hexdigest()
+    assert main(["pipeline", "--config", str(path), "-q"]) == 0
+    out = tmp_path / "out"
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "done" and rec["seed"] == 3 and rec["study"] == "p001"
+    assert {"medtorch", "torch", "SimpleITK", "numpy"} <= set(rec["versions"])
+    assert rec["device"]["device"] == "cpu"
+    assert set(rec["timings_s"]) == {"read_inputs", "fuse", "denoise", "segment"}
+    assert rec["parameters"]["fuse"]["weight"] == 0.4
+    for key in ("fused", "denoised", "segmentation"):
+        entry = rec["outputs"][key]
+        assert hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+        assert read_volume(entry["path"]).geometry.isclose(nifti_pair, atol=1e-4)
+    seg = read_volume(rec["outputs"]["segmentation"]["path"])
+    truth = lesion_mask(nifti_pair)
+    assert 2 * np.logical_and(seg.array > 0, truth).sum() / ((seg.array > 0).sum() + truth.sum()) > 0.8
+    assert rec["values"]["segment"]["volumes_ml"]["1"] > 0
+    assert hashlib.sha256((tmp_path / "fixed.nii.gz").read_bytes()).hexdigest() == before  # input untouched
+    assert not [p for p in out.rglob("*") if ".part" in p.name]  # no temporary files left
+
+
+def test_pipeline_on_a_dicom_folder(tmp_path):
+    from test_dicom import make_series
+
+    files, uid = make_series(tmp_path / "dicom", n=8, step=2.0)
+    path = _study(tmp_path, {"denoise": {"method": "anisotropic", "strength": 1.0, "iterations": 2},
+                             "segment": {"method": "threshold", "lower": 100}}, fixed="dicom", moving=None)
+    config = load_config(path)
+    rec = run_pipeline(config)
+    assert rec.status == "done"
+    dicom_vol = read_volume(tmp_path / "dicom")
+    den = read_volume(rec.record["outputs"]["denoised"]["path"])
+    assert den.geometry.isclose(dicom_vol.geometry, atol=1e-4)
+    assert den.array.dtype == np.float32
+    assert rec.record["config"]["inputs"]["fixed"] == str((tmp_path / "dicom").resolve())
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path, nifti_pair):
+    with pytest.raises(MedTorchInputError, match="unknown steps"):
+        load_config(_study(tmp_path, {"sharpen": {}}))
+    with pytest.raises(MedTorchInputError, match="does not exist"):
+        load_config(_study(tmp_path, {"denoise": {}}, fixed="nope.nii.gz"))
+    with pytest.raises(MedTorchInputError, match="need a moving volume"):
+        load_config(_study(tmp_path, {"fuse": {}}, moving=None))
+    (tmp_path / "bad.yaml").write_text("steps: [\n")
+    with pytest.raises(MedTorchInputError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_failing_step_records_the_error(tmp_path, nifti_pair):
+    path = _study(tmp_path, {"segment": {"method": "threshold", "lower": 99999}})
+    assert main(["pipeline", "--config", str(path), "-q"]) == 2
+    rec = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert rec["status"] == "failed" and "no voxel" in rec["error"]["message"]
+
+
+def test_batch_on_local_cluster_isolates_failures_and_resumes(tmp_path):
+    geom = oblique_geometry(size=(24, 22, 16))
+    rows = ["case_id,fixed,moving"]
+    for i in range(3):
+        write_volume(blob_phantom(geom, noise=3.0, seed=i), tmp_path / f"f{i}.nrrd")
+        write_volume(blob_phantom(geom, noise=3.0, seed=10 + i), tmp_path / f"m{i}.nrrd")
+        rows.append(f"c{i},f{i}.nrrd,m{i}.nrrd")
+    (tmp_path / "broken.nrrd").write_text("not an image")
+    rows.append("bad,broken.nrrd,m0.nrrd")
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump({"inputs": {"fixed": "f0.nrrd", "moving": "m0.nrrd"},
+                                   "steps": {"fuse": {"method": "average"},
+                                             "denoise": {"method": "gaussian", "strength": 1.0}}}))
+    out = tmp_path / "cohort"
+    args = ["batch", "--manifest", str(tmp_path / "cases.csv"), "--config", str(cfg), "--out", str(out),
+            "--workers", "2", "-q"]
+    assert main(args) == 1  # one case failed, the others went on
+    summary = {r["case_id"]: r for r in _csv(out / "summary.csv")}
+    assert [summary[c]["status"] for c in ("c0", "c1", "c2")] == ["done"] * 3
+    assert summary["bad"]["status"] == "failed" and "could not be read" in summary["bad"]["error"]
+    assert {summary[c]["worker"] for c in ("c0", "c1", "c2")} <= {"0", "1"}
+    mtime = {c: (out / c / "run.json").stat().st_mtime_ns for c in ("c0", "c1", "c2")}
+
+    # an interrupted run: case c1 never finished
+    (out / "c1" / "run.json").unlink()
+    assert main(args) == 1
+    summary = {r["case_id"]: r for r in _csv(out / "summary.csv")}
+    assert summary["c0"]["status"] == summary["c2"]["status"] == "skipped (done)"
+    assert summary["c1"]["status"] == "done"
+    assert (out / "c0" / "run.json").stat().st_mtime_ns == mtime["c0"]
+    assert (out / "c2" / "run.json").stat().st_mtime_ns == mtime["c2"]
+
+
+def _csv(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -1,0 +1,260 @@
+"""Run a study: the configured steps in order, every output named and written atomically,
+and a ``run.json`` recording versions, parameters, device, seeds, timings and outputs.
+
+``run.json`` is written last; its ``status`` is ``"done"`` only when every step finished,
+which is how :mod:`medtorch.pipeline.batch` knows a case can be skipped on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
+from medtorch.pipeline.config import StudyConfig
+from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
+from medtorch.volume import Volume
+
+RUN_RECORD = "run.json"
+
+
+@dataclass
+class StepContext:
+    """What steps share: the config, loaded volumes, the transform, outputs and values."""
+
+    config: StudyConfig
+    device: str
+    volumes: dict[str, Volume] = field(default_factory=dict)
+    transform: Any = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def out(self, relative: str) -> Path:
+        path = self.config.output_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write(self, key: str, volume: Volume, relative: str) -> Path:
+        from medtorch.io import write_volume
+
+        path = write_volume(volume, self.out(relative))
+        self.outputs[key] = str(path)
+        return path
+
+    def input_volume(self, params: dict[str, Any]) -> Volume:
+        name = params.get("input", "fixed")
+        return self.volumes[name]
+
+
+Step = Callable[[StepContext, dict[str, Any], ProgressCallback, "CancelToken | None"], None]
+
+
+def _step_register(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
+                   cancel: CancelToken | None) -> None:
+    try:
+        from medtorch.registration import register
+    except ImportError as exc:
+        raise MedTorchInputError("this MedTorch has no registration engine", "disable the register step") from exc
+    p = dict(params)
+    result = register(ctx.volumes["fixed"], ctx.volumes["moving"], mode=p.pop("mode", "rigid"),
+                      metric=p.pop("metric", "mi"), engine=p.pop("engine", "torch"), device=ctx.device,
+                      seed=ctx.config.seed, progress=progress, cancel=cancel, **p)
+    ctx.transform = result.transform
+    linear = getattr(result, "displacement", None) is None
+    path = ctx.out("register/transform.tfm" if linear else "register/transform.h5")
+    result.write_transform(path)
+    ctx.outputs["transform"] = str(path)
+    ctx.write("moving_registered", result.resampled, "register/moving_registered.nrrd")
+    ctx.values["register"] = {k: v for k, v in result.report.items() if isinstance(v, (int, float, str, bool))}
+
+
+def _step_fuse(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
+               cancel: CancelToken | None) -> None:
+    import medtorch.fusion as fusion
+
+    p = dict(params)
+    method = p.pop("method", "average")
+    fuse = getattr(fusion, "fuse", None)
+    if fuse is not None:
+        res = fuse(ctx.volumes["fixed"], ctx.volumes["moving"], method=method, transform=ctx.transform,
+                   device=ctx.device, progress=progress, cancel=cancel, **p)
+        fused = getattr(res, "fused", res)
+    else:
+        if method != "average":
+            raise MedTorchInputError(f"fusion method {method!r} is not available", "use method: average")
+        res = fusion.resample_and_blend(ctx.volumes["fixed"], ctx.volumes["moving"], ctx.transform,
+                                        weight=float(p.pop("weight", 0.5)), device=ctx.device,
+                                        progress=progress, cancel=cancel, **p)
+        fused = res.fused
+    ctx.write("fused", fused, f"fuse/fused_{method}.nrrd")
+    metrics = getattr(res, "metrics", None) or {}
+    ctx.values["fuse"] = {"method": method, **{k: v for k, v in dict(metrics).items() if isinstance(v, (int, float))}}
+
+
+def _step_denoise(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
+                  cancel: CancelToken | None) -> None:
+    from medtorch.enhance.denoise import denoise
+
+    p = {k: v for k, v in params.items() if k != "input"}
+    method = p.pop("method", "gaussian")
+    strength = p.pop("strength", None)
+    out = denoise(ctx.input_volume(params), method, strength, progress=progress, cancel=cancel, **p)
+    ctx.write("denoised", out, f"enhance/denoised_{method}.nrrd")
+    ctx.values["denoise"] = {"method": method, "input": params.get("input", "fixed")}
+
+
+def _step_superres(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
+                   cancel: CancelToken | None) -> None:
+    try:
+        from medtorch.enhance import superres as sr
+    except ImportError as exc:
+        raise MedTorchInputError("this MedTorch has no super-resolution", "disable the superres step") from exc
+    p = {k: v for k, v in params.items() if k != "input"}
+    fn = getattr(sr, "super_resolve", None) or getattr(sr, "superres")
+    out = fn(ctx.input_volume(params), progress=progress, cancel=cancel, **p)
+    out = getattr(out, "volume", out)
+    ctx.write("superres", out, "enhance/superres.nrrd")
+    ctx.values["superres"] = {"input": params.get("input", "fixed"), **{k: v for k, v in p.items()
+                                                                          if isinstance(v, (int, float, str))}}
+
+
+def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
+                  cancel: CancelToken | None) -> None:
+    p = {k: v for k, v in params.items() if k != "input"}
+    method = p.pop("method", "threshold")
+    vol = ctx.input_volume(params)
+    if method == "threshold":
+        from medtorch.segment.threshold import Box, threshold_largest_component
+
+        roi = p.pop("roi", None)
+        box = None if roi is None else Box(np.asarray(roi["center"], float), np.asarray(roi["size"], float) / 2.0)
+        res = threshold_largest_component(vol, float(p.pop("lower")), float(p.pop("upper", float("inf"))), box,
+                                          progress=progress, cancel=cancel)
+        label, values = res.label, {"volume_ml": res.volume_ml, "voxel_count": res.voxel_count}
+    elif method == "model":
+        from medtorch.segment.inference import segment_with_model
+
+        label, info = segment_with_model(p.pop("model"), [vol], device=ctx.device, progress=progress,
+                                         cancel=cancel, **p)
+        values = {k: v for k, v in dict(info).items() if isinstance(v, (int, float, str))}
+    elif method == "seeded":
+        from medtorch.io import read_volume
+        from medtorch.segment import seeded
+
+        seeds = read_volume(p.pop("seeds"), kind="label")
+        fn = getattr(seeded, "segment_seeded", None) or getattr(seeded, "seeded_segmentation")
+        res = fn([vol], seeds, progress=progress, cancel=cancel, **p)
+        label = getattr(res, "label", res)
+        values = {}
+    else:
+        raise MedTorchInputError(f"unknown segmentation method {method!r}", "use threshold, seeded or model")
+    ctx.write("segmentation", label, "segment/segmentation.nrrd")
+    counts = np.bincount(label.array.astype(np.int64).ravel())
+    volumes_ml = {str(v): float(c) * label.geometry.voxel_volume_mm3 / 1000.0
+                  for v, c in enumerate(counts) if v > 0 and c > 0}
+    ctx.values["segment"] = {"method": method, **values, "volumes_ml": volumes_ml}
+
+
+STEPS: dict[str, Step] = {
+    "register": _step_register, "fuse": _step_fuse, "denoise": _step_denoise,
+    "superres": _step_superres, "segment": _step_segment,
+}
+
+
+def versions() -> dict[str, str]:
+    """Versions of MedTorch and the libraries a result depends on."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("medtorch", "torch", "SimpleITK", "numpy", "scipy", "monai", "pydicom"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class RunRecord:
+    status: str
+    study: str
+    output_dir: Path
+    record: dict[str, Any]
+
+
+def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> RunRecord:
+    """Run ``config``'s steps; write every output and ``run.json`` under ``config.output_dir``.
+
+    A failing step stops the run: ``run.json`` then has ``status: "failed"`` and the error,
+    outputs already written stay (each is complete: writes are atomic), and the error is
+    raised again for the caller.
+    """
+    from medtorch.device import device_summary, seed_everything, select_device
+    from medtorch.io import read_volume, write_text_atomic
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc)
+    seed = seed_everything(config.seed)
+    device = select_device(None if config.device == "auto" else config.device)
+    ctx = StepContext(config, str(device))
+    timings: dict[str, float] = {}
+    record: dict[str, Any] = {
+        "study": config.study, "status": "running", "started": started.isoformat(), "seed": seed,
+        "device": device_summary(device), "versions": versions(), "config": config.to_dict(),
+    }
+    steps = config.enabled_steps()
+    n = len(steps) + 1
+    try:
+        t0 = time.perf_counter()
+        report(progress, cancel, 0.0, "reading inputs")
+        for name, path in config.inputs.items():
+            ctx.volumes[name] = read_volume(path, series_uid=config.series_uids.get(name))
+        timings["read_inputs"] = round(time.perf_counter() - t0, 3)
+        for i, name in enumerate(steps, start=1):
+            t0 = time.perf_counter()
+            STEPS[name](ctx, config.steps[name], SubProgress(progress, i / n, (i + 1) / n, name), cancel)
+            timings[name] = round(time.perf_counter() - t0, 3)
+        record["status"] = "done"
+    except (MedTorchError, Exception) as exc:
+        record["status"] = "cancelled" if isinstance(exc, Cancelled) else "failed"
+        record["error"] = {"type": type(exc).__name__, "message": str(exc)}
+        if not isinstance(exc, MedTorchError):
+            record["error"]["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        record["timings_s"] = timings
+        record["parameters"] = {name: config.steps[name] for name in steps}
+        record["values"] = ctx.values
+        record["outputs"] = {k: {"path": v, "sha256": _sha256(v)} for k, v in ctx.outputs.items() if Path(v).exists()}
+        record["finished"] = datetime.now(timezone.utc).isoformat()
+        write_text_atomic(config.output_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))
+    report(progress, cancel, 1.0, "done")
+    return RunRecord(record["status"], config.study, config.output_dir, record)
+
+
+def read_run_record(output_dir: Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / RUN_RECORD
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
