@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ _CGROUP_UNLIMITED = 1 << 60
 # -- sizes ------------------------------------------------------------------------------
 
 
-def parse_bytes(value: str | int | float) -> int:
+def parse_bytes(value: str | float) -> int:
     """Bytes from ``"8G"``, ``"512M"``, ``"1.5 GB"``, ``"64KiB"``, ``"1000000"`` or a number.
 
     Units are binary (``K`` = 1024). Raises :class:`MedTorchInputError` for anything else,
@@ -113,13 +114,13 @@ def estimate_bytes(shape_or_numvoxels: int | Sequence[int], bytes_per_voxel: Any
         n = int(shape_or_numvoxels)
     else:
         n = int(np.prod([int(s) for s in shape_or_numvoxels], dtype=np.float64))
-    return int(math.ceil(n * _bytes_per_item(bytes_per_voxel) * float(copies)))
+    return math.ceil(n * _bytes_per_item(bytes_per_voxel) * float(copies))
 
 
 # -- what is available -----------------------------------------------------------------------
 
 
-def _normalize_device(device: "torch.device | str | None") -> tuple[str, int | None]:
+def _normalize_device(device: torch.device | str | None) -> tuple[str, int | None]:
     """(type, index) without importing torch when the device is the CPU."""
     if device is None:
         return "cpu", None
@@ -201,7 +202,7 @@ def _host_available_bytes() -> int:
         import psutil  # type: ignore[import-untyped]
 
         return int(psutil.virtual_memory().available)
-    except Exception:  # psutil missing or failing: read the kernel's own estimate
+    except Exception:  # noqa: BLE001, S110 - psutil missing or failing: read the kernel's estimate below
         pass
     try:
         info: dict[str, int] = {}
@@ -221,7 +222,7 @@ def _host_available_bytes() -> int:
         return 4 * 1024**3  # unknown: assume a modest machine
 
 
-def available_memory_bytes(device: "torch.device | str | None" = None) -> int:
+def available_memory_bytes(device: torch.device | str | None = None) -> int:
     """Memory that a new allocation on ``device`` can take now, in bytes.
 
     * CPU (``None`` or ``"cpu"``): the operating system's available memory (psutil, else
@@ -249,7 +250,7 @@ def available_memory_bytes(device: "torch.device | str | None" = None) -> int:
     return int(host if cgroup is None else min(host, cgroup))
 
 
-def _resolve_budget(device: "torch.device | str | None", budget: str | int | float | None) -> tuple[int, str]:
+def _resolve_budget(device: torch.device | str | None, budget: str | float | None) -> tuple[int, str]:
     """(bytes, where the number came from)."""
     if budget is not None:
         return parse_bytes(budget), "the memory budget given"
@@ -265,7 +266,7 @@ def _resolve_budget(device: "torch.device | str | None", budget: str | int | flo
     return available_memory_bytes(device), "available"
 
 
-def memory_budget_bytes(device: "torch.device | str | None" = None, budget: str | int | float | None = None) -> int:
+def memory_budget_bytes(device: torch.device | str | None = None, budget: str | float | None = None) -> int:
     """The number of bytes a step on ``device`` may allocate: ``budget``, else
     ``$MEDTORCH_MEMORY_BUDGET``, else :func:`available_memory_bytes`."""
     return _resolve_budget(device, budget)[0]
@@ -274,8 +275,8 @@ def memory_budget_bytes(device: "torch.device | str | None" = None, budget: str 
 def check_fits(
     required_bytes: float,
     what: str,
-    device: "torch.device | str | None" = None,
-    budget: str | int | float | None = None,
+    device: torch.device | str | None = None,
+    budget: str | float | None = None,
 ) -> int:
     """Raise :class:`OutOfMemoryBudget` unless ``required_bytes`` fit; return the budget.
 
@@ -308,7 +309,7 @@ def check_fits(
     raise err
 
 
-def plan_chunks(num_slices: int, bytes_per_slice: float, budget: str | int | float) -> list[tuple[int, int]]:
+def plan_chunks(num_slices: int, bytes_per_slice: float, budget: str | float) -> list[tuple[int, int]]:
     """Split ``num_slices`` slices into as few ``(start, stop)`` ranges as fit ``budget``.
 
     The ranges are contiguous, cover ``0..num_slices`` exactly once, in order, and have

@@ -55,8 +55,9 @@ an affine matrix and a displacement tensor, for use inside optimisation loops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -72,9 +73,9 @@ __all__ = [
     "Interpolation",
     "TransformLike",
     "estimate_resample_bytes",
+    "index_to_normalized",
     "physical_to_index",
     "physical_to_normalized",
-    "index_to_normalized",
     "reference_grid",
     "resample",
     "resample_like",
@@ -118,7 +119,7 @@ class DisplacementField:
     @classmethod
     def from_volume(
         cls, volume: Volume, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
-    ) -> "DisplacementField":
+    ) -> DisplacementField:
         """Field from a ``kind='vector'`` volume with 3 components (LPS mm per voxel)."""
         if volume.kind != "vector" or volume.num_components != 3:
             raise MedTorchInputError(
@@ -127,18 +128,18 @@ class DisplacementField:
                 "give the displacement as a vector volume (array[z, y, x, 3], LPS mm)",
             )
         volume.geometry.validate("displacement field")
-        arr = np.ascontiguousarray(np.moveaxis(np.asarray(volume.array), -1, 0), dtype=_np_dtype(dtype))
+        arr: np.ndarray = np.ascontiguousarray(np.moveaxis(np.asarray(volume.array), -1, 0), dtype=_np_dtype(dtype))
         return cls(torch.from_numpy(arr).to(device), volume.geometry)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DisplacementField":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DisplacementField:
         return DisplacementField(self.displacement.to(device=device, dtype=dtype), self.geometry)
 
 
-AffineLike = Union[np.ndarray, torch.Tensor]
+AffineLike = np.ndarray | torch.Tensor
 #: What the transform arguments accept; see the module docstring.
-TransformLike = Union[None, AffineLike, Volume, DisplacementField, Sequence[Any]]
+TransformLike = AffineLike | Volume | DisplacementField | Sequence[Any] | None
 
-_Op = Union[torch.Tensor, np.ndarray, DisplacementField, Volume]
+_Op = torch.Tensor | np.ndarray | DisplacementField | Volume
 
 
 def _np_dtype(dtype: torch.dtype) -> type:
@@ -347,7 +348,7 @@ def _sample_index(
     if mode == "nearest":
         n = torch.floor(index.detach() + 0.5)
         n = torch.where(inside3, torch.minimum(torch.maximum(n, zero), upper), zero).long()
-        dz, dy, dx = moving.shape[1], moving.shape[2], moving.shape[3]
+        dy, dx = moving.shape[2], moving.shape[3]
         flat = (n[..., 2] * dy + n[..., 1]) * dx + n[..., 0]
         values = moving.reshape(c, -1)[:, flat.reshape(-1)].reshape(c, *batch_shape)
     elif mode == "linear":
@@ -764,11 +765,12 @@ def resample(
             g = _grid_from_matrix(last, ref.size, (k0, k1), dev, cdt)
             return g, _row_outside(plan.first, ref.size, (k0, k1), msize, dev)
         p = _grid_from_matrix(plan.first, ref.size, (k0, k1), dev, cdt)
-        for name, obj in middle:
-            if name == "field":
+        for _name, obj in middle:
+            if isinstance(obj, DisplacementField):
                 p += sample(obj.displacement, p, obj.geometry, "linear", 0.0).movedim(0, -1)
             else:
-                p = p @ torch.tensor(obj[:3, :3].T, device=dev, dtype=cdt) + torch.tensor(obj[:3, 3], device=dev, dtype=cdt)
+                m = np.asarray(obj)
+                p = p @ torch.tensor(m[:3, :3].T, device=dev, dtype=cdt) + torch.tensor(m[:3, 3], device=dev, dtype=cdt)
         g = p @ torch.tensor(last[:3, :3].T, device=dev, dtype=cdt) + torch.tensor(last[:3, 3], device=dev, dtype=cdt)
         outside = ((g < low_t) | (g >= high_t)).any(-1)
         return g, outside

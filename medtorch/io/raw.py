@@ -18,15 +18,16 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
 from medtorch.volume import Geometry, Volume, VolumeKind
 
-__all__ = ["memmap_volume", "open_raw", "MEMMAP_EXTENSIONS"]
+__all__ = ["MEMMAP_EXTENSIONS", "memmap_volume", "open_raw"]
 
 #: File name endings :func:`memmap_volume` understands.
 MEMMAP_EXTENSIONS = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".hdr")
@@ -148,7 +149,7 @@ def open_raw(
 
 # -- NRRD ----------------------------------------------------------------------------------
 
-_NRRD_TYPES = {
+_NRRD_TYPES: dict[np.dtype[Any], tuple[str, ...]] = {
     np.dtype("i1"): ("signed char", "int8", "int8_t"),
     np.dtype("u1"): ("uchar", "unsigned char", "uint8", "uint8_t"),
     np.dtype("i2"): ("short", "short int", "signed short", "signed short int", "int16", "int16_t"),
@@ -161,7 +162,7 @@ _NRRD_TYPES = {
     np.dtype("f4"): ("float",),
     np.dtype("f8"): ("double",),
 }
-_NRRD_TYPE_LOOKUP = {name: dt for dt, names in _NRRD_TYPES.items() for name in names}
+_NRRD_TYPE_LOOKUP: dict[str, np.dtype[Any]] = {name: dt for dt, names in _NRRD_TYPES.items() for name in names}
 
 #: NRRD spaces and the sign flips that take them to LPS (as ITK's NrrdImageIO does).
 _NRRD_SPACES = {
@@ -437,7 +438,7 @@ def _memmap_meta(path: Path, kind: VolumeKind | None) -> Volume:
 
     origin = floats(("offset", "origin", "position"), (0.0, 0.0, 0.0), 3)
     spacing = floats(("elementspacing", "elementsize"), (1.0, 1.0, 1.0), 3)
-    matrix = floats(("transformmatrix", "rotation", "orientation"), np.eye(3).ravel(), 9)
+    matrix = floats(("transformmatrix", "rotation", "orientation"), tuple(np.eye(3).ravel()), 9)
     direction = matrix.reshape(3, 3).T  # consecutive triples are the axis vectors (columns)
 
     data_name = fields["elementdatafile"]
@@ -524,7 +525,8 @@ def _nifti_choose_matrix(hdr: dict[str, Any], name: str) -> np.ndarray | None:
         qfac = -1.0 if hdr["pixdim"][0] < 0 else 1.0
         scales = [v if v > 0 else 1.0 for v in (dx, dy, dz)]
         q = np.eye(4)
-        q[:3, :3] = _quaternion_matrix(*hdr["quatern"], qfac) * np.array(scales)[None, :]
+        qb, qc, qd = (float(v) for v in hdr["quatern"])
+        q[:3, :3] = _quaternion_matrix(qb, qc, qd, qfac) * np.array(scales)[None, :]
         q[:3, 3] = hdr["qoffset"]
     else:
         q = np.diag([dx, dy, dz, 1.0])
@@ -541,9 +543,7 @@ def _nifti_choose_matrix(hdr: dict[str, Any], name: str) -> np.ndarray | None:
             rot = lin / norms
             decomposable = bool(np.abs(rot @ rot.T - np.eye(3)).max() <= 1e-4)
         if decomposable:
-            if qcode <= 0 and scode > 0:
-                prefer_sform = True
-            elif scode == _NIFTI_XFORM_SCANNER_ANAT:
+            if qcode <= 0 and scode > 0 or scode == _NIFTI_XFORM_SCANNER_ANAT:
                 prefer_sform = True
             elif qcode > 0 and scode > 0:
                 qlin = q[:3, :3]
@@ -642,8 +642,7 @@ def _memmap_nifti(path: Path, kind: VolumeKind | None, allow_scaled: bool) -> Vo
     else:
         data_path = path
         offset = int(hdr["vox_offset"])
-        if offset < (352 if hdr["version"] == 1 else 544):
-            offset = 352 if hdr["version"] == 1 else 544
+        offset = max(offset, 352 if hdr["version"] == 1 else 544)
     dtcode = hdr["datatype"]
     if dtcode not in _NIFTI_TYPES:
         raise MedTorchInputError(f"{name}: NIfTI datatype {dtcode} cannot be memory-mapped",
@@ -651,7 +650,7 @@ def _memmap_nifti(path: Path, kind: VolumeKind | None, allow_scaled: bool) -> Vo
     code, per_voxel = _NIFTI_TYPES[dtcode]
     dt = np.dtype(code)
     if dt.itemsize > 1:
-        dt = dt.newbyteorder(endian)
+        dt = dt.newbyteorder("<" if endian == "<" else ">")
     dim = [int(v) for v in hdr["dim"]]
     ndim = dim[0]
     if not 1 <= ndim <= 7:
