@@ -1,0 +1,1 @@
+"""Long fuzzing run: ``python -m benchmarks.fuzz --minutes 30``."""
