@@ -26,6 +26,10 @@ except ImportError:  # developer checkout: the core sits beside the module folde
 
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
+DENOISE_METHODS = ["gaussian", "median", "anisotropic", "bilateral", "nlm", "patch", "dct", "collab", "selfsup"]
+SR_METHODS = ["bspline", "linear", "sinc", "selfsup"]
+CT_WINDOW_CHOICES = ["none", "brain", "subdural", "stroke", "bone", "lung", "mediastinum", "soft_tissue", "liver"]
+
 
 #
 # EnhanceSR
@@ -42,9 +46,14 @@ class EnhanceSR(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedTorch developers"]
         self.parent.helpText = _("""
-Denoise a volume into a new volume: Gaussian smoothing (sigma in mm) or curvature
-anisotropic diffusion (edge-preserving, as Slicer's module of that name). The input is
-never modified; long runs show progress and can be cancelled.
+Enhance a volume into a new volume. <b>Denoise</b>: Gaussian, median, curvature anisotropic
+diffusion, bilateral, non-local means, patch-based, sliding DCT, collaborative (DCT + guided NLM)
+or <i>self-supervised</i> (a network trained on this volume alone; noise level estimated, Rician-aware
+for MRI). <b>Super-resolve</b> thick slices (through-plane) or upsample isotropically: interpolation
+(linear, cubic B-spline, windowed sinc) or <i>self-supervised</i> SR learnt from the volume's own
+in-plane slices. <b>Enhance</b>: N4 bias correction, CLAHE, histogram matching, unsharp masking,
+CT windows. The input is never modified; long runs show progress and can be cancelled; an optional
+difference or checkerboard volume compares before and after (the views are linked).
 See the <a href="https://github.com/medtorch/SlicerMedTorch#enhancesr">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -60,20 +69,50 @@ MedTorch is built on 3D Slicer, SimpleITK, PyTorch and MONAI.
 @parameterNodeWrapper
 class EnhanceSRParameterNode:
     """
-    inputVolume - the volume to denoise (never modified).
-    method - "gaussian" or "anisotropic" (curvature anisotropic diffusion).
-    sigma - Gaussian standard deviation in mm.
+    inputVolume - the volume to enhance (never modified).
+    operation - "denoise", "superres" or "enhance".
+    method - denoising method (see DENOISE_METHODS).
+    sigma - Gaussian standard deviation, or median radius, in mm.
     conductance - anisotropic diffusion conductance (lower keeps more edges).
     iterations - anisotropic diffusion steps.
+    strength - noise-aware denoisers: multiple of the estimated noise level.
+    trainIterations - self-supervised methods: training iterations (0 = default).
+    seed - random seed of the self-supervised methods (recorded with the result).
+    srMethod - super-resolution method (see SR_METHODS).
+    factor - super-resolution factor of the thick axis (or of all axes).
+    axis - "auto" (the thickest), "i", "j", "k" or "all" (isotropic upsampling).
+    fwhm - slice profile FWHM in mm for self-supervised SR (0 = estimate it).
+    n4, clahe, unsharp - enhancement steps to run.
+    claheClip - CLAHE clip limit.
+    unsharpAmount - unsharp masking amount.
+    ctWindow - CT window preset ("none" for no windowing).
+    referenceVolume - histogram matching reference (none: no matching).
+    comparison - "none", "difference" or "checkerboard": an extra before/after volume.
     outputVolume - where the result goes; a new volume is created when none is chosen.
-    showResult - show the result in the slice views.
+    showResult - show the result in the slice views (linked), the input as a faded foreground.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    method: Annotated[str, Choice(["gaussian", "anisotropic"])] = "gaussian"
+    operation: Annotated[str, Choice(["denoise", "superres", "enhance"])] = "denoise"
+    method: Annotated[str, Choice(DENOISE_METHODS)] = "gaussian"
     sigma: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
     conductance: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
     iterations: Annotated[int, WithinRange(1, 100)] = 5
+    strength: Annotated[float, WithinRange(0.2, 3.0)] = 1.0
+    trainIterations: Annotated[int, WithinRange(0, 5000)] = 0
+    seed: Annotated[int, WithinRange(0, 1000000)] = 0
+    srMethod: Annotated[str, Choice(SR_METHODS)] = "bspline"
+    factor: Annotated[float, WithinRange(1.0, 8.0)] = 2.0
+    axis: Annotated[str, Choice(["auto", "i", "j", "k", "all"])] = "auto"
+    fwhm: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
+    n4: bool = True
+    clahe: bool = False
+    claheClip: Annotated[float, WithinRange(0.001, 1.0)] = 0.01
+    unsharp: bool = False
+    unsharpAmount: Annotated[float, WithinRange(0.0, 3.0)] = 0.5
+    ctWindow: Annotated[str, Choice(CT_WINDOW_CHOICES)] = "none"
+    referenceVolume: vtkMRMLScalarVolumeNode
+    comparison: Annotated[str, Choice(["none", "difference", "checkerboard"])] = "none"
     outputVolume: vtkMRMLScalarVolumeNode
     showResult: bool = True
 
@@ -85,7 +124,7 @@ class EnhanceSRParameterNode:
 
 class EnhanceSRWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     uiFileName = "UI/EnhanceSR.ui"
-    applyToolTip = _("Denoise the input volume into a new volume")
+    applyToolTip = _("Enhance the input volume into a new volume")
     missingInputsToolTip = _("Select an input volume")
 
     def __init__(self, parent=None) -> None:
@@ -105,15 +144,16 @@ class EnhanceSRWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
 
     def onApplyButton(self) -> None:
         """Run in a background process with a progress dialog and a Cancel button."""
-        with slicer.util.tryWithErrorDisplay(_("Failed to denoise the volume."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to enhance the volume."), waitCursor=True):
             p = self._parameterNode
-            strength = p.sigma if p.method == "gaussian" else p.conductance
-            job = self.logic.denoiseJob(p.inputVolume, p.method, strength, p.iterations, p.outputVolume, p.showResult)
+            job = self.logic.jobFromParameters(p)
             self.runJob(job, _("Enhance SR"), self.onDone)
 
     def onDone(self, outputNode) -> None:
         self._parameterNode.outputVolume = outputNode
-        self.ui.statusLabel.text = _("Denoised into {name}").format(name=outputNode.GetName())
+        verb = {"denoise": _("Denoised"), "superres": _("Super-resolved"), "enhance": _("Enhanced")}
+        self.ui.statusLabel.text = _("{verb} into {name}").format(verb=verb.get(self._parameterNode.operation, ""),
+                                                                  name=outputNode.GetName())
 
 
 #
@@ -138,46 +178,133 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
 
         ensure_dependencies(self.requirementsPath(), "Enhance SR", ask=slicer.util.confirmOkCancelDisplay)
 
-    def denoiseJob(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None,
-                   iterations: int = 5, outputVolume=None, showResult: bool = True):
-        """Prepare denoising as a job: run it with ``.run_blocking()`` or ``.start()``.
+    # -- jobs ------------------------------------------------------------------------------------
+    def jobFromParameters(self, p):
+        """The job the parameter node describes (what Apply runs)."""
+        train = int(p.trainIterations) or None
+        if p.operation == "superres":
+            return self.superresJob(p.inputVolume, p.srMethod, p.factor, p.axis, p.fwhm or None, p.outputVolume,
+                                    p.showResult, p.comparison, int(p.seed), train)
+        if p.operation == "enhance":
+            return self.enhanceJob(p.inputVolume, n4=p.n4, clahe=p.clahe, claheClip=p.claheClip, unsharp=p.unsharp,
+                                   unsharpAmount=p.unsharpAmount,
+                                   ctWindow=None if p.ctWindow == "none" else p.ctWindow,
+                                   referenceVolume=p.referenceVolume, outputVolume=p.outputVolume,
+                                   showResult=p.showResult, comparison=p.comparison)
+        strength = {"gaussian": p.sigma, "median": p.sigma, "anisotropic": p.conductance}.get(p.method, p.strength)
+        return self.denoiseJob(p.inputVolume, p.method, strength, p.iterations, p.outputVolume, p.showResult,
+                               comparison=p.comparison, seed=int(p.seed), trainIterations=train)
 
-        ``strength`` is sigma in mm for ``gaussian``, the conductance for ``anisotropic``.
-        """
+    def _checkInput(self, inputVolume, outputVolume, what: str) -> None:
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import LogicJob
 
         if not inputVolume:
-            raise MedTorchInputError("no input volume is selected", "select the volume to denoise")
+            raise MedTorchInputError("no input volume is selected", f"select the volume to {what}")
         if outputVolume is not None and outputVolume is inputVolume:
             raise MedTorchInputError("the output volume is the input volume",
                                      "choose another output volume, or none to create a new one")
-        self.ensureDependencies()
-        inputs = {"input": bridge.volume_from_node(inputVolume)}
-        params = {"method": method, "strength": strength, "iterations": int(iterations)}
-        name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} {method}")
+
+    def _job(self, operation: str, inputVolume, inputs, params, outputVolume, showResult: bool, name: str,
+             attributes: dict):
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.integration.slicer_jobs import LogicJob
 
         def apply(result):
             out = result.volumes["output"]
-            node = bridge.update_node_from_volume(outputVolume, out) if outputVolume is not None else bridge.node_from_volume(out, name)
+            node = (bridge.update_node_from_volume(outputVolume, out) if outputVolume is not None
+                    else bridge.node_from_volume(out, name))
             node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-            node.SetAttribute("MedTorch.operation", "denoise")
-            node.SetAttribute("MedTorch.method", method)
-            node.SetAttribute("MedTorch.strength", str(strength))
+            node.SetAttribute("MedTorch.operation", operation)
+            for key, value in attributes.items():
+                node.SetAttribute(f"MedTorch.{key}", str(value))
+            for key, value in result.values.items():
+                node.SetAttribute(f"MedTorch.{key}", str(value))
+            extra = {}
+            for key in ("comparison", "bias_field"):
+                if key in result.volumes:
+                    vol = result.volumes[key]
+                    label = {"comparison": vol.metadata.get("comparison", "comparison").split(" ")[0],
+                             "bias_field": "bias field"}[key]
+                    extra[key] = bridge.node_from_volume(vol, slicer.mrmlScene.GenerateUniqueName(
+                        f"{inputVolume.GetName()} {label}"))
+                    extra[key].SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+                    node.SetAttribute(f"MedTorch.{key}NodeID", extra[key].GetID())
             if showResult:
-                bridge.show_in_slice_views(background=node, foreground=inputVolume, foreground_opacity=0.0)
+                # before/after: result in the background, the input as a faded foreground, views linked
+                bridge.show_in_slice_views(background=node, foreground=inputVolume, foreground_opacity=0.0, link=True)
             return node
 
-        return LogicJob("denoise", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(operation, inputs, params, apply, slicer.mrmlScene)
 
+    def denoiseJob(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None,
+                   iterations: int = 5, outputVolume=None, showResult: bool = True, comparison: str = "none",
+                   seed: int = 0, trainIterations: Optional[int] = None):
+        """Prepare denoising as a job: run it with ``.run_blocking()`` or ``.start()``.
+
+        ``strength`` is sigma in mm for ``gaussian``, the radius in mm for ``median``, the
+        conductance for ``anisotropic``, and a multiple of the estimated noise level for the others.
+        """
+        from medtorch.integration import slicer_bridge as bridge
+
+        self._checkInput(inputVolume, outputVolume, "denoise")
+        self.ensureDependencies()
+        inputs = {"input": bridge.volume_from_node(inputVolume)}
+        params = {"method": method, "strength": strength, "iterations": int(iterations), "comparison": comparison,
+                  "seed": int(seed), "train_iterations": trainIterations}
+        name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} {method}")
+        return self._job("denoise", inputVolume, inputs, params, outputVolume, showResult, name,
+                         {"method": method, "strength": strength, "seed": seed})
+
+    def superresJob(self, inputVolume, method: str = "bspline", factor: float = 2.0, axis: str = "auto",
+                    fwhm: Optional[float] = None, outputVolume=None, showResult: bool = True,
+                    comparison: str = "none", seed: int = 0, trainIterations: Optional[int] = None):
+        """Prepare super-resolution as a job (through-plane, or isotropic with ``axis="all"``)."""
+        from medtorch.integration import slicer_bridge as bridge
+
+        self._checkInput(inputVolume, outputVolume, "super-resolve")
+        self.ensureDependencies()
+        inputs = {"input": bridge.volume_from_node(inputVolume)}
+        params = {"method": method, "factor": float(factor), "axis": axis, "fwhm_mm": fwhm, "comparison": comparison,
+                  "seed": int(seed), "train_iterations": trainIterations}
+        name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} SR x{factor:g}")
+        return self._job("superres", inputVolume, inputs, params, outputVolume, showResult, name,
+                         {"method": method, "factor": factor, "axis": axis})
+
+    def enhanceJob(self, inputVolume, n4: bool = False, clahe: bool = False, claheClip: float = 0.01,
+                   unsharp: bool = False, unsharpAmount: float = 0.5, ctWindow: Optional[str] = None,
+                   referenceVolume=None, outputVolume=None, showResult: bool = True, comparison: str = "none"):
+        """Prepare enhancement (N4, histogram matching, CLAHE, unsharp masking, CT window) as a job."""
+        from medtorch.integration import slicer_bridge as bridge
+
+        self._checkInput(inputVolume, outputVolume, "enhance")
+        self.ensureDependencies()
+        inputs = {"input": bridge.volume_from_node(inputVolume)}
+        if referenceVolume is not None:
+            inputs["reference"] = bridge.volume_from_node(referenceVolume)
+        params = {"n4": bool(n4), "clahe": bool(clahe), "clahe_clip": float(claheClip), "unsharp": bool(unsharp),
+                  "unsharp_amount": float(unsharpAmount), "window": ctWindow, "comparison": comparison}
+        name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} enhanced")
+        return self._job("enhance", inputVolume, inputs, params, outputVolume, showResult, name, {})
+
+    # -- blocking ------------------------------------------------------------------------------
     def denoise(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None, iterations: int = 5,
-                outputVolume=None, showResult: bool = True):
+                outputVolume=None, showResult: bool = True, **kwargs):
         """Blocking denoising (scripts and tests). Returns the output volume node."""
         startTime = time.time()
-        node = self.denoiseJob(inputVolume, method, strength, iterations, outputVolume, showResult).run_blocking()
+        node = self.denoiseJob(inputVolume, method, strength, iterations, outputVolume, showResult, **kwargs).run_blocking()
         logging.info(f"Denoising completed in {time.time() - startTime:.2f} seconds")
         return node
+
+    def superres(self, inputVolume, method: str = "bspline", factor: float = 2.0, axis: str = "auto", **kwargs):
+        """Blocking super-resolution. Returns the output volume node."""
+        startTime = time.time()
+        node = self.superresJob(inputVolume, method, factor, axis, **kwargs).run_blocking()
+        logging.info(f"Super-resolution completed in {time.time() - startTime:.2f} seconds")
+        return node
+
+    def enhance(self, inputVolume, **kwargs):
+        """Blocking enhancement. Returns the output volume node."""
+        return self.enhanceJob(inputVolume, **kwargs).run_blocking()
 
 
 #
@@ -195,6 +322,8 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_DenoiseImprovesPSNR()
         self.setUp()
+        self.test_SuperResLandsOnPhysicalGrid()
+        self.setUp()
         self.test_CancelLeavesSceneAsItWas()
 
     def _psnr(self, image, reference):
@@ -208,19 +337,38 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
-        self.delayDisplay("Gaussian and anisotropic denoising raise PSNR and keep geometry")
+        self.delayDisplay("Gaussian, anisotropic and DCT denoising raise PSNR and keep geometry")
         geom = oblique_geometry()
         clean = blob_phantom(geom)
         noisyNode = bridge.node_from_volume(blob_phantom(geom, noise=15.0, seed=3), "noisy")
         before = slicer.util.arrayFromVolume(noisyNode).copy()
         psnrNoisy = self._psnr(before, clean.array)
         logic = EnhanceSRLogic()
-        for method, strength in (("gaussian", 1.0), ("anisotropic", 1.0)):
+        for method, strength in (("gaussian", 1.0), ("anisotropic", 1.0), ("dct", 1.0)):
             out = logic.denoise(noisyNode, method, strength, iterations=5)
             result = bridge.volume_from_node(out)
             self.assertTrue(result.geometry.isclose(geom, atol=1e-5))
             self.assertGreater(self._psnr(result.array, clean.array), psnrNoisy + 3.0, method)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(noisyNode), before)
+        self.delayDisplay("Test passed")
+
+    def test_SuperResLandsOnPhysicalGrid(self):
+        import numpy as np
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.phantoms import blob_phantom, oblique_geometry
+
+        self.delayDisplay("Super-resolution x2 keeps the physical extent; difference volume added")
+        geom = oblique_geometry(size=(30, 28, 12), spacing=(1.0, 1.0, 3.0))
+        node = bridge.node_from_volume(blob_phantom(geom), "thick")
+        out = EnhanceSRLogic().superres(node, "bspline", 3.0, "auto", comparison="difference")
+        result = bridge.volume_from_node(out)
+        self.assertEqual(tuple(result.size), (30, 28, 36))
+        np.testing.assert_allclose(result.spacing, (1.0, 1.0, 1.0), atol=1e-6)
+        # first and last slice centres sit 1 mm inside the thick volume's outer slice edges
+        first = geom.index_to_physical(np.array([[0.0, 0.0, -1.0 / 3.0]]))[0]
+        np.testing.assert_allclose(result.geometry.index_to_physical(np.array([[0.0, 0.0, 0.0]]))[0], first, atol=1e-5)
+        diffId = out.GetAttribute("MedTorch.comparisonNodeID")
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(diffId))
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesSceneAsItWas(self):

@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import sys
@@ -13,10 +14,17 @@ from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import (
     parameterNodeWrapper,
+    Choice,
     WithinRange,
 )
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLMarkupsROINode
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
 
 try:
     import medtorch  # installed extension: the core sits beside the module files
@@ -26,6 +34,8 @@ except ImportError:  # developer checkout: the core sits beside the module folde
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
 TUMOR_COLOR = (0.85, 0.2, 0.2)
+METHODS = ["threshold", "seeded", "model", "nodules"]
+DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 #
@@ -43,8 +53,19 @@ class SegmentTumor(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedTorch developers"]
         self.parent.helpText = _("""
-Threshold a volume inside an optional ROI box, keep the largest connected region, and put
-it into a new segmentation with a named segment. The segment's volume (mL) is reported.
+Segment a tumour into a new segmentation with named, coloured segments, closed surfaces and a
+volumetry table (mL per segment and for the whole tumour):
+<ul>
+<li><b>threshold</b>: an intensity range inside an optional ROI box, largest connected region;</li>
+<li><b>seeded</b>: paint seeds (Segment Editor segments, one per class, the background last or
+named "Background"; or markups points labelled with the class name) on one or more co-registered
+volumes (e.g. FLAIR and T1c); every voxel around the seeds gets a class (localized region
+competition, no training). <i>Update</i> re-runs fast after seed edits;</li>
+<li><b>model</b>: a trained model (MONAI bundle folder, TorchScript file or nnU-Net folder), offline;</li>
+<li><b>nodules</b>: lung nodules in a chest CT, as markups with diameters.</li>
+</ul>
+With a reference segmentation, Dice, HD95, surface Dice, sensitivity, specificity and precision go
+into a metrics table.
 See the <a href="https://github.com/medtorch/SlicerMedTorch#segmenttumor">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -60,19 +81,58 @@ MedTorch is built on 3D Slicer, SimpleITK, PyTorch and MONAI.
 @parameterNodeWrapper
 class SegmentTumorParameterNode:
     """
-    inputVolume - the volume to segment (never modified).
-    roi - optional ROI box: only voxels inside it are considered.
+    inputVolume - the volume to segment (never modified); the first channel.
+    secondVolume, thirdVolume, fourthVolume - further co-registered channels (seeded, model).
+    roi - optional ROI box: only voxels inside it are considered (threshold, seeded).
+    method - "threshold", "seeded", "model" or "nodules".
     lowerThreshold, upperThreshold - intensity range kept, in the volume's units.
     largestComponent - keep only the largest 26-connected region.
-    segmentName - name of the segment created.
+    segmentName - name of the segment created (threshold).
+    seedSegmentation - seeds as segments: one per class, the background last (or named Background).
+    seedMarkups - seeds as markups points labelled with their class name (instead of segments).
+    seedRadiusMm - radius of the ball a markups point paints, mm.
+    smoothness - boundary smoothness of the seeded segmentation.
+    marginMm - margin around the seeds that is segmented, mm.
+    minSizeMm3 - pieces smaller than this are removed, mm^3 (0: keep all).
+    fillHoles - fill cavities enclosed in the tumour.
+    autoUpdate - re-run the seeded segmentation when the seeds change.
+    modelPath - trained model: MONAI bundle folder, TorchScript file or nnU-Net folder.
+    testTimeAugmentation - flip test-time augmentation (model).
+    minNoduleMm, maxNoduleMm - nodule diameter range, mm.
+    outputSegmentation - where the segments go; a new segmentation when none is chosen.
+    volumetryTable - table that receives mL per segment; a new table when none is chosen.
+    referenceSegmentation - reference to score against (Dice, HD95, ...); none: no scoring.
+    metricsTable - table that receives the scores; a new table when none is chosen.
+    device - where the computation runs.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
+    secondVolume: vtkMRMLScalarVolumeNode
+    thirdVolume: vtkMRMLScalarVolumeNode
+    fourthVolume: vtkMRMLScalarVolumeNode
     roi: vtkMRMLMarkupsROINode
+    method: Annotated[str, Choice(METHODS)] = "threshold"
     lowerThreshold: Annotated[float, WithinRange(-100000.0, 100000.0)] = 0.0
     upperThreshold: Annotated[float, WithinRange(-100000.0, 100000.0)] = 100000.0
     largestComponent: bool = True
     segmentName: str = "Tumor"
+    seedSegmentation: vtkMRMLSegmentationNode
+    seedMarkups: vtkMRMLMarkupsFiducialNode
+    seedRadiusMm: Annotated[float, WithinRange(0.5, 20.0)] = 2.0
+    smoothness: Annotated[float, WithinRange(0.0, 5.0)] = 0.5
+    marginMm: Annotated[float, WithinRange(0.0, 100.0)] = 5.0
+    minSizeMm3: Annotated[float, WithinRange(0.0, 1000000.0)] = 0.0
+    fillHoles: bool = False
+    autoUpdate: bool = False
+    modelPath: str = ""
+    testTimeAugmentation: bool = False
+    minNoduleMm: Annotated[float, WithinRange(1.0, 100.0)] = 4.0
+    maxNoduleMm: Annotated[float, WithinRange(1.0, 100.0)] = 30.0
+    outputSegmentation: vtkMRMLSegmentationNode
+    volumetryTable: vtkMRMLTableNode
+    referenceSegmentation: vtkMRMLSegmentationNode
+    metricsTable: vtkMRMLTableNode
+    device: Annotated[str, Choice(DEVICES)] = "auto"
 
 
 #
@@ -82,36 +142,129 @@ class SegmentTumorParameterNode:
 
 class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     uiFileName = "UI/SegmentTumor.ui"
-    applyToolTip = _("Threshold inside the ROI, keep the largest component, create a segmentation")
-    missingInputsToolTip = _("Select an input volume")
+    applyToolTip = _("Segment with the chosen method into a segmentation, with a volumetry table")
+    missingInputsToolTip = _("Select an input volume (and the seeds, or a model, for those methods)")
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
+        self._observedSeeds = None
+        self._updateTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.setupModuleWidget(SegmentTumorLogic())
+        self.ui.updateButton.connect("clicked(bool)", self.onUpdateButton)
+
+    def cleanup(self) -> None:
+        self._observeSeeds(None)
+        ModuleWidgetMixin.cleanup(self)
 
     def selectDefaultInputs(self, p) -> None:
         if not p.inputVolume:
             p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
 
     def canApply(self, p) -> bool:
+        self._observeSeeds(p.seedSegmentation if (p.method == "seeded" and p.autoUpdate) else None)
+        seededReady = bool(p.inputVolume) and bool(p.seedSegmentation or p.seedMarkups)
+        self.ui.updateButton.enabled = p.method == "seeded" and seededReady and not self.busy
+        if p.method == "seeded":
+            return seededReady
+        if p.method == "model":
+            return bool(p.inputVolume) and bool(p.modelPath)
         return bool(p.inputVolume)
+
+    def _inputVolumes(self, p):
+        return [v for v in (p.inputVolume, p.secondVolume, p.thirdVolume, p.fourthVolume) if v is not None]
 
     def onApplyButton(self) -> None:
         """Run in a background process with a progress dialog and a Cancel button."""
         with slicer.util.tryWithErrorDisplay(_("Failed to segment the volume."), waitCursor=True):
             p = self._parameterNode
-            job = self.logic.thresholdJob(p.inputVolume, p.lowerThreshold, p.upperThreshold, p.roi,
-                                          p.largestComponent, p.segmentName)
-            self.runJob(job, _("Segment Tumor"), self.onDone)
+            if p.method == "seeded":
+                job = self.logic.seededJob(self._inputVolumes(p), p.seedSegmentation, p.seedMarkups,
+                                           **self._seededOptions(p))
+                self.runJob(job, _("Segment Tumor"), self.onSeededDone)
+            elif p.method == "model":
+                job = self.logic.modelJob(self._inputVolumes(p), p.modelPath, tta=p.testTimeAugmentation,
+                                          device=p.device)
+                self.runJob(job, _("Segment Tumor"), self.onModelDone)
+            elif p.method == "nodules":
+                job = self.logic.nodulesJob(p.inputVolume, p.minNoduleMm, p.maxNoduleMm, device=p.device)
+                self.runJob(job, _("Segment Tumor"), self.onNodulesDone)
+            else:
+                job = self.logic.thresholdJob(p.inputVolume, p.lowerThreshold, p.upperThreshold, p.roi,
+                                              p.largestComponent, p.segmentName)
+                self.runJob(job, _("Segment Tumor"), self.onDone)
 
+    def _seededOptions(self, p) -> dict:
+        return dict(outputSegmentation=p.outputSegmentation, volumetryTable=p.volumetryTable,
+                    referenceSegmentation=p.referenceSegmentation, metricsTable=p.metricsTable, roi=p.roi,
+                    smoothness=p.smoothness, marginMm=p.marginMm, minSizeMm3=p.minSizeMm3, fillHoles=p.fillHoles,
+                    seedRadiusMm=p.seedRadiusMm, device=p.device)
+
+    def onUpdateButton(self) -> None:
+        """Fast in-process re-run after seed edits (reuses the previous run's features)."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to update the segmentation."), waitCursor=True):
+            p = self._parameterNode
+            seg = self.logic.updateSeeded(self._inputVolumes(p), p.seedSegmentation, p.seedMarkups,
+                                          **self._seededOptions(p))
+            self.onSeededDone(seg)
+
+    # -- automatic update after seed edits --------------------------------------------------------
+    def _observeSeeds(self, node) -> None:
+        if node is self._observedSeeds:
+            return
+        if self._observedSeeds is not None:
+            self.removeObserver(self._observedSeeds, vtk.vtkCommand.ModifiedEvent, self._onSeedsModified)
+        self._observedSeeds = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._onSeedsModified)
+
+    def _onSeedsModified(self, caller=None, event=None) -> None:
+        import qt
+
+        if self.busy:
+            return
+        if self._updateTimer is None:
+            self._updateTimer = qt.QTimer()
+            self._updateTimer.setSingleShot(True)
+            self._updateTimer.setInterval(500)
+            self._updateTimer.connect("timeout()", self.onUpdateButton)
+        self._updateTimer.start()
+
+    # -- results -------------------------------------------------------------------------------------
     def onDone(self, segmentationNode) -> None:
         volumeMl = float(segmentationNode.GetAttribute("MedTorch.volumeMl"))
         self.ui.volumeValueLabel.text = f"{volumeMl:.2f} mL"
         self.ui.statusLabel.text = _("Segmented into {name}").format(name=segmentationNode.GetName())
+
+    def onSeededDone(self, segmentationNode) -> None:
+        p = self._parameterNode
+        if p is not None and p.outputSegmentation is not segmentationNode:
+            p.outputSegmentation = segmentationNode
+        table = slicer.mrmlScene.GetNodeByID(segmentationNode.GetAttribute("MedTorch.volumetryTableID") or "")
+        if p is not None and table is not None and p.volumetryTable is not table:
+            p.volumetryTable = table
+        metrics = slicer.mrmlScene.GetNodeByID(segmentationNode.GetAttribute("MedTorch.metricsTableID") or "")
+        if p is not None and metrics is not None and p.metricsTable is not metrics:
+            p.metricsTable = metrics
+        volumeMl = float(segmentationNode.GetAttribute("MedTorch.volumeMl") or 0.0)
+        self.ui.volumeValueLabel.text = f"{volumeMl:.2f} mL"
+        seconds = segmentationNode.GetAttribute("MedTorch.seconds") or "0"
+        self.ui.statusLabel.text = _("Segmented into {name} ({seconds} s)").format(
+            name=segmentationNode.GetName(), seconds=seconds)
+
+    def onModelDone(self, segmentationNode) -> None:
+        volumes = json.loads(segmentationNode.GetAttribute("MedTorch.volumesMl") or "{}")
+        self.ui.volumeValueLabel.text = f"{sum(float(v) for v in volumes.values()):.2f} mL"
+        self.ui.statusLabel.text = _("Segmented into {name}").format(name=segmentationNode.GetName())
+
+    def onNodulesDone(self, output) -> None:
+        markups = output[0] if isinstance(output, tuple) else output
+        self.ui.volumeValueLabel.text = "- mL"
+        self.ui.statusLabel.text = _("{n} nodule(s) in {name}").format(n=markups.GetNumberOfControlPoints(),
+                                                                       name=markups.GetName())
 
 
 #
@@ -124,6 +277,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self._sessions = {}
 
     def getParameterNode(self):
         return SegmentTumorParameterNode(super().getParameterNode())
@@ -131,12 +285,13 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
     def requirementsPath(self) -> str:
         return os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
-    def ensureDependencies(self) -> None:
+    def ensureDependencies(self, withTorch: bool = False) -> None:
         from medtorch.integration.dependencies import ensure_dependencies
 
         ensure_dependencies(self.requirementsPath(), "Segment Tumor", ask=slicer.util.confirmOkCancelDisplay,
-                            with_torch=False)
+                            with_torch=withTorch)
 
+    # -- threshold ----------------------------------------------------------------------------------
     def thresholdJob(self, inputVolume, lowerThreshold: float, upperThreshold: float = float("inf"), roi=None,
                      largestComponent: bool = True, segmentName: str = "Tumor"):
         """Prepare threshold + largest component as a job (``.run_blocking()`` or ``.start()``).
@@ -161,9 +316,13 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} segmentation")
 
         def apply(result):
+            from medtorch.segment.terminology import class_terms, slicer_terminology
+
             seg = bridge.segmentation_from_label(result.volumes["label"], {1: segmentName}, name,
                                                  colors={1: TUMOR_COLOR}, reference_node=inputVolume)
             seg.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+            term = class_terms([1], {1: segmentName})[1]
+            seg.GetSegmentation().GetNthSegment(0).SetTag("TerminologyEntry", slicer_terminology(term))
             seg.SetAttribute("MedTorch.operation", "threshold")
             seg.SetAttribute("MedTorch.volumeMl", f"{result.values['volume_ml']:.6f}")
             seg.SetAttribute("MedTorch.voxelCount", str(result.values["voxel_count"]))
@@ -180,6 +339,352 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
                                  segmentName).run_blocking()
         logging.info(f"Segmentation completed in {time.time() - startTime:.2f} seconds")
         return node
+
+    # -- seeds ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _isBackgroundName(name: str) -> bool:
+        from medtorch.segment.terminology import find_term
+
+        t = find_term(name or "")
+        return t is not None and t.key in ("background", "normal")
+
+    def seedsFromSegmentation(self, seedSegmentation, referenceVolume):
+        """Seeds from a segmentation node: one class per segment, the background last.
+
+        The background is the segment named like "Background" (or "Normal tissue"), else the
+        last segment. Returns ``(seeds volume on the reference grid, names, colours)``; class
+        values are 1, 2, ... in segment order, the background the largest.
+        """
+        from medtorch.errors import MedTorchInputError
+        from medtorch.integration import slicer_bridge as bridge
+
+        segmentation = seedSegmentation.GetSegmentation()
+        n = segmentation.GetNumberOfSegments()
+        if n < 2:
+            raise MedTorchInputError(
+                f"the seed segmentation {seedSegmentation.GetName()} has {n} segment(s); the seeds are of one class only",
+                "add a segment per tumour class and a Background segment, and paint seeds in each")
+        ids = [segmentation.GetNthSegmentID(i) for i in range(n)]
+        names = [segmentation.GetSegment(i).GetName() for i in ids]
+        bg = next((i for i, name in zip(ids, names) if self._isBackgroundName(name)), ids[-1])
+        order = [i for i in ids if i != bg] + [bg]
+        seeds = bridge.label_from_segmentation(seedSegmentation, referenceVolume, order)
+        seeds.kind = "label"
+        if not (seeds.array == len(order)).any():
+            raise MedTorchInputError(
+                f"the background segment {segmentation.GetSegment(bg).GetName()!r} has no seeds",
+                "paint background seeds around the tumour (or name another segment Background)")
+        namesByValue = {v: segmentation.GetSegment(sid).GetName() for v, sid in enumerate(order, start=1)}
+        colors = {v: tuple(segmentation.GetSegment(sid).GetColor()) for v, sid in enumerate(order, start=1)}
+        return seeds, namesByValue, colors
+
+    def seedsFromMarkups(self, seedMarkups, referenceVolume, radiusMm: float = 2.0):
+        """Seeds from markups points: each point paints a ball of ``radiusMm`` with the class its
+        label names (points of one label are one class); the background is the label named like
+        "Background", else the last label to appear."""
+        import numpy as np
+
+        from medtorch.errors import MedTorchInputError
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.volume import Volume
+
+        geom = bridge.geometry_from_node(referenceVolume)
+        labels, points = [], []
+        for i in range(seedMarkups.GetNumberOfControlPoints()):
+            p = [0.0, 0.0, 0.0]
+            seedMarkups.GetNthControlPointPositionWorld(i, p)
+            labels.append(seedMarkups.GetNthControlPointLabel(i).strip() or "Class")
+            points.append((-p[0], -p[1], p[2]))
+        classes = list(dict.fromkeys(labels))
+        if len(classes) < 2:
+            raise MedTorchInputError(
+                f"the seed points of {seedMarkups.GetName()} are of {len(classes)} class(es) only",
+                "label the points with their class names (e.g. Necrosis, Edema, Enhancing, Background)")
+        bg = next((c for c in classes if self._isBackgroundName(c)), classes[-1])
+        order = [c for c in classes if c != bg] + [bg]
+        value = {c: v for v, c in enumerate(order, start=1)}
+        seeds = np.zeros(geom.shape_zyx, np.uint8)
+        r_vox = np.ceil(radiusMm / np.asarray(geom.spacing)).astype(int)  # i, j, k
+        for lab, pt in zip(labels, points):
+            c = geom.physical_to_index(np.asarray([pt]))[0]
+            lo = np.maximum(np.floor(c - r_vox).astype(int), 0)
+            hi = np.minimum(np.ceil(c + r_vox).astype(int) + 1, np.asarray(geom.size))
+            if np.any(hi <= lo):
+                continue
+            k, j, i = np.meshgrid(*(np.arange(lo[a], hi[a]) for a in (2, 1, 0)), indexing="ij")
+            ijk = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1).astype(float)
+            inside = np.linalg.norm(geom.index_to_physical(ijk) - np.asarray(pt), axis=1) <= radiusMm
+            kk, jj, ii = k.ravel()[inside], j.ravel()[inside], i.ravel()[inside]
+            seeds[kk, jj, ii] = value[lab]
+        if not (seeds == value[bg]).any():
+            raise MedTorchInputError("no background seed point lies inside the input volume",
+                                     "place background points inside the volume, around the tumour")
+        names = {v: c for c, v in value.items()}
+        colors = {}
+        return Volume(seeds, geom, "label"), names, colors
+
+    def _seedsAndNames(self, inputVolume, seedSegmentation, seedMarkups, seedRadiusMm):
+        from medtorch.errors import MedTorchInputError
+
+        if seedSegmentation is not None:
+            return self.seedsFromSegmentation(seedSegmentation, inputVolume)
+        if seedMarkups is not None:
+            return self.seedsFromMarkups(seedMarkups, inputVolume, seedRadiusMm)
+        raise MedTorchInputError("no seeds are selected",
+                                 "choose a seed segmentation (one segment per class and a Background segment) "
+                                 "or seed markups points labelled with class names")
+
+    @staticmethod
+    def _checkVolumes(inputVolumes):
+        from medtorch.errors import MedTorchInputError
+
+        vols = [v for v in inputVolumes if v is not None]
+        if not vols:
+            raise MedTorchInputError("no input volume is selected", "select the volume(s) to segment")
+        if len({v.GetTransformNodeID() for v in vols}) > 1:
+            raise MedTorchInputError("the input volumes are under different transforms, so they would not line up",
+                                     "put them under the same transform, or harden the transforms first")
+        return vols
+
+    # -- seeded -------------------------------------------------------------------------------------------
+    def seededJob(self, inputVolumes, seedSegmentation=None, seedMarkups=None, outputSegmentation=None,
+                  volumetryTable=None, referenceSegmentation=None, metricsTable=None, roi=None,
+                  smoothness: float = 0.5, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
+                  seedRadiusMm: float = 2.0, device: str = "auto"):
+        """Seeded segmentation as a job (``.run_blocking()`` or ``.start()``); its result is the
+        output segmentation node (segments named after the seed classes, with standard
+        terminology and colours when the names are standard, closed surfaces) and a volumetry
+        table (``MedTorch.volumetryTableID`` attribute); with a reference, a metrics table too.
+        """
+        from medtorch.errors import MedTorchInputError
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.integration.slicer_jobs import LogicJob
+
+        vols = self._checkVolumes(inputVolumes)
+        if outputSegmentation is not None and outputSegmentation in (seedSegmentation, referenceSegmentation):
+            raise MedTorchInputError("the output segmentation is also the seed or reference segmentation",
+                                     "choose another output segmentation, or 'Create new'")
+        self.ensureDependencies(withTorch=True)
+        seeds, names, colors = self._seedsAndNames(vols[0], seedSegmentation, seedMarkups, seedRadiusMm)
+        inputs = {f"channel{i}": bridge.volume_from_node(v) for i, v in enumerate(vols)}
+        inputs["seeds"] = seeds
+        params = {"smoothness": float(smoothness), "margin_mm": float(marginMm), "min_size_mm3": float(minSizeMm3),
+                  "fill_holes": bool(fillHoles), "device": device,
+                  "roi": bridge.box_from_roi_node(roi) if roi is not None else None}
+        if roi is not None and vols[0].GetParentTransformNode() is not None:
+            raise MedTorchInputError("the input volume is under a transform, so the ROI box would not line up",
+                                     "harden the transform on the volume first (Transforms module)")
+
+        def apply(result):
+            return self._applySeeded(result.volumes["label"], result.values, names, colors, vols[0],
+                                     outputSegmentation, volumetryTable, referenceSegmentation, metricsTable)
+
+        return LogicJob("seeded", inputs, params, apply, slicer.mrmlScene)
+
+    def seeded(self, inputVolumes, seedSegmentation=None, seedMarkups=None, **kwargs):
+        """Blocking seeded segmentation (scripts and tests). Returns the segmentation node."""
+        return self.seededJob(inputVolumes, seedSegmentation, seedMarkups, **kwargs).run_blocking()
+
+    def updateSeeded(self, inputVolumes, seedSegmentation=None, seedMarkups=None, outputSegmentation=None,
+                     volumetryTable=None, referenceSegmentation=None, metricsTable=None, roi=None,
+                     smoothness: float = 0.5, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
+                     seedRadiusMm: float = 2.0, device: str = "auto"):
+        """Seeded segmentation in this process, reusing the previous run's features and labels
+        when the volumes and settings are unchanged (fast re-runs after seed edits)."""
+        from medtorch.errors import MedTorchInputError
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.integration.slicer_jobs import scene_transaction
+        from medtorch.segment.postprocess import postprocess_label
+        from medtorch.segment.seeded import SeededOptions, SeededSegmenter
+        from medtorch.segment.threshold import Box
+
+        import numpy as np
+
+        vols = self._checkVolumes(inputVolumes)
+        if outputSegmentation is not None and outputSegmentation in (seedSegmentation, referenceSegmentation):
+            raise MedTorchInputError("the output segmentation is also the seed or reference segmentation",
+                                     "choose another output segmentation, or 'Create new'")
+        seeds, names, colors = self._seedsAndNames(vols[0], seedSegmentation, seedMarkups, seedRadiusMm)
+        box = None
+        if roi is not None:
+            b = bridge.box_from_roi_node(roi)
+            box = Box(np.asarray(b["center"]), np.asarray(b["half_size"]), np.asarray(b["axes"]))
+        opts = SeededOptions(smoothness=float(smoothness), margin_mm=float(marginMm), device=device)
+        key = (tuple(v.GetID() for v in vols), tuple(v.GetImageData().GetMTime() for v in vols),
+               tuple(v.GetMTime() for v in vols), repr(opts), repr(None if roi is None else bridge.box_from_roi_node(roi)))
+        session = self._sessions.get("seeded")
+        if session is None or session[0] != key:
+            segmenter = SeededSegmenter([bridge.volume_from_node(v) for v in vols], opts, region_box=box)
+            self._sessions["seeded"] = (key, segmenter)
+        else:
+            segmenter = session[1]
+        res = segmenter.segment(seeds)
+        label = res.label
+        if minSizeMm3 > 0 or fillHoles:
+            label = postprocess_label(label, float(minSizeMm3), False, bool(fillHoles))
+        values = {"classes": res.classes, "background": res.background, "seconds": res.seconds,
+                  "iterations": res.iterations, "seed": int(res.options.get("seed", 0)), "incremental": res.incremental}
+        with scene_transaction(slicer.mrmlScene):
+            return self._applySeeded(label, values, names, colors, vols[0], outputSegmentation, volumetryTable,
+                                     referenceSegmentation, metricsTable)
+
+    # -- putting results into the scene ---------------------------------------------------------------
+    def _applySeeded(self, label, values, names, colors, referenceVolume, outputSegmentation, volumetryTable,
+                     referenceSegmentation, metricsTable):
+        import numpy as np
+
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.segment.metrics import volumetry
+        from medtorch.segment.terminology import class_terms, slicer_terminology
+
+        background = int(values["background"])
+        tumour = [int(c) for c in values["classes"] if int(c) != background]
+        segNames = {c: names.get(c, f"Class {c}") for c in tumour}
+        terms = class_terms(tumour, segNames)
+        segColors = {c: (terms[c].color if not terms[c].key.startswith("class_") else colors.get(c, terms[c].color))
+                     for c in tumour}
+        scene = slicer.mrmlScene
+        name = scene.GenerateUniqueName(f"{referenceVolume.GetName()} tumor segmentation")
+        built = bridge.segmentation_from_label(label, segNames, name, colors=segColors, reference_node=referenceVolume)
+        if outputSegmentation is not None:
+            outputSegmentation.GetSegmentation().DeepCopy(built.GetSegmentation())
+            outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
+            scene.RemoveNode(built)
+            seg = outputSegmentation
+            if seg.GetDisplayNode() is None:
+                seg.CreateDefaultDisplayNodes()
+        else:
+            seg = built
+        seg.SetAndObserveTransformNodeID(referenceVolume.GetTransformNodeID())
+        segmentation = seg.GetSegmentation()
+        byName = {segNames[c]: c for c in tumour}
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            c = byName.get(segment.GetName())
+            if c is not None:
+                segment.SetTag("TerminologyEntry", slicer_terminology(terms[c]))
+        seg.CreateClosedSurfaceRepresentation()
+        rows = volumetry(label, segNames, {"Whole tumor": tumour} if len(tumour) > 1 else None)
+        table = self.writeVolumetryTable(rows, volumetryTable, f"{seg.GetName()} volumes")
+        wholeMl = float(np.count_nonzero(np.isin(label.array, tumour))) * label.geometry.voxel_volume_mm3 / 1000.0
+        seg.SetAttribute("MedTorch.operation", "seeded")
+        seg.SetAttribute("MedTorch.volumeMl", f"{wholeMl:.6f}")
+        seg.SetAttribute("MedTorch.volumesMl", json.dumps({r.name: r.volume_ml for r in rows}))
+        seg.SetAttribute("MedTorch.volumetryTableID", table.GetID())
+        seg.SetAttribute("MedTorch.seed", str(values.get("seed", 0)))
+        seg.SetAttribute("MedTorch.seconds", f"{float(values.get('seconds', {}).get('total', 0.0)):.2f}")
+        seg.SetAttribute("MedTorch.incremental", str(bool(values.get("incremental", False))).lower())
+        if referenceSegmentation is not None:
+            metrics = self.scoreAgainstReference(seg, referenceSegmentation, referenceVolume, metricsTable)
+            seg.SetAttribute("MedTorch.metricsTableID", metrics.GetID())
+        return seg
+
+    def writeVolumetryTable(self, rows, tableNode=None, name: str = "Tumor volumes"):
+        """Write volumetry rows (segment, label value(s), voxels, mL) into a table node (new if none)."""
+        table = tableNode or slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(name))
+        t = table.GetTable()
+        t.Initialize()
+        cols = [vtk.vtkStringArray(), vtk.vtkStringArray(), vtk.vtkIntArray(), vtk.vtkDoubleArray()]
+        for col, title in zip(cols, ("Segment", "Label values", "Voxels", "Volume (mL)")):
+            col.SetName(title)
+            t.AddColumn(col)
+        t.SetNumberOfRows(len(rows))
+        for r, row in enumerate(rows):
+            t.SetValue(r, 0, vtk.vtkVariant(row.name))
+            t.SetValue(r, 1, vtk.vtkVariant(" ".join(str(v) for v in row.values)))
+            t.SetValue(r, 2, vtk.vtkVariant(int(row.voxels)))
+            t.SetValue(r, 3, vtk.vtkVariant(float(row.volume_ml)))
+        table.Modified()
+        return table
+
+    def scoreAgainstReference(self, segmentationNode, referenceSegmentation, referenceVolume, metricsTable=None):
+        """Dice, HD95, surface Dice, sensitivity, specificity, precision and volumes of each segment
+        of ``segmentationNode`` against the reference segment of the same name, and of the whole
+        (all segments together); written into a table node (new if none), which is returned."""
+        import numpy as np
+
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.segment.metrics import evaluate_segmentation
+        from medtorch.volume import Volume
+
+        def masks(node):
+            s = node.GetSegmentation()
+            out = {}
+            for i in range(s.GetNumberOfSegments()):
+                sid = s.GetNthSegmentID(i)
+                lab = bridge.label_from_segmentation(node, referenceVolume, [sid])
+                out[s.GetSegment(sid).GetName()] = (lab.array > 0, lab.geometry)
+            return out
+
+        pred, ref = masks(segmentationNode), masks(referenceSegmentation)
+        geom = bridge.geometry_from_node(referenceVolume)
+        structures = []
+        refByName = {k.lower(): v[0] for k, v in ref.items()}
+        for name, (m, _g) in pred.items():
+            if name.lower() in refByName:
+                structures.append((name, m, refByName[name.lower()]))
+        if pred and ref:
+            allPred = np.any([m for m, _ in pred.values()], axis=0)
+            allRef = np.any([m for m, _ in ref.values()], axis=0)
+            structures.append(("Whole tumor", allPred, allRef))
+        rows = []
+        for name, p, r in structures:
+            rep = evaluate_segmentation(Volume(p.astype(np.uint8), geom, "label"), Volume(r.astype(np.uint8), geom, "label"),
+                                        {name: [1]}, tolerance_mm=1.0, lesion_wise_scores=False)
+            rows.append(rep.structures[0])
+        table = metricsTable or slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{segmentationNode.GetName()} metrics"))
+        t = table.GetTable()
+        t.Initialize()
+        titles = ["Structure", "Dice", "HD95 (mm)", "Surface Dice 1 mm", "Sensitivity", "Specificity", "Precision",
+                  "Volume (mL)", "Reference volume (mL)"]
+        first = vtk.vtkStringArray()
+        first.SetName(titles[0])
+        t.AddColumn(first)
+        for title in titles[1:]:
+            col = vtk.vtkDoubleArray()
+            col.SetName(title)
+            t.AddColumn(col)
+        t.SetNumberOfRows(len(rows))
+        for r, s in enumerate(rows):
+            t.SetValue(r, 0, vtk.vtkVariant(s.name))
+            for c, v in enumerate((s.dice, s.hd95_mm, s.surface_dice, s.sensitivity, s.specificity, s.precision,
+                                   s.volume_pred_ml, s.volume_ref_ml), start=1):
+                t.SetValue(r, c, vtk.vtkVariant(float(v)))
+        table.SetAttribute("MedTorch.metrics", json.dumps([s.__dict__ for s in rows], default=float))
+        table.Modified()
+        return table
+
+    # -- deep learning and nodules (medtorch.integration.slicer_segment_dl) ------------------------------
+    def modelJob(self, inputVolumes, modelPath: str, tta: bool = False, device: str = "auto"):
+        """A trained model's segmentation as a job; its result is a new segmentation node."""
+        from medtorch.integration.slicer_segment_dl import segment_model_job
+
+        vols = self._checkVolumes(inputVolumes)
+        self.ensureDependencies(withTorch=True)
+        return segment_model_job(vols, modelPath, tta=tta, device=device)
+
+    def nodulesJob(self, ctVolume, minDiameterMm: float = 4.0, maxDiameterMm: float = 30.0, device: str = "auto"):
+        """Lung-nodule detection as a job; its result is a new markups node (diameters in mm)."""
+        from medtorch.errors import MedTorchInputError
+        from medtorch.integration.slicer_segment_dl import detect_nodules_job
+
+        if minDiameterMm > maxDiameterMm:
+            raise MedTorchInputError(f"the smallest nodule diameter ({minDiameterMm} mm) is above the largest "
+                                     f"({maxDiameterMm} mm)", "swap the two diameters")
+        self.ensureDependencies(withTorch=True)
+        return detect_nodules_job(ctVolume, min_diameter_mm=minDiameterMm, max_diameter_mm=maxDiameterMm,
+                                  device=device)
+
+
+def terminologyOf(segment) -> str:
+    """A segment's terminology entry string (Slicer's ``TerminologyEntry`` tag)."""
+    if hasattr(segment, "GetTerminology"):
+        return segment.GetTerminology()
+    value = vtk.reference("")
+    segment.GetTag("TerminologyEntry", value)
+    return str(value)
 
 
 #
@@ -198,6 +703,10 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         self.test_ThresholdInROI()
         self.setUp()
         self.test_EmptyRangeIsAClearError()
+        self.setUp()
+        self.test_SeededTwoChannels()
+        self.setUp()
+        self.test_SeedsOfOneClassAreRefused()
 
     def test_ThresholdInROI(self):
         import numpy as np
@@ -238,5 +747,77 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         with self.assertRaises(MedTorchInputError) as ctx:
             SegmentTumorLogic().threshold(volumeNode, 5000.0, 6000.0)
         self.assertIn("What to do", str(ctx.exception))
+        self.assertEqual(scene_node_ids(slicer.mrmlScene), before)
+        self.delayDisplay("Test passed")
+
+    def _seedSegmentation(self, seeds, referenceNode, names):
+        """A seed segmentation node with one segment per value of ``seeds`` (a label volume)."""
+        from medtorch.integration import slicer_bridge as bridge
+
+        node = bridge.segmentation_from_label(seeds, names, "Seeds", reference_node=referenceNode)
+        return node
+
+    def test_SeededTwoChannels(self):
+        import numpy as np
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.segment.tumor_phantom import make_tumor_phantom, stroke_seeds, synthetic_tissue
+        from medtorch.volume import Geometry
+
+        self.delayDisplay("Seeded segmentation of a two-channel tumour phantom from painted seeds")
+        geom = Geometry((56, 56, 48), origin=(-40.0, -40.0, -35.0), spacing=(1.5, 1.5, 1.5))
+        phantom = make_tumor_phantom(synthetic_tissue(geom, seed=1), noise=0.06, seed=2, core_radius_mm=8.0,
+                                     rim_mm=4.0, oedema_radius_mm=17.0)
+        flair = bridge.node_from_volume(phantom.channels["FLAIR"], "FLAIR")
+        t1c = bridge.node_from_volume(phantom.channels["T1c"], "T1c")
+        seeds = stroke_seeds(phantom.truth, seed=0)
+        names = {1: "Necrosis", 2: "Edema", 3: "Enhancing tumor", 4: "Background"}
+        seedNode = self._seedSegmentation(seeds, flair, names)
+
+        logic = SegmentTumorLogic()
+        seg = logic.seeded([flair, t1c], seedNode)
+        segmentation = seg.GetSegmentation()
+        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
+                         ["Necrosis", "Edema", "Enhancing tumor"])
+        self.assertIn("79654002", terminologyOf(segmentation.GetNthSegment(1)))  # SNOMED CT: Edema
+        self.assertTrue(seg.GetSegmentation().ContainsRepresentation("Closed surface"))
+        label = bridge.label_from_segmentation(seg, flair).array > 0
+        truth = phantom.truth.array > 0
+        dice = 2.0 * np.logical_and(label, truth).sum() / (label.sum() + truth.sum())
+        self.assertGreater(dice, 0.9)
+        table = slicer.mrmlScene.GetNodeByID(seg.GetAttribute("MedTorch.volumetryTableID"))
+        self.assertEqual(table.GetNumberOfRows(), 4)  # three classes and the whole tumour
+        wholeMl = float(table.GetTable().GetValue(3, 3).ToDouble())
+        self.assertAlmostEqual(wholeMl, label.sum() * geom.voxel_volume_mm3 / 1000.0, places=3)
+
+        self.delayDisplay("An edit of the seeds re-runs from the previous result")
+        first = logic.updateSeeded([flair, t1c], seedNode, outputSegmentation=seg)
+        self.assertIs(first, seg)
+        arr = seeds.array.copy()
+        z = int(np.argwhere(phantom.truth.array == 2)[:, 0].mean())
+        arr[z][(phantom.truth.array[z] == 2) & (arr[z] == 0)] = 2  # paint oedema on one more slice
+        edited = self._seedSegmentation(seeds.with_array(arr), flair, names)
+        again = logic.updateSeeded([flair, t1c], edited, outputSegmentation=seg)
+        self.assertIs(again, seg)
+        self.assertEqual(seg.GetAttribute("MedTorch.incremental"), "true")
+        self.delayDisplay("Test passed")
+
+    def test_SeedsOfOneClassAreRefused(self):
+        import numpy as np
+        from medtorch.errors import MedTorchInputError
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.integration.slicer_jobs import scene_node_ids
+        from medtorch.phantoms import blob_phantom, oblique_geometry
+        from medtorch.volume import Volume
+
+        self.delayDisplay("Seeds of one class only are refused, and the scene is untouched")
+        geom = oblique_geometry()
+        volumeNode = bridge.node_from_volume(blob_phantom(geom), "phantom")
+        arr = np.zeros(geom.shape_zyx, np.uint8)
+        arr[10:12, 15:20, 15:20] = 1
+        seedNode = self._seedSegmentation(Volume(arr, geom, "label"), volumeNode, {1: "Tumor"})
+        before = scene_node_ids(slicer.mrmlScene)
+        with self.assertRaises(MedTorchInputError) as ctx:
+            SegmentTumorLogic().seeded([volumeNode], seedNode)
+        self.assertIn("one class", str(ctx.exception))
         self.assertEqual(scene_node_ids(slicer.mrmlScene), before)
         self.delayDisplay("Test passed")

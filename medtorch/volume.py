@@ -482,6 +482,7 @@ def require_same_geometry(a: Volume, b: Volume, names: tuple[str, str] = ("fixed
     if not a.geometry.isclose(b.geometry, atol=atol):
         raise MedTorchInputError(
             f"the {names[0]} and {names[1]} volumes have different geometry "
-            f"(size {a.size} vs {b.size}, spacing {tuple(np.round(a.spacing, 4))} vs {tuple(np.round(b.spacing, 4))})",
+            f"(size {a.size} vs {b.size}, spacing {tuple(round(float(v), 4) for v in a.spacing)} vs "
+            f"{tuple(round(float(v), 4) for v in b.spacing)})",
             f"resample the {names[1]} volume onto the {names[0]} grid first, or give the transform between them",
         )

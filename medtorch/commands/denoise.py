@@ -1,42 +1,79 @@
-"""``medtorch denoise``: denoise a volume into a new volume."""
+"""``medtorch denoise``: denoise a volume into a new volume.
+
+Methods: gaussian, median, anisotropic, bilateral, nlm, patch, dct, collab, selfsup
+(:mod:`medtorch.enhance.denoise`). The noise model and level are estimated (or given);
+``--metrics`` writes them, with the seed and timings, as JSON.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 
-from medtorch.commands import Command, progress_bar
+from medtorch.commands import Command, device_of, progress_bar
 from medtorch.progress import CancelToken
+
+METHODS = ["gaussian", "median", "anisotropic", "bilateral", "nlm", "patch", "dct", "collab", "selfsup"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="input", required=True, help="input volume (file or DICOM folder)")
     p.add_argument("--out", required=True, help="output volume (.nrrd, .nii.gz, .mha)")
-    p.add_argument("--method", default="gaussian", choices=["gaussian", "anisotropic"],
-                   help="gaussian: Gaussian smoothing; anisotropic: curvature anisotropic diffusion (edge-preserving)")
+    p.add_argument("--method", default="gaussian", choices=METHODS,
+                   help="gaussian: Gaussian smoothing; median: median filter; anisotropic: curvature anisotropic "
+                        "diffusion (edge-preserving); bilateral; nlm: non-local means; patch: SimpleITK patch-based; "
+                        "dct: sliding 3D DCT; collab: DCT pilot + guided NLM; selfsup: self-supervised network "
+                        "trained on this volume (+ collab)")
     p.add_argument("--strength", type=float, default=None,
-                   help="gaussian: sigma in mm (default 1.0); anisotropic: conductance (default 1.0)")
+                   help="gaussian: sigma in mm (1.0); median: radius in mm (1.0); anisotropic: conductance (1.0); "
+                        "the other methods: multiplier of the estimated noise level (1.0)")
     p.add_argument("--iterations", type=int, default=5, help="anisotropic: number of diffusion steps")
+    p.add_argument("--train-iterations", type=int, default=None, help="selfsup: training iterations of the network")
+    p.add_argument("--noise-model", default="auto", choices=["auto", "rician", "gaussian", "poisson"],
+                   help="noise model: auto (rician for MRI magnitude with background, gaussian for CT), or force one")
+    p.add_argument("--noise-sigma", type=float, default=None,
+                   help="noise standard deviation in intensity units (default: estimated)")
+    p.add_argument("--output-dtype", default="float32",
+                   help="float32 (default), input (the input's type, widened if values do not fit), or a type name")
     p.add_argument("--seed", type=int, default=0, help="random seed (recorded with the result)")
+    p.add_argument("--metrics", default=None, help="write the noise estimate, seed and time as JSON here")
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch.device import seed_everything
     from medtorch.enhance.denoise import denoise
-    from medtorch.io import read_volume, write_volume
+    from medtorch.io import read_volume, write_text_atomic, write_volume
 
     seed = seed_everything(args.seed)
     vol = read_volume(args.input)
-    options = {"iterations": args.iterations} if args.method == "anisotropic" else {}
-    out = denoise(vol, args.method, args.strength, progress=progress_bar(args), cancel=cancel, **options)
+    options: dict = {}
+    if args.method == "anisotropic":
+        options["iterations"] = args.iterations
+    elif args.method == "selfsup" and args.train_iterations is not None:
+        options["iterations"] = args.train_iterations
+    device = device_of(args) if args.method == "selfsup" else "cpu"
+    start = time.perf_counter()
+    out = denoise(vol, args.method, args.strength, progress=progress_bar(args), cancel=cancel,
+                  noise_model=args.noise_model, noise_sigma=args.noise_sigma, seed=seed, device=device,
+                  output_dtype=args.output_dtype, **options)
+    seconds = time.perf_counter() - start
     out.metadata["seed"] = seed
     write_volume(out, args.out)
+    if args.metrics:
+        info = {k: out.metadata.get(k) for k in ("method", "strength", "noise_model", "noise_sigma", "noise_estimator")}
+        info.update(seed=seed, seconds=round(seconds, 3), input=args.input, output=args.out)
+        write_text_atomic(args.metrics, json.dumps(info, indent=2, default=str))
     if not args.quiet:
-        print(f"Denoised ({args.method}) into {args.out}")
+        extra = f", noise sigma {out.metadata['noise_sigma']:.4g} ({out.metadata['noise_model']})" if "noise_sigma" in out.metadata else ""
+        print(f"Denoised ({args.method}{extra}) into {args.out} in {seconds:.1f} s")
     return 0
 
 
 COMMANDS = [Command(
     "denoise", "denoise a volume into a new volume",
     "  medtorch denoise --in t1.nii.gz --out t1_smooth.nrrd --method gaussian --strength 1.5\n"
-    "  medtorch denoise --in ct.nrrd --out ct_ad.nrrd --method anisotropic --strength 1 --iterations 10",
+    "  medtorch denoise --in ct.nrrd --out ct_ad.nrrd --method anisotropic --strength 1 --iterations 10\n"
+    "  medtorch denoise --in t1.nii.gz --out t1_nlm.nii.gz --method nlm\n"
+    "  medtorch denoise --in t1.nii.gz --out t1_ss.nii.gz --method selfsup --seed 1 --metrics noise.json",
     add_arguments, run)]

@@ -198,6 +198,19 @@ def linear_transform_node_from_lps(matrix_lps: np.ndarray, name: str = "", scene
 # -- segmentations ---------------------------------------------------------------------------
 
 
+def _node_ids(scene: Any) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _remove_added(scene: Any, before: set[str]) -> None:
+    """Remove the nodes added since ``before`` (temporary nodes and the display and colour
+    nodes Slicer makes for them, which removing a node alone leaves behind)."""
+    added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    for node in added:
+        if node is not None and node.GetID() not in before and node.GetScene() is scene:
+            scene.RemoveNode(node)
+
+
 def segmentation_from_label(label: Volume, segment_names: dict[int, str], name: str = "",
                             colors: dict[int, tuple[float, float, float]] | None = None,
                             reference_node: Any = None, scene: Any = None) -> Any:
@@ -217,10 +230,11 @@ def segmentation_from_label(label: Volume, segment_names: dict[int, str], name: 
         segmentation = seg_node.GetSegmentation()
         for value, seg_name in segment_names.items():
             mask = Volume((label.array == value).astype(np.uint8), label.geometry, "label")
+            nodes_before = _node_ids(scene)
             temp = node_from_volume(mask, "__medtorch_temp_label__", scene)
             before = set(segmentation.GetSegmentIDs())
             ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(temp, seg_node)
-            scene.RemoveNode(temp)
+            _remove_added(scene, nodes_before)  # the temporary node and its display node
             temp = None
             if not ok:
                 raise MedTorchInputError(f"segment {seg_name} could not be imported", "check the label map")
@@ -243,6 +257,7 @@ def label_from_segmentation(seg_node: Any, reference_node: Any, segment_ids: lis
     """Export segments to a label map on ``reference_node``'s grid (value = 1-based segment index)."""
     slicer = _slicer()
     scene = seg_node.GetScene()
+    nodes_before = _node_ids(scene)
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtorch_export__")
     try:
         import vtk
@@ -253,7 +268,7 @@ def label_from_segmentation(seg_node: Any, reference_node: Any, segment_ids: lis
         slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg_node, ids, label_node, reference_node)
         return volume_from_node(label_node)
     finally:
-        scene.RemoveNode(label_node)
+        _remove_added(scene, nodes_before)  # the label node, its display node and colour table
 
 
 # -- markups ---------------------------------------------------------------------------------

@@ -79,25 +79,21 @@ def _step_register(ctx: StepContext, params: dict[str, Any], progress: ProgressC
 
 def _step_fuse(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
                cancel: CancelToken | None) -> None:
-    import medtorch.fusion as fusion
+    from medtorch.fusion import fuse_volumes
 
     p = dict(params)
     method = p.pop("method", "average")
-    fuse = getattr(fusion, "fuse", None)
-    if fuse is not None:
-        res = fuse(ctx.volumes["fixed"], ctx.volumes["moving"], method=method, transform=ctx.transform,
-                   device=ctx.device, progress=progress, cancel=cancel, **p)
-        fused = getattr(res, "fused", res)
-    else:
-        if method != "average":
-            raise MedTorchInputError(f"fusion method {method!r} is not available", "use method: average")
-        res = fusion.resample_and_blend(ctx.volumes["fixed"], ctx.volumes["moving"], ctx.transform,
-                                        weight=float(p.pop("weight", 0.5)), device=ctx.device,
-                                        progress=progress, cancel=cancel, **p)
-        fused = res.fused
-    ctx.write("fused", fused, f"fuse/fused_{method}.nrrd")
-    metrics = getattr(res, "metrics", None) or {}
-    ctx.values["fuse"] = {"method": method, **{k: v for k, v in dict(metrics).items() if isinstance(v, (int, float))}}
+    options = {k: p.pop(k) for k in ("fixed_modality", "moving_modality", "normalization", "ct_window",
+                                      "color_map", "functional") if k in p}
+    # without a register step the two scans are taken as they lie in physical space
+    res = fuse_volumes(ctx.volumes["fixed"], ctx.volumes["moving"], method, ctx.transform, params=p or None,
+                       assume_aligned=ctx.transform is None, metrics="3d", device=ctx.device,
+                       progress=progress, cancel=cancel, **options)
+    ctx.write("fused", res.fused, f"fuse/fused_{method}.nrrd")
+    if res.rgb is not None:
+        ctx.write("fused_rgb", res.rgb, f"fuse/fused_{method}_rgb.nrrd")
+    metrics = {k: float(v) for k, v in (res.metrics or {}).items() if isinstance(v, (int, float))}
+    ctx.values["fuse"] = {"method": method, "overlap_fraction": float(res.overlap_fraction), **metrics}
 
 
 def _step_denoise(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,

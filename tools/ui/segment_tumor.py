@@ -5,12 +5,36 @@ from __future__ import annotations
 from ui.common import SCALAR, apply_button, document, label, node_combo, section, status_label, widget
 
 
+def optional_combo(name: str, param: str, tooltip: str, node_types: list[str], none_display: str = "None",
+                   add: bool = False) -> str:
+    """A node selector that may stay empty (shows ``none_display``)."""
+    return widget("qMRMLNodeComboBox", name, tooltip, param, nodeTypes=node_types, showChildNodeTypes=False,
+                  addEnabled=add, removeEnabled=False, noneEnabled=True, noneDisplay=none_display, renameEnabled=True)
+
+
 def build() -> str:
-    inputs = section("inputsCollapsibleButton", "Inputs", "Volume and region to segment", [
-        (label("inputLabel", "Input volume:", "The volume to segment"),
-         node_combo("inputSelector", "inputVolume", "Volume to segment; it is never modified", SCALAR)),
+    inputs = section("inputsCollapsibleButton", "Inputs", "Volumes and region to segment", [
+        (label("inputLabel", "Input volume:", "The volume to segment (first channel)"),
+         node_combo("inputSelector", "inputVolume", "Volume to segment (e.g. FLAIR); it is never modified", SCALAR)),
+        (label("secondVolumeLabel", "Second volume:", "Optional second channel"),
+         optional_combo("secondVolumeSelector", "secondVolume",
+                        "Optional second co-registered channel (e.g. T1c), used by seeded segmentation and models",
+                        SCALAR)),
+        (label("thirdVolumeLabel", "Third volume:", "Optional third channel"),
+         optional_combo("thirdVolumeSelector", "thirdVolume",
+                        "Optional third co-registered channel (e.g. T2), used by seeded segmentation and models",
+                        SCALAR)),
+        (label("fourthVolumeLabel", "Fourth volume:", "Optional fourth channel"),
+         optional_combo("fourthVolumeSelector", "fourthVolume",
+                        "Optional fourth co-registered channel (e.g. T1), used by seeded segmentation and models",
+                        SCALAR)),
         (label("roiLabel", "Region of interest:", "Optional box that limits the segmentation"),
          node_combo("roiSelector", "roi", "Optional ROI box around the lesion: only voxels inside it are considered", ["vtkMRMLMarkupsROINode"], optional=True)),
+        (label("methodLabel", "Method:", "How the tumour is segmented"),
+         widget("QComboBox", "methodComboBox",
+                "threshold: intensity range and largest region; seeded: grow classes from painted seeds (no training); "
+                "model: a trained model (MONAI bundle, TorchScript, nnU-Net), offline; nodules: lung nodules in a chest CT",
+                "method", items=["threshold", "seeded", "model", "nodules"])),
     ])
     params = section("thresholdCollapsibleButton", "Threshold", "Intensity range of the lesion", [
         (label("lowerLabel", "Lower threshold:", "Lowest lesion intensity"),
@@ -24,10 +48,84 @@ def build() -> str:
         (label("segmentNameLabel", "Segment name:", "Name of the segment created"),
          widget("QLineEdit", "segmentNameLineEdit", "Name given to the segment in the new segmentation", "segmentName", text="Tumor")),
     ])
+    seeded = section("seededCollapsibleButton", "Seeded", "Grow tumour classes from painted seeds", [
+        (label("seedSegmentationLabel", "Seed segmentation:", "Seeds painted as segments"),
+         optional_combo("seedSegmentationSelector", "seedSegmentation",
+                        "Seeds painted in the Segment Editor: one segment per class (e.g. Necrosis, Edema, Enhancing "
+                        "tumor) and a Background segment (or the last segment) around the tumour",
+                        ["vtkMRMLSegmentationNode"])),
+        (label("seedMarkupsLabel", "Seed points:", "Seeds placed as markups points"),
+         optional_combo("seedMarkupsSelector", "seedMarkups",
+                        "Instead of segments: markups points labelled with their class name (Background for the "
+                        "background); each paints a small ball",
+                        ["vtkMRMLMarkupsFiducialNode"])),
+        (label("seedRadiusLabel", "Seed point radius:", "Size of the ball a seed point paints"),
+         widget("QDoubleSpinBox", "seedRadiusSpinBox", "Radius of the ball each seed point paints", "seedRadiusMm",
+                minimum=0.5, maximum=20.0, singleStep=0.5, decimals=1, value=2.0, suffix=" mm")),
+        (label("smoothnessLabel", "Smoothness:", "Boundary smoothness"),
+         widget("ctkSliderWidget", "smoothnessSliderWidget",
+                "Weight of the boundary smoothness term, 0 (follows every intensity change) to 5 (round regions); "
+                "unitless", "smoothness", minimum=0.0, maximum=5.0, singleStep=0.1, decimals=1, value=0.5)),
+        (label("marginLabel", "Margin around seeds:", "Region segmented around the seeds"),
+         widget("QDoubleSpinBox", "marginSpinBox", "Margin around the seeds' bounding box that is segmented too",
+                "marginMm", minimum=0.0, maximum=100.0, singleStep=1.0, decimals=1, value=5.0, suffix=" mm")),
+        (label("minSizeLabel", "Minimum piece size:", "Smaller pieces are removed"),
+         widget("QDoubleSpinBox", "minSizeSpinBox", "Pieces of a segment smaller than this are removed (0 keeps all)",
+                "minSizeMm3", minimum=0.0, maximum=1000000.0, singleStep=10.0, decimals=0, value=0.0, suffix=" mm³")),
+        (label("fillHolesLabel", "Fill holes:", "Fill cavities enclosed in the tumour"),
+         widget("QCheckBox", "fillHolesCheckBox", "Fill cavities enclosed in the tumour", "fillHoles", text="")),
+        (label("autoUpdateLabel", "Auto-update:", "Re-run when the seeds change"),
+         widget("QCheckBox", "autoUpdateCheckBox",
+                "Re-run the seeded segmentation (fast, from the previous result) half a second after the seed "
+                "segmentation changes", "autoUpdate", text="")),
+        ("", widget("QPushButton", "updateButton",
+                    "Re-run now in this process, reusing the previous run's features and result (fast after seed edits)",
+                    text="Update", enabled=False)),
+    ], collapsed=True)
+    model = section("modelCollapsibleButton", "Model", "A trained segmentation model, offline", [
+        (label("modelPathLabel", "Model:", "Trained model"),
+         widget("QLineEdit", "modelPathLineEdit",
+                "Path of a MONAI bundle folder, a TorchScript file or an nnU-Net v2 model folder (never downloaded); "
+                "the input volumes are its channels, in its order", "modelPath", text="")),
+        (label("ttaLabel", "Flip augmentation:", "Test-time augmentation"),
+         widget("QCheckBox", "ttaCheckBox", "Average the prediction over flips (4 times slower, often more accurate)",
+                "testTimeAugmentation", text="")),
+    ], collapsed=True)
+    nodules = section("nodulesCollapsibleButton", "Lung nodules", "Nodule detection in a chest CT", [
+        (label("minNoduleLabel", "Smallest diameter:", "Smallest nodule found"),
+         widget("QDoubleSpinBox", "minNoduleSpinBox", "Smallest nodule diameter looked for", "minNoduleMm",
+                minimum=1.0, maximum=100.0, singleStep=1.0, decimals=1, value=4.0, suffix=" mm")),
+        (label("maxNoduleLabel", "Largest diameter:", "Largest nodule found"),
+         widget("QDoubleSpinBox", "maxNoduleSpinBox", "Largest nodule diameter looked for", "maxNoduleMm",
+                minimum=1.0, maximum=100.0, singleStep=1.0, decimals=1, value=30.0, suffix=" mm")),
+    ], collapsed=True)
     outputs = section("outputsCollapsibleButton", "Outputs", "Result of the segmentation", [
+        (label("outputSegmentationLabel", "Output segmentation:", "Segmentation that receives the segments"),
+         optional_combo("outputSegmentationSelector", "outputSegmentation",
+                        "Segmentation that receives the seeded result (its segments are replaced); 'Create new' "
+                        "makes a new one", ["vtkMRMLSegmentationNode"], none_display="Create new", add=True)),
+        (label("volumetryTableLabel", "Volumetry table:", "Table of segment volumes"),
+         optional_combo("volumetryTableSelector", "volumetryTable",
+                        "Table that receives mL per segment and for the whole tumour; 'Create new' makes a new one",
+                        ["vtkMRMLTableNode"], none_display="Create new", add=True)),
+        (label("referenceLabel", "Reference segmentation:", "Optional reference to score against"),
+         optional_combo("referenceSelector", "referenceSegmentation",
+                        "Optional reference: each segment is scored against the reference segment of the same name, "
+                        "and the whole tumour against all reference segments (Dice, HD95, surface Dice...)",
+                        ["vtkMRMLSegmentationNode"])),
+        (label("metricsTableLabel", "Metrics table:", "Table of scores"),
+         optional_combo("metricsTableSelector", "metricsTable",
+                        "Table that receives the scores against the reference; 'Create new' makes a new one",
+                        ["vtkMRMLTableNode"], none_display="Create new", add=True)),
         (label("volumeLabel", "Lesion volume:", "Volume of the segment"),
-         widget("QLabel", "volumeValueLabel", "Volume of the segment in millilitres (mL)", text="- mL")),
+         widget("QLabel", "volumeValueLabel", "Volume of the tumour (all its segments) in millilitres (mL)", text="- mL")),
     ])
-    return document("SegmentTumor", [inputs, params, outputs,
-                                     apply_button("Threshold inside the ROI, keep the largest component, create a segmentation"),
+    advanced = section("advancedCollapsibleButton", "Advanced", "Compute settings", [
+        (label("deviceLabel", "Device:", "Where the computation runs"),
+         widget("QComboBox", "deviceComboBox",
+                "auto: $MEDTORCH_DEVICE if set, else CUDA GPU, then Apple MPS, then CPU; or force cpu, cuda or mps",
+                "device", items=["auto", "cpu", "cuda", "mps"])),
+    ], collapsed=True)
+    return document("SegmentTumor", [inputs, params, seeded, model, nodules, outputs, advanced,
+                                     apply_button("Segment with the chosen method into a segmentation, with a volumetry table"),
                                      status_label()])

@@ -1,0 +1,187 @@
+"""``medtorch fuse`` (every method, colour fusion, metrics, errors), ``medtorch fuse-eval``
+(the report folder from PNG pairs and from a CSV list of volumes) and the ``fuse`` /
+``fusion_metrics`` operations, including one run in a background process."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medtorch.cli import main
+from medtorch.io import read_volume, write_volume
+from medtorch.phantoms import blob_phantom, oblique_geometry
+from medtorch.volume import Volume
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuse")
+    geom = oblique_geometry(size=(20, 18, 12))
+    fixed = blob_phantom(geom)
+    moving = blob_phantom(geom, noise=4.0, seed=5)
+    write_volume(fixed, d / "fixed.nrrd")
+    write_volume(moving, d / "moving.nii.gz")
+    other = blob_phantom(oblique_geometry(size=(22, 18, 12), spacing=(1.1, 1.2, 2.0)), seed=6)
+    write_volume(other, d / "other.nrrd")
+    return d, fixed
+
+
+@pytest.mark.parametrize("method", ["average", "dwt", "laplacian", "gff", "pca", "cnn"])
+def test_fuse_every_method(files, method):
+    d, fixed = files
+    extra = ["--iterations", "2", "--param", "patch_size=8", "--param", "features=2"] if method == "cnn" else []
+    out, m = d / f"{method}.nrrd", d / f"{method}.json"
+    assert main(["fuse", "--fixed", str(d / "fixed.nrrd"), "--moving", str(d / "moving.nii.gz"), "--method", method,
+                 "--out", str(out), "--metrics", str(m), "-q", "--device", "cpu", *extra]) == 0
+    fused = read_volume(out)
+    assert fused.geometry.isclose(fixed.geometry, atol=1e-5)
+    assert fused.array.dtype == np.float32 and 0.0 <= fused.array.min() and fused.array.max() <= 1.0
+    figures = json.loads(m.read_text())
+    assert figures["method"] == method and figures["output_range"] == "[0, 1]"
+    assert set(figures["metrics"]) >= {"EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF"}
+    assert figures["mi_unit"] == "bits"
+    if method == "cnn":
+        assert figures["seed"] == 0 and figures["params"]["iterations"] == 2
+
+
+def test_fuse_colour_fusion_writes_rgb(files):
+    d, fixed = files
+    rc = main(["fuse", "--fixed", str(d / "fixed.nrrd"), "--moving", str(d / "moving.nii.gz"), "--method", "gff",
+               "--moving-modality", "PT", "--color-map", "hot", "--out", str(d / "rgb.nrrd"),
+               "--out-luminance", str(d / "y.nrrd"), "--metrics", str(d / "rgb.json"), "--metrics-mode", "slices",
+               "-q", "--device", "cpu"])
+    assert rc == 0
+    rgb = read_volume(d / "rgb.nrrd")
+    assert rgb.kind == "vector" and rgb.num_components == 3 and rgb.array.dtype == np.uint8
+    assert read_volume(d / "y.nrrd").array.dtype == np.float32
+    figures = json.loads((d / "rgb.json").read_text())
+    assert figures["color_map"] == "hot" and figures["metrics"]["slices_scored"] > 0
+
+
+def test_fuse_bad_input_is_one_clear_message(files, capsys):
+    d, _ = files
+    base = ["fuse", "--fixed", str(d / "fixed.nrrd"), "--out", str(d / "x.nrrd"), "--device", "cpu"]
+    assert main(base + ["--moving", str(d / "moving.nii.gz"), "--color-map", "hot"]) == 2
+    err = capsys.readouterr().err
+    assert "neither volume is a functional image" in err and "What to do" in err and "Traceback" not in err
+    assert main(base + ["--moving", str(d / "other.nrrd"), "--method", "dwt"]) == 2
+    assert "different geometry" in capsys.readouterr().err
+    assert main(base + ["--moving", str(d / "other.nrrd"), "--method", "dwt", "--assume-aligned", "-q"]) == 0
+    assert main(base + ["--moving", str(d / "moving.nii.gz"), "--method", "gff", "--wavelet", "db2"]) == 2
+    assert "does not apply to the gff method" in capsys.readouterr().err
+    assert not (d / "never.nrrd").exists()
+
+
+def _png_pairs(root: Path) -> None:
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    for pair, mod in (("CT-MRI", "CT"), ("PET-MRI", "PET")):
+        (root / pair / "MRI").mkdir(parents=True)
+        (root / pair / mod).mkdir(parents=True)
+        for i in range(2):
+            mri = np.clip(120 + 60 * np.sin(xx / (4.0 + i)) + rng.normal(0, 4, (40, 40)), 0, 255).astype(np.uint8)
+            disc = (((xx - 20) ** 2 + (yy - 20) ** 2) < (9 + i) ** 2) * 200
+            sitk.WriteImage(sitk.GetImageFromArray(mri), str(root / pair / "MRI" / f"{i}.png"))
+            if mod == "CT":
+                img = sitk.GetImageFromArray(disc.astype(np.uint8))
+            else:
+                rgb = np.zeros((40, 40, 3), np.uint8)
+                rgb[..., 0] = disc
+                rgb[..., 1] = disc // 2
+                img = sitk.GetImageFromArray(rgb, isVector=True)
+            sitk.WriteImage(img, str(root / pair / mod / f"{i}.png"))
+
+
+def test_fuse_eval_writes_the_report_folder(tmp_path):
+    _png_pairs(tmp_path / "pairs")
+    out = tmp_path / "report"
+    assert main(["fuse-eval", "--pairs", str(tmp_path / "pairs"), "--methods", "average,gff,laplacian",
+                 "--out", str(out), "-q", "--device", "cpu"]) == 0
+    for name in ("metrics.csv", "stats.csv", "report.html", "report.md", "figures/boxplots.png",
+                 "figures/case_CT-MRI_0.png", "figures/case_PET-MRI_1.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 4 * 4  # 4 cases x (3 methods + the dwt baseline)
+    assert {r["pair"] for r in rows} == {"CT-MRI", "PET-MRI"}
+    stats = list(csv.DictReader((out / "stats.csv").open()))
+    gff_q = next(s for s in stats if s["method"] == "gff" and s["metric"] == "QABF")
+    assert gff_q["baseline"] == "dwt" and int(gff_q["n"]) == 4
+    assert 0.0 < float(gff_q["wilcoxon_p"]) <= 1.0 and 0.0 <= float(gff_q["ttest_p"]) <= 1.0
+    html = (out / "report.html").read_text()
+    assert "Paired tests against the baseline (dwt)" in html and "figures/boxplots.png" in html
+    # the same as an operation (what Slicer runs in the background): rows for a table and a box plot
+    from medtorch.tasks import run_operation
+
+    res = run_operation("fuse_eval", {}, {"pairs": str(tmp_path / "pairs" / "CT-MRI"), "methods": "average",
+                                          "out_dir": str(tmp_path / "op"), "device": "cpu"})
+    assert [r["method"] for r in res.values["rows"]] == ["dwt", "average"] * 2
+    assert Path(res.values["files"]["report_html"]).is_file()
+
+
+def test_fuse_eval_from_a_csv_list_of_volumes(tmp_path, capsys):
+    geom = oblique_geometry(size=(20, 18, 12))
+    lines = ["fixed,moving,modality"]
+    for i in range(2):
+        write_volume(blob_phantom(geom, seed=i), tmp_path / f"t1_{i}.nrrd")
+        ct = blob_phantom(geom, noise=3.0, seed=10 + i)
+        write_volume(Volume(ct.array * 10 - 500, ct.geometry), tmp_path / f"ct_{i}.nrrd")
+        lines.append(f"t1_{i}.nrrd,ct_{i}.nrrd,CT")
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval"
+    assert main(["fuse-eval", "--pairs", str(tmp_path / "pairs.csv"), "--methods", "pca", "--baseline", "average",
+                 "--out", str(out), "-q", "--device", "cpu"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["method"] for r in rows] == ["average", "pca"] * 2 and {r["pair"] for r in rows} == {"CT-MRI"}
+    (tmp_path / "bad.csv").write_text("t1_0.nrrd\n")
+    assert main(["fuse-eval", "--pairs", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
+    assert "fixed,moving" in capsys.readouterr().err
+
+
+def test_fuse_eval_refuses_pairs_of_different_shapes(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    for sub, shape in (("MRI", (30, 30)), ("CT", (30, 32))):
+        (tmp_path / sub).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.uint8)), str(tmp_path / sub / "a.png"))
+    assert main(["fuse-eval", "--pairs", str(tmp_path), "--methods", "average", "--out", str(tmp_path / "o")]) == 2
+    assert "differ in shape" in capsys.readouterr().err
+
+
+def test_fuse_and_metrics_operations_in_a_background_process(files):
+    from medtorch.tasks import BackgroundTask, run_operation
+
+    d, fixed = files
+    moving = read_volume(d / "moving.nii.gz")
+    params = {"method": "laplacian", "metrics": "3d", "device": "cpu"}
+    blocking = run_operation("fuse", {"fixed": fixed, "moving": moving}, params)
+    background = BackgroundTask("fuse", {"fixed": fixed, "moving": moving}, params).start().wait(timeout=300)
+    np.testing.assert_allclose(background.volumes["fused"].array, blocking.volumes["fused"].array, atol=1e-6)
+    assert background.values["metrics"]["QABF"] == pytest.approx(blocking.values["metrics"]["QABF"], abs=1e-9)
+    scores = run_operation("fusion_metrics", {"a": blocking.volumes["fixed_prepared"],
+                                              "b": blocking.volumes["moving_prepared"],
+                                              "fused": blocking.volumes["fused"]}, {"per_slice": True})
+    assert scores.values["QABF"] == pytest.approx(blocking.values["metrics"]["QABF"], abs=1e-12)
+    assert len(scores.values["slices"]["QABF"]) == fixed.array.shape[0]
+
+
+def test_help_has_examples(capsys):
+    for cmd in ("fuse", "fuse-eval"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert f"medtorch {cmd}" in capsys.readouterr().out

@@ -1,0 +1,46 @@
+"""``medtorch seg-metrics``: score a segmentation against a reference (Dice, HD95, surface Dice...)."""
+
+from __future__ import annotations
+
+import argparse
+
+from medtorch.commands import Command, progress_bar
+from medtorch.progress import CancelToken
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="segmentation to score (label map)")
+    p.add_argument("--ref", required=True, help="reference segmentation (label map on the same grid)")
+    p.add_argument("--structures", default="auto", choices=["auto", "labels", "brats2021", "brats2023"],
+                   help="labels: each label value and the foreground; brats2021/brats2023: the regions TC, WT, ET; "
+                        "auto: BraTS regions when both maps hold BraTS labels, else labels")
+    p.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance, mm")
+    p.add_argument("--no-lesion-wise", action="store_true", help="skip the BraTS-2023-style lesion-wise scores")
+    p.add_argument("--json", default=None, help="write the scores as JSON")
+    p.add_argument("--csv", default=None, help="write the scores as CSV (one row per structure)")
+
+
+def run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    import json
+
+    from medtorch.io import read_volume, write_text_atomic
+    from medtorch.segment.metrics import evaluate_segmentation
+
+    pred = read_volume(args.pred, kind="label")
+    ref = read_volume(args.ref, kind="label")
+    rep = evaluate_segmentation(pred, ref, args.structures, args.tolerance, not args.no_lesion_wise,
+                                progress=progress_bar(args), cancel=cancel)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(rep.to_dict(), indent=2, default=str))
+    if args.csv:
+        write_text_atomic(args.csv, rep.to_csv())
+    if not args.quiet:
+        print(rep.to_text())
+    return 0
+
+
+COMMANDS = [Command(
+    "seg-metrics", "score a segmentation against a reference: Dice, HD95, surface Dice, lesion-wise, mL",
+    "  medtorch seg-metrics --pred tumor.nrrd --ref truth.nii.gz\n"
+    "  medtorch seg-metrics --pred seg.nii.gz --ref truth.nii.gz --structures brats2023 --json scores.json",
+    add_arguments, run)]

@@ -1,0 +1,153 @@
+"""``medtorch segment``: seeded segmentation (``--seeds``) or a trained model (``--model``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medtorch.commands import Command, progress_bar, vec3
+from medtorch.errors import MedTorchInputError
+from medtorch.progress import CancelToken
+
+
+def _names(text: str) -> dict[int, str]:
+    """argparse type: ``1=Necrosis,2=Edema,3=Enhancing tumor``."""
+    out: dict[int, str] = {}
+    for part in [p for p in text.split(",") if p.strip()]:
+        value, sep, name = part.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected VALUE=NAME pairs separated by commas, got {text!r}")
+        out[int(value)] = name.strip()
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--in", dest="input", action="append", required=True, metavar="VOLUME",
+                   help="input volume (file or DICOM folder); repeat for several co-registered channels "
+                        "(e.g. --in flair.nii.gz --in t1c.nii.gz). With --model, NAME=path names the model's channel")
+    p.add_argument("--out", required=True, help="label map to write (.nrrd, .nii.gz, .mha)")
+    how = p.add_argument_group("what segments (give one)")
+    how.add_argument("--seeds", default=None,
+                     help="seed label map: 0 unlabelled, 1... classes, the largest value the background; the output "
+                          "keeps each class's value and writes the background as 0")
+    how.add_argument("--model", default=None,
+                     help="trained model: a MONAI bundle folder, a TorchScript file or an nnU-Net v2 model folder "
+                          "(never downloaded)")
+    seeded = p.add_argument_group("seeded segmentation (--seeds)")
+    seeded.add_argument("--margin", type=float, default=5.0, help="margin around the seeds' bounding box, mm")
+    seeded.add_argument("--smoothing", type=float, default=1.0, help="feature smoothing (Gaussian sigma), mm")
+    seeded.add_argument("--radius", type=float, default=2.0, help="window radius of the local region statistics, mm")
+    seeded.add_argument("--smoothness", type=float, default=0.5, help="weight of the boundary smoothness term")
+    seeded.add_argument("--iterations", type=int, default=16, help="most region-competition iterations")
+    seeded.add_argument("--seed", type=int, default=0, help="random seed (k-means start), recorded in --info")
+    seeded.add_argument("--roi-center", type=vec3, default=None,
+                        help="segment inside this box (centre x,y,z in LPS mm) instead of around the seeds")
+    seeded.add_argument("--roi-extent", type=vec3, default=None, help="box size x,y,z in mm (with --roi-center)")
+    post = p.add_argument_group("post-processing and volumetry")
+    post.add_argument("--min-size", type=float, default=0.0, help="remove pieces of a label smaller than this, mm^3")
+    post.add_argument("--largest", action="store_true", help="keep only the largest connected piece of the tumour")
+    post.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed in the tumour")
+    post.add_argument("--names", type=_names, default=None,
+                      help="class names for the volumetry, e.g. 1=Necrosis,2=Edema,3=Enhancing tumor")
+    post.add_argument("--regions", default=None, choices=["brats2021", "brats2023"],
+                      help="also report the BraTS regions TC, WT, ET (labels of that convention)")
+    post.add_argument("--volumes-csv", default=None, help="write mL per class and region to this CSV file")
+    post.add_argument("--info", default=None, help="write the run's details (settings, seed, times, mL) as JSON")
+    model = p.add_argument_group("model inference (--model)")
+    model.add_argument("--overlap", type=float, default=None, help="sliding-window overlap, 0 to <1 (default: the bundle's)")
+    model.add_argument("--roi-size", type=vec3, default=None, help="sliding-window size in voxels x,y,z (default: the bundle's)")
+    model.add_argument("--sw-batch-size", type=int, default=None, help="windows per batch")
+    model.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x the time)")
+    model.add_argument("--threshold", type=float, default=None, help="probability threshold of sigmoid outputs (0.5)")
+    model.add_argument("--label-convention", default=None, choices=["auto", "brats2021", "brats2023"],
+                       help="BraTS label values of the output")
+    model.add_argument("--crop-foreground", action="store_true", help="run the network on the non-zero box only")
+    model.add_argument("--output-interpolation", default=None, choices=["nearest", "linear"],
+                       help="how labels go back to the input grid")
+    model.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on the CPU (faster on some CPUs)")
+    model.add_argument("--trust-bundle-code", action="store_true",
+                       help="allow a bundle whose config runs its own Python code")
+
+
+def run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    if args.seeds and args.model:
+        raise MedTorchInputError("both --seeds and --model were given", "give --seeds (seeded) or --model (trained model)")
+    if not args.seeds and not args.model:
+        raise MedTorchInputError("neither --seeds nor --model was given",
+                                 "give a seed label map (--seeds S.nrrd) or a trained model (--model DIR_OR_FILE)")
+    if args.model:
+        try:
+            from medtorch.segment.inference import run_model_cli
+        except ImportError as exc:
+            raise MedTorchInputError(f"segmentation with a trained model is not available in this installation ({exc})",
+                                     "update MedTorch, or use seeded segmentation (--seeds)") from None
+        return int(run_model_cli(args, cancel))
+    return run_seeded(args, cancel)
+
+
+def _input_path(value: str) -> str:
+    """``path`` or ``NAME=path`` (the name is ignored by seeded segmentation)."""
+    name, sep, rest = value.partition("=")
+    if sep and not Path(value).exists() and "/" not in name and "\\" not in name:
+        return rest
+    return value
+
+
+def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
+    """The ``--seeds`` form: read, segment, post-process, write the label map (and CSV/JSON)."""
+    import json
+
+    import numpy as np
+
+    from medtorch import __version__
+    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.segment.metrics import volumetry
+    from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS, postprocess_label
+    from medtorch.segment.seeded import SeededOptions, seeded_segment
+    from medtorch.segment.threshold import Box
+
+    if (args.roi_center is None) != (args.roi_extent is None):
+        raise MedTorchInputError("--roi-center and --roi-extent go together", "give both, or neither")
+    box = None if args.roi_center is None else Box(np.asarray(args.roi_center), np.asarray(args.roi_extent) / 2.0)
+    channels = [read_volume(_input_path(v)) for v in args.input]
+    seeds = read_volume(args.seeds, kind="label")
+    opts = SeededOptions(margin_mm=args.margin, smoothing_mm=args.smoothing, radius_mm=args.radius,
+                         smoothness=args.smoothness, iterations=args.iterations, device=getattr(args, "device", None),
+                         seed=args.seed)
+    res = seeded_segment(channels, seeds, opts, region_box=box, progress=progress_bar(args), cancel=cancel)
+    label = res.label
+    if args.min_size > 0 or args.largest or args.fill_holes:
+        label = postprocess_label(label, args.min_size, args.largest, args.fill_holes)
+    write_volume(label, args.out)
+    tumour = [c for c in res.classes if c != res.background]
+    names = {c: (args.names or {}).get(c, f"class {c}") for c in tumour}
+    regions = None
+    if args.regions:
+        lab = BRATS_LABELS[args.regions]
+        regions = {r: [lab[c] for c in cls] for r, cls in BRATS_REGIONS.items()}
+    rows = volumetry(label, names, regions)
+    if args.volumes_csv:
+        lines = ["name,values,voxels,volume_ml"] + [
+            f"{r.name},{' '.join(str(v) for v in r.values)},{r.voxels},{r.volume_ml:.6f}" for r in rows]
+        write_text_atomic(args.volumes_csv, "\n".join(lines) + "\n")
+    if args.info:
+        info = {"medtorch": __version__, "method": "seeded (localized region competition)",
+                "inputs": list(args.input), "seeds": args.seeds, "classes": res.classes, "background": res.background,
+                "options": res.options, "seed": res.options.get("seed"), "region_zyx": [list(res.region[0]),
+                                                                                     list(res.region[1])],
+                "iterations": res.iterations, "seconds": res.seconds,
+                "volumes_ml": {r.name: r.volume_ml for r in rows}}
+        write_text_atomic(args.info, json.dumps(info, indent=2, default=str))
+    if not args.quiet:
+        parts = ", ".join(f"{r.name}: {r.volume_ml:.2f} mL" for r in rows)
+        print(f"Segmented {len(tumour)} class(es) in {res.seconds['total']:.1f} s: {parts}")
+    return 0
+
+
+COMMANDS = [Command(
+    "segment", "segment a tumour from seeds (no training) or with a trained model (offline)",
+    "  medtorch segment --in flair.nii.gz --in t1c.nii.gz --seeds seeds.nrrd --out tumor.nrrd\n"
+    "  medtorch segment --in flair.nii.gz --in t1c.nii.gz --seeds seeds.nrrd --out tumor.nrrd "
+    "--names 1=Necrosis,2=Edema,3=Enhancing --volumes-csv volumes.csv\n"
+    "  medtorch segment --model brats_bundle/ --in T1c=t1c.nii.gz --in T1=t1.nii.gz --in T2=t2.nii.gz "
+    "--in FLAIR=flair.nii.gz --out tumor.nrrd", add_arguments, run)]

@@ -1,0 +1,287 @@
+"""The 2D network and its self-supervised training for through-plane super-resolution.
+
+SMORE-style (Zhao et al. 2021; ECLARE, Remedios et al. 2023): the volume's own in-plane
+slices are high resolution in both directions. Degrading one in-plane direction with the
+slice profile and the factor ``f`` makes training pairs (thick-like line -> thin lines);
+the trained 2D model is then applied to the planes that contain the thick axis.
+
+:class:`AxisSRNet` works at the *low* resolution along the thick axis and writes ``f``
+sub-pixel outputs per thick sample (ESPCN-style, along one axis only), so its cost does
+not grow with ``f``. It has two branches:
+
+* a linear one: one convolution whose weights are first set to the least-squares
+  optimal linear predictor on the training pairs (:func:`fit_linear_branch`), a strong
+  start that needs no iterations;
+* a residual CNN (MONAI :class:`~monai.networks.blocks.Convolution` blocks) that learns what
+  the linear predictor misses (edges). Its last layer starts at zero, so training starts
+  from the linear predictor and only improves on it.
+
+An optional adversarial loss (SRGAN-style, a small patch discriminator) is off by default.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtorch.errors import MedTorchInputError
+from medtorch.progress import CancelToken, ProgressCallback, report
+
+__all__ = ["AxisSRNet", "SRTrainConfig", "TrainingPairs", "apply_along_planes", "fit_linear_branch", "train_axis_sr"]
+
+
+class AxisSRNet(nn.Module):
+    """``[N, 1, H, W] -> [N, 1, H, W * factor]``: upsamples the last axis by ``factor``.
+
+    Args:
+        factor: integer upsampling factor of the last axis.
+        features: channels of the CNN branch.
+        layers: convolutions in the CNN branch (>= 2).
+        linear_kernel: ``(kh, kw)`` of the linear branch (odd sizes).
+    """
+
+    def __init__(self, factor: int, features: int = 32, layers: int = 8,
+                 linear_kernel: tuple[int, int] = (7, 7)) -> None:
+        super().__init__()
+        from monai.networks.blocks import Convolution
+
+        if int(factor) < 1 or int(layers) < 2:
+            raise MedTorchInputError(f"factor {factor} / layers {layers} are not usable",
+                                     "use a factor >= 1 and at least 2 layers")
+        self.factor = int(factor)
+        self.features = int(features)
+        self.layers = int(layers)
+        self.linear_kernel = (int(linear_kernel[0]), int(linear_kernel[1]))
+        kh, kw = self.linear_kernel
+        self.linear = nn.Conv2d(1, self.factor, (kh, kw), padding=(kh // 2, kw // 2), padding_mode="replicate")
+        body: list[nn.Module] = [Convolution(2, 1, self.features, kernel_size=3, act="relu", norm=None, bias=True)]
+        for _ in range(self.layers - 2):
+            body.append(Convolution(2, self.features, self.features, kernel_size=3, act="relu", norm=None, bias=True))
+        last = Convolution(2, self.features, self.factor, kernel_size=3, conv_only=True, bias=True)
+        body.append(last)
+        self.body = nn.Sequential(*body)
+        for p in last.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x) + self.body(x)  # [N, f, H, W]
+        n, f, h, w = out.shape
+        return out.permute(0, 2, 3, 1).reshape(n, 1, h, w * f)
+
+    def config(self) -> dict[str, Any]:
+        return {"factor": self.factor, "features": self.features, "layers": self.layers,
+                "linear_kernel": list(self.linear_kernel)}
+
+
+class PatchDiscriminator(nn.Module):
+    """A small fully convolutional discriminator (SRGAN-style, for the optional adversarial loss)."""
+
+    def __init__(self, features: int = 32) -> None:
+        super().__init__()
+        from monai.networks.blocks import Convolution
+
+        chans = [1, features, features * 2, features * 2]
+        blocks: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            blocks.append(Convolution(2, a, b, strides=2, kernel_size=3, act=("leakyrelu", {"negative_slope": 0.2}),
+                                      norm=None))
+        blocks.append(nn.Conv2d(chans[-1], 1, 3, padding=1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class TrainingPairs:
+    """High-resolution planes ``[S, H, W]`` and their degraded versions ``[S, H, W // f]``.
+
+    Both are normalised intensities; several orientations may be concatenated.
+    """
+
+    high: list[torch.Tensor]
+    low: list[torch.Tensor]
+    factor: int
+
+    def __post_init__(self) -> None:
+        if not self.high or any(h.shape[-1] < self.factor * 4 or h.shape[-2] < 8 for h in self.high):
+            raise MedTorchInputError("the volume is too small to learn super-resolution from its own slices",
+                                     f"use a volume with at least {self.factor * 4} x 8 voxels in-plane")
+
+    def sample(self, batch: int, patch_h: int, patch_w_low: int, gen: torch.Generator,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of random patches (random set, slice, position, flips): ``(low, high)``."""
+        f = self.factor
+        ph = min(patch_h, min(h.shape[1] for h in self.high))
+        pw = min(patch_w_low, min(lo.shape[2] for lo in self.low))
+        lows, highs = [], []
+        for _ in range(batch):
+            s = int(torch.randint(len(self.high), (1,), generator=gen))
+            hi, lo = self.high[s], self.low[s]
+            if weights is not None and s == 0:
+                k = int(torch.multinomial(weights, 1, generator=gen))
+            else:
+                k = int(torch.randint(hi.shape[0], (1,), generator=gen))
+            y0 = int(torch.randint(hi.shape[1] - ph + 1, (1,), generator=gen))
+            x0 = int(torch.randint(lo.shape[2] - pw + 1, (1,), generator=gen))
+            lp = lo[k, y0:y0 + ph, x0:x0 + pw]
+            hp = hi[k, y0:y0 + ph, x0 * f:(x0 + pw) * f]
+            if bool(torch.randint(2, (1,), generator=gen)):
+                lp, hp = lp.flip(0), hp.flip(0)
+            if bool(torch.randint(2, (1,), generator=gen)):
+                lp, hp = lp.flip(1), hp.flip(1)
+            lows.append(lp)
+            highs.append(hp)
+        return torch.stack(lows)[:, None], torch.stack(highs)[:, None]
+
+
+def _linear_design(low: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Replicate-padded ``kh x kw`` neighbourhoods of every low-resolution pixel: ``[S, H, W, kh*kw]``."""
+    x = torch.nn.functional.pad(low[:, None], (kw // 2, kw // 2, kh // 2, kh // 2), mode="replicate")[:, 0]
+    p = x.unfold(1, kh, 1).unfold(2, kw, 1)
+    return p.reshape(*p.shape[:3], kh * kw)
+
+
+def fit_linear_branch(net: AxisSRNet, pairs: TrainingPairs, max_samples: int = 400_000, seed: int = 0,
+                      ridge: float = 1e-4) -> float:
+    """Set ``net.linear`` to the least-squares linear predictor of the high-resolution lines.
+
+    Returns the root-mean-square training residual of that predictor.
+    """
+    kh, kw = net.linear_kernel
+    f = net.factor
+    gen = torch.Generator().manual_seed(int(seed))
+    xs, ys = [], []
+    total = sum(lo.numel() for lo in pairs.low)
+    for hi, lo in zip(pairs.high, pairs.low):
+        design = _linear_design(lo, kh, kw).reshape(-1, kh * kw)
+        target = hi[..., : lo.shape[2] * f].reshape(*lo.shape, f).reshape(-1, f)
+        take = max(1, int(max_samples * lo.numel() / total))
+        idx = torch.randperm(design.shape[0], generator=gen)[:take]
+        xs.append(design[idx])
+        ys.append(target[idx])
+    x = torch.cat(xs).double()
+    y = torch.cat(ys).double()
+    x1 = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+    gram = x1.T @ x1
+    gram += ridge * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype)
+    sol = torch.linalg.solve(gram, x1.T @ y)  # [(kh*kw)+1, f]
+    with torch.no_grad():
+        net.linear.weight.copy_(sol[:-1].T.reshape(f, 1, kh, kw).float())
+        net.linear.bias.copy_(sol[-1].float())
+    return float(((x1 @ sol - y) ** 2).mean().sqrt())
+
+
+@dataclass
+class SRTrainConfig:
+    """Training settings (recorded with the weights)."""
+
+    iterations: int = 600
+    batch: int = 16
+    patch: int = 64
+    learning_rate: float = 1e-3
+    features: int = 32
+    layers: int = 8
+    linear_kernel: tuple[int, int] = (7, 7)
+    adversarial_weight: float = 0.0
+    max_seconds: float | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["linear_kernel"] = list(self.linear_kernel)
+        return d
+
+
+def train_axis_sr(pairs: TrainingPairs, config: SRTrainConfig, device: Any = "cpu",
+                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> tuple[AxisSRNet, dict[str, Any]]:
+    """Train an :class:`AxisSRNet` on ``pairs``; return it (eval mode, on CPU) and a log.
+
+    L1 loss; Adam with a one-cycle learning-rate schedule. Stops after
+    ``config.iterations`` or ``config.max_seconds``, whichever comes first. With
+    ``adversarial_weight > 0`` a patch discriminator is trained alongside (SRGAN-style,
+    least-squares GAN loss) and its loss, times the weight, is added for the generator.
+    """
+    torch.manual_seed(int(config.seed))
+    net = AxisSRNet(pairs.factor, config.features, config.layers, config.linear_kernel)
+    report(progress, cancel, 0.0, "fitting the linear predictor")
+    lin_rmse = fit_linear_branch(net, pairs, seed=config.seed)
+    net = net.to(device)
+    high = [h.to(device) for h in pairs.high]
+    low = [lo.to(device) for lo in pairs.low]
+    on_device = TrainingPairs(high, low, pairs.factor)
+    iters = max(1, int(config.iterations))
+    opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=iters, pct_start=0.15)
+    disc = None
+    if config.adversarial_weight > 0:
+        disc = PatchDiscriminator().to(device)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=config.learning_rate)
+    gen = torch.Generator().manual_seed(int(config.seed) + 1)
+    patch_low = max(4, config.patch // pairs.factor)
+    start = time.monotonic()
+    losses: list[float] = []
+    done = 0
+    net.train()
+    for it in range(iters):
+        if it % 5 == 0:
+            report(progress, cancel, 0.02 + 0.98 * it / iters, f"training {it}/{iters}")
+        if config.max_seconds is not None and time.monotonic() - start > config.max_seconds:
+            break
+        lo, hi = on_device.sample(config.batch, config.patch, patch_low, gen)
+        out = net(lo)
+        loss = (out - hi).abs().mean()
+        if disc is not None:
+            adv = ((disc(out) - 1.0) ** 2).mean()
+            loss = loss + config.adversarial_weight * adv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if disc is not None:
+            d_loss = ((disc(hi) - 1.0) ** 2).mean() + (disc(out.detach()) ** 2).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        losses.append(float(loss.detach()))
+        done = it + 1
+    net.eval()
+    log = {"iterations_done": done, "train_seconds": round(time.monotonic() - start, 2),
+           "linear_rmse": lin_rmse, "final_loss": float(np.mean(losses[-20:])) if losses else None}
+    return net.cpu(), log
+
+
+def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(0, n, size):
+        yield a, min(a + size, n)
+
+
+@torch.no_grad()
+def apply_along_planes(net: nn.Module, low: torch.Tensor, batch: int = 8,
+                       progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                       runner: Any = None) -> torch.Tensor:
+    """Run ``net`` on planes ``[S, H, W]`` (W the thick axis): ``[S, H, W * f]``.
+
+    ``runner`` (e.g. an onnxruntime session wrapper) replaces ``net`` when given: any
+    callable ``[N, 1, H, W] -> [N, 1, H, W f]`` tensor function.
+    """
+    call = runner if runner is not None else net
+    outs = []
+    n = low.shape[0]
+    for a, b in _batches(n, batch):
+        report(progress, cancel, a / max(n, 1), "applying the model")
+        outs.append(call(low[a:b, None])[:, 0])
+    report(progress, cancel, 1.0, "applied")
+    return torch.cat(outs)
+
+
+def default_iterations(factor: int) -> int:
+    """Iterations that fit the 10-minute budget on 2 CPU cores for a brain-sized volume."""
+    return int(400 + 50 * math.log2(max(2, factor)))

@@ -1,0 +1,567 @@
+"""Evaluation report over many cases: every method on every pair, metrics, plots and paired tests.
+
+As the seed documents describe it: several methods over several cases, a CSV of every
+metric, box plots, paired tests of each method against a baseline, and a figure of the two
+sources and each fused result side by side -- written to one folder::
+
+    out/metrics.csv          one row per case and method: every metric, seconds
+    out/stats.csv            per metric and method: n, means, mean difference to the baseline,
+                             Wilcoxon signed-rank p and paired t-test p (scipy.stats)
+    out/figures/boxplots.png one panel per metric, one box per method
+    out/figures/<case>.png   sources and fused images side by side (middle axial slice of a volume)
+    out/report.html, out/report.md
+
+Pairs (:func:`discover_pairs`):
+
+* a **list file** (CSV, ``#`` comments allowed): ``fixed,moving[,modality[,name]]`` per row,
+  an optional header row starting with ``fixed``; paths relative to the list file;
+  ``modality`` is the moving image's (CT, MR, PT, NM, or auto);
+* a **folder with modality sub-folders** (the layout of the Harvard atlas pairs as they are
+  usually shared): ``MRI/`` (or ``MR``, ``T1``, ``T2``) and one of ``CT/``, ``PET/``,
+  ``SPECT/``, files matched by name; a folder of such folders (``CT-MRI/``, ``PET-MRI/``,
+  ``SPECT-MRI/``) is searched one level down;
+* a **flat folder** of ``<case>_<modality>.<ext>`` files, modality one of ``mri``, ``mr``,
+  ``t1``, ``t2`` (anatomical) and ``ct``, ``pet``, ``pt``, ``spect``, ``nm``, or a second
+  MR contrast (``t1`` + ``t2``: t1 is fixed).
+
+The anatomical image is the fixed one. Files are volumes (NIfTI, NRRD, MHA, DICOM folders)
+or 2D images (PNG, JPEG, BMP, TIFF). 2D grey images are read as 8-bit values / 255 (they
+are display images already: no window, no percentiles); a 2D RGB image is a colour-coded
+functional image and is fused by the YCbCr protocol (:mod:`medtorch.fusion.color`), its
+metrics computed on the luminance. Volumes go through :func:`~medtorch.fusion.fuse.fuse_volumes`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medtorch.errors import MedTorchInputError
+from medtorch.fusion.metrics import METRICS
+from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
+
+__all__ = ["Case", "EvaluationResult", "discover_pairs", "evaluate", "load_pair", "paired_tests"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+ANATOMICAL = {"mri": "MR", "mr": "MR", "t1": "MR", "t2": "MR", "t1w": "MR", "t2w": "MR", "flair": "MR"}
+OTHER = {"ct": "CT", "pet": "PT", "pt": "PT", "spect": "NM", "nm": "NM"}
+PAIR_NAMES = {"CT": "CT-MRI", "PT": "PET-MRI", "NM": "SPECT-MRI", "MR": "MRI-MRI", "OT": "other"}
+
+
+@dataclass
+class Case:
+    """One pair: the anatomical (fixed) image, the other (moving) one and the moving modality."""
+
+    name: str
+    fixed: Path
+    moving: Path
+    modality: str = "auto"
+    fixed_modality: str = "MR"
+
+    @property
+    def pair(self) -> str:
+        return PAIR_NAMES.get(self.modality.upper(), self.modality)
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` wrote and computed."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    stats: list[dict[str, Any]]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# -- pairs ---------------------------------------------------------------------------------------
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for ext in VOLUME_EXTENSIONS + IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return p.stem
+
+
+def _is_image_file(p: Path) -> bool:
+    n = p.name.lower()
+    return p.is_file() and any(n.endswith(e) for e in VOLUME_EXTENSIONS + IMAGE_EXTENSIONS)
+
+
+def _from_list(path: Path) -> list[Case]:
+    cases = []
+    text = path.read_text(encoding="utf-8")
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and r[0].strip() and not r[0].strip().startswith("#")]
+    if rows and rows[0][0].strip().lower() == "fixed":
+        rows = rows[1:]
+    for n, row in enumerate(rows, 1):
+        cells = [c.strip() for c in row]
+        if len(cells) < 2:
+            raise MedTorchInputError(f"line {n} of {path.name} has {len(cells)} field(s)",
+                                     "write fixed,moving[,modality[,name]] on every line")
+        fixed, moving = (Path(c) if Path(c).is_absolute() else path.parent / c for c in cells[:2])
+        modality = cells[2] if len(cells) > 2 and cells[2] else "auto"
+        name = cells[3] if len(cells) > 3 and cells[3] else f"{_stem(moving)}"
+        for p in (fixed, moving):
+            if not p.exists():
+                raise MedTorchInputError(f"{p} (line {n} of {path.name}) does not exist", "fix the path in the list")
+        cases.append(Case(name, fixed, moving, modality.upper()))
+    return cases
+
+
+def _modality_dirs(folder: Path) -> tuple[Path, Path, str] | None:
+    subs = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+    anat = next((subs[k] for k in ("mri", "mr", "t1", "t1w", "t2", "t2w") if k in subs), None)
+    other = next(((subs[k], OTHER[k]) for k in ("ct", "pet", "pt", "spect", "nm") if k in subs), None)
+    if anat is None or other is None:
+        return None
+    return anat, other[0], other[1]
+
+
+def _from_modality_dirs(folder: Path, prefix: str = "") -> list[Case]:
+    found = _modality_dirs(folder)
+    if found is None:
+        return []
+    anat, other, mod = found
+    anat_files = {_stem(p): p for p in sorted(anat.iterdir()) if _is_image_file(p)}
+    cases = []
+    for p in sorted(other.iterdir()):
+        if _is_image_file(p) and _stem(p) in anat_files:
+            cases.append(Case(f"{prefix}{_stem(p)}", anat_files[_stem(p)], p, mod))
+    return cases
+
+
+def _from_flat(folder: Path) -> list[Case]:
+    groups: dict[str, dict[str, Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if not (_is_image_file(p) or (p.is_dir() and "_" in p.name)):
+            continue
+        stem = _stem(p)
+        case, sep, mod = stem.rpartition("_")
+        if sep and mod.lower() in {**ANATOMICAL, **OTHER}:
+            groups.setdefault(case, {})[mod.lower()] = p
+    cases = []
+    for case, files in sorted(groups.items()):
+        anat = [k for k in files if k in ANATOMICAL]
+        other = [k for k in files if k in OTHER]
+        if len(files) != 2:
+            continue
+        if other and anat:
+            cases.append(Case(case, files[anat[0]], files[other[0]], OTHER[other[0]]))
+        elif len(anat) == 2:
+            first, second = sorted(anat, key=lambda k: ("t1" not in k, k))
+            cases.append(Case(case, files[first], files[second], "MR"))
+    return cases
+
+
+def discover_pairs(source: str | os.PathLike[str]) -> list[Case]:
+    """The cases of a list file or folder (see the module docstring for the conventions)."""
+    src = Path(source)
+    if not src.exists():
+        raise MedTorchInputError(f"{src} does not exist", "give a list file (CSV) or a folder of pairs")
+    if src.is_file():
+        cases = _from_list(src)
+    else:
+        cases = _from_modality_dirs(src)
+        if not cases:
+            for sub in sorted(p for p in src.iterdir() if p.is_dir()):
+                cases += _from_modality_dirs(sub, prefix=f"{sub.name}/")
+        if not cases:
+            cases = _from_flat(src)
+    if not cases:
+        raise MedTorchInputError(
+            f"no image pairs found in {src}",
+            "use a CSV list (fixed,moving[,modality]), modality sub-folders (MRI/ + CT/, PET/ or SPECT/ with "
+            "matching file names) or files named <case>_<modality>.<ext> (e.g. 01_mri.nii.gz + 01_ct.nii.gz)",
+        )
+    return cases
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedPair:
+    """A pair ready to fuse: 2D arrays in [0, 1] (with the functional chroma), or volumes."""
+
+    case: Case
+    two_d: bool
+    a: np.ndarray | None = None  # 2D: anatomical in [0, 1]
+    b: np.ndarray | None = None  # 2D: other in [0, 1] (luminance for RGB)
+    chroma: np.ndarray | None = None  # 2D RGB input: [2, H, W] Cb, Cr
+    volumes: tuple[Any, Any] | None = None
+
+
+def _read_2d(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise MedTorchInputError(f"{path.name} could not be read as an image ({str(exc).strip().splitlines()[-1]})",
+                                 "give PNG, JPEG, BMP or TIFF images") from None
+    arr = sitk.GetArrayFromImage(img)
+    if arr.ndim == 3 and img.GetNumberOfComponentsPerPixel() == 1:
+        if arr.shape[0] == 1:
+            arr = arr[0]
+        else:
+            raise MedTorchInputError(f"{path.name} holds {arr.shape[0]} frames", "give single 2D images")
+    return arr
+
+
+def load_pair(case: Case) -> LoadedPair:
+    """Read a case; 2D images are scaled to [0, 1] (RGB -> luminance + chroma), volumes read as they are."""
+    from medtorch.fusion.color import rgb_to_ycbcr
+
+    is_2d = any(str(p).lower().endswith(IMAGE_EXTENSIONS) for p in (case.fixed, case.moving))
+    if not is_2d:
+        from medtorch.io import read_volume
+
+        return LoadedPair(case, False, volumes=(read_volume(case.fixed), read_volume(case.moving)))
+    arrays = []
+    for p in (case.fixed, case.moving):
+        arr = _read_2d(p)
+        scale = 255.0 if arr.dtype == np.uint8 else float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
+        arrays.append(arr.astype(np.float64) / scale)
+    fa, fb = arrays
+    if fa.ndim == 3:  # an RGB anatomical image: use its luminance
+        fa = rgb_to_ycbcr(torch.from_numpy(np.moveaxis(fa[..., :3], -1, 0)))[0].numpy()
+    chroma = None
+    if fb.ndim == 3:
+        rgb = np.moveaxis(fb[..., :3], -1, 0)
+        if np.allclose(rgb[0], rgb[1]) and np.allclose(rgb[1], rgb[2]):
+            fb = rgb[0]
+        else:
+            ycc = rgb_to_ycbcr(torch.from_numpy(np.ascontiguousarray(rgb))).numpy()
+            fb, chroma = ycc[0], ycc[1:]
+    if fa.shape != fb.shape:
+        raise MedTorchInputError(
+            f"the images of case {case.name} differ in shape ({fa.shape} vs {fb.shape})",
+            "give registered pairs of one size (resample or crop one of them first)",
+        )
+    return LoadedPair(case, True, np.clip(fa, 0, 1).astype(np.float32), np.clip(fb, 0, 1).astype(np.float32), chroma)
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+def paired_tests(rows: list[dict[str, Any]], methods: Sequence[str], baseline: str,
+                 metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
+    """Wilcoxon signed-rank and paired t-test of each method against ``baseline``, per metric.
+
+    Cases are paired by name; p-values are two-sided (``scipy.stats.wilcoxon``,
+    ``scipy.stats.ttest_rel``); NaN where fewer than two paired cases exist or all
+    differences are zero.
+    """
+    from scipy import stats
+
+    by = {(r["case"], r["method"]): r for r in rows}
+    cases = sorted({r["case"] for r in rows})
+    out = []
+    for metric in metrics:
+        for m in methods:
+            if m == baseline:
+                continue
+            pairs = [(by[(c, m)][metric], by[(c, baseline)][metric]) for c in cases
+                     if (c, m) in by and (c, baseline) in by
+                     and np.isfinite(by[(c, m)][metric]) and np.isfinite(by[(c, baseline)][metric])]
+            x = np.array([p[0] for p in pairs], dtype=float)
+            y = np.array([p[1] for p in pairs], dtype=float)
+            n = len(pairs)
+            w_p = t_p = float("nan")
+            if n >= 2 and np.any(x != y):
+                w_p = float(stats.wilcoxon(x, y).pvalue)
+                t_p = float(stats.ttest_rel(x, y).pvalue)
+            out.append({"metric": metric, "method": m, "baseline": baseline, "n": n,
+                        "mean": float(x.mean()) if n else float("nan"),
+                        "baseline_mean": float(y.mean()) if n else float("nan"),
+                        "mean_difference": float((x - y).mean()) if n else float("nan"),
+                        "wins": int((x > y).sum()), "wilcoxon_p": w_p, "ttest_p": t_p})
+    return out
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def _fuse_case(pair: LoadedPair, method: str, params: dict[str, Any], opts: dict[str, Any],
+               progress: ProgressCallback | None, cancel: CancelToken | None) -> dict[str, Any]:
+    """Fuse one case with one method: the sources and fused image for scoring and drawing."""
+    from medtorch.fusion.color import ycbcr_to_rgb
+    from medtorch.fusion.methods import fuse_arrays
+
+    if pair.two_d:
+        assert pair.a is not None and pair.b is not None
+        fused, info = fuse_arrays(pair.a, pair.b, method, params, device=opts.get("device"), progress=progress,
+                                  cancel=cancel)
+        rgb = None
+        if pair.chroma is not None:
+            ycc = torch.from_numpy(np.concatenate([fused[None].astype(np.float64), pair.chroma], axis=0))
+            rgb = np.moveaxis(ycbcr_to_rgb(ycc).clamp(0, 1).numpy(), 0, -1)
+        return {"a": pair.a, "b": pair.b, "fused": fused, "rgb": rgb, "info": info, "geometry": None}
+    from medtorch.fusion.fuse import fuse_volumes
+
+    fixed, moving = pair.volumes  # type: ignore[misc]
+    case = pair.case
+    cmap = opts.get("color_map") if case.modality in ("PT", "NM") else None
+    res = fuse_volumes(fixed, moving, method, None, params=params, fixed_modality=opts.get("fixed_modality", "auto"),
+                       moving_modality=case.modality if case.modality != "AUTO" else "auto",
+                       ct_window=opts.get("ct_window", "bone"), color_map=cmap,
+                       assume_aligned=opts.get("assume_aligned", False), device=opts.get("device"),
+                       progress=progress, cancel=cancel)
+    rgb = None if res.rgb is None else res.rgb.array.astype(np.float32) / 255.0
+    return {"a": res.fixed_prepared.array, "b": res.moving_prepared.array, "fused": res.fused.array, "rgb": rgb,
+            "info": res.info, "geometry": res.fused.geometry}
+
+
+def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray, mode: str, mi_unit: str) -> dict[str, float]:
+    from medtorch.fusion.metrics import fusion_metrics
+
+    m = "2d" if a.ndim == 2 else mode
+    vals = fusion_metrics(a, b, f, mode=m, mi_unit=mi_unit)  # type: ignore[arg-type]
+    return {k: float(v) for k, v in vals.items() if k in METRICS}
+
+
+def evaluate(
+    source: str | os.PathLike[str] | Sequence[Case],
+    methods: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    baseline: str = "dwt",
+    method_params: dict[str, dict[str, Any]] | None = None,
+    metrics_mode: str = "3d",
+    mi_unit: str = "bits",
+    color_map: str = "hot",
+    ct_window: str | tuple[float, float] = "bone",
+    assume_aligned: bool = False,
+    save_fused: bool = False,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> EvaluationResult:
+    """Run ``methods`` on every case of ``source`` and write the report folder ``out_dir``.
+
+    Args:
+        source: a list file or folder (:func:`discover_pairs`), or a list of :class:`Case`.
+        methods: method names (:data:`medtorch.fusion.methods.METHODS`); the baseline is
+            added if missing.
+        baseline: the method the paired tests compare with (the seeds' DWT by default).
+        method_params: per-method parameters, e.g. ``{"cnn": {"iterations": 50}}``.
+        metrics_mode: '3d' or 'slices' for volumes (2D images use 2D metrics).
+        color_map: colour map for functional volumes (2D RGB images carry their colours).
+        save_fused: also write every fused image (``fused/<case>_<method>.nrrd`` or ``.png``).
+    """
+    from medtorch.fusion.methods import METHODS
+    from medtorch.io import write_text_atomic
+
+    cases = list(source) if isinstance(source, (list, tuple)) else discover_pairs(source)  # type: ignore[arg-type]
+    names = [str(m).strip().lower() for m in methods]
+    for m in names + [baseline]:
+        if m not in METHODS:
+            raise MedTorchInputError(f"unknown fusion method {m!r}", "use any of " + ", ".join(METHODS))
+    if baseline not in names:
+        names = [baseline] + names
+    names = list(dict.fromkeys(names))
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    params = {k.lower(): dict(v) for k, v in (method_params or {}).items()}
+    opts = {"device": device, "color_map": color_map, "ct_window": ct_window, "assume_aligned": assume_aligned}
+    rows: list[dict[str, Any]] = []
+    case_figures: list[Path] = []
+    total = len(cases) * len(names)
+    step = 0
+    for case in cases:
+        report(progress, cancel, step / max(total, 1), f"reading {case.name}")
+        pair = load_pair(case)
+        shown: dict[str, Any] = {}
+        for m in names:
+            sp = SubProgress(progress, step / total, (step + 1) / total, f"{case.name}: {m}")
+            t0 = time.perf_counter()
+            res = _fuse_case(pair, m, params.get(m, {}), opts, sp, cancel)
+            secs = time.perf_counter() - t0
+            scores = _score(res["a"], res["b"], res["fused"], metrics_mode, mi_unit)
+            info = res["info"]
+            seed = info.get("seed")
+            if seed is None and isinstance(info.get("params"), dict):
+                seed = info["params"].get("seed")
+            rows.append({"case": case.name, "pair": case.pair, "method": m, "seconds": round(secs, 4), **scores,
+                         "seed": seed if seed is not None else ""})
+            shown[m] = res
+            if save_fused:
+                _save_fused(out, case, m, res)
+            step += 1
+        case_figures.append(_case_figure(out, case, names, shown))
+    report(progress, cancel, 0.95, "statistics and plots")
+    stats = paired_tests(rows, names, baseline)
+    files = {
+        "metrics_csv": _write_csv(out / "metrics.csv", rows, ["case", "pair", "method", "seconds", *METRICS, "seed"]),
+        "stats_csv": _write_csv(out / "stats.csv", stats, ["metric", "method", "baseline", "n", "mean", "baseline_mean",
+                                                            "mean_difference", "wins", "wilcoxon_p", "ttest_p"]),
+        "boxplots": _boxplots(out / "figures" / "boxplots.png", rows, names),
+    }
+    files["report_html"] = _write_html(out, rows, stats, names, baseline, mi_unit, metrics_mode, case_figures)
+    files["report_md"] = write_text_atomic(out / "report.md", _markdown(rows, stats, names, baseline, mi_unit,
+                                                                         metrics_mode, case_figures, out))
+    report(progress, cancel, 1.0, "report written")
+    return EvaluationResult(out, rows, stats, files)
+
+
+def _save_fused(out: Path, case: Case, method: str, res: dict[str, Any]) -> None:
+    from medtorch.report import save_figure
+
+    d = out / "fused"
+    d.mkdir(exist_ok=True)
+    safe = case.name.replace("/", "_")
+    if res["geometry"] is None:
+        plt = _pyplot()
+        img = res["rgb"] if res["rgb"] is not None else res["fused"]
+        fig = plt.figure(figsize=(img.shape[1] / 100, img.shape[0] / 100), dpi=100)
+        fig.figimage(np.clip(img, 0, 1), cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=1)
+        save_figure(fig, d / f"{safe}_{method}.png")
+    else:
+        from medtorch.io import write_volume
+        from medtorch.volume import Volume
+
+        write_volume(Volume(res["fused"], res["geometry"], "scalar", {"method": method}), d / f"{safe}_{method}.nrrd")
+
+
+def _pyplot() -> Any:
+    from medtorch.report import _pyplot as pp
+
+    return pp()
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    from medtorch.io import write_text_atomic
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return write_text_atomic(path, buf.getvalue())
+
+
+def _boxplots(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> Path:
+    from medtorch.report import save_figure
+
+    plt = _pyplot()
+    ncols = 4
+    nrows = int(math.ceil(len(METRICS) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
+    for ax, metric in zip(axes.ravel(), METRICS):
+        data = [[r[metric] for r in rows if r["method"] == m and np.isfinite(r[metric])] for m in methods]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(methods) + 1))
+        ax.set_xticklabels(methods, rotation=40, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes.ravel()[len(METRICS):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _case_figure(out: Path, case: Case, methods: list[str], shown: dict[str, Any]) -> Path:
+    from medtorch.report import Panel, display_volume, panel_figure
+    from medtorch.volume import Volume
+
+    first = shown[methods[0]]
+    geom = first["geometry"]
+
+    def view(arr: np.ndarray) -> np.ndarray:
+        if geom is None:
+            return arr
+        if arr.ndim == 4:  # RGB volume: each channel reoriented
+            chans = [view(arr[..., c]) for c in range(3)]
+            return np.stack(chans, axis=-1)
+        dv = display_volume(Volume(arr.astype(np.float32), geom))
+        return dv.slice("axial", geom.center())
+
+    panels = [Panel(view(first["a"]), f"{case.fixed_modality} (fixed)", 0.0, 1.0),
+              Panel(view(first["b"]), f"{case.pair.split('-')[0]} (moving)", 0.0, 1.0)]
+    for m in methods:
+        r = shown[m]
+        img = r["rgb"] if r["rgb"] is not None else r["fused"]
+        panels.append(Panel(view(img), m, 0.0, 1.0))
+    safe = case.name.replace("/", "_")
+    return panel_figure(out / "figures" / f"case_{safe}.png", panels, ncols=min(len(panels), 5),
+                        title=f"{case.name} ({case.pair})", panel_size=2.6)
+
+
+def _summary_rows(rows: list[dict[str, Any]], methods: list[str]) -> list[list[Any]]:
+    table = []
+    for m in methods:
+        sel = [r for r in rows if r["method"] == m]
+        table.append([m, len(sel)] + [float(np.nanmean([r[k] for r in sel])) if sel else float("nan")
+                                      for k in METRICS] + [float(np.mean([r["seconds"] for r in sel])) if sel else 0.0])
+    return table
+
+
+def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: list[str], baseline: str,
+                mi_unit: str, mode: str, case_figures: list[Path]) -> Path:
+    from medtorch import __version__
+    from medtorch.report import Figure, Section, Table, write_report
+
+    summary = Table("Mean of each metric per method (higher is better)", ["method", "cases", *METRICS, "seconds"],
+                    _summary_rows(rows, methods),
+                    note=f"MI in {mi_unit}; volumes scored {mode}, 2D images in 2D; images on the 8-bit scale.")
+    stat_rows = [[s["metric"], s["method"], s["n"], s["mean"], s["baseline_mean"], s["mean_difference"], s["wins"],
+                  s["wilcoxon_p"], s["ttest_p"]] for s in stats]
+    tests = Table(f"Paired tests against the baseline ({baseline})",
+                  ["metric", "method", "n", "mean", "baseline mean", "mean difference", "cases better", "Wilcoxon p",
+                   "paired t p"], stat_rows,
+                  note="Two-sided p-values; NaN where fewer than two paired cases differ.")
+    per_case = Table("Every case and method", ["case", "pair", "method", *METRICS, "seconds"],
+                     [[r["case"], r["pair"], r["method"], *[r[k] for k in METRICS], r["seconds"]] for r in rows])
+    sections = [
+        Section("Summary", [f"{len({r['case'] for r in rows})} cases, {len(methods)} methods; baseline {baseline}."],
+                [summary]),
+        Section("Box plots", figures=[Figure("figures/boxplots.png", "Each metric per method over the cases")]),
+        Section("Paired tests", tables=[tests]),
+        Section("Sources and fused images", figures=[Figure(p.relative_to(out).as_posix(), p.stem) for p in case_figures]),
+        Section("All values", tables=[per_case], paragraphs=["Also in metrics.csv and stats.csv."]),
+    ]
+    return write_report(out, "Fusion evaluation", sections,
+                        intro=["Metrics as in the fusion literature's common evaluator (medtorch.fusion.metrics): "
+                               "EN, SD, SF, AG of the fused image; MI and SSIM summed over both sources; "
+                               "QAB/F (Xydeas-Petrovic); VIF (Sheikh-Bovik pixel VIF, summed)."],
+                        footer=f"medtorch {__version__}")
+
+
+def _fmt(v: Any) -> str:
+    from medtorch.report import format_value
+
+    return format_value(v)
+
+
+def _markdown(rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: list[str], baseline: str, mi_unit: str,
+              mode: str, case_figures: list[Path], out: Path) -> str:
+    lines = ["# Fusion evaluation", "",
+             f"{len({r['case'] for r in rows})} cases, {len(methods)} methods; baseline **{baseline}**. "
+             f"MI in {mi_unit}; volumes scored {mode}.", "",
+             "## Mean of each metric per method", "",
+             "| method | cases | " + " | ".join(METRICS) + " | seconds |",
+             "|---" * (len(METRICS) + 3) + "|"]
+    for row in _summary_rows(rows, methods):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    lines += ["", "![box plots](figures/boxplots.png)", "", f"## Paired tests against {baseline}", "",
+              "| metric | method | n | mean | baseline mean | difference | cases better | Wilcoxon p | paired t p |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for s in stats:
+        lines.append("| " + " | ".join(_fmt(s[k]) for k in ("metric", "method", "n", "mean", "baseline_mean",
+                                                            "mean_difference", "wins", "wilcoxon_p", "ttest_p")) + " |")
+    lines += ["", "## Sources and fused images", ""]
+    lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in case_figures]
+    lines += ["", "Every value: metrics.csv; tests: stats.csv.", ""]
+    return "\n".join(lines)

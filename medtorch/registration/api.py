@@ -1,0 +1,233 @@
+"""``register``: one entry point for every engine, mode and metric.
+
+Validates the inputs (one clear :class:`~medtorch.errors.MedTorchInputError` for each kind
+of bad input), runs the chosen engine, resamples the moving volume onto the fixed grid,
+and fills the quality report (similarity, Jacobian, folding, TRE, runtime, device, seed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from medtorch.errors import MedTorchInputError
+from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
+from medtorch.registration.result import RegistrationResult
+from medtorch.volume import Volume, check_volume
+
+__all__ = ["ENGINES", "INITS", "METRICS", "MODES", "register", "check_inputs", "target_registration_error"]
+
+MODES = ("rigid", "affine", "deformable")
+METRICS = ("mi", "mind", "lncc", "ncc", "mse")
+ENGINES = ("torch", "sitk", "elastix")
+INITS = ("auto", "geometry", "moments", "pax", "fiducials", "none")
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    v = str(value).strip().lower()
+    if v not in allowed:
+        raise MedTorchInputError(f"unknown {what} {value!r}", f"use one of: {', '.join(allowed)}")
+    return v
+
+
+def _check_mask(mask: Volume | None, name: str) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, Volume):
+        raise MedTorchInputError(f"the {name} mask is a {type(mask).__name__}, not a volume",
+                                 "give the mask as a label or binary volume")
+    mask.geometry.validate(f"{name} mask")
+    if not np.asarray(mask.array).any():
+        raise MedTorchInputError(f"the {name} mask is empty (no voxel is set)",
+                                 f"give a {name} mask that marks the region to align, or no mask")
+
+
+def _check_landmarks(fixed_landmarks: np.ndarray | None, moving_landmarks: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if fixed_landmarks is None and moving_landmarks is None:
+        return None, None
+    if fixed_landmarks is None or moving_landmarks is None:
+        raise MedTorchInputError("landmarks were given for only one of the volumes",
+                                 "give fixed and moving landmarks in pairs, or none")
+    f = np.asarray(fixed_landmarks, dtype=np.float64)
+    m = np.asarray(moving_landmarks, dtype=np.float64)
+    if f.ndim != 2 or f.shape[1] != 3 or m.ndim != 2 or m.shape[1] != 3:
+        raise MedTorchInputError(f"landmarks must be (N, 3) arrays of LPS points, got {f.shape} and {m.shape}",
+                                 "give one LPS point (mm) per row")
+    if len(f) != len(m) or len(f) == 0:
+        raise MedTorchInputError(f"{len(f)} fixed and {len(m)} moving landmarks do not make pairs",
+                                 "give the same number of fixed and moving landmarks, in corresponding order")
+    if not (np.isfinite(f).all() and np.isfinite(m).all()):
+        raise MedTorchInputError("landmarks contain NaN or infinite coordinates", "check the landmark positions")
+    return f, m
+
+
+def _bounding_boxes_overlap(fixed: Volume, moving: Volume, transform: np.ndarray) -> bool:
+    """Whether the fixed grid's box, mapped by ``transform``, meets the moving grid's box."""
+    corners = fixed.geometry.corners()
+    mapped = corners @ transform[:3, :3].T + transform[:3, 3]
+    idx = moving.geometry.physical_to_index(mapped)
+    lo, hi = idx.min(0), idx.max(0)
+    size = np.asarray(moving.geometry.size, float)
+    return bool(np.all(hi >= -0.5) and np.all(lo <= size - 0.5))
+
+
+def check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None, moving_mask: Volume | None) -> None:
+    """Raise :class:`MedTorchInputError` for inputs no engine can register."""
+    for vol, name in ((fixed, "fixed volume"), (moving, "moving volume")):
+        if not isinstance(vol, Volume):
+            raise MedTorchInputError(f"the {name} is a {type(vol).__name__}, not a Volume", "load it with medtorch.io.read_volume")
+        check_volume(vol, name)
+        if min(vol.size) < 4:
+            raise MedTorchInputError(
+                f"the {name} is too thin to register (size {vol.size}): at least 4 voxels per axis are needed",
+                "give a 3D volume (a few slices are not enough to align in 3D)")
+    _check_mask(fixed_mask, "fixed")
+    _check_mask(moving_mask, "moving")
+
+
+def target_registration_error(mapped: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """TRE figures (mm) of mapped landmarks against their true positions."""
+    err = np.linalg.norm(np.asarray(mapped, float) - np.asarray(truth, float), axis=1)
+    return {"tre_mean_mm": float(err.mean()), "tre_p95_mm": float(np.percentile(err, 95)),
+            "tre_max_mm": float(err.max()), "tre_points": int(len(err))}
+
+
+def register(
+    fixed: Volume,
+    moving: Volume,
+    *,
+    mode: Literal["rigid", "affine", "deformable"] = "rigid",
+    metric: Literal["mi", "mind", "lncc", "ncc", "mse"] = "mi",
+    engine: Literal["torch", "sitk", "elastix"] = "torch",
+    fixed_mask: Volume | None = None,
+    moving_mask: Volume | None = None,
+    fixed_landmarks: np.ndarray | None = None,
+    moving_landmarks: np.ndarray | None = None,
+    init: Literal["auto", "geometry", "moments", "pax", "fiducials", "none"] = "auto",
+    initial_transform: np.ndarray | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resample_output: bool = True,
+    **options: Any,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``: find the transform mapping fixed points to moving points.
+
+    Args:
+        fixed, moving: scalar volumes (any grids, LPS); never modified.
+        mode: ``rigid`` (6 parameters); ``affine`` (rigid, then 12 parameters); ``deformable``
+            (rigid, affine, then a dense displacement field).
+        metric: ``mi`` (Mattes mutual information; multimodal), ``mind`` (MIND-SSC; multimodal),
+            ``lncc``/``ncc``/``mse`` (same modality). In the deformable stage ``mi`` uses MIND-SSC
+            (local, modality-independent); in the linear stages ``lncc`` uses global NCC.
+        engine: ``torch`` (this package), ``sitk`` (SimpleITK Mattes MI, corrected recipe) or
+            ``elastix`` (itk-elastix); the classic engines take no metric or landmarks.
+        fixed_mask, moving_mask: optional binary volumes (any grid); only voxels inside count.
+        fixed_landmarks, moving_landmarks: optional ``(N, 3)`` LPS point pairs: used by
+            ``init='fiducials'`` (and ``'auto'``), and to report the target registration error.
+        init: ``auto`` (landmarks if given, else a rotation search about the centres of mass),
+            ``geometry``, ``moments``, ``pax`` (principal axes), ``fiducials`` or ``none``.
+        initial_transform: 4x4 LPS matrix (fixed -> moving) to start from (with ``init`` auto/none).
+        device: ``auto``/``cpu``/``cuda``/``mps`` (default: ``$MEDTORCH_DEVICE``, else auto).
+        seed: seeds the sampling; the same seed gives the same result on the same device.
+        progress, cancel: see :mod:`medtorch.progress`.
+        resample_output: False skips resampling the moving volume (``resampled`` is then
+            ``None``), e.g. to time the registration alone.
+        **options: engine options, see :mod:`medtorch.registration.torch_engine`.
+
+    Returns:
+        A :class:`RegistrationResult`; the transform is ``p_moving = A(p + d(p))``.
+    """
+    from medtorch.device import device_summary, select_device
+
+    start = time.perf_counter()
+    mode = _choice(mode, MODES, "registration mode")  # type: ignore[assignment]
+    metric = _choice(metric, METRICS, "similarity metric")  # type: ignore[assignment]
+    engine = _choice(engine, ENGINES, "registration engine")  # type: ignore[assignment]
+    init = _choice(init, INITS, "initialisation")  # type: ignore[assignment]
+    check_inputs(fixed, moving, fixed_mask, moving_mask)
+    f_lm, m_lm = _check_landmarks(fixed_landmarks, moving_landmarks)
+    if initial_transform is not None:
+        from medtorch.resample import _check_affine
+
+        initial_transform = np.asarray(_check_affine(np.asarray(initial_transform, dtype=np.float64)), dtype=np.float64)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MedTorchInputError(f"the seed must be a non-negative whole number, got {seed!r}", "give a seed such as 0")
+    seed = int(seed)
+    start_transform = initial_transform
+    if start_transform is None and init == "none":
+        start_transform = np.eye(4)
+    if start_transform is not None and init in ("none", "auto") and not _bounding_boxes_overlap(fixed, moving, start_transform):
+        raise MedTorchInputError(
+            "the fixed and moving volumes do not overlap (with the " +
+            ("initial transform given" if initial_transform is not None else "identity transform") + ")",
+            "check that the right volumes are selected; use init='auto' or 'moments' to bring them together first",
+        )
+    dev = select_device(device)
+    report(progress, cancel, 0.0, "starting")
+    eng_progress = SubProgress(progress, 0.0, 0.9, "")
+    if engine == "torch":
+        from medtorch.registration.torch_engine import register_torch
+
+        affine, displacement, info = register_torch(
+            fixed, moving, mode, metric, fixed_mask, moving_mask, f_lm, m_lm, init, initial_transform, dev, seed,
+            eng_progress, cancel, options)
+    else:
+        if options:
+            raise MedTorchInputError(f"the {engine} engine takes no options ({', '.join(sorted(options))} given)",
+                                     "leave the torch-engine options out for the classic engines")
+        try:
+            from medtorch.registration import classic
+        except ImportError as exc:
+            raise MedTorchInputError(f"the {engine} engine is not available in this installation ({exc})",
+                                     "use engine='torch'") from exc
+        fn_name = "register_sitk" if engine == "sitk" else "register_elastix"
+        fn = getattr(classic, fn_name, None)
+        if fn is None:
+            raise MedTorchInputError(f"the {engine} engine is not available in this installation",
+                                     "use engine='torch'")
+        initial = initial_transform
+        if initial is None and f_lm is not None and init in ("auto", "fiducials"):
+            from medtorch.registration.initialization import fiducial_init
+
+            initial = fiducial_init(f_lm, m_lm)  # type: ignore[arg-type]
+        affine, displacement, info = fn(fixed, moving, mode, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                        initial=initial, seed=seed, progress=eng_progress, cancel=cancel)
+        info = dict(info or {})
+    affine = np.asarray(affine, dtype=np.float64)
+    report(progress, cancel, 0.9, "resampling the moving volume")
+    if resample_output:
+        from medtorch.resample import resample
+
+        transform: Any = affine if displacement is None else [affine, displacement]
+        resampled = resample(moving, fixed.geometry, transform, device=dev,
+                             progress=SubProgress(progress, 0.9, 0.97, "resampling"), cancel=cancel)
+    else:
+        resampled = None
+    if resampled is not None:
+        resampled.metadata.update({"registration": f"{engine} {mode}", "seed": seed})
+    report(progress, cancel, 0.97, "quality report")
+    from medtorch.registration.jacobian import folding_report
+
+    rep: dict[str, Any] = {
+        "final_similarity": info.get("final_similarity"),
+        "metric": metric if engine == "torch" else "mattes_mi",
+        "mode": mode,
+        "engine": engine,
+    }
+    rep.update(folding_report(affine, displacement))
+    rep.update({k: v for k, v in info.items() if k not in rep})
+    rep["runtime_s"] = round(time.perf_counter() - start, 3)
+    summary = device_summary(dev)
+    rep["device"] = f"{summary.get('device', str(dev))} ({summary.get('name', '')})".strip()
+    rep["threads"] = torch.get_num_threads()
+    rep["seed"] = seed
+    result = RegistrationResult(affine, displacement, resampled, rep)
+    if f_lm is not None and m_lm is not None:
+        rep.update(target_registration_error(result.map_points(f_lm), m_lm))
+    report(progress, cancel, 1.0, "registered")
+    return result

@@ -1,0 +1,400 @@
+"""Rigid and affine registration on torch: sampled similarity, pyramid, Adam, multi-start search.
+
+How it works (all in LPS mm; the transform maps fixed points to moving points):
+
+* **Samples.** At every pyramid level a seeded random subset of the fixed level's voxels
+  (inside the fixed mask) is drawn once, jittered by up to half a voxel (which removes the
+  interpolation artefacts of grid-aligned sampling); the fixed values there are fixed for
+  the level, so the objective is deterministic and smooth for Adam.
+* **Transform.** ``T(p) = B (L (p - c) + c + t)``, with ``B`` the initial transform, ``c``
+  the fixed foreground's centre of mass, ``L = R(r) diag(exp(s)) (I + H)`` (rotation vector
+  ``r``; for affine also log-scales ``s`` and shears ``H``, upper triangular). Every
+  parameter is scaled to millimetres of displacement at the radius of gyration of the
+  fixed foreground, so a single Adam step size (a fraction of the level's spacing) suits them all.
+* **Search.** ``init="auto"`` scores a grid of rotations (every 20 degrees up to 40 about
+  each axis), plus the principal-axes candidates, all about the centres of mass, by the
+  similarity at the coarsest level in one batched evaluation; the best few are refined
+  together (a batch of independent Adam runs) and the best of those carries on. This is
+  what survives 30 degrees and 40 mm of misalignment.
+* **Moving values** come from ``grid_sample`` at the mapped points, split into one batch item
+  per CPU thread; samples that map outside the moving volume (or its mask) get weight 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medtorch.errors import MedTorchInputError
+from medtorch.progress import CancelToken, ProgressCallback, report
+from medtorch.registration.pyramid import PyramidLevel
+from medtorch.registration.similarity import fixed_bin_index, mse, mutual_information, ncc
+from medtorch.resample import sample
+from medtorch.volume import Geometry
+
+__all__ = [
+    "LevelSchedule",
+    "MovingSampler",
+    "SampleSet",
+    "draw_samples",
+    "linear_matrices",
+    "bias_basis",
+    "optimise_level",
+    "score_candidates",
+    "similarity_of",
+]
+
+
+@dataclass
+class SampleSet:
+    """Fixed samples of one level: LPS ``points`` ``[N, 3]``, values ``[C, N]`` and MI bins ``[N]``."""
+
+    points: torch.Tensor
+    values: torch.Tensor
+    bins: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def window(self, start: int, n: int) -> "SampleSet":
+        """``n`` consecutive samples from ``start`` (wrapping); the pool is in random order, so
+        each window is a random subset."""
+        total = len(self)
+        idx = (torch.arange(n, device=self.points.device) + start) % total
+        return SampleSet(self.points[idx], self.values[:, idx],
+                         self.bins[idx] if self.bins is not None else None)
+
+
+@dataclass
+class LevelSchedule:
+    """Iterations, samples and Adam step (mm) of one level."""
+
+    iterations: int
+    samples: int
+    step_mm: float
+
+
+def draw_samples(level: PyramidLevel, n: int, rng: np.random.Generator, bins: int | None,
+                 jitter: bool = True, features: torch.Tensor | None = None,
+                 profile: tuple[np.ndarray, float] | None = None) -> SampleSet:
+    """Draw ``n`` fixed samples (all voxels if fewer) inside the level's mask, in random order.
+
+    ``features`` (``[C, z, y, x]`` on the level grid) are sampled instead of the image when given.
+    ``profile = (direction, sigma_mm)`` blurs the fixed values along a unit LPS direction
+    with a Gaussian (9 taps over +-3 sigma): the slice profile of a thick-slice moving
+    volume, so that both sides of the similarity see the same resolution along its slices.
+    """
+    img = level.image
+    dev = img.device
+    shape = img.shape[1:]
+    if level.mask is not None:
+        cand = torch.nonzero(level.mask.reshape(-1) > 0.5).reshape(-1).cpu().numpy()
+    else:
+        cand = np.arange(int(np.prod(shape)))
+    if cand.size == 0:
+        raise MedTorchInputError("the fixed mask is empty at this resolution",
+                                 "give a fixed mask that covers the region to align (or no mask)")
+    if cand.size > n:
+        cand = rng.choice(cand, size=n, replace=False)
+    else:
+        cand = rng.permutation(cand)
+    nz, ny, nx = shape
+    k = cand // (ny * nx)
+    j = (cand // nx) % ny
+    i = cand % nx
+    ijk = np.stack([i, j, k], axis=1).astype(np.float64)
+    if jitter:
+        ijk = ijk + rng.uniform(-0.5, 0.5, size=ijk.shape)
+        upper = np.array([nx - 1, ny - 1, nz - 1], float)
+        ijk = np.clip(ijk, 0.0, upper)
+    pts = level.geometry.index_to_physical(ijk)
+    points = torch.from_numpy(pts).to(device=dev, dtype=torch.float32)
+    src = features if features is not None else img
+    with torch.no_grad():
+        if profile is None or profile[1] <= 0.05 * float(min(level.geometry.spacing)):
+            values = sample(src, points, level.geometry, "linear", 0.0)  # [C, N]
+        else:
+            direction = torch.tensor(np.asarray(profile[0], float), dtype=torch.float32, device=dev)
+            taps = np.linspace(-3.0, 3.0, 9)
+            weights = np.exp(-0.5 * taps**2)
+            weights /= weights.sum()
+            values = sum(float(w) * sample(src, points + float(t * profile[1]) * direction, level.geometry,
+                                           "linear", 0.0) for t, w in zip(taps, weights))
+    fb = fixed_bin_index(values[0], bins) if bins is not None else None
+    return SampleSet(points, values, fb)
+
+
+def _index_gradient(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Central difference along ``dim`` (one-sided at the ends)."""
+    n = t.shape[dim]
+    out = torch.empty_like(t)
+    fwd = t.narrow(dim, 1, n - 1) - t.narrow(dim, 0, n - 1)
+    out.narrow(dim, 0, 1).copy_(fwd.narrow(dim, 0, 1))
+    out.narrow(dim, n - 1, 1).copy_(fwd.narrow(dim, n - 2, 1))
+    if n > 2:
+        out.narrow(dim, 1, n - 2).copy_((t.narrow(dim, 2, n - 2) - t.narrow(dim, 0, n - 2)) * 0.5)
+    return out
+
+
+class _SampleWithGradientImage(torch.autograd.Function):
+    """``grid_sample`` of an image whose channels are ``[value, d/dx, d/dy, d/dz]`` (derivatives in
+    grid_sample units): returns the value; the gradient with respect to the grid is the sampled
+    derivative image (ITK's approach: a central-difference gradient image), which spares the
+    costly backward pass of ``grid_sample``."""
+
+    @staticmethod
+    def forward(ctx, grid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        ctx.save_for_backward(out[:, 1:4])
+        return out[:, :1]
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (deriv,) = ctx.saved_tensors  # [B, 3, 1, 1, n]
+        return (grad_out * deriv).permute(0, 2, 3, 4, 1), None
+
+
+class MovingSampler:
+    """Moving values (and weights) at mapped points: ``grid_sample`` on a pyramid level.
+
+    For a single-channel image the derivative image is precomputed (see
+    :class:`_SampleWithGradientImage`); feature maps (MIND) use autograd through ``grid_sample``.
+    """
+
+    def __init__(self, level: PyramidLevel, features: torch.Tensor | None = None) -> None:
+        src = features if features is not None else level.image
+        self.channels = int(src.shape[0])
+        if self.channels == 1:
+            size = level.geometry.size
+            derivs = [_index_gradient(src[0], 2 - axis) * ((size[axis] - 1) / 2.0) for axis in range(3)]
+            src = torch.cat([src, torch.stack(derivs)], dim=0)
+        self.image = src.unsqueeze(0).contiguous()  # [1, C, z, y, x]
+        self.mask = level.mask.unsqueeze(0) if level.mask is not None else None
+        self.geometry = level.geometry
+        size_arr = np.asarray(level.geometry.size, float)
+        to_norm = np.eye(4)
+        to_norm[:3, :3] = np.diag(2.0 / (size_arr - 1))
+        to_norm[:3, 3] = -1.0
+        self.lps_to_norm = torch.tensor(to_norm @ level.geometry.lps_to_ijk(), dtype=torch.float32,
+                                        device=src.device)
+        self.threads = torch.get_num_threads() if src.device.type == "cpu" else 1
+
+    def __call__(self, points: torch.Tensor, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values ``[K, C, N]`` and weights ``[K, N]`` at ``matrices`` (``[K, 4, 4]``) applied to ``points``."""
+        g = self.lps_to_norm.unsqueeze(0) @ matrices  # [K, 4, 4]
+        grid = points.unsqueeze(0) @ g[:, :3, :3].transpose(1, 2) + g[:, None, :3, 3]  # [K, N, 3]
+        inside = (grid.detach().abs() <= 1.0).all(dim=-1)
+        self.last_grid = grid.detach()
+        values = self._sample(self.image, grid, self.channels == 1)
+        weights = inside.to(values.dtype)
+        if self.mask is not None:
+            weights = weights * (self._sample(self.mask, grid.detach(), False)[:, 0] > 0.5).to(values.dtype)
+        return values, weights
+
+    def _sample(self, image: torch.Tensor, grid: torch.Tensor, with_gradient_image: bool) -> torch.Tensor:
+        k, n = grid.shape[:2]
+        nb = 1
+        if self.threads > 1 and k < self.threads:
+            nb = max(1, self.threads // k)
+            while n % nb:
+                nb -= 1
+        g = grid.reshape(k * nb, 1, 1, n // nb, 3)
+        img = image.expand(k * nb, -1, -1, -1, -1)
+        if with_gradient_image and g.requires_grad:
+            v = _SampleWithGradientImage.apply(g, img)
+        elif with_gradient_image:
+            v = F.grid_sample(img[:, :1], g, mode="bilinear", padding_mode="border", align_corners=True)
+        else:
+            v = F.grid_sample(img, g, mode="bilinear", padding_mode="border", align_corners=True)
+        c = v.shape[1]
+        return v.reshape(k, nb, c, n // nb).permute(0, 2, 1, 3).reshape(k, c, n)
+
+
+def _skew(r: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(r[:, 0])
+    return torch.stack([
+        torch.stack([z, -r[:, 2], r[:, 1]], -1),
+        torch.stack([r[:, 2], z, -r[:, 0]], -1),
+        torch.stack([-r[:, 1], r[:, 0], z], -1),
+    ], 1)
+
+
+def linear_matrices(theta: torch.Tensor, center: torch.Tensor, radius: float, affine: bool) -> torch.Tensor:
+    """``[K, 4, 4]`` matrices of ``T(p) = L (p - c) + c + t`` from parameters in mm ``[K, 6|12]``
+    (rotation vector * radius, translation, [log-scale * radius, shear * radius])."""
+    k = theta.shape[0]
+    r = theta[:, 0:3] / radius
+    t = theta[:, 3:6]
+    lin = torch.linalg.matrix_exp(_skew(r))
+    if affine:
+        s = torch.exp(theta[:, 6:9] / radius)
+        h = theta[:, 9:12] / radius
+        shear = torch.eye(3, dtype=theta.dtype, device=theta.device).expand(k, 3, 3).clone()
+        shear[:, 0, 1] = h[:, 0]
+        shear[:, 0, 2] = h[:, 1]
+        shear[:, 1, 2] = h[:, 2]
+        lin = lin @ (s.unsqueeze(-1) * shear)
+    out = torch.zeros(k, 4, 4, dtype=theta.dtype, device=theta.device)
+    out[:, :3, :3] = lin
+    out[:, :3, 3] = center + t - (lin @ center.unsqueeze(-1)).squeeze(-1)
+    out[:, 3, 3] = 1.0
+    return out
+
+
+def similarity_of(metric: str, samples: SampleSet, values: torch.Tensor, weights: torch.Tensor, bins: int) -> torch.Tensor:
+    """Similarity ``[K]`` (higher is better) of moving ``values`` ``[K, C, N]`` with the fixed samples."""
+    if metric == "mi":
+        assert samples.bins is not None
+        return mutual_information(samples.bins, values[:, 0], weights, bins)
+    if metric in ("ncc", "lncc"):
+        return ncc(samples.values[0], values[:, 0], weights)
+    if metric == "mse":
+        return -mse(samples.values[0], values[:, 0], weights)
+    if metric == "mind":
+        diff = ((values - samples.values.unsqueeze(0)) ** 2).mean(1)  # [K, N]
+        return -(diff * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)
+    raise MedTorchInputError(f"unknown metric {metric!r}", "use mi, mind, lncc, ncc or mse")
+
+
+def score_candidates(sampler: MovingSampler, samples: SampleSet, matrices: torch.Tensor, metric: str, bins: int,
+                     chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarity and overlap fraction ``[K]`` of each candidate matrix (no gradients)."""
+    sims, overlaps = [], []
+    with torch.no_grad():
+        for k0 in range(0, matrices.shape[0], chunk):
+            vals, w = sampler(samples.points, matrices[k0:k0 + chunk])
+            sims.append(similarity_of(metric, samples, vals, w, bins))
+            overlaps.append(w.mean(-1))
+    return torch.cat(sims), torch.cat(overlaps)
+
+
+def bias_basis(grid: torch.Tensor, order: int) -> torch.Tensor:
+    """Polynomial basis ``[K, N, P]`` of moving-space grid coordinates in ``[-1, 1]`` (no constant):
+    order 1 gives x, y, z; order 2 adds the six second-order terms."""
+    x, y, z = grid.unbind(-1)
+    terms = [x, y, z]
+    if order >= 2:
+        third = 1.0 / 3.0
+        terms += [x * x - third, y * y - third, z * z - third, x * y, x * z, y * z]
+    return torch.stack(terms, dim=-1)
+
+
+#: Millimetres of Adam step per unit of log-intensity bias coefficient.
+BIAS_SCALE = 50.0
+
+
+def optimise_level(sampler: MovingSampler, samples: SampleSet, base: torch.Tensor, theta0: torch.Tensor,
+                   center: torch.Tensor, radius: float, affine: bool, metric: str, bins: int,
+                   schedule: LevelSchedule, on_step: Callable[[int], None] | None = None,
+                   min_overlap: float = 0.02, bias0: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+    """Adam on ``K`` independent candidates at one level.
+
+    ``base`` (``[K, 4, 4]``) is each candidate's initial transform; the full transform is
+    ``base @ T(theta)``. The step decays from ``schedule.step_mm`` to 2 % of it (cosine);
+    the level ends early once no parameter moved more than 0.1 % of the step for 8
+    iterations. When the pool of samples is larger than ``schedule.samples``, each
+    iteration takes a new random window of it and the result is the mean of the last 30 %
+    of the iterates (averaging out the sampling noise).
+
+    ``bias0`` (``[K, P]``, MI only): coefficients of a smooth multiplicative intensity bias of
+    the moving volume, ``m * exp(sum_p b_p phi_p(q))`` (:func:`bias_basis`), optimised with the
+    transform; ``None`` for no bias model.
+
+    Returns (theta ``[K, 6|12]``, bias or None, similarity ``[K]``, iterations run).
+    """
+    n_par = 12 if affine else 6
+    theta = torch.zeros(theta0.shape[0], n_par, dtype=torch.float32, device=theta0.device)
+    theta[:, : min(theta0.shape[1], n_par)] = theta0[:, :n_par]
+    leaves = [theta]
+    bias_t = None
+    order = 0
+    if bias0 is not None:
+        bias_t = (bias0.detach().clone() * BIAS_SCALE).to(theta.dtype)
+        order = 1 if bias0.shape[1] == 3 else 2
+        leaves.append(bias_t)
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    lr0 = float(schedule.step_mm)
+    beta1, beta2, eps = 0.9, 0.99, 1e-8
+    moments = [(torch.zeros_like(leaf), torch.zeros_like(leaf)) for leaf in leaves]
+    still = 0
+    n_it = max(1, int(schedule.iterations))
+    per_iter = min(int(schedule.samples), len(samples))
+    stochastic = per_iter < len(samples)
+    avg_from = int(n_it * 0.7) if stochastic else n_it
+    avgs = [torch.zeros_like(leaf.detach()) for leaf in leaves]
+    n_avg = 0
+    it = 0
+
+    def evaluate(params: list[torch.Tensor], batch: SampleSet) -> tuple[torch.Tensor, torch.Tensor]:
+        mats = base @ linear_matrices(params[0], center, radius, affine)
+        vals, w = sampler(batch.points, mats)
+        if len(params) > 1:
+            phi = bias_basis(sampler.last_grid, order)  # [K, N, P]
+            vals = vals * torch.exp(phi @ (params[1] / BIAS_SCALE).unsqueeze(-1)).transpose(1, 2)
+        return similarity_of(metric, batch, vals, w, bins), w
+
+    for it in range(n_it):
+        lr = lr0 * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * it / n_it)))
+        before = theta.detach().clone()
+        for leaf in leaves:
+            leaf.grad = None
+        batch = samples.window(it * per_iter, per_iter) if stochastic else samples
+        sim, w = evaluate(leaves, batch)
+        if it == 0 and float(w.mean(-1).max()) < min_overlap:
+            raise MedTorchInputError(
+                "the fixed and moving volumes do not overlap at the start of the registration",
+                "check that the right volumes are selected; use init='auto' or 'moments' (or give an initial "
+                "transform or landmark pairs) to bring them together",
+            )
+        (-sim.sum()).backward()
+        with torch.no_grad():  # Adam
+            for leaf, (m1, m2) in zip(leaves, moments):
+                g = leaf.grad
+                m1.mul_(beta1).add_(g, alpha=1 - beta1)
+                m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (m2 / (1 - beta2 ** (it + 1))).sqrt_().add_(eps)
+                leaf.addcdiv_(m1, denom, value=-lr / (1 - beta1 ** (it + 1)))
+        if it >= avg_from:
+            for a, leaf in zip(avgs, leaves):
+                a += leaf.detach()
+            n_avg += 1
+        if on_step is not None:
+            on_step(it)
+        moved = float((theta.detach() - before).abs().max())
+        still = still + 1 if moved < 1e-3 * lr0 else 0
+        if still >= 8:
+            break
+    final = [a / n_avg for a in avgs] if n_avg > 0 else [leaf.detach() for leaf in leaves]
+    with torch.no_grad():
+        sim, _ = evaluate(final, samples)
+    bias_out = final[1] / BIAS_SCALE if bias_t is not None else None
+    return final[0], bias_out, sim, it + 1
+
+
+def default_levels(fixed_spacing: Sequence[float], coarsest: float = 8.0) -> list[float]:
+    """Pyramid spacings (mm, coarse to fine) ending at the fixed volume's own spacing."""
+    s0 = float(np.median(np.asarray(fixed_spacing, float)))
+    levels = []
+    s = coarsest
+    while s > s0 * 1.5:
+        levels.append(s)
+        s /= 2.0
+    levels.append(s0)
+    return levels
+
+
+def progress_stepper(progress: ProgressCallback | None, cancel: CancelToken | None, start: float, stop: float,
+                     total: int, message: str) -> Callable[[int], None]:
+    """``on_step(i)`` for :func:`optimise_level`: reports ``start..stop`` and checks cancel."""
+
+    def step(i: int) -> None:
+        report(progress, cancel, start + (stop - start) * min(i + 1, total) / max(total, 1), message)
+
+    return step

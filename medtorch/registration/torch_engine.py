@@ -1,0 +1,412 @@
+"""The torch registration engine: initialisation, rigid/affine pyramid, then deformable.
+
+:func:`register_torch` is what :func:`medtorch.registration.register` runs for
+``engine="torch"``. Options (keywords of ``register``; all optional):
+
+Linear stages
+    ``levels`` pyramid spacings in mm, coarse to fine (default: 8, 4, 2, ... down to the
+    fixed spacing); ``iterations`` per level (an int or one per level); ``samples`` fixed
+    samples per level (int or list); ``bins`` MI histogram bins (32); ``step`` Adam step as a
+    fraction of the level spacing (0.5); ``search`` the rotation search of ``init="auto"``
+    (True); ``search_max_deg`` (40), ``search_step_deg`` (20), ``search_top`` (4 candidates
+    refined).
+Deformable stage (see :mod:`medtorch.registration.deformable`)
+    ``deformable_spacing``, ``control_spacing``, ``deformable_iterations``,
+    ``regularization`` ("diffusion" or "bending"), ``regularization_weight``,
+    ``diffeomorphic`` (scaling and squaring of a stationary velocity field),
+    ``deformable_metric``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from medtorch.errors import MedTorchInputError
+from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
+from medtorch.registration import initialization as init_mod
+from medtorch.registration.linear import (
+    LevelSchedule,
+    MovingSampler,
+    default_levels,
+    draw_samples,
+    linear_matrices,
+    optimise_level,
+    progress_stepper,
+    score_candidates,
+)
+from medtorch.registration.pyramid import PyramidLevel, build_pyramid, equalize, unit_range
+from medtorch.registration.similarity import mind_ssc
+from medtorch.resample import reference_grid
+from medtorch.volume import Volume
+
+__all__ = ["TorchOptions", "register_torch", "prepare_images"]
+
+
+@dataclass
+class TorchOptions:
+    levels: Sequence[float] | None = None
+    iterations: int | Sequence[int] | None = None
+    samples: int | Sequence[int] | None = None
+    bins: int | Sequence[int] | None = None
+    step: float = 0.5
+    refine_step: float = 0.1
+    search: bool = True
+    search_max_deg: float = 40.0
+    search_step_deg: float = 20.0
+    search_top: int = 4
+    search_samples: int = 3000
+    pool: float = 4.0
+    bias_order: int | None = None
+    intensity: str = "percentile"
+    foreground_margin_mm: float | None = 6.0
+    slice_profile: bool = True
+    # deformable stage
+    deformable_spacing: float | None = None
+    control_spacing: float | None = None
+    deformable_iterations: int | Sequence[int] | None = None
+    regularization: str = "diffusion"
+    regularization_weight: float | None = None
+    diffeomorphic: bool = False
+    deformable_metric: str | None = None
+    deformable_step: float = 2.0
+    deformable_levels: Sequence[float] | None = None
+    control_spacings: Sequence[float] | None = None
+    deformable_bins: int | None = None
+    deformable_points: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "TorchOptions":
+        names = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise MedTorchInputError(f"unknown registration option(s): {', '.join(unknown)}",
+                                     "use only: " + ", ".join(sorted(names)))
+        opts = cls(**options)
+        if opts.bins is not None:
+            values = [opts.bins] if isinstance(opts.bins, (int, np.integer)) else list(opts.bins)
+            if not all(8 <= int(b) <= 256 for b in values):
+                raise MedTorchInputError(f"bins={opts.bins} is out of range", "use 8 to 256 histogram bins")
+        if opts.regularization not in ("diffusion", "bending"):
+            raise MedTorchInputError(f"unknown regularization {opts.regularization!r}", "use 'diffusion' or 'bending'")
+        if opts.step <= 0:
+            raise MedTorchInputError(f"step={opts.step} must be positive", "give a fraction of the level spacing, e.g. 0.5")
+        return opts
+
+
+def _per_level(value: int | Sequence[int] | None, fine_first: Sequence[int], n: int, what: str) -> list[int]:
+    """One value per level, coarse to fine. Defaults are given from the *finest* level up
+    (the last one repeats for coarser levels); a user list is coarse to fine."""
+    if value is None:
+        base = list(fine_first)
+        vals = [base[min(i, len(base) - 1)] for i in range(n)]
+        return vals[::-1]
+    if isinstance(value, (int, np.integer)):
+        return [int(value)] * n
+    vals = [int(v) for v in value]
+    if len(vals) != n:
+        raise MedTorchInputError(f"{what} has {len(vals)} values for {n} pyramid levels", f"give one {what} value per level")
+    return vals
+
+
+def _masked_tensor(mask: Volume | None, like: Volume, device: torch.device, name: str) -> torch.Tensor | None:
+    """The mask on its volume's grid, ``[1, z, y, x]`` float 0/1 (resampled nearest if on another grid)."""
+    if mask is None:
+        return None
+    from medtorch.resample import resample
+
+    m = mask
+    if m.kind == "vector":
+        raise MedTorchInputError(f"the {name} mask is a vector volume", "give a label map or a binary volume")
+    if not m.geometry.isclose(like.geometry, atol=1e-4):
+        m = resample(Volume(np.asarray(m.array) > 0, m.geometry, "label"), like.geometry, interpolation="nearest")
+    arr = np.asarray(m.array) > 0
+    if not arr.any():
+        raise MedTorchInputError(f"the {name} mask is empty (no voxel is set" +
+                                 (" where it overlaps its volume)" if m is not mask else ")"),
+                                 f"give a {name} mask that marks the region to align, or no mask")
+    return torch.from_numpy(arr.astype(np.float32)).unsqueeze(0).to(device)
+
+
+def prepare_images(fixed: Volume, moving: Volume, metric: str, fixed_mask: torch.Tensor | None,
+                   device: torch.device, intensity: str = "equalize") -> tuple[torch.Tensor, torch.Tensor]:
+    """Float tensors ``[1, z, y, x]`` on ``device``, with intensities prepared for ``metric``.
+
+    MI: each volume equalised (:func:`~medtorch.registration.pyramid.equalize`; or with
+    ``intensity="percentile"`` as MIND). MIND: each volume's 0.5-99.5 percentiles mapped to
+    [0, 1] and clipped. NCC, LNCC
+    and MSE: both volumes through the *same* linear map (the fixed volume's percentiles), so
+    that equal intensities stay equal.
+    """
+    f = fixed.to_torch(device, torch.float32)
+    m = moving.to_torch(device, torch.float32)
+    if metric == "mi" and intensity == "equalize":
+        return equalize(f, fixed_mask), equalize(m)
+    if metric in ("mi", "mind"):
+        return unit_range(f, mask=fixed_mask), unit_range(m)
+    from medtorch.registration.pyramid import quantiles
+
+    lo, hi = quantiles(f, (0.005, 0.995), fixed_mask)
+    if hi <= lo:
+        lo, hi = float(f.min()), float(f.max())
+    scale = 1.0 / (hi - lo) if hi > lo else 1.0
+    return (f - lo) * scale, (m - lo) * scale
+
+
+def foreground_mask(image: torch.Tensor, geometry: Any, margin_mm: float, threshold: float = 0.05) -> torch.Tensor | None:
+    """Where the fixed samples are drawn when no fixed mask is given: the foreground (above
+    ``threshold`` of the robust range) dilated by ``margin_mm``; ``[1, z, y, x]`` float.
+
+    Samples far out in the air carry no information but make the similarity depend on
+    how much of the fixed grid falls inside the moving volume, which biases scale (and,
+    with a cropped moving volume, position) towards larger overlap.
+    """
+    from medtorch.registration.pyramid import quantiles
+
+    lo, hi = quantiles(image, (0.01, 0.99))
+    if hi <= lo:
+        return None
+    fg = (image > lo + threshold * (hi - lo)).float()
+    if float(fg.mean()) > 0.9:
+        return None
+    shape = fg.shape[1:]
+    spacing = np.asarray(geometry.spacing, float)
+    coarse = fg.numel() > 2_000_000
+    grown = fg.unsqueeze(0)
+    if coarse:  # dilate at half resolution (any foreground voxel in each 2x2x2 block), then back
+        grown = torch.nn.functional.max_pool3d(grown, 2, stride=2, ceil_mode=True)
+        spacing = spacing * 2
+    radius = [max(0, int(round(margin_mm / s))) for s in spacing]  # i, j, k
+    for axis, r in enumerate(radius):  # separable: a box dilation is three 1D max filters
+        if r == 0:
+            continue
+        kernel = [1, 1, 1]
+        pad = [0, 0, 0]
+        kernel[2 - axis] = 2 * r + 1
+        pad[2 - axis] = r
+        grown = torch.nn.functional.max_pool3d(grown, tuple(kernel), stride=1, padding=tuple(pad))
+    if coarse:
+        grown = grown.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+        grown = grown[:, :, : shape[0], : shape[1], : shape[2]]
+    return grown[0].contiguous()
+
+
+def slice_profile(fixed_geometry: Any, moving_geometry: Any, transform: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """(direction in fixed LPS, sigma mm) of the extra blur that gives the fixed samples the
+    resolution of a thick-slice moving volume along its slices, or None when the moving
+    volume is not coarser along one axis than the fixed level.
+
+    The slice profile is taken as a Gaussian of FWHM = slice spacing (less the fixed level's
+    own, FWHM = its spacing): ``sigma = sqrt(s_moving^2 - s_fixed^2) / 2.355``.
+    """
+    ms = np.asarray(moving_geometry.spacing, float)
+    axis = int(np.argmax(ms))
+    others = np.delete(ms, axis)
+    if ms[axis] < 1.5 * float(others.max()):
+        return None
+    s_fixed = float(np.median(fixed_geometry.spacing))
+    if ms[axis] <= s_fixed:
+        return None
+    d_moving = moving_geometry.direction[:, axis]
+    d_fixed = np.linalg.solve(np.asarray(transform, float)[:3, :3], d_moving)
+    norm = float(np.linalg.norm(d_fixed))
+    # a moving-space length L along the slice normal is L / norm in fixed space
+    sigma = np.sqrt(ms[axis] ** 2 - s_fixed ** 2) / 2.3548 / max(norm, 1e-6)
+    return d_fixed / max(norm, 1e-12), float(sigma)
+
+
+def _foreground(level: PyramidLevel, fixed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """LPS points and weights of a level's voxels, for moments (foreground: above 10 % of range)."""
+    pts = reference_grid(level.geometry, device="cpu", dtype=torch.float64).reshape(-1, 3).numpy()
+    img = level.image[0].reshape(-1).double().cpu().numpy()
+    lo, hi = np.percentile(img, [1.0, 99.0])
+    w = (img > lo + 0.1 * (hi - lo)).astype(np.float64)
+    if level.mask is not None:
+        w = w * (level.mask.reshape(-1).cpu().numpy() > 0.5)
+        if w.sum() == 0:
+            w = (level.mask.reshape(-1).cpu().numpy() > 0.5).astype(np.float64)
+    if w.sum() == 0:
+        w = np.ones_like(img)
+    return pts, w
+
+
+def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_mask: Volume | None,
+                   moving_mask: Volume | None, fixed_landmarks: np.ndarray | None, moving_landmarks: np.ndarray | None,
+                   init: str, initial_transform: np.ndarray | None, device: torch.device, seed: int,
+                   progress: ProgressCallback | None, cancel: CancelToken | None,
+                   options: dict[str, Any]) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
+    """Run the torch engine; returns (affine 4x4, displacement or None, info)."""
+    opts = TorchOptions.from_options(options)
+    rng = np.random.default_rng(seed)
+    gen_seed = int(rng.integers(0, 2**31 - 1))
+    torch.manual_seed(gen_seed)
+    info: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    lin_share = 1.0 if mode != "deformable" else 0.3
+    report(progress, cancel, 0.0, "preparing")
+
+    fmask = _masked_tensor(fixed_mask, fixed, device, "fixed")
+    mmask = _masked_tensor(moving_mask, moving, device, "moving")
+    lin_metric = metric if metric != "lncc" else "ncc"
+    if opts.intensity not in ("equalize", "percentile"):
+        raise MedTorchInputError(f"unknown intensity option {opts.intensity!r}", "use 'equalize' or 'percentile'")
+    f_img, m_img = prepare_images(fixed, moving, lin_metric, fmask, device, opts.intensity)
+    spacings = list(opts.levels) if opts.levels is not None else default_levels(fixed.spacing)
+    if mode == "deformable" and opts.levels is None:
+        # the deformable stage refines below 2 mm: the affine stages stop at the working resolution
+        spacings = [s for s in spacings if s >= 2.0 - 1e-6] or spacings[-1:]
+    spacings = sorted({float(s) for s in spacings}, reverse=True)
+    sample_mask = fmask
+    if sample_mask is None and opts.foreground_margin_mm is not None:
+        sample_mask = foreground_mask(f_img, fixed.geometry, opts.foreground_margin_mm)
+    f_levels = build_pyramid(f_img.clone(), fixed.geometry, spacings, sample_mask)
+    m_levels = build_pyramid(m_img.clone(), moving.geometry, spacings, mmask)
+    report(progress, cancel, 0.05 * lin_share, "pyramids built")
+    n_lv = len(spacings)
+    iters = _per_level(opts.iterations, [40, 30, 40], n_lv, "iterations")
+    samples = _per_level(opts.samples, [15000, 8000, 3000], n_lv, "samples")
+    bins_lv = _per_level(opts.bins, [96, 64, 32], n_lv, "bins")
+    bins = bins_lv[0]
+    affine_mode = mode in ("affine", "deformable")
+
+    feats: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
+    for fl, ml in zip(f_levels, m_levels):
+        if lin_metric == "mind":
+            feats.append((mind_ssc(fl.image.unsqueeze(0))[0], mind_ssc(ml.image.unsqueeze(0))[0]))
+        else:
+            feats.append((None, None))
+
+    # -- fixed centre, radius; moments ------------------------------------------------------------
+    c_pts, c_w = _foreground(f_levels[0], True)
+    c_fixed, cov_fixed = init_mod.foreground_moments(c_pts, c_w)
+    radius = float(np.sqrt(max(np.trace(cov_fixed), 1.0)))
+    center = torch.tensor(c_fixed, dtype=torch.float32, device=device)
+    m_pts, m_w = _foreground(m_levels[0], False)
+    c_moving, cov_moving = init_mod.foreground_moments(m_pts, m_w)
+
+    # -- initial candidates ---------------------------------------------------------------------------
+    candidates: list[np.ndarray]
+    chosen = init
+    if initial_transform is not None and init in ("auto", "none"):
+        candidates = [np.asarray(initial_transform, float)]
+        chosen = "initial_transform"
+    elif init == "none":
+        candidates = [np.eye(4)]
+    elif init == "geometry":
+        candidates = [init_mod.geometry_init(fixed.geometry, moving.geometry)]
+    elif init == "moments":
+        candidates = [init_mod.moments_init(c_fixed, c_moving)]
+    elif init == "pax":
+        candidates = init_mod.principal_axes_candidates(c_fixed, cov_fixed, c_moving, cov_moving)
+    elif init == "fiducials":
+        if fixed_landmarks is None or moving_landmarks is None:
+            raise MedTorchInputError("init='fiducials' needs landmark pairs",
+                                     "give fixed_landmarks and moving_landmarks (N x 3 LPS mm), or another init")
+        candidates = [init_mod.fiducial_init(fixed_landmarks, moving_landmarks)]
+    else:  # auto
+        if fixed_landmarks is not None and moving_landmarks is not None:
+            candidates = [init_mod.fiducial_init(fixed_landmarks, moving_landmarks)]
+            chosen = "fiducials"
+        elif opts.search:
+            rots = init_mod.rotation_grid(opts.search_max_deg, opts.search_step_deg)
+            candidates = [init_mod.rotation_about(r, c_fixed, c_moving) for r in rots]
+            candidates += init_mod.principal_axes_candidates(c_fixed, cov_fixed, c_moving, cov_moving)
+            candidates.append(init_mod.geometry_init(fixed.geometry, moving.geometry))
+            chosen = "search"
+        else:
+            candidates = [init_mod.moments_init(c_fixed, c_moving)]
+            chosen = "moments"
+    info["init"] = chosen
+    base = torch.tensor(np.stack(candidates), dtype=torch.float32, device=device)
+
+    # -- coarsest level: score the candidates, refine the best few together -------------------------------
+    fl, ml = f_levels[0], m_levels[0]
+    sampler = MovingSampler(ml, feats[0][1])
+    samp = draw_samples(fl, samples[0], rng, bins if lin_metric == "mi" else None, features=feats[0][0])
+    if base.shape[0] > 1:
+        sims, overlaps = score_candidates(sampler, samp if samples[0] <= opts.search_samples else
+                                          draw_samples(fl, opts.search_samples, rng,
+                                                       bins if lin_metric == "mi" else None, features=feats[0][0]),
+                                          base, lin_metric, bins)
+        sims = torch.where(overlaps > 0.05, sims, torch.full_like(sims, -1e9))
+        top = torch.argsort(sims, descending=True)[: max(1, int(opts.search_top))]
+        base = base[top]
+        info["search_candidates"] = len(candidates)
+    report(progress, cancel, 0.1 * lin_share, "initialised")
+
+    total_iters = sum(iters) + (iters[0] if affine_mode else 0)
+    done = 0
+    start_frac = 0.1 * lin_share
+
+    def stepper(n: int, msg: str):
+        nonlocal done
+        a = start_frac + (lin_share - start_frac) * done / total_iters
+        b = start_frac + (lin_share - start_frac) * (done + n) / total_iters
+        done += n
+        return progress_stepper(progress, cancel, a, b, n, msg)
+
+    theta = torch.zeros(base.shape[0], 6, device=device)
+    bias_order = int(opts.bias_order or 0)
+    if bias_order not in (0, 1, 2):
+        raise MedTorchInputError(f"bias_order={bias_order} is not supported", "use 0 (none), 1 or 2")
+    if bias_order and lin_metric != "mi":
+        raise MedTorchInputError("the intensity bias model works with metric='mi' only", "set bias_order=0")
+    bias = torch.zeros(base.shape[0], 3 if bias_order == 1 else 9, device=device) if bias_order else None
+    sched0 = LevelSchedule(iters[0], samples[0], opts.step * spacings[0])
+    ran: list[int] = []
+    theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, False, lin_metric, bins, sched0,
+                                          stepper(iters[0], f"rigid, {spacings[0]:g} mm"), bias0=bias)
+    ran.append(n)
+    best = int(torch.argmax(sims))
+    base = base[best:best + 1]
+    theta = theta[best:best + 1]
+    bias = bias[best:best + 1] if bias is not None else None
+    if affine_mode:
+        theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, True, lin_metric, bins,
+                                              sched0, stepper(iters[0], f"affine, {spacings[0]:g} mm"), bias0=bias)
+        ran.append(n)
+    for lv in range(1, n_lv):
+        fl, ml = f_levels[lv], m_levels[lv]
+        sampler = MovingSampler(ml, feats[lv][1])
+        profile = None
+        if opts.slice_profile:
+            with torch.no_grad():
+                current = (base @ linear_matrices(theta, center, radius, theta.shape[1] == 12))[0].double().cpu().numpy()
+            profile = slice_profile(fl.geometry, ml.geometry, current)
+        bins = bins_lv[lv]
+        samp = draw_samples(fl, int(samples[lv] * max(opts.pool, 1.0)), rng, bins if lin_metric == "mi" else None,
+                            features=feats[lv][0], profile=profile)
+        sched = LevelSchedule(iters[lv], samples[lv], opts.refine_step * spacings[lv])
+        kind = "affine" if affine_mode else "rigid"
+        theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, affine_mode, lin_metric,
+                                              bins, sched, stepper(iters[lv], f"{kind}, {spacings[lv]:g} mm"),
+                                              bias0=bias)
+        ran.append(n)
+    with torch.no_grad():
+        affine_t = (base @ linear_matrices(theta, center, radius, affine_mode))[0]
+    affine = affine_t.double().cpu().numpy()
+    affine[3] = [0.0, 0.0, 0.0, 1.0]
+    info["linear_similarity"] = float(sims[0])
+    info["final_similarity"] = float(sims[0])
+    info["similarity_metric"] = lin_metric
+    info["levels_mm"] = spacings
+    info["iterations"] = ran
+    if bias is not None:
+        info["bias_coefficients"] = [round(float(v), 5) for v in bias[0].cpu()]
+    info["linear_runtime_s"] = round(time.perf_counter() - t0, 3)
+
+    displacement = None
+    if mode == "deformable":
+        from medtorch.registration.deformable import register_deformable
+
+        sub = SubProgress(progress, lin_share, 1.0, "deformable")
+        displacement, dinfo = register_deformable(
+            fixed, moving, affine, metric, f_img, m_img, sample_mask, mmask, f_levels, m_levels, device, opts, rng, sub,
+            cancel)
+        info.update(dinfo)
+    return affine, displacement, info
