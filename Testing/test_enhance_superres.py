@@ -165,3 +165,11 @@ def test_degrade_centres_thick_slices_and_profile_is_estimated():
     for fwhm in (3.0, 4.5):
         lr = degrade_along(torch.from_numpy(tex), 0, 3, fwhm).numpy()
         assert estimate_slice_fwhm(lr, 0, 3) == pytest.approx(fwhm, rel=0.15)
+
+
+def test_adversarial_option_trains_a_discriminator_alongside(thick_phantom):
+    _, thick = thick_phantom
+    cfg = SRTrainConfig(iterations=3, batch=2, patch=24, features=8, layers=3, adversarial_weight=1e-3, seed=2)
+    out, model = superres(thick, "selfsup", factor=3, fwhm_mm=3.0, config=cfg)
+    assert model.metadata["train"]["adversarial_weight"] == 1e-3
+    assert model.metadata["log"]["iterations_done"] == 3 and np.isfinite(out.array).all()

@@ -102,12 +102,12 @@ def test_deformable_case_truth_is_invertible_and_consistent(deformable_case):
     assert np.corrcoef(back[head], ref[head])[0, 1] > 0.9
 
 
-def test_cases_are_deterministic():
-    spec = C.small_spec("t-det", "rigid", "ct", seed=9, fixed_spacing_mm=4.0, moving_spacing_mm=(4.0, 4.0, 4.0))
-    a, b = C.build_case(spec), C.build_case(spec)
-    assert np.array_equal(a.moving.array, b.moving.array)
-    assert np.array_equal(a.landmarks, b.landmarks)
-    assert a.moving.array.min() < -900 and a.moving.array.max() > 800  # air and skull in HU
+def test_cases_are_deterministic(rigid_case):
+    again = C.build_case(rigid_case.spec)
+    assert np.array_equal(again.moving.array, rigid_case.moving.array)
+    assert np.array_equal(again.landmarks, rigid_case.landmarks)
+    ct = C.build_case(replace(rigid_case.spec, contrast="ct"))
+    assert ct.moving.array.min() < -900 and ct.moving.array.max() > 800  # air and skull in HU
 
 
 # -- SimpleITK ------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_sitk_masks(rigid_case):
 
 def test_sitk_deformable_small(deformable_case):
     case = deformable_case
-    recipe = SitkRecipe(bspline_spacing_mm=60.0, bspline_iterations=8, bspline_refinements=(1,))
+    recipe = SitkRecipe(bspline_spacing_mm=60.0, bspline_iterations=6, bspline_refinements=(1,))
     a, d, info = register_sitk(case.fixed, case.moving, "deformable", recipe=recipe)
     assert d is not None and d.kind == "vector" and d.geometry == case.fixed.geometry
     assert d.array.dtype == np.float32 and np.abs(d.array).max() > 0.1
@@ -225,18 +225,16 @@ def test_missing_elastix_is_a_clear_error(monkeypatch, rigid_case):
 
 @pytest.mark.skipif(not HAS_ELASTIX, reason="itk-elastix is not installed")
 def test_elastix_recovers_rigid_and_affine(rigid_case, affine_case):
-    a, d, info = register_elastix(rigid_case.fixed, rigid_case.moving, "rigid", seed=1)
+    t = C.load_tissues()
+    brain4, geom4 = C._downsample(t.brain, t.geometry, (4, 4, 4))
+    mask = Volume((brain4 > 0.5).astype(np.uint8), geom4, "label")
+    a, d, info = register_elastix(rigid_case.fixed, rigid_case.moving, "rigid", fixed_mask=mask, seed=1)
     assert d is None and _tre(rigid_case, a).mean() < 1.0
     assert info["stages"] == ["EulerTransform"] and info["final_metric"] is not None
     assert info["composition_error_mm"] < 1e-6
     a, _, info = register_elastix(affine_case.fixed, affine_case.moving, "affine", seed=1)
     assert _tre(affine_case, a).mean() < 1.0
     assert info["stages"] == ["EulerTransform", "AffineTransform"]
-    t = C.load_tissues()
-    brain4, geom4 = C._downsample(t.brain, t.geometry, (4, 4, 4))
-    mask = Volume((brain4 > 0.5).astype(np.uint8), geom4, "label")
-    a, _, _ = register_elastix(rigid_case.fixed, rigid_case.moving, "rigid", fixed_mask=mask, seed=1)
-    assert _tre(rigid_case, a).mean() < 1.0
 
 
 @pytest.mark.skipif(not HAS_ELASTIX, reason="itk-elastix is not installed")

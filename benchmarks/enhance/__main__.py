@@ -41,7 +41,7 @@ OVER_NLM_DB = 2.0
 SR_TARGET_DB = {2: 1.0, 4: 2.5, 5: 2.0}
 SR_BUDGET_S = 600.0
 #: Self-supervised SR training settings used here (also the command's defaults for a brain volume).
-SR_CONFIG = {"iterations": 300, "features": 48, "layers": 6, "batch": 16, "patch": 64, "seed": 0}
+SR_CONFIG = {"iterations": 800, "features": 48, "layers": 6, "batch": 16, "patch": 64, "seed": 0}
 
 
 def _psnr_ssim(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

@@ -35,7 +35,7 @@ from medtorch.progress import CancelToken, ProgressCallback, report
 __all__ = ["dct_matrix", "nonlocal_means", "sliding_dct_denoise"]
 
 #: Coefficients held at once per chunk of the sliding DCT (sets its working memory).
-DCT_CHUNK_COEFFICIENTS = 24_000_000
+DCT_CHUNK_COEFFICIENTS = 8_000_000
 
 
 def dct_matrix(size: int, dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:

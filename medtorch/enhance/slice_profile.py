@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from medtorch.errors import MedTorchInputError
+from medtorch.progress import CancelToken, ProgressCallback, report
 
 __all__ = ["FWHM_TO_SIGMA", "degrade_along", "estimate_slice_fwhm", "gaussian_profile_kernel"]
 
@@ -80,7 +81,8 @@ def _blur_along(tensor: torch.Tensor, dim: int, weights: torch.Tensor) -> torch.
 
 
 def estimate_slice_fwhm(array: np.ndarray, axis: int, factor: int, noise_sigma: float = 0.0,
-                        candidates: np.ndarray | None = None) -> float:
+                        candidates: np.ndarray | None = None, max_in_plane: int = 160,
+                        progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> float:
     """Estimate the FWHM (in thin-slice voxels) of the slice profile of a thick-slice volume.
 
     ``array[z, y, x]``; ``axis`` is the thick axis as an array axis (0 = z); ``factor`` is
@@ -96,9 +98,16 @@ def estimate_slice_fwhm(array: np.ndarray, axis: int, factor: int, noise_sigma: 
     anatomy blurred by ``p`` along two axes and sampled every ``f`` along one of them. The
     candidate FWHM (0.3 to 3 thick slices) where the two energies cross is returned
     (linear interpolation between candidates, both in-plane axes averaged). The white
-    noise of standard deviation ``noise_sigma`` is accounted for analytically.
+    noise of standard deviation ``noise_sigma`` is accounted for analytically. Only the
+    central ``max_in_plane`` voxels of each in-plane axis are used (enough statistics, bounded time).
     """
-    t = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    a = np.asarray(array, dtype=np.float32)
+    crop = [slice(None)] * 3
+    for d in range(3):
+        if d != axis and a.shape[d] > max_in_plane:
+            start = (a.shape[d] - max_in_plane) // 2
+            crop[d] = slice(start, start + max_in_plane)
+    t = torch.as_tensor(np.ascontiguousarray(a[tuple(crop)]))
     f = int(factor)
     if f < 2:
         raise MedTorchInputError(f"a slice profile cannot be estimated for factor {factor}",
@@ -110,7 +119,8 @@ def estimate_slice_fwhm(array: np.ndarray, axis: int, factor: int, noise_sigma: 
     in_plane = [a for a in range(3) if a != axis]
     s2 = float(noise_sigma) ** 2
     gaps = []
-    for fwhm in cand:
+    for n, fwhm in enumerate(cand):
+        report(progress, cancel, n / len(cand), "estimating the slice profile")
         w, _ = gaussian_profile_kernel(f, float(fwhm))
         sum_w2 = float((w**2).sum())
         shifted = float((w[f:] * w[:-f]).sum()) if len(w) > f else 0.0

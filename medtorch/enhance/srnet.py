@@ -21,7 +21,6 @@ An optional adversarial loss (SRGAN-style, a small patch discriminator) is off b
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -46,7 +45,7 @@ class AxisSRNet(nn.Module):
         linear_kernel: ``(kh, kw)`` of the linear branch (odd sizes).
     """
 
-    def __init__(self, factor: int, features: int = 32, layers: int = 8,
+    def __init__(self, factor: int, features: int = 48, layers: int = 6,
                  linear_kernel: tuple[int, int] = (7, 7)) -> None:
         super().__init__()
         from monai.networks.blocks import Convolution
@@ -182,12 +181,12 @@ def fit_linear_branch(net: AxisSRNet, pairs: TrainingPairs, max_samples: int = 4
 class SRTrainConfig:
     """Training settings (recorded with the weights)."""
 
-    iterations: int = 600
+    iterations: int = 800
     batch: int = 16
     patch: int = 64
     learning_rate: float = 1e-3
-    features: int = 32
-    layers: int = 8
+    features: int = 48
+    layers: int = 6
     linear_kernel: tuple[int, int] = (7, 7)
     adversarial_weight: float = 0.0
     max_seconds: float | None = None
@@ -231,8 +230,7 @@ def train_axis_sr(pairs: TrainingPairs, config: SRTrainConfig, device: Any = "cp
     done = 0
     net.train()
     for it in range(iters):
-        if it % 5 == 0:
-            report(progress, cancel, 0.02 + 0.98 * it / iters, f"training {it}/{iters}")
+        report(progress, cancel, 0.02 + 0.98 * it / iters, f"training {it}/{iters}")
         if config.max_seconds is not None and time.monotonic() - start > config.max_seconds:
             break
         lo, hi = on_device.sample(config.batch, config.patch, patch_low, gen)
@@ -283,5 +281,6 @@ def apply_along_planes(net: nn.Module, low: torch.Tensor, batch: int = 8,
 
 
 def default_iterations(factor: int) -> int:
-    """Iterations that fit the 10-minute budget on 2 CPU cores for a brain-sized volume."""
-    return int(400 + 50 * math.log2(max(2, factor)))
+    """Training iterations: 800 (about 1 CPU-minute at 48 features, 6 layers, batch 16, on the
+    MNI brain; measured: 300 -> 600 iterations gained 0.5 dB at x4)."""
+    return 800

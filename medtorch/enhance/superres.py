@@ -168,7 +168,7 @@ class SuperResolutionModel:
         """Super-resolve ``volume`` with this model (through-plane, or ``axis='all'``)."""
         check_volume(volume, "the volume to super-resolve")
         ax = resolve_axis(volume.geometry, axis)
-        lo, hi = _intensity_scale(volume.array, self.metadata.get("intensity_scale"))
+        lo, hi = _intensity_scale(volume.array)  # the volume's own robust range, as in training
         x = torch.from_numpy(np.ascontiguousarray((volume.array.astype(np.float32) - lo) / (hi - lo)))
         axes = [ax] if ax is not None else [2, 1, 0]
         geom = volume.geometry
@@ -219,7 +219,7 @@ def _apply_axis(net: torch.nn.Module, x: torch.Tensor, dim: int, factor: int, pr
     return (result / 2.0).contiguous()
 
 
-def _training_pairs(x: torch.Tensor, thick_dims: Sequence[int], dims_for_planes: Sequence[int], factor: int,
+def _training_pairs(x: torch.Tensor, dims_for_planes: Sequence[int], factor: int,
                     fwhm_voxels: float, spacing_zyx: np.ndarray, target_spacing: float):
     """Degraded/high-resolution plane pairs from the planes normal to each of ``dims_for_planes``.
 
@@ -248,7 +248,6 @@ def _training_pairs(x: torch.Tensor, thick_dims: Sequence[int], dims_for_planes:
             planes = planes[..., :n].contiguous()
             highs.append(planes)
             lows.append(degrade_along(planes, 2, factor, fwhm_voxels))
-    del thick_dims
     return TrainingPairs(highs, lows, factor)
 
 
@@ -293,7 +292,8 @@ def train_selfsup_sr(volume: Volume, axis: int | None, factor: int, fwhm_mm: flo
         planes_from = [dim]
         if fwhm_mm is None:
             sigma = estimate_noise(volume.array).sigma / (hi - lo)
-            fwhm_vox = estimate_slice_fwhm(x.numpy()[::1], dim, f, noise_sigma=sigma)
+            fwhm_vox = estimate_slice_fwhm(x.numpy(), dim, f, noise_sigma=sigma,
+                                           progress=SubProgress(progress, 0.0, 0.04, "slice profile"), cancel=cancel)
             fwhm = fwhm_vox * target
             profile_source = "estimated"
         else:
@@ -302,7 +302,7 @@ def train_selfsup_sr(volume: Volume, axis: int | None, factor: int, fwhm_mm: flo
     if not fwhm > 0:
         raise MedTorchInputError(f"the slice profile FWHM {fwhm} mm is not positive",
                                  "give a positive FWHM in mm (often the slice thickness), or let it be estimated")
-    pairs = _training_pairs(x, [], planes_from, f, fwhm / target, spacing_zyx, target)
+    pairs = _training_pairs(x, planes_from, f, fwhm / target, spacing_zyx, target)
     pairs = _foreground_planes(pairs)
     net, log = train_axis_sr(pairs, cfg, device=device, progress=SubProgress(progress, 0.05, 1.0, "training"),
                              cancel=cancel)

@@ -77,7 +77,7 @@ def load_model(path: str | Path) -> Any:
                                  "give a .pt file written by medtorch superres --save-model")
     meta = dict(payload["metadata"])
     cfg = meta.get("network", {})
-    net = AxisSRNet(int(cfg.get("factor", meta["factor"])), int(cfg.get("features", 32)), int(cfg.get("layers", 8)),
+    net = AxisSRNet(int(cfg.get("factor", meta["factor"])), int(cfg.get("features", 48)), int(cfg.get("layers", 6)),
                     tuple(cfg.get("linear_kernel", (7, 7))))
     net.load_state_dict(payload["state_dict"])
     net.eval()

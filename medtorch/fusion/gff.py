@@ -16,7 +16,7 @@ physically isotropic window on an anisotropic grid, :func:`~medtorch.fusion.filt
 The 3x3 Laplacian becomes the 7-point Laplacian in 3D.
 
 Speed (``subsample``): with ``s = 1`` every step runs at full resolution, exactly as
-above. With ``s > 1`` (the default for volumes above 4 M voxels) the smooth quantities
+above. With ``s > 1`` (the default for volumes above 1 M voxels, about 100³) the smooth quantities
 are computed on pooled volumes: the saliency's Gaussian, the binary maps and the detail
 weights' guided-filter coefficients at ``1/s`` (He & Sun's *fast guided filter*, 2015: the
 refined weights still follow the full-resolution guide's edges), and the two smoothest
@@ -47,7 +47,7 @@ from medtorch.progress import CancelToken, ProgressCallback, report
 __all__ = ["AUTO_SUBSAMPLE_VOXELS", "fuse_gff", "guided_coefficients"]
 
 #: Volumes with more voxels than this use ``subsample = 2`` unless told otherwise.
-AUTO_SUBSAMPLE_VOXELS = 1 << 22
+AUTO_SUBSAMPLE_VOXELS = 1 << 20
 
 
 def guided_coefficients(guide: torch.Tensor, src: torch.Tensor, radius: Sequence[int], eps: float,

@@ -222,6 +222,16 @@ def _mi_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, f_img: tor
     from medtorch.registration.pyramid import build_pyramid
     from medtorch.registration.similarity import mutual_information
 
+    from medtorch.registration.pyramid import equalize
+
+    # The deformable stage bins equalised intensities (each volume's foreground spread evenly
+    # over the histogram): the local contrasts that drive a field (soft tissue in CT) then get
+    # bins of their own. (The linear stages keep the percentile scaling, which measured better
+    # for them.) The pyramid levels are rebuilt from the equalised volumes.
+    if opts.intensity != "percentile_all":
+        f_img = equalize(f_img, sample_mask)
+        m_img = equalize(m_img, mmask)
+        f_levels, m_levels = [], []
     s_fixed = float(np.median(fixed.spacing))
     spacings = list(opts.deformable_levels) if opts.deformable_levels is not None else \
         sorted({max(2.0, 2.0 * s_fixed), s_fixed}, reverse=True)

@@ -134,7 +134,7 @@ def _masked_tensor(mask: Volume | None, like: Volume, device: torch.device, name
 
 
 def prepare_images(fixed: Volume, moving: Volume, metric: str, fixed_mask: torch.Tensor | None,
-                   device: torch.device, intensity: str = "equalize") -> tuple[torch.Tensor, torch.Tensor]:
+                   device: torch.device, intensity: str = "percentile") -> tuple[torch.Tensor, torch.Tensor]:
     """Float tensors ``[1, z, y, x]`` on ``device``, with intensities prepared for ``metric``.
 
     MI: each volume equalised (:func:`~medtorch.registration.pyramid.equalize`; or with
@@ -145,7 +145,7 @@ def prepare_images(fixed: Volume, moving: Volume, metric: str, fixed_mask: torch
     """
     f = fixed.to_torch(device, torch.float32)
     m = moving.to_torch(device, torch.float32)
-    if metric == "mi" and intensity == "equalize":
+    if metric == "mi" and intensity == "equalize":  # "percentile"/"percentile_all": below
         return equalize(f, fixed_mask), equalize(m)
     if metric in ("mi", "mind"):
         return unit_range(f, mask=fixed_mask), unit_range(m)
@@ -253,8 +253,10 @@ def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_
     fmask = _masked_tensor(fixed_mask, fixed, device, "fixed")
     mmask = _masked_tensor(moving_mask, moving, device, "moving")
     lin_metric = metric if metric != "lncc" else "ncc"
-    if opts.intensity not in ("equalize", "percentile"):
-        raise MedTorchInputError(f"unknown intensity option {opts.intensity!r}", "use 'equalize' or 'percentile'")
+    if opts.intensity not in ("equalize", "percentile", "percentile_all"):
+        raise MedTorchInputError(f"unknown intensity option {opts.intensity!r}",
+                                 "use 'percentile' (linear stages percentile, deformable stage equalised), "
+                                 "'equalize' (all stages equalised) or 'percentile_all'")
     f_img, m_img = prepare_images(fixed, moving, lin_metric, fmask, device, opts.intensity)
     spacings = list(opts.levels) if opts.levels is not None else default_levels(fixed.spacing)
     if mode == "deformable" and opts.levels is None:
