@@ -17,7 +17,7 @@ from slicer.parameterNodeWrapper import (
     Choice,
 )
 
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLTransformNode
 
 try:
     import medtorch  # installed extension: the core sits beside the module files
@@ -42,10 +42,17 @@ class FusionRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedTorch developers"]
         self.parent.helpText = _("""
-Bring a moving volume onto the fixed volume's grid (through the transforms the volumes are
-under, if any) and blend the two into a new volume. Each input is brought to [0, 1] by
-robust percentile normalisation first, so a CT and an MRI weigh alike; the output range
-is [0, 1]. See the <a href="https://github.com/medtorch/SlicerMedTorch#fusionregistration">documentation</a>.
+<b>Registration</b>: find the transform that aligns the moving volume with the fixed one --
+rigid, affine or deformable; mutual information or MIND-SSC across modalities (CT to MRI),
+local/global correlation or squared differences within one. MedTorch's torch engine (GPU or
+CPU) survives large misalignment (a rotation search); SimpleITK and elastix engines are there
+for comparison. Optional masks restrict the comparison; optional landmark pairs initialise
+it and give the target registration error. The result is a linear or grid transform node
+(ITK convention, shown in RAS), a resampled volume and a report (node attributes and a table).
+<br><b>Fusion</b>: bring the moving volume onto the fixed grid (through the transforms the
+volumes are under) and blend the two into a new volume; each input is first mapped to
+[0, 1] by robust percentiles, so a CT and an MRI weigh alike.
+See the <a href="https://github.com/medtorch/SlicerMedTorch#fusionregistration">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
 MedTorch is built on 3D Slicer, SimpleITK, PyTorch and MONAI.
@@ -67,6 +74,17 @@ class FusionRegistrationParameterNode:
     outputVolume - where the blend goes; a new volume is created when none is chosen.
     showResult - show the fused volume in the slice views.
     device - where torch computes: auto ($MEDTORCH_DEVICE, else cuda, then mps, then cpu), cpu, cuda or mps.
+    registrationMode - rigid, affine or deformable.
+    metric - mi, mind (across modalities), lncc, ncc, mse (same modality).
+    engine - torch (MedTorch), sitk (SimpleITK) or elastix.
+    initialization - auto, geometry, moments, pax, fiducials or none.
+    fixedMask, movingMask - optional binary volumes: only voxels inside are compared.
+    fixedFiducials, movingFiducials - optional landmark pairs (in order): initialisation and TRE.
+    outputTransform - receives the result (linear or grid transform); a new node when none is chosen.
+    resampledVolume - receives the moving volume on the fixed grid; a new node when none is chosen.
+    placeUnderTransform - put the moving volume under the result transform.
+    hardenTransform - harden the result into the moving volume (changes that node).
+    seed - seed of the registration's random sampling.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -76,6 +94,19 @@ class FusionRegistrationParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     showResult: bool = True
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    registrationMode: Annotated[str, Choice(["rigid", "affine", "deformable"])] = "rigid"
+    metric: Annotated[str, Choice(["mi", "mind", "lncc", "ncc", "mse"])] = "mi"
+    engine: Annotated[str, Choice(["torch", "sitk", "elastix"])] = "torch"
+    initialization: Annotated[str, Choice(["auto", "geometry", "moments", "pax", "fiducials", "none"])] = "auto"
+    fixedMask: vtkMRMLScalarVolumeNode
+    movingMask: vtkMRMLScalarVolumeNode
+    fixedFiducials: vtkMRMLMarkupsFiducialNode
+    movingFiducials: vtkMRMLMarkupsFiducialNode
+    outputTransform: vtkMRMLTransformNode
+    resampledVolume: vtkMRMLScalarVolumeNode
+    placeUnderTransform: bool = True
+    hardenTransform: bool = False
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
 
 
 #

@@ -70,3 +70,17 @@ def test_nodule_bad_input():
         from medtorch.segment.nodules import blob_candidates
 
         blob_candidates(flat, np.ones((20, 20, 20), bool), min_diameter_mm=10, max_diameter_mm=5)
+
+
+def test_detect_nodules_runs_in_a_background_worker(phantom):
+    """The operation is registered where the worker discovers operations (as Slicer runs it)."""
+    from medtorch.tasks import BackgroundTask
+
+    ct, truth = phantom
+    res = BackgroundTask("detect_nodules", {"input": ct}, {"min_diameter_mm": 4.0, "max_diameter_mm": 20.0}).start()
+    out = res.wait(timeout=600)
+    assert len(out.values["nodules"]) == len(truth)
+    assert out.volumes["lung_mask"].geometry.isclose(ct.geometry, atol=1e-5)
+    found = sorted(n["diameter_mm"] for n in out.values["nodules"])
+    for d, t in zip(found, sorted(t["diameter_mm"] for t in truth)):
+        assert abs(d - t) <= 0.2 * t

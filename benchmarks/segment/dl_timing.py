@@ -15,6 +15,9 @@ Every row runs in its own process (a clean peak RSS, ``ru_maxrss``) on the same 
 
 * ``medtorch`` -- :func:`medtorch.segment.inference.segment_with_model` on the loaded volumes,
   bundle semantics (one 240x240x160 window, as the bundle's own runner);
+* ``medtorch, runner's memory layout`` -- the same with ``channels_last=False``: the default runs
+  large windows channels-last on the CPU (less memory; float32 sums in another order), this row
+  computes exactly as the runner does;
 * ``medtorch, crop to brain`` -- the same with ``crop_foreground=True``: the window fitted to the
   non-zero voxels (the brain's bounding box);
 * ``medtorch, bfloat16 on the CPU`` -- the same with ``cpu_bf16=True`` (autocast to bfloat16; this
@@ -230,7 +233,8 @@ def run_one(kind: str, bundle: Path, files: list[Path], out_dir: Path, threads: 
         c0, t0 = _cpu_s(), time.perf_counter()
         label, info = segment_with_model(bundle, vols, device="cpu", label_convention="brats2021",
                                          crop_foreground=kind == "medtorch-crop", tta=kind == "medtorch-tta",
-                                         cpu_bf16=kind == "medtorch-bf16")
+                                         cpu_bf16=kind == "medtorch-bf16",
+                                         channels_last=False if kind == "medtorch-contiguous" else None)
         rec["call_s"] = time.perf_counter() - t0
         rec["cpu_s"] = _cpu_s() - c0
         rec["info"] = {k: info[k] for k in ("roi_size", "windows", "seconds", "network_grid", "cropped_to_foreground",
@@ -278,6 +282,7 @@ def _agreement(a_path: str, b_path: str) -> dict[str, float]:
 
 
 LABELS = {"medtorch": "MedTorch `segment_with_model` (bundle window)",
+          "medtorch-contiguous": "MedTorch, runner's memory layout (`channels_last=False`)",
           "medtorch-crop": "MedTorch, crop to brain (`crop_foreground`)",
           "medtorch-bf16": "MedTorch, bfloat16 on the CPU (`cpu_bf16`)",
           "medtorch-tta": "MedTorch, flip TTA (4 passes)",
@@ -336,7 +341,10 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         "issue, not measured here: one 240x240x160 window 21.5 s and 3.65 GB; SlicerMONAIAuto3DSeg lists 51.8 s on CPU.",
         "",
         "Notes: random weights make the label maps meaningless but not the timings; the agreement column compares label "
-        "maps of the same random network (the tests check parity on bundles whose outputs are not trivial). "
+        "maps of the same random network (the tests check parity on bundles whose outputs are not trivial). A random "
+        "network's sigmoid outputs sit at the 0.5 threshold almost everywhere, the worst case for float32 rounding: "
+        "the channels-last default differs from the runner there by that rounding only (the row with the runner's "
+        "layout shows the same arithmetic giving the same labels). "
         "`crop to brain` runs the window on the brain's bounding box only: faster, but the network then sees less "
         "zero background than the bundle's runner gives it, so its labels may differ from the runner's near the edges "
         "of the box.",
@@ -395,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
     nz = np.nonzero(read_volume(files[0]).array)
     brain_box = [int(a.max() - a.min() + 1) for a in nz[::-1]]
-    kinds = args.runs or (["medtorch", "medtorch-crop", "medtorch-bf16", "medtorch-cli", "monai-runner"]
+    kinds = args.runs or (["medtorch", "medtorch-contiguous", "medtorch-crop", "medtorch-bf16", "medtorch-cli",
+                           "monai-runner"]
                           + ([] if args.quick else ["medtorch-tta"]))
     rows = []
     for kind in kinds:

@@ -199,11 +199,12 @@ def register(
                                         initial=initial, seed=seed, progress=eng_progress, cancel=cancel)
         info = dict(info or {})
     affine = np.asarray(affine, dtype=np.float64)
+    compact = info.pop("_compact_field", None)  # the same field on a coarser grid, if the engine has one
     report(progress, cancel, 0.9, "resampling the moving volume")
     if resample_output:
         from medtorch.resample import resample
 
-        transform: Any = affine if displacement is None else [affine, displacement]
+        transform: Any = affine if displacement is None else [affine, compact if compact is not None else displacement]
         resampled = resample(moving, fixed.geometry, transform, device=dev,
                              progress=SubProgress(progress, 0.9, 0.97, "resampling"), cancel=cancel)
     else:
@@ -224,9 +225,9 @@ def register(
     rep["runtime_s"] = round(time.perf_counter() - start, 3)
     summary = device_summary(dev)
     rep["device"] = f"{summary.get('device', str(dev))} ({summary.get('name', '')})".strip()
-    rep["threads"] = torch.get_num_threads()
+    rep.setdefault("threads", torch.get_num_threads())
     rep["seed"] = seed
-    result = RegistrationResult(affine, displacement, resampled, rep)
+    result = RegistrationResult(affine, displacement, resampled, rep, compact)
     if f_lm is not None and m_lm is not None:
         rep.update(target_registration_error(result.map_points(f_lm), m_lm))
     report(progress, cancel, 1.0, "registered")

@@ -311,9 +311,11 @@ def _mi_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, f_img: tor
         ctrl = ctrl.detach()
         info_levels.append({"spacing_mm": sp, "control_mm": cmm, "iterations": n_it})
     assert ctrl is not None
-    info = {"deformable_metric": "mi", "deformable_levels": info_levels, "deformable_points": points,
+    n_ijk = np.asarray(ctrl.shape[2:][::-1])
+    cgeom = Geometry(tuple(int(v) for v in n_ijk), geom.origin, extent / np.maximum(n_ijk - 1, 1), geom.direction)
+    info = {"final_mi": float(mi.detach()) if total else None, "deformable_metric": "mi", "deformable_levels": info_levels, "deformable_points": points,
             "deformable_bins": bins, "regularization": opts.regularization, "regularization_weight": reg_weight}
-    return ctrl, geom, info
+    return ctrl, cgeom, info
 
 
 def register_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, metric: str, f_img: torch.Tensor,
@@ -338,7 +340,10 @@ def register_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, metri
             u = F.interpolate(ctrl, size=fixed.geometry.shape_zyx, mode="trilinear", align_corners=True)[0]
         field = Volume.from_torch(u.cpu(), fixed.geometry, kind="vector")
         field.metadata = {"what": "displacement field (LPS, mm), applied before the affine"}
-        info["final_similarity"] = None
+        # The same field on its control grid (corners on the fixed grid's corner voxels): sampling
+        # it linearly at the fixed voxels gives exactly ``field``, at a fraction of the cost.
+        info["_compact_field"] = Volume.from_torch(ctrl[0].cpu(), cgeom, kind="vector")
+        info["final_similarity"] = info.pop("final_mi", None)
         report(progress, cancel, 1.0, "deformable done")
         return field, info
     s_fixed = float(np.median(fixed.spacing))

@@ -83,32 +83,36 @@ def equalize(t: torch.Tensor, mask: torch.Tensor | None = None, knots: int = 256
     fg = (t > thr).float() if mask is None else ((t > thr) & (mask > 0.5)).float()
     if float(fg.sum()) < knots:
         return unit_range(t, mask=mask)
-    qs = torch.tensor(quantiles(t, np.linspace(0.0, 1.0, knots + 1).tolist(), fg), dtype=torch.float64)
+    qs = np.asarray(quantiles(t, np.linspace(0.0, 1.0, knots + 1).tolist(), fg), dtype=np.float64)
     qs[0] = thr
-    qs = qs + torch.arange(knots + 1, dtype=torch.float64) * (1e-9 * (hi - lo))  # strictly increasing
-    ys = torch.linspace(1.0 / knots, 1.0, knots + 1, dtype=torch.float64)
-    flat = t.reshape(-1).double().cpu()
-    idx = torch.bucketize(flat, qs).clamp(1, knots)
-    x0, x1 = qs[idx - 1], qs[idx]
-    y0, y1 = ys[idx - 1], ys[idx]
-    out = y0 + (y1 - y0) * ((flat - x0) / (x1 - x0)).clamp(0.0, 1.0)
-    out = torch.where(flat <= thr, torch.zeros_like(out), out)
-    return out.to(device=t.device, dtype=torch.float32).reshape(t.shape)
+    qs = qs + np.arange(knots + 1) * (1e-9 * (hi - lo))  # strictly increasing
+    ys = np.linspace(1.0 / knots, 1.0, knots + 1)
+    flat = t.reshape(-1).detach().cpu().numpy()
+    out = np.interp(flat, qs, ys).astype(np.float32)
+    out[flat <= thr] = 0.0
+    return torch.from_numpy(out).to(t.device).reshape(t.shape)
 
 
-def gaussian_smooth(image: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:
+def gaussian_smooth(image: torch.Tensor, sigma_vox: Sequence[float], strides: Sequence[int] = (1, 1, 1)) -> torch.Tensor:
     """Separable Gaussian smoothing of ``[C, z, y, x]`` with per-axis sigmas ``(i, j, k)`` in voxels
-    (replicate padding; a sigma below 0.2 voxel leaves that axis as is)."""
+    (replicate padding; a sigma below 0.2 voxel leaves that axis unsmoothed).
+
+    ``strides`` (i, j, k) keeps every n-th voxel along an axis, starting with the first: the
+    convolution is only evaluated there (a smoothed, decimated volume at a fraction of the cost).
+    """
     x = image.unsqueeze(0)
     c = x.shape[1]
     for axis, sigma in enumerate(sigma_vox):  # axis 0 = i = last tensor dim
+        stride = int(strides[axis])
+        dim = 4 - axis
         if sigma < 0.2:
+            if stride > 1:
+                x = x.narrow(dim, 0, x.shape[dim]).unfold(dim, 1, stride).squeeze(-1)
             continue
         radius = max(1, int(math.ceil(3.0 * sigma)))
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
         kernel = kernel / kernel.sum()
-        dim = 4 - axis
         size = x.shape[dim]
         if radius >= size:  # replicate padding needs the pad below the size
             radius_eff = size - 1
@@ -122,9 +126,11 @@ def gaussian_smooth(image: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Te
         pad[2 * axis + 1] = radius
         shape = [1, 1, 1]
         shape[2 - axis] = 2 * radius + 1
+        st = [1, 1, 1]
+        st[2 - axis] = stride
         weight = kernel.reshape([1, 1] + shape).expand(c, 1, *shape).contiguous()
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=c)
-    return x[0]
+        x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=c, stride=tuple(st))
+    return x[0].contiguous()
 
 
 def level_geometry(geometry: Geometry, spacing_mm: float, min_size: int = 4) -> Geometry:
@@ -161,12 +167,23 @@ def build_pyramid(image: torch.Tensor, geometry: Geometry, spacings: Sequence[fl
         if np.allclose(target_spacing, geometry.spacing):
             fine_first.append(PyramidLevel(image, geometry, mask, s))
             continue
-        g = level_geometry(geometry, s)
-        smoothed = _smooth_for(cur_img, np.asarray(cur_geom.spacing, float), np.asarray(g.spacing, float))
-        new_img = warp(smoothed, cur_geom, g)
-        new_mask = None
-        if cur_mask is not None:
-            new_mask = warp(cur_mask.float(), cur_geom, g).clamp_(0.0, 1.0)
+        cur_sp = np.asarray(cur_geom.spacing, float)
+        factors = np.maximum(target_spacing, cur_sp) / cur_sp
+        if np.allclose(factors, np.round(factors), atol=1e-3):
+            # integer factors: smooth and decimate in one strided pass; the grid keeps its
+            # first voxel (the centre moves by less than one new voxel, the geometry is exact)
+            f = np.round(factors).astype(int)
+            sigma_vox = 0.5 * np.sqrt(np.maximum((cur_sp * f) ** 2 - cur_sp ** 2, 0.0)) / cur_sp
+            new_img = gaussian_smooth(cur_img, tuple(sigma_vox), tuple(f))
+            size = tuple(int(v) for v in (np.asarray(cur_geom.size) - 1) // f + 1)
+            g = Geometry(size, cur_geom.origin, cur_sp * f, cur_geom.direction)
+            new_mask = gaussian_smooth(cur_mask.float(), tuple(sigma_vox), tuple(f)).clamp_(0.0, 1.0) \
+                if cur_mask is not None else None
+        else:
+            g = level_geometry(cur_geom, s)
+            smoothed = _smooth_for(cur_img, cur_sp, np.asarray(g.spacing, float))
+            new_img = warp(smoothed, cur_geom, g)
+            new_mask = warp(cur_mask.float(), cur_geom, g).clamp_(0.0, 1.0) if cur_mask is not None else None
         fine_first.append(PyramidLevel(new_img, g, new_mask, s))
         cur_img, cur_geom, cur_mask = new_img, g, new_mask
     levels = list(reversed(fine_first))

@@ -123,12 +123,17 @@ class RegistrationResult:
         report: figures of the run: ``final_similarity``, ``metric``, ``mode``, ``engine``,
             ``jacobian_min``, ``folding_percent``, ``runtime_s``, ``device``, ``seed``, and
             ``tre_mean_mm`` / ``tre_p95_mm`` / ``tre_max_mm`` when landmark pairs were given.
+        control_field: for the torch engine's deformable mode, the same field on its coarse
+            control grid (corners on the fixed grid's corner voxels): linear interpolation of it
+            at the fixed voxels gives ``displacement`` exactly; a compact form for files and
+            Slicer grid transforms. ``None`` otherwise.
     """
 
     affine: np.ndarray
     displacement: Volume | None
     resampled: Volume | None
     report: dict[str, Any] = field(default_factory=dict)
+    control_field: Volume | None = None
 
     @property
     def transform(self) -> TransformLike:

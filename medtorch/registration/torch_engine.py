@@ -60,7 +60,7 @@ class TorchOptions:
     search_step_deg: float = 20.0
     search_top: int = 4
     search_samples: int = 3000
-    pool: float = 4.0
+    pool: float = 12.0
     bias_order: int | None = None
     intensity: str = "percentile"
     foreground_margin_mm: float | None = 6.0
@@ -78,6 +78,7 @@ class TorchOptions:
     control_spacings: Sequence[float] | None = None
     deformable_bins: int | None = None
     deformable_points: int | None = None
+    threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -240,11 +241,36 @@ def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_
                    init: str, initial_transform: np.ndarray | None, device: torch.device, seed: int,
                    progress: ProgressCallback | None, cancel: CancelToken | None,
                    options: dict[str, Any]) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
-    """Run the torch engine; returns (affine 4x4, displacement or None, info)."""
+    """Run the torch engine; returns (affine 4x4, displacement or None, info).
+
+    On the CPU the work runs with ``threads`` torch threads (option; default 1): the
+    optimisation loops work on batches of 10^4-10^5 samples, where thread start-up costs
+    about what it saves, and on a busy machine (more runnable threads than cores) two
+    OpenMP threads measured 10-15x *slower* than one (each barrier waits for a descheduled
+    thread). The previous thread count is restored afterwards.
+    """
     opts = TorchOptions.from_options(options)
+    n_threads = int(opts.threads) if opts.threads is not None else (1 if device.type == "cpu" else torch.get_num_threads())
+    if n_threads < 1:
+        raise MedTorchInputError(f"threads={opts.threads} must be at least 1", "give a positive number of threads")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        affine, displacement, info = _register_torch(fixed, moving, mode, metric, fixed_mask, moving_mask,
+                                                     fixed_landmarks, moving_landmarks, init, initial_transform,
+                                                     device, seed, progress, cancel, opts)
+    finally:
+        torch.set_num_threads(previous)
+    info["threads"] = n_threads
+    return affine, displacement, info
+
+
+def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_mask: Volume | None,
+                    moving_mask: Volume | None, fixed_landmarks: np.ndarray | None, moving_landmarks: np.ndarray | None,
+                    init: str, initial_transform: np.ndarray | None, device: torch.device, seed: int,
+                    progress: ProgressCallback | None, cancel: CancelToken | None,
+                    opts: TorchOptions) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
     rng = np.random.default_rng(seed)
-    gen_seed = int(rng.integers(0, 2**31 - 1))
-    torch.manual_seed(gen_seed)
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
     lin_share = 1.0 if mode != "deformable" else 0.3
@@ -258,7 +284,7 @@ def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_
                                  "use 'percentile' (linear stages percentile, deformable stage equalised), "
                                  "'equalize' (all stages equalised) or 'percentile_all'")
     f_img, m_img = prepare_images(fixed, moving, lin_metric, fmask, device, opts.intensity)
-    spacings = list(opts.levels) if opts.levels is not None else default_levels(fixed.spacing)
+    spacings = list(opts.levels) if opts.levels is not None else default_levels(fixed.spacing, fixed_size=fixed.size)
     if mode == "deformable" and opts.levels is None:
         # the deformable stage refines below 2 mm: the affine stages stop at the working resolution
         spacings = [s for s in spacings if s >= 2.0 - 1e-6] or spacings[-1:]
@@ -271,7 +297,7 @@ def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_
     report(progress, cancel, 0.05 * lin_share, "pyramids built")
     n_lv = len(spacings)
     iters = _per_level(opts.iterations, [40, 30, 40], n_lv, "iterations")
-    samples = _per_level(opts.samples, [15000, 8000, 3000], n_lv, "samples")
+    samples = _per_level(opts.samples, [20000, 8000, 3000], n_lv, "samples")
     bins_lv = _per_level(opts.bins, [96, 64, 32], n_lv, "bins")
     bins = bins_lv[0]
     affine_mode = mode in ("affine", "deformable")
@@ -336,8 +362,11 @@ def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_
                                                        bins if lin_metric == "mi" else None, features=feats[0][0]),
                                           base, lin_metric, bins)
         sims = torch.where(overlaps > 0.05, sims, torch.full_like(sims, -1e9))
-        top = torch.argsort(sims, descending=True)[: max(1, int(opts.search_top))]
-        base = base[top]
+        order = torch.argsort(sims, descending=True).tolist()
+        keep = order[: max(1, int(opts.search_top))]
+        if 0 not in keep:  # the first candidate (no rotation about the centres of mass) is always refined
+            keep = keep[:-1] + [0] if len(keep) > 1 else keep + [0]
+        base = base[torch.tensor(keep, device=base.device)]
         info["search_candidates"] = len(candidates)
     report(progress, cancel, 0.1 * lin_share, "initialised")
 
@@ -364,7 +393,17 @@ def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_
     theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, False, lin_metric, bins, sched0,
                                           stepper(iters[0], f"rigid, {spacings[0]:g} mm"), bias0=bias)
     ran.append(n)
+    if base.shape[0] > 1 and n_lv > 1:
+        # Choose among the refined candidates at the finest level: near-symmetric shapes (a head
+        # turned by 180 degrees) can tie at the coarsest level, where the details are smoothed away.
+        fine_f, fine_m = f_levels[-1], m_levels[-1]
+        fine_samples = draw_samples(fine_f, samples[-1], rng, bins_lv[-1] if lin_metric == "mi" else None,
+                                    features=feats[-1][0])
+        with torch.no_grad():
+            mats = base @ linear_matrices(theta, center, radius, False)
+        sims, _ = score_candidates(MovingSampler(fine_m, feats[-1][1]), fine_samples, mats, lin_metric, bins_lv[-1])
     best = int(torch.argmax(sims))
+    info["search_refined"] = int(base.shape[0])
     base = base[best:best + 1]
     theta = theta[best:best + 1]
     bias = bias[best:best + 1] if bias is not None else None

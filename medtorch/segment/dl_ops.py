@@ -53,7 +53,8 @@ def _op_segment_model(inputs: dict[str, Volume], params: dict[str, Any], progres
         str(model), channel_inputs(inputs),
         overlap=params.get("overlap"), tta=bool(params.get("tta", False)), device=params.get("device"),
         roi_size=[int(r) for r in roi] if roi else None, sw_batch_size=params.get("sw_batch_size"),
-        amp=bool(params.get("amp", True)), threshold=float(params.get("threshold", 0.5)),
+        amp=bool(params.get("amp", True)), cpu_bf16=bool(params.get("cpu_bf16", False)),
+        channels_last=params.get("channels_last"), threshold=float(params.get("threshold", 0.5)),
         label_convention=str(params.get("label_convention", "auto")),
         crop_foreground=bool(params.get("crop_foreground", False)),
         output_interpolation=str(params.get("output_interpolation", "nearest")),  # type: ignore[arg-type]

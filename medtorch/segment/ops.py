@@ -106,3 +106,9 @@ def _op_seg_metrics(inputs: dict[str, Volume], params: dict[str, Any], progress:
                                 float(params.get("tolerance_mm", 1.0)), bool(params.get("lesion_wise", True)),
                                 progress=progress, cancel=cancel)
     return OperationResult({}, {"report": rep.to_dict()})
+
+
+# The deep-learning and lung-nodule operations ("segment_model", "detect_nodules") live in
+# dl_ops; importing it here registers them wherever operations are discovered (the
+# background worker imports only this module).
+from medtorch.segment import dl_ops  # noqa: E402,F401
