@@ -315,7 +315,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         "time (user + system, both threads) of the same span is less sensitive to other jobs: on an otherwise idle "
         "machine the wall time of a well-parallelised run approaches CPU time / threads.",
         "",
-        "| Run | call (s) | of which network (s) | end to end (s) | CPU time (s) | peak RSS (GB) | RSS before call (GB) | "
+        "| Run | call (s) | of which network (s) | end to end (s) | CPU time (s) | peak RSS (GiB) | RSS before call (GiB) | "
         "windows | agreement with runner (equal voxels / Dice ET, NCR, ED) | load |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per run before it is stopped")
     p.add_argument("--runs", nargs="+", choices=list(LABELS), help="only these rows")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report from the results already in --workdir (no new runs)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--files", nargs="+", type=Path, help=argparse.SUPPRESS)
@@ -408,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
                           + ([] if args.quick else ["medtorch-tta"]))
     rows = []
     for kind in kinds:
+        if args.report_only:
+            rows.append(json.loads((work / "runs" / f"{kind}.json").read_text()))
+            continue
+        stale = work / "runs" / f"{kind}.json"
+        if stale.exists():
+            stale.unlink()
         print(f"[dl_timing] {kind} ...", flush=True)
         r = _spawn(kind, bundle, files, work / "runs", args.threads, args.timeout)
         print(f"[dl_timing] {kind}: " + json.dumps({k: v for k, v in r.items() if k not in ("info", "label")}, default=str),

@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path)
     p.add_argument("--out", type=Path)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report from the results already in --workdir (no new runs)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--case", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -176,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     for case, spec in cases:
         for kind in ("medtorch", "medtorch-candidates", "skimage"):
             res = case / f"{kind}.json"
+            if args.report_only:
+                r = json.loads(res.read_text())
+                r["size"] = "x".join(map(str, spec["size"]))
+                rows.append(r)
+                continue
+            if res.exists():
+                res.unlink()
             cmd = [sys.executable, "-m", "benchmarks.segment.nodules_bench", "--one", kind, "--case", str(case),
                    "--result", str(res), "--threads", str(args.threads)]
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
              "are the same code). Peak = the process's peak RSS, including the CT and the imports. Found: a "
              "detection within a quarter diameter + 1 mm of a true nodule centre. The scorer is rule-based "
              "(documented gates), tuned on these phantoms; no clinical validation.", "",
-             "| Case (voxels) | Run | time (s) | peak RSS (GB) | candidates | found / true | false positives | "
+             "| Case (voxels) | Run | time (s) | peak RSS (GiB) | candidates | found / true | false positives | "
              "diameter error mean / max | load |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in rows:

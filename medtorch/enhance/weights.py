@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +96,11 @@ def export_onnx(net: torch.nn.Module, path: str | Path, opset: int = 17) -> Path
     net = net.eval()
     dummy = torch.zeros(1, 1, 24, 12)
     buffer = io.BytesIO()
-    torch.onnx.export(net, (dummy,), buffer, dynamo=False, opset_version=opset, input_names=["low"],
-                      output_names=["high"], dynamic_axes={"low": {0: "n", 2: "h", 3: "w"},
-                                                           "high": {0: "n", 2: "h", 3: "wf"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "constant folding not applied" for the replicate padding: harmless
+        torch.onnx.export(net, (dummy,), buffer, dynamo=False, opset_version=opset, input_names=["low"],
+                          output_names=["high"], dynamic_axes={"low": {0: "n", 2: "h", 3: "w"},
+                                                               "high": {0: "n", 2: "h", 3: "wf"}})
     with atomic_path(target) as tmp:
         Path(tmp).write_bytes(buffer.getvalue())
     return target
@@ -127,6 +131,11 @@ def quantize_onnx(source: str | Path, target: str | Path) -> Path:
     from medtorch.io import atomic_path
 
     out = Path(target)
-    with atomic_path(out) as tmp:
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # onnxruntime logs advice on the root logger
+    try:
+        with atomic_path(out) as tmp:
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(previous)
     return out
