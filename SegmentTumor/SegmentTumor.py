@@ -119,7 +119,7 @@ class SegmentTumorParameterNode:
     seedSegmentation: vtkMRMLSegmentationNode
     seedMarkups: vtkMRMLMarkupsFiducialNode
     seedRadiusMm: Annotated[float, WithinRange(0.5, 20.0)] = 2.0
-    smoothness: Annotated[float, WithinRange(0.0, 5.0)] = 0.5
+    smoothness: Annotated[float, WithinRange(0.0, 5.0)] = 0.3
     marginMm: Annotated[float, WithinRange(0.0, 100.0)] = 5.0
     minSizeMm3: Annotated[float, WithinRange(0.0, 1000000.0)] = 0.0
     fillHoles: bool = False
@@ -449,7 +449,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
     # -- seeded -------------------------------------------------------------------------------------------
     def seededJob(self, inputVolumes, seedSegmentation=None, seedMarkups=None, outputSegmentation=None,
                   volumetryTable=None, referenceSegmentation=None, metricsTable=None, roi=None,
-                  smoothness: float = 0.5, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
+                  smoothness: float = 0.3, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
                   seedRadiusMm: float = 2.0, device: str = "auto"):
         """Seeded segmentation as a job (``.run_blocking()`` or ``.start()``); its result is the
         output segmentation node (segments named after the seed classes, with standard
@@ -487,7 +487,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
 
     def updateSeeded(self, inputVolumes, seedSegmentation=None, seedMarkups=None, outputSegmentation=None,
                      volumetryTable=None, referenceSegmentation=None, metricsTable=None, roi=None,
-                     smoothness: float = 0.5, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
+                     smoothness: float = 0.3, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
                      seedRadiusMm: float = 2.0, device: str = "auto"):
         """Seeded segmentation in this process, reusing the previous run's features and labels
         when the volumes and settings are unchanged (fast re-runs after seed edits)."""

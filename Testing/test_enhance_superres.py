@@ -173,3 +173,12 @@ def test_adversarial_option_trains_a_discriminator_alongside(thick_phantom):
     out, model = superres(thick, "selfsup", factor=3, fwhm_mm=3.0, config=cfg)
     assert model.metadata["train"]["adversarial_weight"] == 1e-3
     assert model.metadata["log"]["iterations_done"] == 3 and np.isfinite(out.array).all()
+
+
+def test_selfsup_isotropic_upsampling_runs_on_the_right_grid():
+    iso = oblique_geometry(size=(20, 20, 20), spacing=(1.0, 1.0, 1.0))
+    cfg = SRTrainConfig(iterations=2, batch=2, patch=16, features=8, layers=3)
+    out, model = superres(blob_phantom(iso), "selfsup", factor=2, axis="all", config=cfg)
+    assert out.geometry.isclose(output_geometry(iso, (2, 2, 2)), atol=1e-6)
+    assert model.metadata["kind"] == "isotropic" and model.metadata["axis"] == "all"
+    assert np.isfinite(out.array).all()

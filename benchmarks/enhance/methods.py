@@ -75,7 +75,7 @@ def sitk_patch_based(prepared: Any, params: dict[str, Any], prepare: bool) -> An
     f.SetPatchRadius(2)
     f.SetNumberOfIterations(int(params.get("iterations", 1)))
     f.SetKernelBandwidthEstimation(False)
-    f.SetKernelBandwidthSigma(float(params["sigma"]))
+    f.SetKernelBandwidthSigma(2.0 * float(params["sigma"]))
     f.SetNumberOfSamplePatches(200)
     f.SetSampleVariance(400.0)
     return sitk.GetArrayFromImage(f.Execute(prepared)), {}

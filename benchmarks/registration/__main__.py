@@ -164,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
 
     spec_dicts = {s.name: asdict(s) for s in specs if s.name in case_meta}
     info = {name: m["info"] for name, m in case_meta.items()}
-    meta_out = {"date": report.today(), "machine": report.machine_summary(), "threads": args.threads,
+    date = report.today()
+    if args.report_only:
+        import datetime as dt
+
+        date = dt.datetime.fromtimestamp(results_path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    meta_out = {"date": date, "machine": report.machine_summary(), "threads": args.threads,
                 "versions": _versions(), "unavailable": unavailable, "quick": args.quick,
                 "loadavg_range": f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded",
                 "total_s": round(time.perf_counter() - started, 1),

@@ -185,6 +185,15 @@ def _sample_field(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> 
     return out
 
 
+def apply_transform(affine: np.ndarray, displacement: Volume | None, points: np.ndarray) -> np.ndarray:
+    """``A(p + d(p))`` for ``(N, 3)`` LPS points; ``d`` linear on its grid, zero outside it."""
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    if displacement is not None:
+        p = p + _sample_field(np.asarray(displacement.array), displacement.geometry, p)
+    a = np.asarray(affine, np.float64)
+    return p @ a[:3, :3].T + a[:3, 3]
+
+
 def exp_velocity(velocity: np.ndarray, geometry: Geometry, steps: int = 8) -> np.ndarray:
     """Scaling and squaring: the displacement ``u`` of ``exp(v)`` on the grid of ``v``.
 
@@ -226,7 +235,7 @@ class CaseSpec:
     max_shear: float = 0.0
     fixed_spacing_mm: float = 2.0
     moving_spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
-    bias: bool = False
+    bias: bool = False  # MR-like contrasts only (CT has no bias field)
     crop: bool = False
     deform_max_mm: float = 0.0
     fixed_size: tuple[int, int, int] | None = None  # None: the template's box at fixed_spacing_mm
@@ -244,7 +253,7 @@ class CaseSpec:
         if self.deform_max_mm:
             parts.append(f"field max {self.deform_max_mm:g} mm")
         parts.append("x".join(f"{s:g}" for s in self.moving_spacing_mm) + " mm moving")
-        if self.bias:
+        if self.bias and self.contrast != "ct":
             parts.append("bias")
         if self.crop:
             parts.append("cropped FOV")
@@ -266,10 +275,7 @@ class Case:
 
     def truth(self, points: np.ndarray) -> np.ndarray:
         """``T(p) = A(p + u(p))`` for ``(N, 3)`` fixed points."""
-        p = np.asarray(points, np.float64).reshape(-1, 3)
-        if self.displacement is not None:
-            p = p + _sample_field(self.displacement.array, self.displacement.geometry, p)
-        return p @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return apply_transform(self.affine, self.displacement, points)
 
     def inverse(self, points: np.ndarray) -> np.ndarray:
         """``T^-1(q) = A^-1 q + e(A^-1 q)`` for ``(N, 3)`` moving points."""
@@ -383,7 +389,6 @@ def build_case(spec: CaseSpec) -> Case:
     affine, params = random_affine(rng, brain_center, spec.max_angle_deg, spec.max_shift_mm,
                                    spec.max_scale, spec.max_shear)
     disp = inv_disp = None
-    field_grid = None
     if spec.deform_max_mm > 0:
         fixed_1mm = _template_grid(t, spec)
         step = max(2.0, spec.fixed_spacing_mm)  # the field's grid: 2 mm, or the fixed spacing if coarser
@@ -409,8 +414,7 @@ def build_case(spec: CaseSpec) -> Case:
     head = t.head > 0.5
     kji = np.argwhere(head)[:: 23]
     head_pts = t.geometry.index_to_physical(kji[:, ::-1].astype(float))
-    case = Case(spec, None, None, affine, disp, inv_disp, np.zeros((0, 3)))  # type: ignore[arg-type]
-    moved = case.truth(head_pts)
+    moved = apply_transform(affine, disp, head_pts)
     lo, hi = moved.min(axis=0) - 4.0, moved.max(axis=0) + 4.0
     offset = rng.uniform(-spec.fov_offset_mm, spec.fov_offset_mm, 3)
     lo, hi = lo + offset, hi + offset

@@ -17,14 +17,11 @@ from medtorch.volume import Volume
 
 
 def map_points(affine: np.ndarray, displacement: Volume | None, points: np.ndarray) -> np.ndarray:
-    """``A(p + d(p))`` for ``(N, 3)`` LPS points; ``d`` linear on its grid, zero outside it."""
-    from benchmarks.registration.cases import _sample_field
+    """``A(p + d(p))`` for ``(N, 3)`` LPS points; ``d`` linear on its grid, zero outside it
+    (as ``sitk.DisplacementFieldTransform`` and :func:`medtorch.resample.transform_points` do)."""
+    from benchmarks.registration.cases import apply_transform
 
-    p = np.asarray(points, np.float64).reshape(-1, 3)
-    if displacement is not None:
-        p = p + _sample_field(np.asarray(displacement.array), displacement.geometry, p)
-    a = np.asarray(affine, np.float64)
-    return p @ a[:3, :3].T + a[:3, 3]
+    return apply_transform(affine, displacement, points)
 
 
 def tre_summary(errors: np.ndarray) -> dict[str, float]:

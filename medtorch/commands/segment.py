@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     seeded.add_argument("--margin", type=float, default=5.0, help="margin around the seeds' bounding box, mm")
     seeded.add_argument("--smoothing", type=float, default=1.0, help="feature smoothing (Gaussian sigma), mm")
     seeded.add_argument("--radius", type=float, default=2.0, help="window radius of the local region statistics, mm")
-    seeded.add_argument("--smoothness", type=float, default=0.5, help="weight of the boundary smoothness term")
+    seeded.add_argument("--smoothness", type=float, default=0.3, help="weight of the boundary smoothness term")
     seeded.add_argument("--iterations", type=int, default=16, help="most region-competition iterations")
     seeded.add_argument("--seed", type=int, default=0, help="random seed (k-means start), recorded in --info")
     seeded.add_argument("--roi-center", type=vec3, default=None,

@@ -34,6 +34,7 @@ noise estimate, the seed and the parameters go into the output's metadata.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -146,6 +147,9 @@ def _patch(volume: Volume, noise: NoiseEstimate, strength: float, iterations: in
            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> np.ndarray:
     import SimpleITK as sitk
 
+    if int(patch_radius) < 2:
+        raise MedTorchInputError(f"patch radius {patch_radius} is too small for ITK's patch-based filter",
+                                 "use a patch radius of 2 voxels or more")
     filt = sitk.PatchBasedDenoisingImageFilter()
     model = {"rician": filt.RICIAN, "gaussian": filt.GAUSSIAN, "poisson": filt.POISSON}[noise.model]
     filt.SetNoiseModel(model)
@@ -272,10 +276,9 @@ def denoise(volume: Volume, method: str = "gaussian", strength: float | None = N
 
             from medtorch.enhance.selfsup_denoise import SelfSupDenoiseConfig, selfsup_denoise
 
-            cfg = options.get("config") or SelfSupDenoiseConfig(seed=int(seed))
+            cfg = dataclasses.replace(options.get("config") or SelfSupDenoiseConfig(), seed=int(seed))
             if options.get("iterations") is not None:
-                cfg.iterations = int(options["iterations"])
-            cfg.seed = int(seed)
+                cfg = dataclasses.replace(cfg, iterations=int(options["iterations"]))
             with torch.random.fork_rng():  # seeded here, the caller's random state is left as it was
                 torch.manual_seed(int(seed))
                 arr, record = selfsup_denoise(volume.array, noise, s, cfg, device, sub, cancel)

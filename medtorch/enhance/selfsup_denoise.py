@@ -76,7 +76,7 @@ def _to_gaussian_domain(arr: np.ndarray, noise: NoiseEstimate) -> tuple[torch.Te
     """The voxels in a domain with (approximately) white Gaussian noise, and its sigma."""
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if noise.model == "poisson":
-        return anscombe_forward(t, noise.gain, noise.sigma, noise.offset), 1.0 if noise.gain > 0 else 1.0
+        return anscombe_forward(t, noise.gain, noise.sigma, noise.offset), 1.0  # unit variance by construction
     return t, float(noise.sigma)
 
 

@@ -387,11 +387,12 @@ def register_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, metri
 
     diffeo = bool(opts.diffeomorphic)
     coarse = _Stage(fixed_c, moving_c, mask_c, spacing_c, 2.0 * control_mm)
+    # steps (mm): half of deformable_step at the coarse stage, a quarter at the fine one
     ctrl = _optimise_stage(coarse, None, dmetric, opts.regularization, reg_weight, diffeo, iters[0],
-                           float(opts.deformable_step) * 2.0, None, rng, stepper(0, f"deformable, {2 * work_mm:g} mm"))
+                           float(opts.deformable_step) * 0.5, None, rng, stepper(0, f"deformable, {2 * work_mm:g} mm"))
     fine = _Stage(fixed_f, moving_f, mask, spacing, control_mm)
     ctrl = _optimise_stage(fine, ctrl, dmetric, opts.regularization, reg_weight, diffeo, iters[1],
-                           float(opts.deformable_step), opts.deformable_points or 200_000, rng,
+                           float(opts.deformable_step) * 0.25, opts.deformable_points or 200_000, rng,
                            stepper(iters[0], f"deformable, {work_mm:g} mm"))
     report(progress, cancel, 0.92, "deformable: field on the fixed grid")
     with torch.no_grad():

@@ -400,7 +400,7 @@ def default_levels(fixed_spacing: Sequence[float], coarsest: float = 8.0,
     top = max(top, 2.0 * s0)
     levels = []
     s = top
-    while s > s0 * 1.5:
+    while s > s0 * 1.25:
         levels.append(s)
         s /= 2.0
     levels.append(s0)

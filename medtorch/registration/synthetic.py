@@ -1,6 +1,6 @@
 """Small synthetic registration pairs with a known transform (tests, self-tests, examples).
 
-:func:`synthetic_pair` paints the same anatomy -- an ellipsoidal "head" holding four
+:func:`synthetic_pair` paints the same anatomy -- an ellipsoidal "head" holding eight
 structures at asymmetric positions, so that no rotation maps it onto itself -- in two
 contrasts on two grids: the fixed volume, and the moving volume seen through a known
 transform ``T(p) = A(p + u(p))`` (ITK convention: fixed point -> moving point). The moving
@@ -25,11 +25,15 @@ _STRUCTURES = (
     ((-13.0, 6.0, -5.0), (6.0, 7.0, 5.0)),
     ((4.0, 16.0, -9.0), (7.0, 5.0, 6.0)),
     ((-7.0, -15.0, 11.0), (5.0, 5.0, 6.0)),
+    ((17.0, 12.0, 10.0), (4.0, 6.0, 4.0)),
+    ((-18.0, -6.0, 12.0), (3.5, 4.0, 5.0)),
+    ((2.0, -24.0, -10.0), (6.0, 3.5, 4.0)),
+    ((-4.0, 4.0, 16.0), (9.0, 4.0, 3.5)),
 )
 _HEAD_RADII = (30.0, 36.0, 27.0)
 #: Intensities: background, head, then each structure.
-_FIXED_VALUES = (0.0, 100.0, 200.0, 40.0, 150.0, 70.0)
-_MOVING_VALUES = (0.0, 60.0, 20.0, 180.0, 90.0, 240.0)
+_FIXED_VALUES = (0.0, 100.0, 200.0, 40.0, 150.0, 70.0, 180.0, 20.0, 130.0, 60.0)
+_MOVING_VALUES = (0.0, 60.0, 20.0, 180.0, 90.0, 240.0, 120.0, 150.0, 30.0, 210.0)
 
 
 @dataclass
@@ -94,7 +98,7 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def synthetic_pair(mode: str = "rigid", seed: int = 0, size: int = 56, spacing: float = 1.6,
+def synthetic_pair(mode: str = "rigid", seed: int = 0, size: int = 64, spacing: float = 1.6,
                    max_angle_deg: float = 10.0, max_shift_mm: float = 8.0, max_scale: float = 0.08,
                    deform_mm: float = 3.0, noise: float = 2.0, same_contrast: bool = False,
                    center: tuple[float, float, float] = (12.0, -20.0, 30.0)) -> SyntheticPair:
@@ -139,10 +143,18 @@ def synthetic_pair(mode: str = "rigid", seed: int = 0, size: int = 56, spacing: 
     q = _grid_points(moving_geom).reshape(-1, 3)
     inv = np.linalg.inv(affine)
     p = q @ inv[:3, :3].T + inv[:3, 3]
-    if field is not None:  # invert p + u(p) = A^-1 q by fixed-point iteration
-        target = p.copy()
-        for _ in range(30):
-            p = target - _field_at(field, p)
+    if field is not None:  # invert p + u(p) = A^-1 q by fixed-point iteration (|grad u| << 1)
+        import torch
+
+        from medtorch.resample import DisplacementField, sample
+
+        df = DisplacementField.from_volume(field, dtype=torch.float64)
+        target = torch.from_numpy(p.copy())
+        pt = target.clone()
+        with torch.no_grad():
+            for _ in range(12):
+                pt = target - sample(df.displacement, pt, df.geometry, "linear", 0.0).T
+        p = pt.numpy()
     fixed_vals = paint(_grid_points(fixed_geom) - c, _FIXED_VALUES)
     moving_vals = paint(p.reshape(moving_geom.shape_zyx + (3,)) - c, _FIXED_VALUES if same_contrast else _MOVING_VALUES)
     if noise > 0:

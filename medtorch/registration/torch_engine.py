@@ -102,7 +102,9 @@ class TorchOptions:
 
 def _per_level(value: int | Sequence[int] | None, fine_first: Sequence[int], n: int, what: str) -> list[int]:
     """One value per level, coarse to fine. Defaults are given from the *finest* level up
-    (the last one repeats for coarser levels); a user list is coarse to fine."""
+    (the last one repeats for coarser levels). A user list is coarse to fine and aligned at
+    the finest level: extra values are dropped from the coarse end, a short list repeats its
+    first value for the coarser levels."""
     if value is None:
         base = list(fine_first)
         vals = [base[min(i, len(base) - 1)] for i in range(n)]
@@ -110,9 +112,11 @@ def _per_level(value: int | Sequence[int] | None, fine_first: Sequence[int], n: 
     if isinstance(value, (int, np.integer)):
         return [int(value)] * n
     vals = [int(v) for v in value]
-    if len(vals) != n:
-        raise MedTorchInputError(f"{what} has {len(vals)} values for {n} pyramid levels", f"give one {what} value per level")
-    return vals
+    if not vals:
+        raise MedTorchInputError(f"{what} is an empty list", f"give one {what} value per pyramid level")
+    if len(vals) >= n:
+        return vals[len(vals) - n:]
+    return [vals[0]] * (n - len(vals)) + vals
 
 
 def _masked_tensor(mask: Volume | None, like: Volume, device: torch.device, name: str) -> torch.Tensor | None:
@@ -138,9 +142,9 @@ def prepare_images(fixed: Volume, moving: Volume, metric: str, fixed_mask: torch
                    device: torch.device, intensity: str = "percentile") -> tuple[torch.Tensor, torch.Tensor]:
     """Float tensors ``[1, z, y, x]`` on ``device``, with intensities prepared for ``metric``.
 
-    MI: each volume equalised (:func:`~medtorch.registration.pyramid.equalize`; or with
-    ``intensity="percentile"`` as MIND). MIND: each volume's 0.5-99.5 percentiles mapped to
-    [0, 1] and clipped. NCC, LNCC
+    MI and MIND: each volume's 0.1-99.9 percentiles mapped to [0, 1] and clipped (with
+    ``intensity="equalize"``, MI bins equalised volumes instead:
+    :func:`~medtorch.registration.pyramid.equalize`). NCC, LNCC
     and MSE: both volumes through the *same* linear map (the fixed volume's percentiles), so
     that equal intensities stay equal.
     """
@@ -148,8 +152,8 @@ def prepare_images(fixed: Volume, moving: Volume, metric: str, fixed_mask: torch
     m = moving.to_torch(device, torch.float32)
     if metric == "mi" and intensity == "equalize":  # "percentile"/"percentile_all": below
         return equalize(f, fixed_mask), equalize(m)
-    if metric in ("mi", "mind"):
-        return unit_range(f, mask=fixed_mask), unit_range(m)
+    if metric in ("mi", "mind"):  # 0.1-99.9 %: small bright structures keep their contrast
+        return unit_range(f, 0.001, 0.999, mask=fixed_mask), unit_range(m, 0.001, 0.999)
     from medtorch.registration.pyramid import quantiles
 
     lo, hi = quantiles(f, (0.005, 0.995), fixed_mask)
@@ -159,7 +163,7 @@ def prepare_images(fixed: Volume, moving: Volume, metric: str, fixed_mask: torch
     return (f - lo) * scale, (m - lo) * scale
 
 
-def foreground_mask(image: torch.Tensor, geometry: Any, margin_mm: float, threshold: float = 0.05) -> torch.Tensor | None:
+def foreground_mask(image: torch.Tensor, geometry: Any, margin_mm: float, threshold: float = 0.15) -> torch.Tensor | None:
     """Where the fixed samples are drawn when no fixed mask is given: the foreground (above
     ``threshold`` of the robust range) dilated by ``margin_mm``; ``[1, z, y, x]`` float.
 
@@ -172,7 +176,11 @@ def foreground_mask(image: torch.Tensor, geometry: Any, margin_mm: float, thresh
     lo, hi = quantiles(image, (0.01, 0.99))
     if hi <= lo:
         return None
-    fg = (image > lo + threshold * (hi - lo)).float()
+    # threshold a 3x3x3 mean, not the voxels: isolated noise voxels above the threshold would
+    # otherwise grow into a mask of the whole grid
+    mean3 = torch.nn.functional.avg_pool3d(image.unsqueeze(0).float(), 3, stride=1, padding=1,
+                                           count_include_pad=False)[0]
+    fg = (mean3 > lo + threshold * (hi - lo)).float()
     if float(fg.mean()) > 0.9:
         return None
     shape = fg.shape[1:]
@@ -296,7 +304,7 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
     m_levels = build_pyramid(m_img.clone(), moving.geometry, spacings, mmask)
     report(progress, cancel, 0.05 * lin_share, "pyramids built")
     n_lv = len(spacings)
-    iters = _per_level(opts.iterations, [40, 30, 40], n_lv, "iterations")
+    iters = _per_level(opts.iterations, [50, 40, 40], n_lv, "iterations")
     samples = _per_level(opts.samples, [20000, 8000, 3000], n_lv, "samples")
     bins_lv = _per_level(opts.bins, [96, 64, 32], n_lv, "bins")
     bins = bins_lv[0]
@@ -370,7 +378,7 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
         info["search_candidates"] = len(candidates)
     report(progress, cancel, 0.1 * lin_share, "initialised")
 
-    total_iters = sum(iters) + (iters[0] if affine_mode else 0)
+    total_iters = sum(iters) + (sum(iters[max(1 if n_lv > 1 else 0, n_lv - 2):]) if affine_mode else 0)
     done = 0
     start_frac = 0.1 * lin_share
 
@@ -407,11 +415,15 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
     base = base[best:best + 1]
     theta = theta[best:best + 1]
     bias = bias[best:best + 1] if bias is not None else None
+    # Rigid down the whole pyramid, then (affine, deformable) the affine model on the last two
+    # levels: scales and shears are only freed once the rotation and shift are settled, which
+    # keeps a 12-parameter search out of spurious optima (it measured more robust than
+    # starting the affine model at the coarsest level, for about the same time).
+    steps = [(lv, False) for lv in range(1, n_lv)]
     if affine_mode:
-        theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, True, lin_metric, bins,
-                                              sched0, stepper(iters[0], f"affine, {spacings[0]:g} mm"), bias0=bias)
-        ran.append(n)
-    for lv in range(1, n_lv):
+        steps += [(lv, True) for lv in range(max(1 if n_lv > 1 else 0, n_lv - 2), n_lv)]
+    first_affine = True
+    for lv, use_affine in steps:
         fl, ml = f_levels[lv], m_levels[lv]
         sampler = MovingSampler(ml, feats[lv][1])
         profile = None
@@ -422,9 +434,13 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
         bins = bins_lv[lv]
         samp = draw_samples(fl, int(samples[lv] * max(opts.pool, 1.0)), rng, bins if lin_metric == "mi" else None,
                             features=feats[lv][0], profile=profile)
-        sched = LevelSchedule(iters[lv], samples[lv], opts.refine_step * spacings[lv])
-        kind = "affine" if affine_mode else "rigid"
-        theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, affine_mode, lin_metric,
+        # the first affine level starts with the large step: scales and shears may be far off
+        big = lv == 0 or (use_affine and first_affine)
+        first_affine = first_affine and not use_affine
+        step_mm = (opts.step if big else opts.refine_step) * spacings[lv]
+        sched = LevelSchedule(iters[lv], samples[lv], step_mm)
+        kind = "affine" if use_affine else "rigid"
+        theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, use_affine, lin_metric,
                                               bins, sched, stepper(iters[lv], f"{kind}, {spacings[lv]:g} mm"),
                                               bias0=bias)
         ran.append(n)

@@ -20,18 +20,24 @@ Method
    most likely class of every voxel, with the seeds fixed.
 4. **Localized region competition.** Iterated conditional modes on the energy
 
-   ``E = sum_p |f_p - mu_{L_p}(p)|^2 / 2 - alpha * #(26-neighbours of p with label L_p)``
+   ``E = sum_p |f_p - mu_{L_p}(p)|^2 / 2 + w * g_{L_p}(p) - alpha * #(26-neighbours of p with label L_p)``
 
    where ``mu_k(p)`` is the mean of the (unsmoothed, unit-noise) features of the voxels
-   currently labelled ``k`` in a window of radius ``r`` around ``p``. Every voxel takes
+   currently labelled ``k`` in a window of radius ``r`` around ``p`` and ``g_k(p)`` half the
+   squared distance of the smoothed features to the nearest centre of class ``k``'s seed
+   model (a global anchor: without it a class with graded intensities, such as oedema
+   fading at its edge, creeps into its neighbours by adapting its local mean). Every voxel takes
    the class whose *local* statistics fit it best, so a boundary settles half-way between
    the intensities on its two sides wherever it is, whatever the bias field or the
    neighbouring tissue: region competition (Zhu and Yuille 1996) with localized region
    statistics (Lankton and Tannenbaum 2008) and a Potts smoothness term. A class can only
-   appear where it already has voxels within ``r``, so regions grow from what is connected
-   to them. Local sums are box filters (cumulative sums: cost independent of ``r``).
-5. **Seed connectivity.** A connected piece of a class that holds no seed of that class is
-   given to the classes around it (its nearest voxels of other labels).
+   take a voxel where it already has voxels within ``r`` (regions grow from what is
+   connected to them). Local sums are kept on a grid
+   coarser by two, box-filtered once with cumulative sums and then updated from the voxels
+   that move; only voxels on or next to a label boundary are visited.
+5. **Seed connectivity.** A piece of a tumour class farther than ``connect_mm`` from the
+   pieces holding that class's seeds becomes background; background holes inside the
+   tumour without background seeds are filled (:func:`_seed_connected`).
 
 Incremental re-runs (:class:`SeededSegmenter`): features are computed once per region;
 after a seed edit the class models are re-estimated, the previous labelling is kept except
@@ -93,7 +99,14 @@ class SeededOptions:
         connect_mm: gap (mm) up to which pieces of one class count as connected.
         plausible_gap: in the competition a class may take a voxel only where its seed
             model's log-likelihood is within this of the best class's (``inf``: anywhere);
-            so a class cannot spread into tissue its seeds never looked like.
+            so a class cannot spread into tissue its seeds never looked like. In units of
+            squared intensity range (1st-99th percentile), so it means the same contrast at
+            any noise level. Off by default: the global term below keeps classes in place.
+        global_weight: weight of the global term of the competition: half the squared
+            distance (noise units, smoothed features) to the nearest centre of each class's
+            seed model. It anchors every class to what its seeds looked like, so that a
+            class with graded intensities (oedema fading at its edge) cannot creep into its
+            neighbours by adapting its local mean; 0 gives pure local competition.
         device: ``auto``, ``cpu``, ``cuda``, ``mps`` (see :func:`medtorch.device.select_device`).
         seed: random seed of the k-means initialisation (recorded with the result).
     """
@@ -101,12 +114,13 @@ class SeededOptions:
     margin_mm: float = 5.0
     smoothing_mm: float = 1.0
     radius_mm: float = 2.0
-    smoothness: float = 0.5
+    smoothness: float = 0.3
     iterations: int = 16
     components: int = 6
     keep_seed_connected: bool = True
     connect_mm: float = 2.0
-    plausible_gap: float = 8.0
+    plausible_gap: float = float("inf")
+    global_weight: float = 1.0
     outlier_p: float = 0.0
     device: str | None = None
     seed: int = 0
@@ -122,6 +136,7 @@ class SeededOptions:
             (0.0 <= self.outlier_p < 1.0, "outlier_p must lie in [0, 1)"),
             (self.connect_mm >= 0, "connect_mm must be >= 0 mm"),
             (self.plausible_gap > 0, "plausible_gap must be > 0"),
+            (self.global_weight >= 0, "global_weight must be >= 0"),
         ]
         for ok, what in checks:
             if not ok:
@@ -410,6 +425,13 @@ def _fit_class_models(features: torch.Tensor, seed_index: torch.Tensor, n_classe
     return _ClassModel(centres, torch.tensor(variances, dtype=features.dtype, device=features.device))
 
 
+def _class_constants(model: _ClassModel, channels: int) -> torch.Tensor:
+    """Per class: ``-log(#components) - C/2 log(variance)``, the constant of its log-likelihood."""
+    counts = torch.tensor([float(cen.shape[0]) for cen in model.centres], dtype=model.variances.dtype,
+                          device=model.variances.device)
+    return -torch.log(counts) - 0.5 * channels * torch.log(model.variances)
+
+
 def _class_scores(features: torch.Tensor, model: _ClassModel, outlier_classes: Sequence[int] = (),
                   outlier_d2: float = float("inf"), chunk: int = 1 << 19) -> torch.Tensor:
     """``[K, z, y, x]`` log-likelihood of every voxel under every class model, each mixture
@@ -424,8 +446,7 @@ def _class_scores(features: torch.Tensor, model: _ClassModel, outlier_classes: S
     flat = features.reshape(c, -1).T  # [N, C]
     n = flat.shape[0]
     allc = torch.cat(model.centres)  # [M, C]
-    const = torch.tensor([-math.log(cen.shape[0]) for cen in model.centres], dtype=features.dtype,
-                         device=features.device) - 0.5 * c * torch.log(model.variances)
+    const = _class_constants(model, c)
     out = torch.empty((len(model.centres), n), dtype=features.dtype, device=features.device)
     bounds = [0] + list(np.cumsum([cen.shape[0] for cen in model.centres]))
     xx = (flat * flat).sum(1)
@@ -499,8 +520,10 @@ class _Competition:
     """
 
     def __init__(self, x: torch.Tensor, n_classes: int, radius_vox: Sequence[int], alpha: float,
-                 factor: int = 2, allowed: torch.Tensor | None = None) -> None:
+                 factor: int = 2, allowed: torch.Tensor | None = None,
+                 global_term: torch.Tensor | None = None) -> None:
         self.x = x  # [C, z, y, x]
+        self.global_term = None if global_term is None else global_term.reshape(n_classes, -1)  # [K, N]
         self.allowed = None if allowed is None else allowed.reshape(n_classes, -1)  # [K, N] bool
         self.c = x.shape[0]
         self.shape = tuple(int(v) for v in x.shape[1:])
@@ -531,6 +554,10 @@ class _Competition:
                  for dy in range(-self.rc[1], self.rc[1] + 1) for dx in range(-self.rc[2], self.rc[2] + 1)]
         self.woffsets = torch.tensor(woffs, device=dev, dtype=torch.long)
         self.window = torch.zeros((self.c + 1, self.k * self.nw), device=dev, dtype=x.dtype)
+        # no flip-flop: a voxel that moved may not move straight back at the next iteration
+        self.tabu = torch.full((self.n,), self.k, dtype=torch.uint8, device=dev)
+        self.tabu_it = torch.full((self.n,), -2, dtype=torch.int32, device=dev)
+        self.iteration = 0
         # grid_sample coordinates of every fine voxel in the padded coarse grid, per axis
         self.axis_coords = []
         for n, r, nw in zip(self.shape, self.rc, self.wshape):
@@ -600,6 +627,7 @@ class _Competition:
         Returns the voxels that moved (flat indices) and the number of voxels examined.
         """
         k, c = self.k, self.c
+        self.iteration += 1
         active = active[~seeded[active]]
         if active.numel() == 0:
             return active, 0
@@ -611,6 +639,8 @@ class _Competition:
         mu = interp[1:] / counts.clamp_min(1e-6)[None]  # [C, K, na]
         xa = self.xf[:, active]  # [C, na]
         energy = 0.5 * (self.x2[active][None] - 2.0 * (mu * xa[:, None]).sum(0) + (mu * mu).sum(0))  # [K, na]
+        if self.global_term is not None:
+            energy += self.global_term[:, active]
         pidx = self._padded_index(z, y, xq)
         flat_lab = self.padded.view(-1)
         if self.alpha > 0:
@@ -622,6 +652,10 @@ class _Competition:
         energy.masked_fill_(counts <= 0.5, float("inf"))
         if self.allowed is not None:  # classes the global models find plausible here
             energy.masked_fill_(~self.allowed[:, active], float("inf"))
+        recent = self.tabu_it[active] == self.iteration - 1
+        if bool(recent.any()):
+            back = self.tabu[active].to(torch.long).clamp_max(k - 1)
+            energy[back[recent], torch.nonzero(recent).flatten()] = float("inf")
         old = flat_lab[pidx].to(torch.long)
         best = _argmin0(energy)
         gain = energy.gather(0, old[None])[0] - energy.gather(0, best[None])[0]
@@ -630,6 +664,8 @@ class _Competition:
             idx = active[move]
             self._move(idx, self._window_cell(z[move], y[move], xq[move]), old[move], best[move])
             flat_lab[pidx[move]] = best[move].to(torch.uint8)
+            self.tabu[idx] = old[move].to(torch.uint8)
+            self.tabu_it[idx] = self.iteration
             return idx, int(active.numel())
         return active[:0], int(active.numel())
 
@@ -650,8 +686,8 @@ class _Competition:
 
 def _compete(x: torch.Tensor, labels: torch.Tensor, seed_index: torch.Tensor, n_classes: int,
              radius: Sequence[int], alpha: float, iterations: int, progress: ProgressCallback | None,
-             cancel: CancelToken | None, refresh: int = 4,
-             allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+             cancel: CancelToken | None, refresh: int = 4, allowed: torch.Tensor | None = None,
+             global_term: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
     """Run the localized region competition from ``labels`` (``[z, y, x]`` class indices) on
     features ``x`` (``[C, z, y, x]``, unit noise); seeds (``seed_index >= 0``) stay fixed.
 
@@ -659,10 +695,10 @@ def _compete(x: torch.Tensor, labels: torch.Tensor, seed_index: torch.Tensor, n_
     """
     seeded = (seed_index >= 0).reshape(-1)
     flat = torch.where(seeded, seed_index.reshape(-1), labels.reshape(-1))
-    comp = _Competition(x, n_classes, radius, alpha, allowed=allowed)
+    comp = _Competition(x, n_classes, radius, alpha, allowed=allowed, global_term=global_term)
     comp.reset(flat)
     moved_n, it = 0, 0
-    stop = max(1, flat.numel() // 100_000)
+    stop = max(1, flat.numel() // 10_000)  # 0.01 % of the region
     active = comp.boundary()
     last_full = 0
     for it in range(1, iterations + 1):
@@ -929,11 +965,20 @@ class SeededSegmenter:
         allowed = None
         if math.isfinite(opts.plausible_gap):
             # a class may take a voxel only if its model is within the gap of the best one there
+            # the gap is given in squared fractions of the intensity range (the features are
+            # in noise units), so that it means the same contrast at any noise level
+            gap = opts.plausible_gap / float(np.mean(np.square(self._noise)))
             best = loglik.max(0).values
-            allowed = loglik >= (best - opts.plausible_gap)[None]
+            allowed = loglik >= (best - gap)[None]
+        global_term = None
+        if opts.global_weight > 0:
+            # half the squared distance (noise units) to the nearest centre of each class model
+            shape = (k,) + (1,) * (loglik.ndim - 1)
+            const = _class_constants(model, self._smooth.shape[0]).view(shape)
+            global_term = opts.global_weight * (const - loglik) * model.variances.view(shape)
         labels, iters, changed = _compete(self._x, init, seed_index, k, self._radius_vox(), opts.smoothness,
                                           opts.iterations, SubProgress(progress, 0.35, 0.9, "competition"), cancel,
-                                          allowed=allowed)
+                                          allowed=allowed, global_term=global_term)
         times["competition"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()

@@ -65,7 +65,7 @@ def build() -> str:
         (label("smoothnessLabel", "Smoothness:", "Boundary smoothness"),
          widget("ctkSliderWidget", "smoothnessSliderWidget",
                 "Weight of the boundary smoothness term, 0 (follows every intensity change) to 5 (round regions); "
-                "unitless", "smoothness", minimum=0.0, maximum=5.0, singleStep=0.1, decimals=1, value=0.5)),
+                "unitless", "smoothness", minimum=0.0, maximum=5.0, singleStep=0.1, decimals=1, value=0.3)),
         (label("marginLabel", "Margin around seeds:", "Region segmented around the seeds"),
          widget("QDoubleSpinBox", "marginSpinBox", "Margin around the seeds' bounding box that is segmented too",
                 "marginMm", minimum=0.0, maximum=100.0, singleStep=1.0, decimals=1, value=5.0, suffix=" mm")),

@@ -1,0 +1,164 @@
+"""FusionRegistration's registration on the headless Slicer: widget binding, the Register button in
+the background, and the Logic's MRML results (RAS/LPS, parent transforms, landmarks, harden)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtorch.registration.synthetic import synthetic_pair
+
+FAST = {"iterations": [30, 25, 25], "samples": [2000, 5000, 10000]}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return synthetic_pair("rigid", seed=1, size=40, spacing=2.4)
+
+
+def _widget():
+    import slicer_testbed
+
+    mod = slicer_testbed.load_module("FusionRegistration")
+    widget = mod.FusionRegistrationWidget()
+    widget.setup()
+    return mod, widget
+
+
+def _markups(points_lps, name):
+    import slicer
+
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    for p in points_lps:
+        node.AddControlPoint(float(-p[0]), float(-p[1]), float(p[2]))  # LPS -> RAS
+    return node
+
+
+def test_register_button_runs_in_background_and_binds_parameters(scene, pair):
+    import slicer_testbed
+
+    from medtorch.integration import slicer_bridge as bridge
+
+    fixed = bridge.node_from_volume(pair.fixed, "fixed")
+    moving = bridge.node_from_volume(pair.moving, "moving")
+    mod, w = _widget()
+    p = w._parameterNode
+    assert p.fixedVolume is fixed and p.movingVolume is moving
+    assert w.ui.registerButton.enabled and w.ui.applyButton.enabled
+    # GUI -> parameter node, and back
+    w.ui.modeComboBox.setCurrentText("affine")
+    assert p.registrationMode == "affine"
+    w.ui.metricComboBox.setCurrentText("mind")
+    assert p.metric == "mind"
+    p.metric = "mi"
+    assert w.ui.metricComboBox.currentText == "mi"
+    w.ui.seedSpinBox.setValue(5)
+    assert p.seed == 5
+    p.registrationMode = "rigid"
+    with pytest.raises(ValueError):
+        p.engine = "ants"
+    # no moving volume: both actions disabled, with the same helpful tooltip
+    w.ui.movingSelector.setCurrentNode(None)
+    assert not w.ui.registerButton.enabled and "Select" in w.ui.registerButton.toolTip
+    w.ui.movingSelector.setCurrentNode(moving)
+    assert w.ui.registerButton.enabled
+
+    w.ui.registerButton.click()
+    assert w.runner.status == "running"
+    assert not w.ui.registerButton.enabled and not w.ui.applyButton.enabled  # one run at a time
+    assert slicer_testbed.run_events_until(lambda: w.runner.status != "running", timeout=180)
+    assert w.runner.status == "done", w.ui.statusLabel.text
+    assert p.outputTransform is not None and p.outputTransform.IsA("vtkMRMLLinearTransformNode")
+    assert p.resampledVolume is not None
+    assert moving.GetTransformNodeID() == p.outputTransform.GetID()
+    assert "Registered (torch rigid)" in w.ui.statusLabel.text
+    assert p.outputTransform.GetAttribute("MedTorch.seed") == "5"
+    matrix = bridge.transform_between_volumes(fixed, moving)
+    assert pair.tre(pair.landmarks @ matrix[:3, :3].T + matrix[:3, 3]).max() < 0.5
+
+
+def test_logic_under_parent_transforms_with_landmarks(scene, pair):
+    """The fixed volume under a linear transform, the moving under another: the result node goes
+    under the fixed parent, landmark TRE is computed in local coordinates, the scene aligns."""
+    import slicer
+
+    from medtorch.integration import slicer_bridge as bridge
+
+    mod, _ = _widget()
+    fixed = bridge.node_from_volume(pair.fixed, "fixed")
+    moving = bridge.node_from_volume(pair.moving, "moving")
+    parent = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "fixed parent")
+    to_parent = np.eye(4)
+    to_parent[:3, 3] = [15.0, -4.0, 7.0]  # RAS
+    parent.SetMatrixTransformToParent(bridge.vtk_matrix_from_array(to_parent))
+    fixed.SetAndObserveTransformNodeID(parent.GetID())
+    # landmarks placed in the scene (world RAS): fixed points through the fixed parent
+    world_fixed = pair.landmarks + np.array([-15.0, 4.0, 7.0])  # RAS shift in LPS
+    truth_moving = pair.truth(pair.landmarks)
+    f_markups = _markups(world_fixed, "F")
+    m_markups = _markups(truth_moving, "M")
+    out = mod.FusionRegistrationLogic().register(fixed, moving, mode="rigid", fixedFiducials=f_markups,
+                                                 movingFiducials=m_markups, seed=0, options=FAST)
+    assert out.report["init"] == "fiducials"
+    assert out.report["tre_mean_mm"] < 0.3
+    assert out.transformNode.GetParentTransformNode() is parent
+    assert out.resampledNode.GetParentTransformNode() is parent
+    matrix = bridge.transform_between_volumes(fixed, moving)  # fixed local -> moving local, through both
+    assert pair.tre(pair.landmarks @ matrix[:3, :3].T + matrix[:3, 3]).max() < 0.3
+    assert float(out.transformNode.GetAttribute("MedTorch.tre_mean_mm")) == pytest.approx(out.report["tre_mean_mm"])
+
+
+def test_logic_harden_only_on_request_and_output_type_checked(scene, pair):
+    import slicer
+
+    from medtorch.errors import MedTorchInputError
+    from medtorch.integration import slicer_bridge as bridge
+
+    mod, _ = _widget()
+    logic = mod.FusionRegistrationLogic()
+    fixed = bridge.node_from_volume(pair.fixed, "fixed")
+    moving = bridge.node_from_volume(pair.moving, "moving")
+    before = slicer.util.arrayFromVolume(moving).copy()
+    out = logic.register(fixed, moving, placeUnderTransform=False, seed=0, options=FAST)
+    assert moving.GetTransformNodeID() is None
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(moving), before)
+    # harden: the moving node itself changes (its geometry now carries the transform)
+    geom_before = bridge.geometry_from_node(moving)
+    logic.register(fixed, moving, harden=True, seed=0, outputTransform=out.transformNode, options=FAST)
+    assert moving.GetTransformNodeID() is None
+    assert not bridge.geometry_from_node(moving).isclose(geom_before, atol=1e-3)
+    grid = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "wrong kind")
+    with pytest.raises(MedTorchInputError, match="not a linear transform"):
+        logic.register(fixed, moving, outputTransform=grid, seed=0, options=FAST)
+    with pytest.raises(MedTorchInputError, match="only one of the volumes"):
+        logic.registerJob(fixed, moving, fixedFiducials=_markups(pair.landmarks[:3], "lonely"))
+
+
+def test_grid_transform_node_matches_the_field_in_lps(scene):
+    """An LPS field as a grid transform node (RAS): Slicer maps fixed points exactly as ITK would."""
+    import torch
+
+    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.integration.slicer_transforms import registration_transform_node
+    from medtorch.phantoms import blob_phantom, oblique_geometry
+    from medtorch.registration.result import total_displacement
+    from medtorch.resample import transform_points
+    from medtorch.volume import Geometry, Volume
+
+    g = oblique_geometry()
+    fixed = bridge.node_from_volume(blob_phantom(g), "fixed")
+    moving = bridge.node_from_volume(blob_phantom(g), "moving")
+    a = np.eye(4)
+    a[:3, :3] = [[0.98, 0.06, 0.0], [-0.05, 1.01, 0.03], [0.01, -0.02, 0.99]]
+    a[:3, 3] = [4.0, -2.5, 1.0]
+    cg = Geometry((5, 6, 4), g.origin, g.spacing * (np.array(g.size) - 1) / (np.array([5, 6, 4]) - 1), g.direction)
+    field = Volume(np.random.default_rng(3).normal(0, 1.5, (4, 6, 5, 3)), cg, "vector")
+    node = registration_transform_node(a, field, "reg")
+    assert node.IsA("vtkMRMLGridTransformNode")
+    moving.SetAndObserveTransformNodeID(node.GetID())
+    through_scene = bridge.transform_between_volumes(fixed, moving)
+    expected = total_displacement(a, field, g)
+    np.testing.assert_allclose(through_scene.array, expected.array, atol=1e-3)
+    pts = torch.from_numpy(g.index_to_physical(np.array([[3.0, 4.0, 5.0], [20.0, 11.0, 7.0]])))  # on the fixed grid, where the scene field is exact
+    np.testing.assert_allclose(transform_points(pts, [a, field]).numpy(),
+                               transform_points(pts, through_scene).numpy(), atol=1e-3)
