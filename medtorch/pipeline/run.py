@@ -52,6 +52,9 @@ class StepContext:
 
     def input_volume(self, params: dict[str, Any]) -> Volume:
         name = params.get("input", "fixed")
+        if name not in self.volumes:
+            raise MedTorchInputError(f"step input {name!r} is not available at this point of the study",
+                                     f"use one of {', '.join(sorted(self.volumes))} as the step's input")
         return self.volumes[name]
 
 
@@ -110,17 +113,15 @@ def _step_denoise(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
 
 def _step_superres(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
                    cancel: CancelToken | None) -> None:
-    try:
-        from medtorch.enhance import superres as sr
-    except ImportError as exc:
-        raise MedTorchInputError("this MedTorch has no super-resolution", "disable the superres step") from exc
+    from medtorch.enhance.superres import superres
+
     p = {k: v for k, v in params.items() if k != "input"}
-    fn = getattr(sr, "super_resolve", None) or getattr(sr, "superres")
-    out = fn(ctx.input_volume(params), progress=progress, cancel=cancel, **p)
-    out = getattr(out, "volume", out)
+    if "spacing" in p and isinstance(p["spacing"], str):
+        p["spacing"] = [float(v) for v in p["spacing"].split(",")]
+    out, _model = superres(ctx.input_volume(params), device=ctx.device, progress=progress, cancel=cancel, **p)
     ctx.write("superres", out, "enhance/superres.nrrd")
-    ctx.values["superres"] = {"input": params.get("input", "fixed"), **{k: v for k, v in p.items()
-                                                                          if isinstance(v, (int, float, str))}}
+    ctx.values["superres"] = {"input": params.get("input", "fixed"), "output_spacing_mm": list(out.geometry.spacing),
+                              **{k: v for k, v in p.items() if isinstance(v, (int, float, str))}}
 
 
 def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
@@ -147,9 +148,9 @@ def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
         from medtorch.segment import seeded
 
         seeds = read_volume(p.pop("seeds"), kind="label")
-        fn = getattr(seeded, "segment_seeded", None) or getattr(seeded, "seeded_segmentation")
-        res = fn([vol], seeds, progress=progress, cancel=cancel, **p)
-        label = getattr(res, "label", res)
+        extra = [ctx.input_volume({"input": name}) for name in p.pop("extra_inputs", [])]
+        res = seeded.seeded_segment([vol, *extra], seeds, progress=progress, cancel=cancel, **p)
+        label = res.label
         values = {}
     else:
         raise MedTorchInputError(f"unknown segmentation method {method!r}", "use threshold, seeded or model")
