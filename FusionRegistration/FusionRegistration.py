@@ -17,7 +17,7 @@ from slicer.parameterNodeWrapper import (
     Choice,
 )
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLTransformNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLTableNode, vtkMRMLTransformNode
 
 try:
     import medtorch  # installed extension: the core sits beside the module files
@@ -25,6 +25,14 @@ except ImportError:  # developer checkout: the core sits beside the module folde
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
+
+#: Fusion methods offered in the module (medtorch.fusion.methods.METHODS, less the reference rule "max").
+FUSION_METHODS = ["average", "dwt", "laplacian", "gff", "pca", "cnn"]
+MODALITY_CHOICES = ["auto", "CT", "MR", "PT", "NM", "OT"]
+CT_WINDOW_CHOICES = ["bone", "brain", "subdural", "stroke", "lung", "mediastinum", "soft_tissue", "liver"]
+COLOR_MAP_CHOICES = ["none", "hot", "jet", "rainbow", "gray"]
+WAVELET_CHOICES = ["haar", "db2", "db3", "db4", "db5", "sym4", "sym5", "coif1", "coif2"]
+METRIC_CHOICES = ["EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF"]
 
 
 #
@@ -50,13 +58,52 @@ for comparison. Optional masks restrict the comparison; optional landmark pairs 
 it and give the target registration error. The result is a linear or grid transform node
 (ITK convention, shown in RAS), a resampled volume and a report (node attributes and a table).
 <br><b>Fusion</b>: bring the moving volume onto the fixed grid (through the transforms the
-volumes are under) and blend the two into a new volume; each input is first mapped to
-[0, 1] by robust percentiles, so a CT and an MRI weigh alike.
+volumes are under: after Register, just press Fuse) and fuse the two into a new volume by a
+weighted average, the wavelet (DWT) rule, a Laplacian pyramid, guided filtering (GFF), PCA
+weights or a small CNN trained on the pair itself. Each input is first brought to [0, 1]
+(CT through a window preset, MRI and the rest by 1st-99th percentiles); the fused volume is
+in [0, 1]. A PET or SPECT moving volume can be fused in colour (YCbCr: the luminance fused,
+the colour kept) into an RGB volume. The views show the fixed volume under the moving one
+(opacity, colour map) and the fused volume in 3D; the fusion metrics (EN, SD, SF, AG, MI,
+SSIM, QAB/F, VIF) go into a table.
+<br><b>Evaluate methods</b>: fuse the pair with several methods, score each in 3D and slice by
+slice, test each against a baseline (Wilcoxon, paired t over slices) and plot one metric's
+per-slice values per method.
 See the <a href="https://github.com/medtorch/SlicerMedTorch#fusionregistration">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
 MedTorch is built on 3D Slicer, SimpleITK, PyTorch and MONAI.
 """)
+        # Sample data sets (local files, nothing downloaded) once the application has started.
+        app = getattr(slicer, "app", None)
+        if app is not None and hasattr(app, "connect"):
+            app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in the Sample Data module
+#
+
+
+def sampleDataFolder() -> str:
+    """The folder of the sample data this module ships (``Resources/SampleData``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "SampleData")
+
+
+def registerSampleData() -> int:
+    """Add MedTorch's sample data sets (category "MedTorch") to Slicer's Sample Data module.
+
+    They load from the files in ``Resources/SampleData`` (no download). Returns how many data
+    sets were registered (0 where the Sample Data module is not available).
+    """
+    try:
+        import SampleData  # noqa: F401 - Slicer's Sample Data module
+    except ImportError:
+        logging.info("Sample Data module not available: MedTorch sample data not registered")
+        return 0
+    from medtorch.integration.sample_data import register_sample_data
+
+    return register_sample_data(sampleDataFolder())
 
 
 #
@@ -69,10 +116,26 @@ class FusionRegistrationParameterNode:
     """
     fixedVolume - the reference: the output has its geometry.
     movingVolume - the volume brought onto the fixed grid.
-    blendWeight - share of the moving volume in the blend (0: fixed only, 1: moving only).
-    normalization - "percentile": each input mapped to [0, 1]; "none": raw intensities.
-    outputVolume - where the blend goes; a new volume is created when none is chosen.
-    showResult - show the fused volume in the slice views.
+    fusionMethod - average, dwt, laplacian, gff, pca or cnn.
+    blendWeight - average: share of the moving volume (0: fixed only, 1: moving only).
+    normalization - "auto": CT windowed, the rest percentile-normalised; "percentile": all
+        percentile-normalised; "none": raw intensities (average only).
+    fixedModality, movingModality - auto (DICOM modality of the node, else other), CT, MR, PT, NM, OT.
+    ctWindow - the CT window preset used for a CT source.
+    colorMap - colour fusion of a PET/SPECT moving volume with this colour map ("none": grey fusion).
+    dwtWavelet, dwtLevels - dwt: wavelet and decomposition levels.
+    laplacianLevels - laplacian: pyramid levels.
+    gffR1, gffEps1, gffR2, gffEps2 - gff: guided-filter radii (voxels) and regularisation.
+    cnnIterations, cnnCheckpoint - cnn: training iterations on the pair; optional checkpoint (.pt).
+    computeMetrics - score the fused volume (3D fusion metrics) into a table.
+    outputVolume - where the fused volume goes; a new volume is created when none is chosen.
+    showResult - show fixed and moving volumes overlaid in the slice views when done.
+    foregroundOpacity - opacity of the moving volume over the fixed one in the slice views.
+    showIn3D - show the fused volume in the 3D view (volume rendering).
+    evaluationMethods - comma-separated methods that Evaluate compares.
+    evaluationBaseline - the method the others are tested against.
+    boxPlotMetric - the metric whose per-slice values the box plot shows.
+    evaluationTable - receives the evaluation's metrics; a new table is created when none is chosen.
     device - where torch computes: auto ($MEDTORCH_DEVICE, else cuda, then mps, then cpu), cpu, cuda or mps.
     registrationMode - rigid, affine or deformable.
     metric - mi, mind (across modalities), lncc, ncc, mse (same modality).
@@ -84,15 +147,36 @@ class FusionRegistrationParameterNode:
     resampledVolume - receives the moving volume on the fixed grid; a new node when none is chosen.
     placeUnderTransform - put the moving volume under the result transform.
     hardenTransform - harden the result into the moving volume (changes that node).
-    seed - seed of the registration's random sampling.
+    seed - seed of the registration's random sampling and of the fusion CNN.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
+    fusionMethod: Annotated[str, Choice(FUSION_METHODS)] = "average"
     blendWeight: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    normalization: Annotated[str, Choice(["percentile", "none"])] = "percentile"
+    normalization: Annotated[str, Choice(["auto", "percentile", "none"])] = "auto"
+    fixedModality: Annotated[str, Choice(MODALITY_CHOICES)] = "auto"
+    movingModality: Annotated[str, Choice(MODALITY_CHOICES)] = "auto"
+    ctWindow: Annotated[str, Choice(CT_WINDOW_CHOICES)] = "bone"
+    colorMap: Annotated[str, Choice(COLOR_MAP_CHOICES)] = "none"
+    dwtWavelet: Annotated[str, Choice(WAVELET_CHOICES)] = "haar"
+    dwtLevels: Annotated[int, WithinRange(1, 8)] = 3
+    laplacianLevels: Annotated[int, WithinRange(1, 8)] = 4
+    gffR1: Annotated[int, WithinRange(1, 200)] = 45
+    gffEps1: Annotated[float, WithinRange(1e-6, 10.0)] = 0.3
+    gffR2: Annotated[int, WithinRange(1, 200)] = 7
+    gffEps2: Annotated[float, WithinRange(1e-8, 1.0)] = 1e-6
+    cnnIterations: Annotated[int, WithinRange(0, 100000)] = 150
+    cnnCheckpoint: str = ""
+    computeMetrics: bool = True
     outputVolume: vtkMRMLScalarVolumeNode
     showResult: bool = True
+    foregroundOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    showIn3D: bool = True
+    evaluationMethods: str = "average,dwt,laplacian,gff,pca"
+    evaluationBaseline: Annotated[str, Choice(FUSION_METHODS)] = "dwt"
+    boxPlotMetric: Annotated[str, Choice(METRIC_CHOICES)] = "QABF"
+    evaluationTable: vtkMRMLTableNode
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     registrationMode: Annotated[str, Choice(["rigid", "affine", "deformable"])] = "rigid"
     metric: Annotated[str, Choice(["mi", "mind", "lncc", "ncc", "mse"])] = "mi"
@@ -115,12 +199,14 @@ class FusionRegistrationParameterNode:
 
 
 class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Two actions on one pair of inputs: Register (Registration section) and Fuse (Fusion
-    section, the mixin's Apply button). Each runs in the background with progress and Cancel."""
+    """Three actions on one pair of inputs: Register (Registration section), Fuse (Fusion
+    section, the mixin's Apply button) and Evaluate methods (Evaluation section). Each runs in
+    the background with progress and Cancel; nothing enters the scene until it has finished."""
 
     uiFileName = "UI/FusionRegistration.ui"
-    applyToolTip = _("Resample the moving volume onto the fixed grid and blend them")
+    applyToolTip = _("Fuse the moving volume (through its transforms) with the fixed volume into a new volume")
     registerToolTip = _("Register the moving volume to the fixed volume (background, with progress and Cancel)")
+    evaluateToolTip = _("Fuse with every listed method, score each and test it against the baseline")
     missingInputsToolTip = _("Select the fixed and moving volumes")
 
     def __init__(self, parent=None) -> None:
@@ -131,6 +217,7 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
         ScriptedLoadableModuleWidget.setup(self)
         self.setupModuleWidget(FusionRegistrationLogic())
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self._checkCanApply()
 
     def selectDefaultInputs(self, p) -> None:
@@ -146,23 +233,57 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         ModuleWidgetMixin._checkCanApply(self, caller, event)
-        if not hasattr(self.ui, "registerButton"):
-            return
         ready = bool(self._parameterNode) and self.canApply(self._parameterNode) and not self.busy
-        self.ui.registerButton.toolTip = self.registerToolTip if ready else self.missingInputsToolTip
-        self.ui.registerButton.enabled = ready
+        for button, tip in (("registerButton", self.registerToolTip), ("evaluateButton", self.evaluateToolTip)):
+            if hasattr(self.ui, button):
+                getattr(self.ui, button).toolTip = tip if ready else self.missingInputsToolTip
+                getattr(self.ui, button).enabled = ready
+
+    def _methodParams(self, method: str) -> dict:
+        p = self._parameterNode
+        return self.logic.fusionMethodParams(
+            method, weight=p.blendWeight, wavelet=p.dwtWavelet, dwtLevels=p.dwtLevels,
+            laplacianLevels=p.laplacianLevels, gffR1=p.gffR1, gffEps1=p.gffEps1, gffR2=p.gffR2, gffEps2=p.gffEps2,
+            cnnIterations=p.cnnIterations, cnnCheckpoint=p.cnnCheckpoint, seed=p.seed)
 
     def onApplyButton(self) -> None:
         """Fuse: run in a background process with a progress dialog and a Cancel button."""
-        with slicer.util.tryWithErrorDisplay(_("Failed to blend the volumes."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to fuse the volumes."), waitCursor=True):
             p = self._parameterNode
-            job = self.logic.blendJob(p.fixedVolume, p.movingVolume, p.blendWeight, p.normalization,
-                                      p.outputVolume, p.showResult, p.device)
-            self.runJob(job, _("Fusion Registration"), self.onDone)
+            job = self.logic.fuseJob(
+                p.fixedVolume, p.movingVolume, method=p.fusionMethod, methodParams=self._methodParams(p.fusionMethod),
+                normalization=p.normalization, fixedModality=p.fixedModality, movingModality=p.movingModality,
+                ctWindow=p.ctWindow, colorMap=p.colorMap, computeMetrics=p.computeMetrics,
+                outputVolume=p.outputVolume, showResult=p.showResult, showIn3D=p.showIn3D,
+                opacity=p.foregroundOpacity, device=p.device, seed=p.seed)
+            self.runJob(job, _("Fusion"), self.onDone)
 
-    def onDone(self, outputNode) -> None:
-        self._parameterNode.outputVolume = outputNode
-        self.ui.statusLabel.text = _("Blended into {name}").format(name=outputNode.GetName())
+    def onDone(self, output) -> None:
+        self._parameterNode.outputVolume = output.fusedNode
+        text = _("Fused ({method}) into {name}").format(method=output.method, name=output.outputNode.GetName())
+        if "QABF" in output.metrics:
+            text += _("; QAB/F {q:.3f}, VIF {v:.3f}").format(q=float(output.metrics["QABF"]),
+                                                            v=float(output.metrics.get("VIF", float("nan"))))
+        self.ui.statusLabel.text = text
+
+    def onEvaluateButton(self) -> None:
+        """Evaluate methods: every listed method on the pair, in the background (progress, Cancel)."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to evaluate the fusion methods."), waitCursor=True):
+            p = self._parameterNode
+            methods = self.logic.parseMethods(p.evaluationMethods)
+            params = {m: self._methodParams(m) for m in set(methods) | {p.evaluationBaseline}}
+            job = self.logic.evaluateJob(
+                p.fixedVolume, p.movingVolume, methods=methods, baseline=p.evaluationBaseline,
+                metric=p.boxPlotMetric, methodParams=params, normalization=p.normalization,
+                fixedModality=p.fixedModality, movingModality=p.movingModality, ctWindow=p.ctWindow,
+                colorMap=p.colorMap, device=p.device, tableNode=p.evaluationTable)
+            self.runJob(job, _("Fusion evaluation"), self.onEvaluated)
+
+    def onEvaluated(self, output) -> None:
+        self._parameterNode.evaluationTable = output.tableNode
+        best = max(output.rows, key=lambda r: r.get("QABF", float("-inf")))
+        self.ui.statusLabel.text = _("Evaluated {n} methods into {name}; highest QAB/F: {best} ({q:.3f})").format(
+            n=len(output.rows), name=output.tableNode.GetName(), best=best["method"], q=float(best["QABF"]))
 
     def onRegisterButton(self) -> None:
         """Register: run in a background process with a progress dialog and a Cancel button."""
@@ -264,12 +385,287 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         logging.info(f"Blend completed in {time.time() - startTime:.2f} seconds")
         return node
 
-    def showFusedInViews(self, fixedVolume, movingVolume, opacity: float = 0.5) -> None:
-        """Fixed volume as background, moving as foreground at ``opacity``, views linked."""
+    def showFusedInViews(self, fixedVolume, movingVolume, opacity: float = 0.5, colorMap: Optional[str] = None):
+        """Fixed volume as background, moving as foreground at ``opacity`` (with ``colorMap``:
+        a core colour map name or a colour node ID), slice views linked. Returns the colour node."""
+        from medtorch.integration import slicer_fusion as sf
+
+        return sf.show_fusion_in_views(fixedVolume, movingVolume, opacity, self._colorMap(colorMap))
+
+    def showFusedIn3D(self, fusedVolume, visible: bool = True):
+        """Volume rendering of the fused volume in the 3D view. Returns its display node."""
+        from medtorch.integration import slicer_fusion as sf
+
+        return sf.show_volume_rendering(fusedVolume, visible=visible)
+
+    # -- fusion --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _colorMap(colorMap: Optional[str]) -> Optional[str]:
+        if colorMap is None or str(colorMap).strip().lower() in ("", "none"):
+            return None
+        return str(colorMap).strip()
+
+    @staticmethod
+    def parseMethods(text) -> list:
+        """Method names from ``"dwt, gff"`` or a list; unknown names are refused."""
+        from medtorch.errors import MedTorchInputError
+        from medtorch.fusion.methods import METHODS
+
+        items = text.split(",") if isinstance(text, str) else list(text or [])
+        methods = list(dict.fromkeys(str(m).strip().lower() for m in items if str(m).strip()))
+        if not methods:
+            raise MedTorchInputError("no fusion methods were listed", "list methods separated by commas, e.g. dwt,gff,pca")
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise MedTorchInputError(f"unknown fusion method(s): {', '.join(bad)}", "use any of " + ", ".join(METHODS))
+        return methods
+
+    @staticmethod
+    def fusionMethodParams(method: str, weight: float = 0.5, wavelet: str = "haar", dwtLevels: int = 3,
+                           laplacianLevels: int = 4, gffR1: int = 45, gffEps1: float = 0.3, gffR2: int = 7,
+                           gffEps2: float = 1e-6, cnnIterations: int = 150, cnnCheckpoint: str = "",
+                           seed: int = 0) -> dict:
+        """The core parameters (``medtorch.fusion.methods.METHODS``) of ``method`` from the module's fields."""
+        method = str(method).strip().lower()
+        if method == "average":
+            return {"weight": float(weight)}
+        if method == "dwt":
+            return {"wavelet": str(wavelet), "levels": int(dwtLevels)}
+        if method == "laplacian":
+            return {"levels": int(laplacianLevels)}
+        if method == "gff":
+            return {"r1": int(gffR1), "eps1": float(gffEps1), "r2": int(gffR2), "eps2": float(gffEps2)}
+        if method == "cnn":
+            out = {"iterations": int(cnnIterations), "seed": int(seed)}
+            if cnnCheckpoint and str(cnnCheckpoint).strip():
+                out["checkpoint"] = str(cnnCheckpoint).strip()
+            return out
+        return {}
+
+    def _modality(self, node, given: str) -> str:
+        """``given`` unless 'auto'; else the node's DICOM modality when it is one fusion knows, else 'auto'."""
+        from medtorch.errors import MedTorchInputError
+        from medtorch.fusion.prepare import canonical_modality
+        from medtorch.integration import slicer_fusion as sf
+
+        text = str(given or "auto")
+        if text.strip().lower() != "auto":
+            return canonical_modality(text)
+        found = sf.node_modality(node)
+        if not found:
+            return "auto"
+        try:
+            return canonical_modality(found)
+        except MedTorchInputError:
+            return "auto"
+
+    def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None):
+        """Checked inputs: ``{"fixed", "moving"[, "displacement"]}`` and the transform params."""
+        from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
 
-        bridge.show_in_slice_views(background=fixedVolume, foreground=movingVolume, foreground_opacity=opacity)
+        if not fixedVolume or not movingVolume:
+            raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
+        if fixedVolume is movingVolume:
+            raise MedTorchInputError("the fixed and moving volumes are the same node", "select two different volumes")
+        if outputVolume is not None and outputVolume in (fixedVolume, movingVolume):
+            raise MedTorchInputError("the output volume is one of the inputs",
+                                     "choose another output volume, or none to create a new one")
+        for role, node in (("fixed", fixedVolume), ("moving", movingVolume)):
+            if node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+                raise MedTorchInputError(f"the {role} volume {node.GetName()} is not a scalar (grey-value) volume",
+                                         "select scalar volumes (CT, MRI, PET, SPECT) to fuse")
+        self.ensureDependencies()
+        inputs = {"fixed": bridge.volume_from_node(fixedVolume), "moving": bridge.volume_from_node(movingVolume)}
+        params = {}
+        transform = bridge.transform_between_volumes(fixedVolume, movingVolume)
+        if transform is not None and not hasattr(transform, "geometry"):
+            params["matrix"] = transform.tolist()
+        elif transform is not None:
+            inputs["displacement"] = transform
+        return inputs, params
 
+    def _intensityParams(self, fixedVolume, movingVolume, method, normalization, fixedModality, movingModality,
+                         ctWindow, colorMap):
+        """Modalities, normalisation, CT window and colour map, checked before anything runs."""
+        from medtorch.errors import MedTorchInputError
+        from medtorch.fusion.fuse import resolve_functional
+        from medtorch.intensity import CT_WINDOWS
+
+        modF = self._modality(fixedVolume, fixedModality)
+        modM = self._modality(movingVolume, movingModality)
+        cmap = self._colorMap(colorMap)
+        if normalization not in ("auto", "percentile", "none"):
+            raise MedTorchInputError(f"unknown normalization {normalization!r}", "use auto, percentile or none")
+        if normalization == "none" and method != "average":
+            raise MedTorchInputError(f"raw intensities (normalization 'none') only make sense for 'average', not {method}",
+                                     "use normalization 'auto' or 'percentile'")
+        if str(ctWindow) not in CT_WINDOWS:
+            raise MedTorchInputError(f"unknown CT window {ctWindow!r}", "use one of " + ", ".join(CT_WINDOWS))
+        if cmap is not None:
+            if cmap.lower() not in ("hot", "jet", "rainbow", "gray", "grey"):
+                raise MedTorchInputError(f"unknown colour map {cmap!r}", "use hot, jet, rainbow or gray")
+            try:
+                resolve_functional("OT" if modF == "auto" else modF, "OT" if modM == "auto" else modM, None, cmap)
+            except MedTorchInputError as exc:
+                raise MedTorchInputError(
+                    exc.problem, "set the colour map to 'none' for anatomical pairs (CT, MRI); for a PET or SPECT "
+                    "moving volume set its modality to PT or NM (Fusion section, 'Moving modality')") from None
+        return {"fixed_modality": modF, "moving_modality": modM, "normalization": normalization,
+                "ct_window": str(ctWindow), "color_map": cmap, "assume_aligned": True}
+
+    def fuseJob(self, fixedVolume, movingVolume, method: str = "average", weight: float = 0.5,
+                methodParams: Optional[dict] = None, normalization: str = "auto", fixedModality: str = "auto",
+                movingModality: str = "auto", ctWindow: str = "bone", colorMap: Optional[str] = None,
+                computeMetrics: bool = True, outputVolume=None, showResult: bool = True, showIn3D: bool = True,
+                opacity: float = 0.5, device: str = "auto", seed: int = 0):
+        """Prepare a fusion as a job: run it with ``.run_blocking()`` or ``.start()``; it gives a
+        :class:`FusionOutput`.
+
+        The moving volume is resampled onto the fixed grid through the transforms the two
+        volumes are under (after Register: the transform registration made), as Slicer shows
+        them; each is brought to [0, 1] (CT: ``ctWindow`` preset; MRI and the rest: 1st-99th
+        percentiles; ``*Modality`` 'auto' takes the node's DICOM modality) and fused by
+        ``method`` (average, dwt, laplacian, gff, pca, cnn; ``methodParams`` as in
+        ``medtorch.fusion.methods.METHODS``, ``weight`` for average). With ``colorMap`` (a PET
+        or SPECT moving volume) the fusion is in colour and an RGB vector volume is made too.
+        The fused volume (float, [0, 1]) goes to a new node (or ``outputVolume``), under the
+        fixed volume's parent transform; metrics go into a table. Nothing in the scene changes
+        until the job finishes; the inputs are never modified.
+        """
+        from medtorch.errors import MedTorchInputError
+        from medtorch.fusion.methods import check_params
+        from medtorch.integration.slicer_jobs import LogicJob
+
+        key = str(method).strip().lower()
+        mp = dict(methodParams or {})
+        if key == "average":
+            mp.setdefault("weight", float(weight))
+        if key == "cnn":
+            mp.setdefault("seed", int(seed))
+            ckpt = mp.get("checkpoint")
+            if ckpt and not os.path.isfile(str(ckpt)):
+                raise MedTorchInputError(f"the CNN checkpoint {ckpt} does not exist",
+                                         "choose an existing .pt file, or leave the checkpoint empty to train on the pair")
+        check_params(key, mp)
+        if not 0.0 <= float(opacity) <= 1.0:
+            raise MedTorchInputError(f"the foreground opacity {opacity} is outside [0, 1]", "give a value from 0 to 1")
+        intensity = self._intensityParams(fixedVolume, movingVolume, key, normalization, fixedModality,
+                                          movingModality, ctWindow, colorMap)
+        inputs, params = self._fusionInputs(fixedVolume, movingVolume, outputVolume)
+        params.update(intensity)
+        params.update({"method": key, "method_params": mp, "metrics": "3d" if computeMetrics else None,
+                       "device": device})
+        name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} fused with {fixedVolume.GetName()} ({key})")
+        cmap = intensity["color_map"]
+
+        def apply(result):
+            import json
+
+            from medtorch.integration import slicer_fusion as sf
+
+            nodes = sf.add_fuse_result(result, fixedVolume, movingVolume, name, output_node=outputVolume, show=False)
+            fused = nodes["fused"]
+            info = dict(result.values.get("info") or {})
+            fused.SetAttribute("MedTorch.parameters", json.dumps(info.get("params", {}), default=str, sort_keys=True))
+            for attr, k in (("fixedIntensity", "fixed_intensity"), ("movingIntensity", "moving_intensity"),
+                            ("movingPlacement", "moving_placement"), ("device", "device")):
+                if k in info:
+                    fused.SetAttribute(f"MedTorch.{attr}", str(info[k]))
+            if "seed" in info.get("params", {}):
+                fused.SetAttribute("MedTorch.seed", str(info["params"]["seed"]))
+            if nodes["rgb"] is not None:
+                nodes["rgb"].SetAttribute("MedTorch.operation", "fuse")
+                nodes["rgb"].SetAttribute("MedTorch.method", key)
+                nodes["rgb"].SetAttribute("MedTorch.colorMap", str(cmap))
+            if showResult:
+                sf.show_fusion_in_views(fixedVolume, movingVolume, float(opacity), cmap)
+            if showIn3D:
+                sf.show_volume_rendering(fused)
+            return FusionOutput(fused, nodes["rgb"], nodes["table"], key, dict(result.values.get("metrics") or {}), info)
+
+        return LogicJob("fuse", inputs, params, apply, slicer.mrmlScene)
+
+    def fuse(self, fixedVolume, movingVolume, **kwargs):
+        """Blocking fusion (scripts and tests). Returns a :class:`FusionOutput`."""
+        startTime = time.time()
+        output = self.fuseJob(fixedVolume, movingVolume, **kwargs).run_blocking()
+        logging.info(f"Fusion completed in {time.time() - startTime:.2f} seconds")
+        return output
+
+    def evaluateJob(self, fixedVolume, movingVolume, methods=None, baseline: str = "dwt", metric: str = "QABF",
+                    methodParams: Optional[dict] = None, normalization: str = "auto", fixedModality: str = "auto",
+                    movingModality: str = "auto", ctWindow: str = "bone", colorMap: Optional[str] = None,
+                    device: str = "auto", tableNode=None, showChart: bool = True, miUnit: str = "bits"):
+        """Compare fusion methods on the pair as a job (``.run_blocking()`` or ``.start()``); it
+        gives an :class:`EvaluationOutput`.
+
+        Every method fuses the pair as :meth:`fuseJob` would and is scored in 3D and on every
+        axial slice that carries data; each is tested against ``baseline`` over the slices
+        (Wilcoxon signed-rank, paired t). Results: a table node with one row per method and a
+        column per metric (new, or ``tableNode``), a table of the paired tests, and a box plot
+        of ``metric``'s per-slice values per method (a plot chart node, shown in the layout
+        when ``showChart``). MI is in ``miUnit`` (bits or nats).
+        """
+        from medtorch.errors import MedTorchInputError
+        from medtorch.fusion.methods import check_params
+        from medtorch.fusion.metrics import METRICS
+        from medtorch.integration.slicer_jobs import LogicJob
+
+        names = self.parseMethods(methods if methods is not None else FUSION_METHODS[:-1])
+        base = str(baseline).strip().lower()
+        self.parseMethods([base])
+        if metric not in METRICS:
+            raise MedTorchInputError(f"unknown metric {metric!r} for the box plot", "use one of " + ", ".join(METRICS))
+        if miUnit not in ("bits", "nats"):
+            raise MedTorchInputError(f"unknown MI unit {miUnit!r}", "use bits or nats")
+        params_by = {str(k).lower(): dict(v or {}) for k, v in (methodParams or {}).items()}
+        for m in set(names) | {base}:
+            check_params(m, params_by.get(m))
+        norm = "auto" if normalization == "none" else normalization  # raw intensities suit only 'average'
+        intensity = self._intensityParams(fixedVolume, movingVolume, base, norm, fixedModality, movingModality,
+                                          ctWindow, colorMap)
+        inputs, params = self._fusionInputs(fixedVolume, movingVolume)
+        params.update(intensity)
+        params.update({"methods": names, "baseline": base, "method_params": params_by, "per_slice": True,
+                       "mi_unit": miUnit, "device": device})
+        title = slicer.mrmlScene.GenerateUniqueName(f"Fusion methods: {movingVolume.GetName()} / {fixedVolume.GetName()}")
+
+        def apply(result):
+            from medtorch.fusion.compare import slice_rows
+            from medtorch.integration import slicer_fusion as sf
+
+            values = result.values
+            rows = list(values["rows"])
+            table = sf.metrics_table_node(rows, title, columns=["method", "seconds", *METRICS, "seed"],
+                                          table_node=tableNode)
+            if tableNode is not None:
+                table.SetName(title)
+            table.SetAttribute("MedTorch.operation", "fuse_compare")
+            table.SetAttribute("MedTorch.baseline", values["baseline"])
+            table.SetAttribute("MedTorch.miUnit", miUnit)
+            table.SetAttribute("MedTorch.slicesScored", str(len(values.get("slice_index") or [])))
+            statsTable = None
+            if values.get("stats"):
+                statsTable = sf.metrics_table_node(values["stats"], slicer.mrmlScene.GenerateUniqueName(
+                    f"{title} paired tests (vs {values['baseline']}, over slices)"))
+            chart = None
+            per = slice_rows(values.get("slices") or {}, values.get("slice_index") or [])
+            if per:
+                chart = sf.box_plot_chart(per, metric, values["methods"], name=f"{metric} per slice ({title})",
+                                          show=showChart)
+            return EvaluationOutput(table, statsTable, chart, rows, list(values.get("stats") or []),
+                                    list(values["methods"]), dict(values.get("info") or {}))
+
+        return LogicJob("fuse_compare", inputs, params, apply, slicer.mrmlScene)
+
+    def evaluate(self, fixedVolume, movingVolume, **kwargs):
+        """Blocking evaluation of fusion methods (scripts and tests). Returns an :class:`EvaluationOutput`."""
+        startTime = time.time()
+        output = self.evaluateJob(fixedVolume, movingVolume, **kwargs).run_blocking()
+        logging.info(f"Fusion evaluation completed in {time.time() - startTime:.2f} seconds")
+        return output
 
     # -- registration --------------------------------------------------------------------------
 
@@ -410,6 +806,37 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return output
 
 
+class FusionOutput:
+    """What a fusion put in the scene: ``fusedNode`` (scalar, [0, 1]; the fused luminance for
+    colour fusion), ``rgbNode`` (RGB vector volume of colour fusion, else None), ``outputNode``
+    (the RGB node for colour fusion, else the fused node), ``tableNode`` (the metrics, or None),
+    the ``method``, the ``metrics`` dict and the run's ``info`` (parameters, modalities, seed)."""
+
+    def __init__(self, fusedNode, rgbNode, tableNode, method, metrics, info) -> None:
+        self.fusedNode = fusedNode
+        self.rgbNode = rgbNode
+        self.outputNode = rgbNode if rgbNode is not None else fusedNode
+        self.tableNode = tableNode
+        self.method = method
+        self.metrics = metrics
+        self.info = info
+
+
+class EvaluationOutput:
+    """What an evaluation put in the scene: ``tableNode`` (a row per method, a column per
+    metric), ``statsTableNode`` (paired tests against the baseline over slices), ``chartNode``
+    (box plot of the chosen metric per method), and the ``rows``, ``stats`` and ``methods``."""
+
+    def __init__(self, tableNode, statsTableNode, chartNode, rows, stats, methods, info) -> None:
+        self.tableNode = tableNode
+        self.statsTableNode = statsTableNode
+        self.chartNode = chartNode
+        self.rows = rows
+        self.stats = stats
+        self.methods = methods
+        self.info = info
+
+
 class RegistrationOutput:
     """What a registration put in the scene: ``transformNode``, ``resampledNode``, ``tableNode``,
     the ``report`` dict and the ``affine`` (4x4 LPS, fixed -> moving)."""
@@ -440,6 +867,8 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         self.test_BlendThroughParentTransform()
         self.setUp()
         self.test_BlendInBackground()
+        self.setUp()
+        self.test_FuseMethodsAndEvaluate()
         self.setUp()
         self.test_RegisterRigidMovesMovingOntoFixed()
         self.setUp()
@@ -514,6 +943,50 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         blocking = bridge.volume_from_node(logic.blend(fixedNode, movingNode, weight=0.5))
         background = logic.blendJob(fixedNode, movingNode, weight=0.5).run_background_blocking(timeout=120)
         np.testing.assert_allclose(bridge.volume_from_node(background).array, blocking.array, atol=1e-6)
+        self.delayDisplay("Test passed")
+
+    def test_FuseMethodsAndEvaluate(self):
+        import numpy as np
+        from medtorch.errors import MedTorchInputError
+        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.phantoms import blob_phantom, oblique_geometry
+
+        self.delayDisplay("Fuse through a parent transform (gff), colour fusion of a PET-like volume, compare methods")
+        fixedGeom = oblique_geometry(size=(24, 22, 16))
+        movingGeom = oblique_geometry(size=(26, 24, 16), spacing=(1.1, 1.0, 1.4), angles_deg=(-5.0, 10.0, 0.0))
+        shiftLps = np.array([4.0, -3.0, 2.0])
+        fixed = blob_phantom(fixedGeom)
+        moving = blob_phantom(movingGeom, world_shift=tuple(shiftLps), center=tuple(fixedGeom.center()), seed=4)
+        fixedNode = self._addVolume(fixed, "fixed")
+        movingNode = self._addVolume(moving, "moving")
+        transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "undo shift")
+        toParentRas = np.eye(4)
+        toParentRas[:3, 3] = -shiftLps * np.array([-1.0, -1.0, 1.0])
+        transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParentRas))
+        movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        movingBefore = slicer.util.arrayFromVolume(movingNode).copy()
+
+        logic = FusionRegistrationLogic()
+        small = {"r1": 5, "r2": 2}
+        out = logic.fuse(fixedNode, movingNode, method="gff", methodParams=small, showIn3D=False)
+        fused = bridge.volume_from_node(out.fusedNode)
+        self.assertTrue(fused.geometry.isclose(fixedGeom, atol=1e-5))
+        self.assertGreaterEqual(float(fused.array.min()), 0.0)
+        self.assertLessEqual(float(fused.array.max()), 1.0)
+        self.assertIn("transform", out.fusedNode.GetAttribute("MedTorch.movingPlacement"))
+        self.assertGreater(out.metrics["QABF"], 0.0)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(movingNode), movingBefore)
+
+        colour = logic.fuse(fixedNode, movingNode, method="average", movingModality="PT", colorMap="hot",
+                            computeMetrics=False, showIn3D=False)
+        self.assertEqual(colour.outputNode.GetClassName(), "vtkMRMLVectorVolumeNode")
+        with self.assertRaises(MedTorchInputError):
+            logic.fuseJob(fixedNode, movingNode, movingModality="MR", colorMap="hot")
+
+        evaluation = logic.evaluate(fixedNode, movingNode, methods=["average", "pca"], baseline="dwt",
+                                    methodParams={"dwt": {"levels": 2}}, showChart=False)
+        self.assertEqual(evaluation.tableNode.GetNumberOfRows(), 3)
+        self.assertEqual(evaluation.chartNode.GetClassName(), "vtkMRMLPlotChartNode")
         self.delayDisplay("Test passed")
 
     def test_RegisterRigidMovesMovingOntoFixed(self):

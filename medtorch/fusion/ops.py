@@ -12,6 +12,11 @@
 * ``fusion_metrics`` -- inputs ``a``, ``b``, ``fused`` on one grid; params ``mode``
   ('3d', 'slices'), ``mi_unit``, ``data_range``; values: the metrics, and with
   ``per_slice=True`` also ``slices`` ({name: [value per axial slice]}).
+* ``fuse_compare`` -- :func:`~medtorch.fusion.compare.compare_methods`: inputs as ``fuse``;
+  params ``methods``, ``baseline``, ``method_params`` ({method: {...}}), the intensity
+  options of ``fuse``, ``per_slice``; values ``rows`` (one per method: 3D metrics, seconds,
+  seed), ``slices`` ({method: {metric: [value per scored slice]}}), ``slice_index``,
+  ``stats`` (paired tests against the baseline over the slices), ``info``.
 * ``fuse_eval`` -- the evaluation report over many pairs (no input volumes); values
   ``rows``, ``stats``, ``files`` (for a metrics table and a box plot in Slicer).
 """
@@ -88,6 +93,41 @@ def _op_fuse(inputs: dict[str, Volume], params: dict[str, Any], progress: Progre
         volumes["rgb"] = res.rgb
     return OperationResult(volumes, {"overlap_fraction": res.overlap_fraction, "metrics": res.metrics or {},
                                      "info": res.info})
+
+
+@register("fuse_compare")
+def _op_fuse_compare(inputs: dict[str, Volume], params: dict[str, Any], progress: ProgressCallback | None,
+                     cancel: CancelToken | None) -> OperationResult:
+    from medtorch.fusion.compare import compare_methods
+
+    window = params.get("ct_window", "bone")
+    if isinstance(window, (list, tuple)):
+        window = (float(window[0]), float(window[1]))
+    methods = params.get("methods") or ["average", "dwt", "laplacian", "gff", "pca"]
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    res = compare_methods(
+        need(inputs, "fixed"),
+        need(inputs, "moving"),
+        list(methods),
+        _transform(inputs, params),
+        baseline=str(params.get("baseline", "dwt")),
+        method_params=params.get("method_params"),
+        fixed_modality=str(params.get("fixed_modality", "auto")),
+        moving_modality=str(params.get("moving_modality", "auto")),
+        normalization=str(params.get("normalization", "auto")),
+        ct_window=window,
+        color_map=params.get("color_map") or None,
+        assume_aligned=bool(params.get("assume_aligned", False)),
+        mi_unit=str(params.get("mi_unit", "bits")),
+        per_slice=bool(params.get("per_slice", True)),
+        device=params.get("device"),
+        progress=progress,
+        cancel=cancel,
+    )
+    return OperationResult({}, {"methods": res.methods, "baseline": res.baseline, "rows": res.rows,
+                                "slices": res.slices, "slice_index": res.slice_index, "stats": res.stats,
+                                "info": res.info})
 
 
 @register("fusion_metrics")

@@ -17,6 +17,7 @@ run on the headless test bed as in Slicer):
 * :func:`box_plot_chart` -- a box plot of one metric per method as a ``vtkMRMLPlotChartNode``
   (each box drawn as a line series: whiskers, box and median; the values as points).
 * :func:`add_fuse_result` -- everything a ``fuse`` operation returned, as new nodes.
+* :func:`node_modality` -- a volume node's DICOM modality (node or subject-hierarchy attribute).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "box_plot_chart",
     "color_node",
     "metrics_table_node",
+    "node_modality",
     "rgb_volume_node",
     "show_fusion_in_views",
     "show_volume_rendering",
@@ -81,6 +83,32 @@ def color_node(name: str, scene: Any = None) -> Any:
     node.SetAttribute(COLOR_NODE_ATTRIBUTE, key)
     node.SetAttribute("Category", "MedTorch")
     return node
+
+
+def node_modality(volume_node: Any, scene: Any = None) -> str | None:
+    """The DICOM Modality (``CT``, ``MR``, ``PT``, ``NM``, ...) of a volume node, or None.
+
+    Looked up in the node's ``DICOM.Modality`` attribute, then in the subject-hierarchy
+    item of the node and its parent (where Slicer's DICOM import stores the series' modality).
+    """
+    if volume_node is None:
+        return None
+    value = volume_node.GetAttribute("DICOM.Modality")
+    if value:
+        return str(value).strip().upper()
+    sc = _scene(scene)
+    sh = sc.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode")  # look only: never create one
+    if sh is None:
+        return None
+    item = sh.GetItemByDataNode(volume_node)
+    for _ in range(2):
+        if not item:
+            break
+        value = sh.GetItemAttribute(item, "DICOM.Modality")
+        if value:
+            return str(value).strip().upper()
+        item = sh.GetItemParent(item)
+    return None
 
 
 def show_fusion_in_views(fixed_node: Any, moving_node: Any, opacity: float = 0.5, color_map: str | None = None,
