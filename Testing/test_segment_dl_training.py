@@ -72,9 +72,9 @@ def test_ci_sized_training_gives_a_bundle_that_segments_a_held_out_case(tmp_path
     from medtorch.segment.models import load_model
     from medtorch.segment.training import train_segmentation
 
-    data = _dataset(tmp_path / "data", 8)
+    data = _dataset(tmp_path / "data", 8)  # 6 epochs: val Dice ~0.84, about 35 CPU-seconds of training
     fractions = []
-    res = train_segmentation(data, tmp_path / "bundle", network="segresnet", network_size="tiny", epochs=10,
+    res = train_segmentation(data, tmp_path / "bundle", network="segresnet", network_size="tiny", epochs=6,
                              patience=5, seed=7, roi_size=(32, 32, 32), batch_size=2, learning_rate=3e-3,
                              progress=lambda f, m: fractions.append(f))
     assert res.num_train == 6 and res.num_val == 2 and res.seed == 7

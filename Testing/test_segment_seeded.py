@@ -13,7 +13,7 @@ import torch
 from medtorch.errors import Cancelled, MedTorchInputError
 from medtorch.progress import CancelToken
 from medtorch.segment.metrics import dice
-from medtorch.segment.seeded import SeededOptions, SeededSegmenter, box_sum, check_seeds, seeded_segment
+from medtorch.segment.seeded import SeededSegmenter, box_sum, check_seeds, seeded_segment
 from medtorch.segment.tumor_phantom import make_tumor_phantom, stroke_seeds, synthetic_tissue
 from medtorch.volume import Geometry, Volume
 from medtorch.phantoms import oblique_geometry
@@ -241,6 +241,28 @@ def test_region_box_limits_the_region(case):
         seeded_segment([ph.channels["FLAIR"]], seeds, region_box=far)
 
 
+def test_region_of_an_oblique_box_matches_its_mask():
+    """The region bounds, computed on the box's index-space bounding box only, equal the
+    bounds of the box's mask on the whole grid (oblique grid, rotated boxes, clipped boxes)."""
+    from scipy.spatial.transform import Rotation
+
+    from medtorch.segment.seeded import _region_from_box
+    from medtorch.segment.threshold import Box
+
+    g = oblique_geometry(size=(30, 26, 20), spacing=(1.3, 1.1, 2.0), angles_deg=(10.0, -6.0, 15.0))
+    rng = np.random.default_rng(0)
+    checked = 0
+    for t in range(12):
+        box = Box(g.center() + rng.normal(0, 12, 3), rng.uniform(2, 18, 3), Rotation.random(random_state=t).as_matrix())
+        idx = np.argwhere(box.mask(g))
+        if len(idx) == 0:
+            continue
+        lo, hi = _region_from_box(box, g)
+        assert np.array_equal(lo, idx.min(0)) and np.array_equal(hi, idx.max(0) + 1)
+        checked += 1
+    assert checked >= 8
+
+
 # -- the operation and the command line ---------------------------------------------------------------
 
 
@@ -274,7 +296,11 @@ def test_cli_seeds_form(case, tmp_path):
                "--quiet"])
     assert rc == 0
     lab = read_volume(out)
-    assert lab.geometry.isclose(ph.truth.geometry) and set(np.unique(lab.array)) <= {0, 1, 2, 3}
+    # the contract: each class keeps its seed value, the last class (background, 4) is written as 0
+    assert lab.geometry.isclose(ph.truth.geometry) and set(np.unique(lab.array)) == {0, 1, 2, 3}
+    for c in (1, 2, 3):
+        assert np.all(lab.array[seeds.array == c] == c)
+    assert np.all(lab.array[seeds.array == 4] == 0)
     assert _wt(lab.array, ph.truth.array) > 0.93
     rows = (tmp_path / "v.csv").read_text().splitlines()
     assert rows[0] == "name,values,voxels,volume_ml" and rows[1].startswith("Necrosis,1,")

@@ -194,7 +194,8 @@ def run_one(kind: str, bundle: Path, files: list[Path], out_dir: Path, threads: 
 
     torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rec: dict[str, Any] = {"kind": kind, "load_before": os.getloadavg()[0], "peak_reset": rec_reset}
+    rec: dict[str, Any] = {"kind": kind, "load_before": os.getloadavg()[0], "peak_reset": rec_reset,
+                           "threads": threads}
     t_imp = time.perf_counter()
     import monai  # noqa: F401
 
@@ -294,6 +295,31 @@ def _fmt(v: Any, nd: int = 1) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
 
 
+#: what ``segment_with_model`` and ``medtorch segment --model`` run without options
+DEFAULT_KIND = "medtorch"
+TARGET_S, TARGET_GB = 30.0, 4.0
+
+
+def default_statement(rows: list[dict[str, Any]], quick: bool = False) -> str:
+    """The sentence naming MedTorch's default configuration for a full volume and whether its
+    measured row meets the targets (wall time and CPU time / threads; peak RSS in GB = 1e9 bytes)."""
+    head = ("**MedTorch's default for a full volume** (`segment_with_model(...)` and `medtorch segment --model` "
+            "without options) is the row \"" + LABELS[DEFAULT_KIND] + "\": the bundle's own window and overlap, "
+            "float32, channels-last on the CPU for large windows, no crop, no TTA, labels thresholded/argmaxed "
+            "before resampling back (no full-resolution float map of every class).")
+    row = next((r for r in rows if r.get("kind") == DEFAULT_KIND and "error" not in r), None)
+    if row is None:
+        return head + " It was not measured in this run."
+    peak_gb = row["peak_rss_mb"] * 1024**2 / 1e9
+    threads = max(int(row.get("threads", 2) or 2), 1)
+    cpu_wall = row.get("cpu_s", float("nan")) / threads
+    where = " Measured (--quick: a small study, not the full volume the targets are about):" if quick else " Measured:"
+    return (head + where + f" {row['call_s']:.1f} s wall (CPU time / {threads} threads: {cpu_wall:.1f} s; target "
+            f"{TARGET_S:.0f} s: {'met' if row['call_s'] <= TARGET_S else 'met in CPU time only' if cpu_wall <= TARGET_S else 'NOT met'}), "
+            f"peak RSS {peak_gb:.2f} GB ({row['peak_rss_mb'] / 1024:.2f} GiB; memory rule <= {TARGET_GB:.0f} GB: "
+            f"{'met' if peak_gb <= TARGET_GB else 'NOT met'}).")
+
+
 def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     runner = next((r for r in rows if r.get("kind") == "monai-runner" and "error" not in r), None)
     lines = [
@@ -335,6 +361,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
                      f"{_fmt(r.get('cpu_s'))} | "
                      f"{r['peak_rss_mb'] / 1024:.2f} | {r['rss_before_mb'] / 1024:.2f} | {windows} | {agree} | "
                      f"{r['load_before']:.1f} / {r['load_after']:.1f} |")
+    lines += ["", default_statement(rows, bool(meta.get("quick")))]
     lines += [
         "",
         "Targets (issue #7): full-volume DL inference <= 30 s and <= 4 GB peak memory on 2 CPU cores. Quoted in the "
