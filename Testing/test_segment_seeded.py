@@ -328,3 +328,12 @@ def test_cli_refuses_both_or_neither_form(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "one class only" in err and "Traceback" not in err
     assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_region_larger_than_the_memory_budget_is_refused_before_starting(case, monkeypatch):
+    from medtorch.errors import OutOfMemoryBudget
+
+    ph, seeds = case
+    monkeypatch.setenv("MEDTORCH_MEMORY_BUDGET", "64K")
+    with pytest.raises(OutOfMemoryBudget, match="MEDTORCH_MEMORY_BUDGET"):
+        seeded_segment([ph.channels["FLAIR"], ph.channels["T1c"]], seeds)

@@ -868,6 +868,14 @@ class SeededSegmenter:
                   cancel: CancelToken | None) -> None:
         """Unit-noise features of the region and their smoothed copy (cached for re-runs)."""
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        from medtorch.memory import check_fits, estimate_bytes
+
+        # features, their smoothed copies and temporaries per channel, plus the class scores and
+        # labels of the competition (about 6 float32 maps per channel and 6 more): refused before
+        # anything is computed when the region cannot fit
+        region_voxels = int(np.prod(np.asarray(hi) - np.asarray(lo)))
+        check_fits(estimate_bytes(region_voxels, 4, copies=6 * len(self.channels) + 6),
+                   "seeded segmentation of the seeds' region", self.device)
         chans, spans = [], []
         for n, vol in enumerate(self.channels):
             report(progress, cancel, n / (len(self.channels) + 2), f"features of input volume {n + 1}")
