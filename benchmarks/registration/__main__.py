@@ -9,7 +9,7 @@ finished runs from it.
 Examples::
 
     python -m benchmarks.registration --quick
-    python -m benchmarks.registration                      # the full run (about 30-40 min)
+    python -m benchmarks.registration                      # the full run (25-40 min on 2 idle cores)
     python -m benchmarks.registration --cases 'rigid12-*' --engines medtorch sitk
 """
 

@@ -75,7 +75,14 @@ def preload(engine: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        import medtorch.registration  # noqa: F401
+        from medtorch.registration import register
+        from medtorch.registration.synthetic import synthetic_pair
+
+        # torch initialises its kernels (thread pool, allocator, per-op dispatch) lazily, on first
+        # use: one tiny registration touches them, as elastix's wrapped classes are touched below.
+        # Its time is part of "Load s", not of the registration's.
+        tiny = synthetic_pair("rigid", seed=0, size=24, spacing=4.0)
+        register(tiny.fixed, tiny.moving, mode="rigid", device="cpu", iterations=3, resample_output=False)
     elif engine == "elastix":
         from medtorch.registration.classic import _to_itk, load_elastix
 

@@ -25,6 +25,9 @@ Engines:
 
 from __future__ import annotations
 
+# the torch engine's modules are loaded with the package (as a library is), not on the first call
+from medtorch.registration import jacobian as _jacobian  # noqa: F401
+from medtorch.registration import torch_engine as _torch_engine  # noqa: F401
 from medtorch.registration.api import ENGINES, INITS, METRICS, MODES, register
 from medtorch.registration.result import RegistrationResult
 

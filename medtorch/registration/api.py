@@ -122,8 +122,8 @@ def register(
         mode: ``rigid`` (6 parameters); ``affine`` (rigid, then 12 parameters); ``deformable``
             (rigid, affine, then a dense displacement field).
         metric: ``mi`` (Mattes mutual information; multimodal), ``mind`` (MIND-SSC; multimodal),
-            ``lncc``/``ncc``/``mse`` (same modality). In the deformable stage ``mi`` uses MIND-SSC
-            (local, modality-independent); in the linear stages ``lncc`` uses global NCC.
+            ``lncc``/``ncc``/``mse`` (same modality). In the deformable stage ``mi`` is sampled
+            Parzen MI on a control-grid field; in the linear stages ``lncc`` uses global NCC.
         engine: ``torch`` (this package), ``sitk`` (SimpleITK Mattes MI, corrected recipe) or
             ``elastix`` (itk-elastix); the classic engines take no metric or landmarks.
         fixed_mask, moving_mask: optional binary volumes (any grid); only voxels inside count.

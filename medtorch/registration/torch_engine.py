@@ -5,8 +5,11 @@
 
 Linear stages
     ``levels`` pyramid spacings in mm, coarse to fine (default: 8, 4, 2, ... down to the
-    fixed spacing); ``iterations`` per level (an int or one per level); ``samples`` fixed
-    samples per level (int or list); ``bins`` MI histogram bins (32); ``step`` Adam step as a
+    fixed spacing); ``iterations`` per level (an int or one per level; default, coarse to
+    fine, 30/25/30 for rigid and 40/40/50 for affine); ``samples`` fixed samples per level
+    (int or list; default 3000/6000/10000 for rigid, 3000/8000/20000 for affine);
+    ``skip_fine_rigid`` (True: for affine, the rigid model stops one level above the finest);
+    ``bins`` MI histogram bins (32); ``step`` Adam step as a
     fraction of the level spacing (0.5); ``search`` the rotation search of ``init="auto"``
     (True); ``search_max_deg`` (40), ``search_step_deg`` (20), ``search_top`` (4 candidates
     refined).
@@ -14,14 +17,17 @@ Deformable stage (see :mod:`medtorch.registration.deformable`)
     ``deformable_spacing``, ``control_spacing``, ``deformable_iterations``,
     ``regularization`` ("diffusion" or "bending"), ``regularization_weight``,
     ``diffeomorphic`` (scaling and squaring of a stationary velocity field),
-    ``deformable_metric``.
+    ``deformable_metric``; for MI, ``deformable_levels``, ``control_spacings``,
+    ``deformable_points`` (per iteration) and ``deformable_pool`` (distinct fixed samples
+    per level, in multiples of ``deformable_points``), ``deformable_bins``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,12 +45,17 @@ from medtorch.registration.linear import (
     progress_stepper,
     score_candidates,
 )
-from medtorch.registration.pyramid import PyramidLevel, build_pyramid, equalize, unit_range
+from medtorch.registration.pyramid import (
+    PyramidLevel,
+    build_pyramid,
+    equalize,
+    unit_range,
+)
 from medtorch.registration.similarity import mind_ssc
 from medtorch.resample import reference_grid
 from medtorch.volume import Volume
 
-__all__ = ["TorchOptions", "register_torch", "prepare_images"]
+__all__ = ["TorchOptions", "prepare_images", "register_torch"]
 
 
 @dataclass
@@ -65,6 +76,7 @@ class TorchOptions:
     intensity: str = "percentile"
     foreground_margin_mm: float | None = 6.0
     slice_profile: bool = True
+    skip_fine_rigid: bool = True
     # deformable stage
     deformable_spacing: float | None = None
     control_spacing: float | None = None
@@ -78,11 +90,12 @@ class TorchOptions:
     control_spacings: Sequence[float] | None = None
     deformable_bins: int | None = None
     deformable_points: int | None = None
+    deformable_pool: int = 16
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "TorchOptions":
+    def from_options(cls, options: dict[str, Any]) -> TorchOptions:
         names = {f.name for f in fields(cls)} - {"extra"}
         unknown = sorted(set(options) - names)
         if unknown:
@@ -191,14 +204,17 @@ def foreground_mask(image: torch.Tensor, geometry: Any, margin_mm: float, thresh
         grown = torch.nn.functional.max_pool3d(grown, 2, stride=2, ceil_mode=True)
         spacing = spacing * 2
     radius = [max(0, int(round(margin_mm / s))) for s in spacing]  # i, j, k
-    for axis, r in enumerate(radius):  # separable: a box dilation is three 1D max filters
+    for axis, r in enumerate(radius):  # separable: a box dilation is three 1D dilations
         if r == 0:
             continue
-        kernel = [1, 1, 1]
-        pad = [0, 0, 0]
-        kernel[2 - axis] = 2 * r + 1
-        pad[2 - axis] = r
-        grown = torch.nn.functional.max_pool3d(grown, tuple(kernel), stride=1, padding=tuple(pad))
+        # a running sum (cumsum) counts the foreground voxels in each window: 4x cheaper than
+        # a 1D max filter of the same width on the CPU
+        dim = 4 - axis
+        pad = [0] * 6
+        pad[2 * axis], pad[2 * axis + 1] = r + 1, r
+        csum = torch.cumsum(torch.nn.functional.pad(grown, pad), dim)
+        n = grown.shape[dim]
+        grown = (csum.narrow(dim, 2 * r + 1, n) - csum.narrow(dim, 0, n) > 0.5).to(grown.dtype)
     if coarse:
         grown = grown.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
         grown = grown[:, :, : shape[0], : shape[1], : shape[2]]
@@ -304,8 +320,16 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
     m_levels = build_pyramid(m_img.clone(), moving.geometry, spacings, mmask)
     report(progress, cancel, 0.05 * lin_share, "pyramids built")
     n_lv = len(spacings)
-    iters = _per_level(opts.iterations, [50, 40, 40], n_lv, "iterations")
-    samples = _per_level(opts.samples, [20000, 8000, 3000], n_lv, "samples")
+    # Defaults, finest level first. A rigid model settles with fewer samples and iterations at
+    # the finest level (measured on the benchmark's cases: mean TRE stays within a third of the
+    # targets at 40 % less time); the affine model needs the denser finest level (with the
+    # rigid defaults it missed the targets on CT-like pairs).
+    if mode == "rigid":
+        iters = _per_level(opts.iterations, [30, 25, 30], n_lv, "iterations")
+        samples = _per_level(opts.samples, [10000, 6000, 3000], n_lv, "samples")
+    else:
+        iters = _per_level(opts.iterations, [50, 40, 40], n_lv, "iterations")
+        samples = _per_level(opts.samples, [20000, 8000, 3000], n_lv, "samples")
     bins_lv = _per_level(opts.bins, [96, 64, 32], n_lv, "bins")
     bins = bins_lv[0]
     affine_mode = mode in ("affine", "deformable")
@@ -363,11 +387,13 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
     # -- coarsest level: score the candidates, refine the best few together -------------------------------
     fl, ml = f_levels[0], m_levels[0]
     sampler = MovingSampler(ml, feats[0][1])
-    samp = draw_samples(fl, samples[0], rng, bins if lin_metric == "mi" else None, features=feats[0][0])
+    samp = draw_samples(fl, samples[0], rng, bins if lin_metric == "mi" else None, features=feats[0][0],
+                        block=samples[0])
     if base.shape[0] > 1:
         sims, overlaps = score_candidates(sampler, samp if samples[0] <= opts.search_samples else
                                           draw_samples(fl, opts.search_samples, rng,
-                                                       bins if lin_metric == "mi" else None, features=feats[0][0]),
+                                                       bins if lin_metric == "mi" else None, features=feats[0][0],
+                                                       block=opts.search_samples),
                                           base, lin_metric, bins)
         sims = torch.where(overlaps > 0.05, sims, torch.full_like(sims, -1e9))
         order = torch.argsort(sims, descending=True).tolist()
@@ -378,7 +404,18 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
         info["search_candidates"] = len(candidates)
     report(progress, cancel, 0.1 * lin_share, "initialised")
 
-    total_iters = sum(iters) + (sum(iters[max(1 if n_lv > 1 else 0, n_lv - 2):]) if affine_mode else 0)
+    # Rigid down the pyramid, then (affine, deformable) the affine model on the last two
+    # levels: scales and shears are only freed once the rotation and shift are settled, which
+    # keeps a 12-parameter search out of spurious optima (it measured more robust than
+    # starting the affine model at the coarsest level, for about the same time). With
+    # ``skip_fine_rigid`` (default) the rigid model stops one level above the finest, since
+    # the affine model refines there anyway (same accuracy, a third less time).
+    first_affine_lv = max(1 if n_lv > 1 else 0, n_lv - 2)
+    rigid_top = n_lv if not (affine_mode and opts.skip_fine_rigid) else max(first_affine_lv + 1, n_lv - 1)
+    steps = [(lv, False) for lv in range(1, rigid_top)]
+    if affine_mode:
+        steps += [(lv, True) for lv in range(first_affine_lv, n_lv)]
+    total_iters = iters[0] + sum(iters[lv] for lv, _ in steps)
     done = 0
     start_frac = 0.1 * lin_share
 
@@ -406,7 +443,7 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
         # turned by 180 degrees) can tie at the coarsest level, where the details are smoothed away.
         fine_f, fine_m = f_levels[-1], m_levels[-1]
         fine_samples = draw_samples(fine_f, samples[-1], rng, bins_lv[-1] if lin_metric == "mi" else None,
-                                    features=feats[-1][0])
+                                    features=feats[-1][0], block=samples[-1])
         with torch.no_grad():
             mats = base @ linear_matrices(theta, center, radius, False)
         sims, _ = score_candidates(MovingSampler(fine_m, feats[-1][1]), fine_samples, mats, lin_metric, bins_lv[-1])
@@ -415,17 +452,12 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
     base = base[best:best + 1]
     theta = theta[best:best + 1]
     bias = bias[best:best + 1] if bias is not None else None
-    # Rigid down the whole pyramid, then (affine, deformable) the affine model on the last two
-    # levels: scales and shears are only freed once the rotation and shift are settled, which
-    # keeps a 12-parameter search out of spurious optima (it measured more robust than
-    # starting the affine model at the coarsest level, for about the same time).
-    steps = [(lv, False) for lv in range(1, n_lv)]
-    if affine_mode:
-        steps += [(lv, True) for lv in range(max(1 if n_lv > 1 else 0, n_lv - 2), n_lv)]
     first_affine = True
     for lv, use_affine in steps:
         fl, ml = f_levels[lv], m_levels[lv]
-        sampler = MovingSampler(ml, feats[lv][1])
+        # the affine model keeps ITK's central-difference gradient image: with the derivative of
+        # the interpolant (the gather sampler) it measured less robust on CT-like pairs
+        sampler = MovingSampler(ml, feats[lv][1], gather=False if use_affine else None)
         profile = None
         if opts.slice_profile:
             with torch.no_grad():
@@ -433,7 +465,7 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
             profile = slice_profile(fl.geometry, ml.geometry, current)
         bins = bins_lv[lv]
         samp = draw_samples(fl, int(samples[lv] * max(opts.pool, 1.0)), rng, bins if lin_metric == "mi" else None,
-                            features=feats[lv][0], profile=profile)
+                            features=feats[lv][0], profile=profile, block=samples[lv])
         # the first affine level starts with the large step: scales and shears may be far off
         big = lv == 0 or (use_affine and first_affine)
         first_affine = first_affine and not use_affine
