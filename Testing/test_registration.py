@@ -395,3 +395,16 @@ def test_background_thread_cancel_leaves_no_result(rigid_pair):
     token.cancel()
     t.join(timeout=10)
     assert result == {"cancelled": True}
+
+
+def test_registration_over_the_memory_budget_is_refused_before_starting(monkeypatch):
+    from medtorch.errors import OutOfMemoryBudget
+    from medtorch.phantoms import blob_phantom, oblique_geometry
+    from medtorch.registration import register
+
+    g = oblique_geometry()
+    calls = []
+    monkeypatch.setenv("MEDTORCH_MEMORY_BUDGET", "1M")
+    with pytest.raises(OutOfMemoryBudget, match="MEDTORCH_MEMORY_BUDGET"):
+        register(blob_phantom(g), blob_phantom(g, seed=1), mode="deformable", progress=lambda f, m="": calls.append(f))
+    assert calls == []  # nothing started
