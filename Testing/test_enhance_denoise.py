@@ -82,6 +82,17 @@ def test_rician_noise_level_from_background_and_gaussian_from_wavelets():
     assert est.model == "gaussian" and est.sigma == pytest.approx(20.0, rel=0.1)
 
 
+def test_a_non_negative_crop_without_background_is_rician():
+    """Magnitude data cropped inside the object (no air): still Rician, sigma from the tissue."""
+    geom = oblique_geometry(size=(40, 40, 32), spacing=(1.0, 1.0, 1.0))
+    clean = blob_phantom(geom).array[4:-4, 4:-4, 4:-4]
+    tissue = 30.0 + clean  # no signal-free background anywhere
+    est = estimate_noise(_rician(tissue, 5.0, seed=3))
+    assert est.model == "rician" and est.sigma == pytest.approx(5.0, rel=0.15)
+    shifted = tissue - 60.0 + np.random.default_rng(3).normal(0, 5.0, tissue.shape)  # negative values: not magnitude
+    assert estimate_noise(shifted).model == "gaussian"
+
+
 def test_rician_bias_corrections_invert_the_bias():
     a = np.array([0.0, 0.5, 1.0, 2.0, 5.0, 30.0])
     np.testing.assert_allclose(rician_unbias_mean(rician_mean(a, 2.0), 2.0), a, atol=2e-3)

@@ -182,3 +182,16 @@ def test_selfsup_isotropic_upsampling_runs_on_the_right_grid():
     assert out.geometry.isclose(output_geometry(iso, (2, 2, 2)), atol=1e-6)
     assert model.metadata["kind"] == "isotropic" and model.metadata["axis"] == "all"
     assert np.isfinite(out.array).all()
+
+
+def test_default_training_length_follows_the_factor():
+    """600 f iterations (cost per iteration ~ 1 / f), also when the factor comes from a target spacing."""
+    from medtorch.commands.superres import _factor_guess
+    from medtorch.enhance.srnet import default_iterations
+
+    assert [default_iterations(f) for f in (1, 2, 4, 5)] == [800, 1200, 2400, 3000]
+    geom = Geometry((16, 16, 8), np.zeros(3), np.array([1.0, 1.0, 5.0]), np.eye(3))
+    vol = Volume(np.zeros((8, 16, 16), np.float32), geom)
+    assert _factor_guess(vol, None, (1.0, 1.0, 1.0)) == 5
+    assert _factor_guess(vol, 2.5, None) == 3
+    assert _factor_guess(vol, None, None) == 4

@@ -111,13 +111,15 @@ def medtorch_superres(prepared: Any, params: dict[str, Any], prepare: bool) -> A
         from medtorch.io import read_volume
 
         return read_volume(params["thick"])
-    from medtorch.enhance.srnet import SRTrainConfig
+    from medtorch.enhance.srnet import SRTrainConfig, default_iterations
     from medtorch.enhance.superres import superres
     from medtorch.enhance.weights import save_model
 
     cfg = None
     if params["method"] == "selfsup":
-        cfg = SRTrainConfig(**params.get("config", {}))
+        settings = dict(params.get("config", {}))
+        settings.setdefault("iterations", default_iterations(int(params["factor"])))
+        cfg = SRTrainConfig(**settings)
     out, model = superres(prepared, params["method"], factor=float(params["factor"]), fwhm_mm=params.get("fwhm_mm"),
                           config=cfg)
     info: dict[str, Any] = {"size": list(out.size), "spacing": [float(v) for v in out.spacing]}

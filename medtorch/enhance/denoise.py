@@ -19,7 +19,8 @@ Methods (:data:`DENOISE_METHODS`) and what ``strength`` means for each:
   noise model; ``strength`` scales its kernel bandwidth.
 * ``dct``: sliding 3D DCT, hard threshold then empirical Wiener; Rician bias corrected by
   inverting the Rician mean.
-* ``collab``: the ``dct`` estimate as pilot for guided non-local means (see
+* ``collab``: the ``dct`` estimate as pilot for guided non-local means, whose result is
+  the pilot of a second sliding-DCT Wiener filter; the output is the mean of the two (see
   :mod:`medtorch.enhance.selfsup_denoise`).
 * ``selfsup``: self-supervised: ``collab`` plus a MONAI 3D network trained on the input
   alone (blind-spot / Noise2Self) that refines the pilot before the guided NLM.

@@ -299,9 +299,10 @@ def estimate_noise(array: np.ndarray, model: str = "auto", mask: np.ndarray | No
     """Estimate the noise level and, with ``model="auto"``, the noise model.
 
     ``auto``: values below -100 suggest CT in HU (``"gaussian"``); a non-negative image
-    with at least 2 % signal-free background (Rayleigh statistics) is a magnitude image
-    (``"rician"``); anything else is treated as ``"gaussian"``. ``"poisson"`` is used only
-    when asked for.
+    is a magnitude image (``"rician"``: Gaussian noise on a signal-free background would
+    have made negative values), whether or not it has 2 % signal-free background (Rayleigh
+    statistics); anything else (negative values) is treated as ``"gaussian"``. ``"poisson"``
+    is used only when asked for.
 
     Rician: ``sigma`` from the background (:func:`rayleigh_background_sigma`) when there
     is enough of it, else from the wavelet MAD over the tissue. Gaussian: wavelet MAD over
@@ -324,10 +325,12 @@ def estimate_noise(array: np.ndarray, model: str = "auto", mask: np.ndarray | No
         return NoiseEstimate("gaussian" if model == "auto" else "rician", 0.0, "wavelet MAD (Haar HHH)")
     sigma_bg, bg = rayleigh_background_sigma(af, rough)
     enough_bg = bg.mean() >= _MIN_BACKGROUND_FRACTION and bg.sum() >= 500 and float(af.min()) >= 0.0
-    if model == "auto" and not enough_bg:
+    if model == "auto" and not enough_bg and float(af.min()) < 0.0:
         return NoiseEstimate("gaussian", rough, "wavelet MAD (Haar HHH)")
     if enough_bg:
         return NoiseEstimate("rician", sigma_bg, "Rayleigh background statistics",
                              details={"background_fraction": float(bg.mean())})
+    # a non-negative image without background (e.g. a crop inside the head): a magnitude
+    # image, Rician; where the signal is well above the noise this is the same as Gaussian
     fg_sigma = wavelet_mad_sigma(af, _foreground(af, rough) if mask is None else mask)
     return NoiseEstimate("rician", fg_sigma, "wavelet MAD (Haar HHH) in tissue")

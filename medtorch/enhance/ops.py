@@ -55,6 +55,7 @@ def _op_denoise(inputs: dict[str, Volume], params: dict[str, Any], progress: Pro
 @register("superres")
 def _op_superres(inputs: dict[str, Volume], params: dict[str, Any], progress: ProgressCallback | None,
                  cancel: CancelToken | None) -> OperationResult:
+    from medtorch.commands.superres import _factor_guess
     from medtorch.enhance.output import cast_output
     from medtorch.enhance.srnet import SRTrainConfig, default_iterations
     from medtorch.enhance.superres import superres
@@ -65,7 +66,7 @@ def _op_superres(inputs: dict[str, Volume], params: dict[str, Any], progress: Pr
     spacing = params.get("spacing")
     model = load_model(params["model_in"]) if params.get("model_in") else None
     seed = int(params.get("seed", 0))
-    f_guess = int(round(float(factor))) if factor is not None else 4
+    f_guess = _factor_guess(vol, factor, spacing)
     cfg = SRTrainConfig(iterations=int(params.get("train_iterations") or default_iterations(f_guess)), seed=seed,
                         max_seconds=params.get("max_train_seconds"),
                         adversarial_weight=float(params.get("adversarial_weight", 0.0)))

@@ -20,12 +20,17 @@ adds step 3):
 4. **Guided non-local means** (Manjon et al. 2012's "prefiltered" NLM): patch distances
    are measured on the pilot of step 2, and the *noisy* voxels are averaged with those
    weights; for Rician data their squares are averaged and ``2 sigma^2`` subtracted,
-   which removes the Rician bias exactly (``E[M^2] = A^2 + 2 sigma^2``).
+   which removes the Rician bias exactly (``E[M^2] = A^2 + 2 sigma^2``). That estimate is
+   then the pilot of a second sliding-DCT empirical Wiener filter of the noisy volume
+   (BM3D's second stage, with sliding blocks instead of matched groups; Rician bias removed
+   by inverting the Rician mean), and the collaborative estimate is the mean of the two.
 5. **Blend** (``selfsup`` only): the guided-NLM and the network estimates make different
    errors; the output mixes them with the weight that minimises Stein's unbiased risk
    estimate (SURE), computed from the data alone (:func:`sure_blend_weight`). Measured on
-   the MNI T1 at 5 % Rician noise: the network alone 33.6 dB, guided NLM 36.3 dB, the blend
-   (weight about 0.85) 36.45 dB.
+   the central 128^3 of the MNI T1 at 5 % Rician noise, before the Wiener stage of step 4
+   was added: the network alone 33.6 dB, guided NLM 36.3 dB, the blend (weight about 0.85)
+   36.45 dB; step 4 with its Wiener stage now reaches 36.45 dB alone (3 %: 39.04 dB,
+   9 %: 32.81 dB), and the blend adds little to it.
 
 ``strength`` scales the noise level used everywhere (1 = as estimated).
 """
@@ -48,6 +53,8 @@ __all__ = ["SelfSupDenoiseConfig", "collaborative_denoise", "selfsup_denoise", "
 
 #: Guided NLM filtering parameter, in units of sigma (tuned on the MNI T1 at 5 % Rician noise).
 GUIDED_NLM_H = 0.6
+#: Block edge (voxels) of the second-stage sliding-DCT Wiener filter.
+WIENER_BLOCK = 8
 
 
 @dataclass
@@ -100,19 +107,26 @@ def _guided_final(y: torch.Tensor, guide: torch.Tensor, sigma: float, rician: bo
     return rician_unbias_second_moment(out, sigma) if rician else out
 
 
+def _wiener_second_stage(y: torch.Tensor, estimate: torch.Tensor, sigma: float, rician: bool,
+                         progress: ProgressCallback | None, cancel: CancelToken | None) -> torch.Tensor:
+    """Sliding-DCT empirical Wiener filter of ``y`` with ``estimate`` as its pilot (Rician bias removed)."""
+    from medtorch.enhance.noise import rician_unbias_mean
+
+    out = sliding_dct_denoise(y, sigma, WIENER_BLOCK, 2, pilot=estimate, progress=progress, cancel=cancel)
+    return torch.from_numpy(rician_unbias_mean(out.numpy(), sigma)) if rician else out
+
+
 def collaborative_denoise(arr: np.ndarray, noise: NoiseEstimate, strength: float = 1.0,
                           progress: ProgressCallback | None = None,
                           cancel: CancelToken | None = None) -> np.ndarray:
-    """Steps 1, 2 and 4 of the module docstring (no network): sliding DCT pilot + guided NLM."""
+    """Steps 1, 2 and 4 of the module docstring (no network): DCT pilot, guided NLM, Wiener, mean."""
     if not strength > 0:
         raise MedTorchInputError(f"strength {strength} is not positive", "use a strength > 0 (1 = as estimated)")
     y, sigma = _to_gaussian_domain(arr, noise)
     sigma *= float(strength)
     if not sigma > 0:
         return np.asarray(arr, dtype=np.float32).copy()
-    guide = _pilot(y, sigma, SubProgress(progress, 0.0, 0.55, "pilot"), cancel)
-    out = _guided_final(y, guide, sigma, noise.model == "rician", GUIDED_NLM_H,
-                        SubProgress(progress, 0.55, 1.0, "guided NLM"), cancel)
+    _, out = _collab_estimate(y, sigma, noise.model == "rician", progress, cancel)
     return _from_gaussian_domain(out, noise).numpy().astype(np.float32)
 
 
@@ -223,10 +237,19 @@ def _infer(net: torch.nn.Module, y: torch.Tensor, pilot: torch.Tensor, device: A
 
 def _collab_estimate(y: torch.Tensor, sigma: float, rician: bool, progress: ProgressCallback | None,
                      cancel: CancelToken | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pilot, guided-NLM estimate) of ``y`` in the Gaussian domain."""
-    pilot = _pilot(y, sigma, SubProgress(progress, 0.0, 0.55, "pilot"), cancel)
-    est = _guided_final(y, pilot, sigma, rician, GUIDED_NLM_H, SubProgress(progress, 0.55, 1.0, "guided NLM"), cancel)
-    return pilot, est
+    """(pilot, collaborative estimate) of ``y`` in the Gaussian domain: steps 2 and 4 of the module docstring.
+
+    The guided-NLM estimate and the Wiener filter that uses it as its pilot make different
+    errors (one averages similar voxels, the other shrinks local 3D frequencies); their
+    mean is better than either on brain MRI (measured on the central 64^3 of the MNI T1 at
+    5 % Rician noise: guided NLM 34.59 dB, Wiener 34.38 dB, mean 34.92 dB; at 3 % and 9 %
+    the mean gains 0.2 to 0.3 dB too). Not everywhere: on the smooth blob phantom of the
+    tests the mean is 0.16 dB below guided NLM alone.
+    """
+    pilot = _pilot(y, sigma, SubProgress(progress, 0.0, 0.4, "pilot"), cancel)
+    est = _guided_final(y, pilot, sigma, rician, GUIDED_NLM_H, SubProgress(progress, 0.4, 0.85, "guided NLM"), cancel)
+    wiener = _wiener_second_stage(y, est, sigma, rician, SubProgress(progress, 0.85, 1.0, "Wiener"), cancel)
+    return pilot, 0.5 * (est + wiener)
 
 
 def _network_estimate(net: torch.nn.Module, y: torch.Tensor, pilot: torch.Tensor, sigma: float, rician: bool,

@@ -271,10 +271,10 @@ def train_selfsup_sr(volume: Volume, axis: int | None, factor: int, fwhm_mm: flo
     """Learn a through-plane (``axis`` i/j/k) or isotropic (``axis=None``) SR model from ``volume`` alone."""
     from medtorch.enhance.noise import estimate_noise
     from medtorch.enhance.slice_profile import estimate_slice_fwhm
-    from medtorch.enhance.srnet import SRTrainConfig, train_axis_sr
+    from medtorch.enhance.srnet import SRTrainConfig, default_iterations, train_axis_sr
 
-    cfg = config if config is not None else SRTrainConfig()
     f = int(factor)
+    cfg = config if config is not None else SRTrainConfig(iterations=default_iterations(f))
     lo, hi = _intensity_scale(volume.array)
     x = torch.from_numpy(np.ascontiguousarray((volume.array.astype(np.float32) - lo) / (hi - lo)))
     spacing_zyx = volume.spacing[::-1].copy()
