@@ -1217,10 +1217,13 @@ def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: di
     tsl = d_t.slice(plane, tc)[r_lo:r_lo + 2 * half, c_lo:c_lo + 2 * half]
     ssl = d_s.slice(plane, tc)[r_lo:r_lo + 2 * half, c_lo:c_lo + 2 * half]
     m = seg["metrics"]
-    panels.append(Panel(img, f"zoom: Dice {m['dice']:.3f}, volume error {m['volume_error_percent']:+.1f} %", 0,
-                        vmax_p, aspect=d_p.aspect(plane),
-                        contours=[(tsl, "#00ff66", "truth"), (ssl, "#ff3030", "segmentation", "dashed")],
-                        orientation=orient))
+    zoom_contours = [(tsl, "#00ff66", "truth"), (ssl, "#ff3030", "threshold", "dashed")]
+    title = f"zoom: Dice {m['dice']:.3f} (threshold)"
+    if d_sd is not None:
+        zoom_contours.append((d_sd.slice(plane, tc)[r_lo:r_lo + 2 * half, c_lo:c_lo + 2 * half], "#30a0ff", "seeded",
+                              "dotted"))
+        title += f", {seg['seeded']['metrics']['dice']:.3f} (seeded)"
+    panels.append(Panel(img, title, 0, vmax_p, aspect=d_p.aspect(plane), contours=zoom_contours, orientation=orient))
     files["segmentation.png"] = panel_figure(fig_dir / "segmentation.png", panels, ncols=4,
                                              title="Tumour phantom: truth (green), threshold segmentation (red, "
                                                    "dashed), seeded segmentation (blue, dotted); ROI box (yellow)")
