@@ -1,4 +1,3 @@
-import logging
 import os
 import sys
 import time
@@ -290,17 +289,11 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
     def denoise(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None, iterations: int = 5,
                 outputVolume=None, showResult: bool = True, **kwargs):
         """Blocking denoising (scripts and tests). Returns the output volume node."""
-        startTime = time.time()
-        node = self.denoiseJob(inputVolume, method, strength, iterations, outputVolume, showResult, **kwargs).run_blocking()
-        logging.info(f"Denoising completed in {time.time() - startTime:.2f} seconds")
-        return node
+        return self.denoiseJob(inputVolume, method, strength, iterations, outputVolume, showResult, **kwargs).run_blocking()
 
     def superres(self, inputVolume, method: str = "bspline", factor: float = 2.0, axis: str = "auto", **kwargs):
         """Blocking super-resolution. Returns the output volume node."""
-        startTime = time.time()
-        node = self.superresJob(inputVolume, method, factor, axis, **kwargs).run_blocking()
-        logging.info(f"Super-resolution completed in {time.time() - startTime:.2f} seconds")
-        return node
+        return self.superresJob(inputVolume, method, factor, axis, **kwargs).run_blocking()
 
     def enhance(self, inputVolume, **kwargs):
         """Blocking enhancement. Returns the output volume node."""

@@ -1,7 +1,6 @@
 import logging
 import os
 import sys
-import time
 from typing import Annotated, Optional
 
 import vtk
@@ -379,11 +378,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def blend(self, fixedVolume, movingVolume, weight: float = 0.5, normalization: str = "percentile",
               outputVolume=None, showResult: bool = True, device: str = "auto"):
         """Blocking blend (scripts and tests). Returns the output volume node."""
-        startTime = time.time()
-        node = self.blendJob(fixedVolume, movingVolume, weight, normalization, outputVolume, showResult,
+        return self.blendJob(fixedVolume, movingVolume, weight, normalization, outputVolume, showResult,
                              device).run_blocking()
-        logging.info(f"Blend completed in {time.time() - startTime:.2f} seconds")
-        return node
 
     def showFusedInViews(self, fixedVolume, movingVolume, opacity: float = 0.5, colorMap: Optional[str] = None):
         """Fixed volume as background, moving as foreground at ``opacity`` (with ``colorMap``:
@@ -589,10 +585,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def fuse(self, fixedVolume, movingVolume, **kwargs):
         """Blocking fusion (scripts and tests). Returns a :class:`FusionOutput`."""
-        startTime = time.time()
-        output = self.fuseJob(fixedVolume, movingVolume, **kwargs).run_blocking()
-        logging.info(f"Fusion completed in {time.time() - startTime:.2f} seconds")
-        return output
+        return self.fuseJob(fixedVolume, movingVolume, **kwargs).run_blocking()
 
     def evaluateJob(self, fixedVolume, movingVolume, methods=None, baseline: str = "dwt", metric: str = "QABF",
                     methodParams: Optional[dict] = None, normalization: str = "auto", fixedModality: str = "auto",
@@ -662,10 +655,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def evaluate(self, fixedVolume, movingVolume, **kwargs):
         """Blocking evaluation of fusion methods (scripts and tests). Returns an :class:`EvaluationOutput`."""
-        startTime = time.time()
-        output = self.evaluateJob(fixedVolume, movingVolume, **kwargs).run_blocking()
-        logging.info(f"Fusion evaluation completed in {time.time() - startTime:.2f} seconds")
-        return output
+        return self.evaluateJob(fixedVolume, movingVolume, **kwargs).run_blocking()
 
     # -- registration --------------------------------------------------------------------------
 
@@ -800,10 +790,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def register(self, fixedVolume, movingVolume, **kwargs):
         """Blocking registration (scripts and tests). Returns a :class:`RegistrationOutput`."""
-        startTime = time.time()
-        output = self.registerJob(fixedVolume, movingVolume, **kwargs).run_blocking()
-        logging.info(f"Registration completed in {time.time() - startTime:.2f} seconds")
-        return output
+        return self.registerJob(fixedVolume, movingVolume, **kwargs).run_blocking()
 
 
 class FusionOutput:

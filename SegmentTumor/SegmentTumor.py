@@ -1,8 +1,6 @@
 import json
-import logging
 import os
 import sys
-import time
 from typing import Annotated, Optional
 
 import vtk
@@ -334,11 +332,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
     def threshold(self, inputVolume, lowerThreshold: float, upperThreshold: float = float("inf"), roi=None,
                   largestComponent: bool = True, segmentName: str = "Tumor"):
         """Blocking segmentation (scripts and tests). Returns the segmentation node."""
-        startTime = time.time()
-        node = self.thresholdJob(inputVolume, lowerThreshold, upperThreshold, roi, largestComponent,
+        return self.thresholdJob(inputVolume, lowerThreshold, upperThreshold, roi, largestComponent,
                                  segmentName).run_blocking()
-        logging.info(f"Segmentation completed in {time.time() - startTime:.2f} seconds")
-        return node
 
     # -- seeds ------------------------------------------------------------------------------------------
     @staticmethod

@@ -13,6 +13,8 @@ here that needs Qt, and it imports ``qt`` lazily.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from typing import Any, Callable, Iterator
 
 from medtorch.errors import Cancelled
@@ -53,9 +55,13 @@ class LogicJob:
         self.task: BackgroundTask | None = None
 
     def run_blocking(self, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Any:
-        """Run in this process and apply the result (scripts, tests, self-tests)."""
+        """Run in this process and apply the result (scripts, tests, self-tests); the time it
+        took is logged, as Slicer's scripted-module template logs its processing time."""
+        start = time.time()
         result = run_operation(self.operation, self.inputs, self.params, progress, cancel)
-        return self.finish(result)
+        output = self.finish(result)
+        logging.info(f"{self.operation} completed in {time.time() - start:.2f} seconds")
+        return output
 
     def start(self, progress: ProgressCallback | None = None) -> BackgroundTask:
         """Start in a background process; call :meth:`finish` once it is done."""
