@@ -34,6 +34,17 @@ def vec3(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from exc
 
 
+def ct_window_arg(text: str) -> str | tuple[float, float]:
+    """argparse type: a CT window preset name or ``WIDTH,LEVEL`` in HU."""
+    if "," in text:
+        parts = text.split(",")
+        try:
+            return (float(parts[0]), float(parts[1]))
+        except (ValueError, IndexError) as exc:
+            raise argparse.ArgumentTypeError(f"expected WIDTH,LEVEL in HU, got {text!r}") from exc
+    return text
+
+
 def progress_bar(args: argparse.Namespace) -> ConsoleProgressBar:
     """The progress bar a command shows (silent with ``--quiet``)."""
     return ConsoleProgressBar(quiet=getattr(args, "quiet", False))

@@ -8,18 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from medtorch.commands import Command, progress_bar
+from medtorch.commands import Command, ct_window_arg, progress_bar
 from medtorch.progress import CancelToken
-
-
-def _window(text: str) -> str | tuple[float, float]:
-    if "," in text:
-        parts = text.split(",")
-        try:
-            return (float(parts[0]), float(parts[1]))
-        except (ValueError, IndexError) as exc:
-            raise argparse.ArgumentTypeError(f"expected WIDTH,LEVEL in HU, got {text!r}") from exc
-    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unsharp", action="store_true", help="unsharp masking")
     p.add_argument("--unsharp-sigma", type=float, default=1.0, help="unsharp masking: Gaussian sigma in mm (1.0)")
     p.add_argument("--unsharp-amount", type=float, default=0.5, help="unsharp masking: amount (0.5)")
-    p.add_argument("--window", type=_window, default=None,
+    p.add_argument("--window", type=ct_window_arg, default=None,
                    help="CT window: brain, subdural, stroke, bone, lung, mediastinum, soft_tissue, liver, or WIDTH,LEVEL (HU); "
                         "maps the window to 0..1")
 

@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from medtorch.commands import Command, device_of, progress_bar
+from medtorch.commands import Command, ct_window_arg, device_of, progress_bar
 from medtorch.errors import MedTorchInputError
 from medtorch.progress import CancelToken
 
@@ -31,17 +31,6 @@ def _param(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         parsed = value
     return key.strip().replace("-", "_"), parsed
-
-
-def ct_window_arg(text: str) -> str | tuple[float, float]:
-    """argparse type: a CT window preset name or ``WIDTH,LEVEL`` in HU."""
-    if "," in text:
-        parts = text.split(",")
-        try:
-            return (float(parts[0]), float(parts[1]))
-        except (ValueError, IndexError) as exc:
-            raise argparse.ArgumentTypeError(f"expected WIDTH,LEVEL in HU, got {text!r}") from exc
-    return text
 
 
 def add_fusion_options(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from medtorch.progress import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from medtorch.commands.fuse import ct_window_arg
+    from medtorch.commands import ct_window_arg
 
     p.add_argument("--pairs", required=True,
                    help="a CSV list (fixed,moving[,modality[,name]]) or a folder: modality sub-folders (MRI/ + CT/, "

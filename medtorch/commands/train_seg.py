@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 from medtorch.commands import Command, progress_bar
 from medtorch.progress import CancelToken
 
 
-def _ints3(text: str) -> tuple[int, int, int]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if len(parts) == 1:
-        parts = parts * 3
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected one or three comma-separated whole numbers, got {text!r}")
-    try:
-        return (int(parts[0]), int(parts[1]), int(parts[2]))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not whole numbers: {text!r}") from exc
+def _triple(cast: Callable[[str], Any], noun: str) -> Callable[[str], tuple[Any, Any, Any]]:
+    """argparse type: one value (used for every axis) or three comma-separated values."""
+
+    def parse(text: str) -> tuple[Any, Any, Any]:
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        if len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(f"expected one or three comma-separated {noun}, got {text!r}")
+        try:
+            return (cast(parts[0]), cast(parts[1]), cast(parts[2]))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from exc
+
+    return parse
 
 
-def _floats3(text: str) -> tuple[float, float, float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if len(parts) == 1:
-        parts = parts * 3
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected one or three comma-separated numbers, got {text!r}")
-    try:
-        return (float(parts[0]), float(parts[1]), float(parts[2]))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from exc
+_ints3 = _triple(int, "whole numbers")
+_floats3 = _triple(float, "numbers")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
