@@ -20,10 +20,12 @@ Methods (:data:`DENOISE_METHODS`) and what ``strength`` means for each:
 * ``dct``: sliding 3D DCT, hard threshold then empirical Wiener; Rician bias corrected by
   inverting the Rician mean.
 * ``collab``: the ``dct`` estimate as pilot for guided non-local means, whose result is
-  the pilot of a second sliding-DCT Wiener filter; the output is the mean of the two (see
+  the pilot of a second sliding-DCT Wiener filter; the output is the mean of the two. The
+  guided-NLM parameter is chosen per volume by SURE unless ``h`` is given (see
   :mod:`medtorch.enhance.selfsup_denoise`).
-* ``selfsup``: self-supervised: ``collab`` plus a MONAI 3D network trained on the input
-  alone (blind-spot / Noise2Self) that refines the pilot before the guided NLM.
+* ``selfsup``: self-supervised: ``collab`` and a MONAI 3D network trained on the input
+  alone (blind-spot / Noise2Self) that refines the pilot, blended with the weight that
+  minimises SURE.
 
 The noise model (``noise_model``: ``auto``, ``rician``, ``gaussian``, ``poisson``) and level
 are estimated (:func:`~medtorch.enhance.noise.estimate_noise`) unless ``noise_sigma`` is
@@ -230,7 +232,8 @@ def denoise(volume: Volume, method: str = "gaussian", strength: float | None = N
 
     Extra ``options`` go to the method: ``iterations``, ``time_step`` (anisotropic);
     ``domain_sigma_mm`` (bilateral); ``search_radius``, ``patch_radius`` (nlm);
-    ``iterations``, ``patch_radius`` (patch); ``block``, ``step`` (dct); ``config`` (a
+    ``iterations``, ``patch_radius`` (patch); ``block``, ``step`` (dct); ``h`` (collab: the
+    guided-NLM parameter in units of sigma, chosen by SURE when not given); ``config`` (a
     :class:`~medtorch.enhance.selfsup_denoise.SelfSupDenoiseConfig`) or ``iterations``
     (selfsup). Unknown options are an error.
     """
@@ -241,7 +244,7 @@ def denoise(volume: Volume, method: str = "gaussian", strength: float | None = N
         raise MedTorchInputError(f"unknown denoising method {method!r}", "use one of " + ", ".join(DENOISE_METHODS))
     allowed = {"anisotropic": {"iterations", "time_step"}, "bilateral": {"domain_sigma_mm"},
                "nlm": {"search_radius", "patch_radius"}, "patch": {"iterations", "patch_radius"},
-               "dct": {"block", "step"}, "selfsup": {"config", "iterations"}}.get(method, set())
+               "dct": {"block", "step"}, "collab": {"h"}, "selfsup": {"config", "iterations"}}.get(method, set())
     unknown = set(options) - allowed
     if unknown:
         raise MedTorchInputError(f"option(s) {sorted(unknown)} do not apply to the {method} method",
@@ -271,7 +274,8 @@ def denoise(volume: Volume, method: str = "gaussian", strength: float | None = N
         elif method == "collab":
             from medtorch.enhance.selfsup_denoise import collaborative_denoise
 
-            arr = collaborative_denoise(volume.array, noise, s, progress=sub, cancel=cancel)
+            arr, meta["collab"] = collaborative_denoise(volume.array, noise, s, progress=sub, cancel=cancel,
+                                                        h=options.get("h"), seed=int(seed))
         else:
             import torch
 
