@@ -6,7 +6,7 @@
 Linear stages
     ``levels`` pyramid spacings in mm, coarse to fine (default: 8, 4, 2, ... down to the
     fixed spacing); ``iterations`` per level (an int or one per level; default, coarse to
-    fine, 30/25/30 for rigid and 40/40/50 for affine); ``samples`` fixed samples per level
+    fine, 20/25/30 for rigid and 25/40/50 for affine); ``samples`` fixed samples per level
     (int or list; default 3000/6000/10000 for rigid, 3000/8000/20000 for affine);
     ``skip_fine_rigid`` (True: for affine, the rigid model stops one level above the finest);
     ``bins`` MI histogram bins (32); ``step`` Adam step as a
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -190,19 +191,16 @@ def foreground_mask(image: torch.Tensor, geometry: Any, margin_mm: float, thresh
     if hi <= lo:
         return None
     # threshold a 3x3x3 mean, not the voxels: isolated noise voxels above the threshold would
-    # otherwise grow into a mask of the whole grid
-    mean3 = torch.nn.functional.avg_pool3d(image.unsqueeze(0).float(), 3, stride=1, padding=1,
-                                           count_include_pad=False)[0]
-    fg = (mean3 > lo + threshold * (hi - lo)).float()
-    if float(fg.mean()) > 0.9:
+    # otherwise grow into a mask of the whole grid. The mean is taken at every other voxel and
+    # the mask dilated on that half-resolution grid, then brought back (nearest): the sampling
+    # region needs no finer edge than a voxel of margin, and this is 8x less work.
+    shape = image.shape[1:]
+    mean3 = torch.nn.functional.avg_pool3d(image.unsqueeze(0).float(), 3, stride=2, padding=1,
+                                           count_include_pad=False)
+    grown = (mean3 > lo + threshold * (hi - lo)).float()  # [1, 1, z/2, y/2, x/2]
+    if float(grown.mean()) > 0.9:
         return None
-    shape = fg.shape[1:]
-    spacing = np.asarray(geometry.spacing, float)
-    coarse = fg.numel() > 2_000_000
-    grown = fg.unsqueeze(0)
-    if coarse:  # dilate at half resolution (any foreground voxel in each 2x2x2 block), then back
-        grown = torch.nn.functional.max_pool3d(grown, 2, stride=2, ceil_mode=True)
-        spacing = spacing * 2
+    spacing = np.asarray(geometry.spacing, float) * 2
     radius = [max(0, int(round(margin_mm / s))) for s in spacing]  # i, j, k
     for axis, r in enumerate(radius):  # separable: a box dilation is three 1D dilations
         if r == 0:
@@ -215,9 +213,7 @@ def foreground_mask(image: torch.Tensor, geometry: Any, margin_mm: float, thresh
         csum = torch.cumsum(torch.nn.functional.pad(grown, pad), dim)
         n = grown.shape[dim]
         grown = (csum.narrow(dim, 2 * r + 1, n) - csum.narrow(dim, 0, n) > 0.5).to(grown.dtype)
-    if coarse:
-        grown = grown.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
-        grown = grown[:, :, : shape[0], : shape[1], : shape[2]]
+    grown = torch.nn.functional.interpolate(grown, scale_factor=2, mode="nearest")[:, :, : shape[0], : shape[1], : shape[2]]
     return grown[0].contiguous()
 
 
@@ -294,6 +290,41 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
                     init: str, initial_transform: np.ndarray | None, device: torch.device, seed: int,
                     progress: ProgressCallback | None, cancel: CancelToken | None,
                     opts: TorchOptions) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
+    # One helper thread works beside the main one (see _register_torch_with); it is always
+    # shut down, also on errors and cancel.
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtorch-registration")
+    try:
+        return _register_torch_with(helper, fixed, moving, mode, metric, fixed_mask, moving_mask, fixed_landmarks,
+                                    moving_landmarks, init, initial_transform, device, seed, progress, cancel, opts)
+    finally:
+        helper.shutdown(wait=True, cancel_futures=True)
+
+
+def _split_work(helper: ThreadPoolExecutor, parallel: bool, count: int, run: Any) -> list[Any]:
+    """``[run(slice of the first half, True), run(slice of the second half, False)]`` with the second
+    half in ``helper`` when ``parallel`` (else ``[run(all, True)]``); the flag says which call
+    reports progress (the main thread's)."""
+    if not parallel or count < 2:
+        return [run(slice(0, count), True)]
+    half = count // 2
+    other = helper.submit(run, slice(half, count), False)
+    mine = run(slice(0, half), True)
+    return [mine, other.result()]
+
+
+def _register_torch_with(helper: ThreadPoolExecutor, fixed: Volume, moving: Volume, mode: str, metric: str,
+                         fixed_mask: Volume | None, moving_mask: Volume | None, fixed_landmarks: np.ndarray | None,
+                         moving_landmarks: np.ndarray | None, init: str, initial_transform: np.ndarray | None,
+                         device: torch.device, seed: int, progress: ProgressCallback | None,
+                         cancel: CancelToken | None, opts: TorchOptions) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
+    """The engine. On the CPU with one torch thread, independent work runs in ``helper`` at the
+    same time as the main thread's (each op is too small for two OpenMP threads to pay, but
+    two independent streams of them keep both cores busy): the moving pyramid beside the
+    fixed one, half of the rotation search's candidates, and the next levels' samples while
+    a level is optimised. (The Adam loops themselves gain nothing from a second thread:
+    their many small ops hold the interpreter lock for most of their time.) Random draws
+    all happen in one thread, in a fixed order, so results do not depend on timing."""
+    parallel = device.type == "cpu" and torch.get_num_threads() == 1
     rng = np.random.default_rng(seed)
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -313,22 +344,26 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
         # the deformable stage refines below 2 mm: the affine stages stop at the working resolution
         spacings = [s for s in spacings if s >= 2.0 - 1e-6] or spacings[-1:]
     spacings = sorted({float(s) for s in spacings}, reverse=True)
+    m_pyramid = helper.submit(build_pyramid, m_img.clone(), moving.geometry, spacings, mmask) if parallel else None
     sample_mask = fmask
     if sample_mask is None and opts.foreground_margin_mm is not None:
         sample_mask = foreground_mask(f_img, fixed.geometry, opts.foreground_margin_mm)
     f_levels = build_pyramid(f_img.clone(), fixed.geometry, spacings, sample_mask)
-    m_levels = build_pyramid(m_img.clone(), moving.geometry, spacings, mmask)
+    m_levels = m_pyramid.result() if m_pyramid is not None else build_pyramid(m_img.clone(), moving.geometry,
+                                                                                 spacings, mmask)
     report(progress, cancel, 0.05 * lin_share, "pyramids built")
     n_lv = len(spacings)
     # Defaults, finest level first. A rigid model settles with fewer samples and iterations at
     # the finest level (measured on the benchmark's cases: mean TRE stays within a third of the
     # targets at 40 % less time); the affine model needs the denser finest level (with the
     # rigid defaults it missed the targets on CT-like pairs).
+    # The coarsest level (its few refined candidates at once) settles in 20-25 iterations: 30
+    # and 40 gave the same TRE on the benchmark's cases, 10-15 % slower overall.
     if mode == "rigid":
-        iters = _per_level(opts.iterations, [30, 25, 30], n_lv, "iterations")
+        iters = _per_level(opts.iterations, [30, 25, 20], n_lv, "iterations")
         samples = _per_level(opts.samples, [10000, 6000, 3000], n_lv, "samples")
     else:
-        iters = _per_level(opts.iterations, [50, 40, 40], n_lv, "iterations")
+        iters = _per_level(opts.iterations, [50, 40, 25], n_lv, "iterations")
         samples = _per_level(opts.samples, [20000, 8000, 3000], n_lv, "samples")
     bins_lv = _per_level(opts.bins, [96, 64, 32], n_lv, "bins")
     bins = bins_lv[0]
@@ -390,11 +425,12 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
     samp = draw_samples(fl, samples[0], rng, bins if lin_metric == "mi" else None, features=feats[0][0],
                         block=samples[0])
     if base.shape[0] > 1:
-        sims, overlaps = score_candidates(sampler, samp if samples[0] <= opts.search_samples else
-                                          draw_samples(fl, opts.search_samples, rng,
-                                                       bins if lin_metric == "mi" else None, features=feats[0][0],
-                                                       block=opts.search_samples),
-                                          base, lin_metric, bins)
+        search_samp = samp if samples[0] <= opts.search_samples else draw_samples(
+            fl, opts.search_samples, rng, bins if lin_metric == "mi" else None, features=feats[0][0],
+            block=opts.search_samples)
+        scored = _split_work(helper, parallel, base.shape[0],
+                             lambda sl, _main: score_candidates(sampler, search_samp, base[sl], lin_metric, bins))
+        sims, overlaps = torch.cat([a for a, _ in scored]), torch.cat([b for _, b in scored])
         sims = torch.where(overlaps > 0.05, sims, torch.full_like(sims, -1e9))
         order = torch.argsort(sims, descending=True).tolist()
         keep = order[: max(1, int(opts.search_top))]
@@ -452,30 +488,32 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
     base = base[best:best + 1]
     theta = theta[best:best + 1]
     bias = bias[best:best + 1] if bias is not None else None
-    first_affine = True
-    for lv, use_affine in steps:
+    # The samples (and moving samplers) of the remaining steps are prepared in the helper
+    # thread while the optimisation runs (drawing a thick-slice pair's finest pool through its
+    # slice profile took about as long as optimising the level before it). The slice profile's direction comes from the
+    # transform after the coarsest level (what the next level would use; a degree of later
+    # rotation changes it negligibly), and ``rng`` is used by that thread alone, in step
+    # order, so the result does not depend on timing.
+    with torch.no_grad():
+        current = (base @ linear_matrices(theta, center, radius, theta.shape[1] == 12))[0].double().cpu().numpy()
+
+    def prepare_step(lv: int, use_affine: bool) -> tuple[MovingSampler, Any]:
         fl, ml = f_levels[lv], m_levels[lv]
         # the affine model keeps ITK's central-difference gradient image: with the derivative of
         # the interpolant (the gather sampler) it measured less robust on CT-like pairs
         sampler = MovingSampler(ml, feats[lv][1], gather=False if use_affine else None)
-        profile = None
-        if opts.slice_profile:
-            with torch.no_grad():
-                current = (base @ linear_matrices(theta, center, radius, theta.shape[1] == 12))[0].double().cpu().numpy()
-            profile = slice_profile(fl.geometry, ml.geometry, current)
-        bins = bins_lv[lv]
-        samp = draw_samples(fl, int(samples[lv] * max(opts.pool, 1.0)), rng, bins if lin_metric == "mi" else None,
-                            features=feats[lv][0], profile=profile, block=samples[lv])
-        # the first affine level starts with the large step: scales and shears may be far off
-        big = lv == 0 or (use_affine and first_affine)
-        first_affine = first_affine and not use_affine
-        step_mm = (opts.step if big else opts.refine_step) * spacings[lv]
-        sched = LevelSchedule(iters[lv], samples[lv], step_mm)
-        kind = "affine" if use_affine else "rigid"
-        theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, use_affine, lin_metric,
-                                              bins, sched, stepper(iters[lv], f"{kind}, {spacings[lv]:g} mm"),
-                                              bias0=bias)
-        ran.append(n)
+        profile = slice_profile(fl.geometry, ml.geometry, current) if opts.slice_profile else None
+        samp = draw_samples(fl, int(samples[lv] * max(opts.pool, 1.0)), rng,
+                            bins_lv[lv] if lin_metric == "mi" else None, features=feats[lv][0], profile=profile,
+                            block=samples[lv])
+        return sampler, samp
+
+    if parallel:
+        prepared: list[Any] = [helper.submit(prepare_step, lv, use_affine) for lv, use_affine in steps]
+    else:
+        prepared = [_Ready(prepare_step, lv, use_affine) for lv, use_affine in steps]
+    theta, bias, sims = _run_steps(steps, prepared, base, theta, bias, sims, center, radius, lin_metric, bins_lv,
+                                   iters, samples, spacings, opts, stepper, ran)
     with torch.no_grad():
         affine_t = (base @ linear_matrices(theta, center, radius, affine_mode))[0]
     affine = affine_t.double().cpu().numpy()
@@ -499,3 +537,35 @@ def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed
             cancel)
         info.update(dinfo)
     return affine, displacement, info
+
+
+def _run_steps(steps: list[tuple[int, bool]], prepared: list[Any], base: torch.Tensor, theta: torch.Tensor,
+               bias: torch.Tensor | None, sims: torch.Tensor, center: torch.Tensor, radius: float, lin_metric: str,
+               bins_lv: list[int], iters: list[int], samples: list[int], spacings: list[float], opts: TorchOptions,
+               stepper: Any, ran: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The linear steps after the coarsest level (rigid, then affine), with their prepared samples."""
+    first_affine = True
+    for (lv, use_affine), job in zip(steps, prepared):
+        sampler, samp = job.result()
+        bins = bins_lv[lv]
+        # the first affine level starts with the large step: scales and shears may be far off
+        big = lv == 0 or (use_affine and first_affine)
+        first_affine = first_affine and not use_affine
+        step_mm = (opts.step if big else opts.refine_step) * spacings[lv]
+        sched = LevelSchedule(iters[lv], samples[lv], step_mm)
+        kind = "affine" if use_affine else "rigid"
+        theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, use_affine, lin_metric,
+                                              bins, sched, stepper(iters[lv], f"{kind}, {spacings[lv]:g} mm"),
+                                              bias0=bias)
+        ran.append(n)
+    return theta, bias, sims
+
+
+class _Ready:
+    """A deferred call with a future's ``result()`` (run in the calling thread when asked)."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def result(self) -> Any:
+        return self.fn(*self.args)
