@@ -308,13 +308,19 @@ def write_report(path: Path, args: argparse.Namespace, env: dict[str, Any], den:
             f"conductance {_fmt(1.0, 1)}, {10} iterations, time step 0.0625; SimpleITK's patch-based filter "
             "its Rician model, patch radius 2, one iteration, kernel bandwidth 2 sigma (the best of sigma, 2 sigma "
             "and its automatic estimate on a 48^3 crop); it runs at 5 % only, being slow, and so does MedTorch's "
-            "selfsup (its network training dominates its time).",
+            "selfsup (its network training dominates its time). MedTorch's collab and selfsup choose the guided-NLM "
+            "parameter h for each volume by SURE, from the noisy data alone (`medtorch.enhance.selfsup_denoise."
+            "sure_select_h`; its time is included); the h chosen is shown after the method's name.",
             "",
             "| noise | method | PSNR (dB) | SSIM | time (s) | CPU time (s) | peak memory (MB) |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in den:
-            name = f"**{r['method']}**" if r.get("ours") else r["method"]
+            label = r["method"]
+            h = (r.get("info") or {}).get("collab_h")
+            if h is not None:
+                label += f", h = {h:.2f} sigma by SURE"
+            name = f"**{label}**" if r.get("ours") else label
             if "error" in r:
                 lines.append(f"| {r['level']:.0%} | {name} | failed: {r['error'][:80]} | | | | |")
                 continue

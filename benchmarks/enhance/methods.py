@@ -45,6 +45,9 @@ def medtorch_denoise(prepared: Any, params: dict[str, Any], prepare: bool) -> An
         options["iterations"] = int(params.get("ad_iterations", AD_ITERATIONS))
     out = denoise(prepared, params["method"], params.get("strength"), seed=int(params.get("seed", 0)), **options)
     info = {k: out.metadata.get(k) for k in ("noise_model", "noise_sigma") if k in out.metadata}
+    collab = out.metadata.get("collab") or (out.metadata.get("selfsup") or {}).get("collab")
+    if collab and "h" in collab:
+        info["collab_h"] = collab["h"]  # the guided-NLM parameter SURE chose (units of sigma)
     return out.array, info
 
 
