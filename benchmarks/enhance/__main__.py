@@ -25,7 +25,7 @@ from benchmarks.enhance.runner import run_isolated  # noqa: E402
 M = "benchmarks.enhance.methods."
 #: Denoisers: (label, function, extra params, is MedTorch's).
 DENOISERS = [
-    ("MedTorch selfsup (network + collab)", M + "medtorch_denoise", {"method": "selfsup", "only_levels": [0.05]}, True),
+    ("MedTorch selfsup (network + collab)", M + "medtorch_denoise", {"method": "selfsup"}, True),
     ("MedTorch collab (DCT pilot, guided NLM, Wiener)", M + "medtorch_denoise", {"method": "collab"}, True),
     ("MedTorch nlm", M + "medtorch_denoise", {"method": "nlm"}, True),
     ("SimpleITK curvature anisotropic diffusion", M + "sitk_anisotropic", {}, False),
@@ -307,8 +307,7 @@ def write_report(path: Path, args: argparse.Namespace, env: dict[str, Any], den:
             "`nlmeans(..., patch_radius=1, block_radius=5, rician=True)`; anisotropic diffusion uses "
             f"conductance {_fmt(1.0, 1)}, {10} iterations, time step 0.0625; SimpleITK's patch-based filter "
             "its Rician model, patch radius 2, one iteration, kernel bandwidth 2 sigma (the best of sigma, 2 sigma "
-            "and its automatic estimate on a 48^3 crop); it runs at 5 % only, being slow, and so does MedTorch's "
-            "selfsup (its network training dominates its time). MedTorch's collab and selfsup choose the guided-NLM "
+            "and its automatic estimate on a 48^3 crop); it runs at 5 % only, being slow. MedTorch's collab and selfsup choose the guided-NLM "
             "parameter h for each volume by SURE, from the noisy data alone (`medtorch.enhance.selfsup_denoise."
             "sure_select_h`; its time is included); the h chosen is shown after the method's name.",
             "",
