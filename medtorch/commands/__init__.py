@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from medtorch.progress import CancelToken, ConsoleProgressBar
 
@@ -23,15 +23,27 @@ class Command:
     run: Callable[[argparse.Namespace, CancelToken], int]
 
 
-def vec3(text: str) -> tuple[float, float, float]:
-    """argparse type: three comma-separated numbers."""
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    try:
-        return (float(parts[0]), float(parts[1]), float(parts[2]))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from exc
+def triple_arg(cast: Callable[[str], Any], noun: str, one_for_all: bool = False) -> Callable[[str], tuple[Any, Any, Any]]:
+    """argparse type: three comma-separated values (``noun`` names them in errors), each through
+    ``cast``; with ``one_for_all`` a single value is used for every axis."""
+
+    def parse(text: str) -> tuple[Any, Any, Any]:
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        if one_for_all and len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3:
+            count = "one or three" if one_for_all else "three"
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated {noun}, got {text!r}")
+        try:
+            return (cast(parts[0]), cast(parts[1]), cast(parts[2]))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from exc
+
+    return parse
+
+
+#: argparse type: three comma-separated numbers.
+vec3 = triple_arg(float, "numbers")
 
 
 def ct_window_arg(text: str) -> str | tuple[float, float]:

@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
 
-from medtorch.commands import Command, progress_bar
+from medtorch.commands import Command, progress_bar, triple_arg
 from medtorch.progress import CancelToken
 
-
-def _triple(cast: Callable[[str], Any], noun: str) -> Callable[[str], tuple[Any, Any, Any]]:
-    """argparse type: one value (used for every axis) or three comma-separated values."""
-
-    def parse(text: str) -> tuple[Any, Any, Any]:
-        parts = [p for p in text.replace(" ", "").split(",") if p]
-        if len(parts) == 1:
-            parts = parts * 3
-        if len(parts) != 3:
-            raise argparse.ArgumentTypeError(f"expected one or three comma-separated {noun}, got {text!r}")
-        try:
-            return (cast(parts[0]), cast(parts[1]), cast(parts[2]))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from exc
-
-    return parse
-
-
-_ints3 = _triple(int, "whole numbers")
-_floats3 = _triple(float, "numbers")
+_ints3 = triple_arg(int, "whole numbers", one_for_all=True)
+_floats3 = triple_arg(float, "numbers", one_for_all=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
