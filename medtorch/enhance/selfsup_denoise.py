@@ -39,8 +39,8 @@ units of sigma) is not a constant: on the central 128^3 of the MNI T1 (a noise s
 than the benchmark's) it was about 0.8 at 3 % Rician noise, 0.55-0.6 at 5 % and 0.4 at 9 %
 (a guide that is less clean at higher noise needs sharper weights). It is chosen for each
 volume by SURE (:func:`sure_select_h`): the risk of the whole collaborative estimator is
-estimated from the data alone, for a few ``h``, on eight 32^3 blocks spread over the
-object, and the minimiser taken (parabolic refinement in ``log h``). That costs about
+estimated from the data alone, for a few ``h``, on up to eight 32^3 blocks spread over
+the object, and the minimiser taken (parabolic refinement in ``log h``). That costs about
 half the collaborative run again and is recorded with the result (``h``, the SURE values).
 """
 
@@ -320,8 +320,7 @@ def sure_select_h(y: torch.Tensor, sigma: float, rician: bool, candidates: tuple
     runs on blocks of ``y`` (:func:`_sure_blocks`) and on the same blocks plus a small seeded
     probe; ``SURE = |f(y) - y|^2 - n sigma^2 + 2 sigma^2 div f`` is summed over the blocks
     (for Rician data: over their voxels whose pilot is above 4 sigma, where Rician noise is
-    close to Gaussian), with the
-    divergence estimated by Monte Carlo (Ramani et al. 2008). The ``h`` of the smallest
+    close to Gaussian), with the divergence estimated by Monte Carlo (Ramani et al. 2008). The ``h`` of the smallest
     SURE is refined by a parabola through it and its neighbours in ``log h``; it stays
     within the candidates' range. Returns ``h`` and a record (the candidates' SURE per voxel).
     """

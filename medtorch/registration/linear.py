@@ -454,6 +454,21 @@ def bias_basis(grid: torch.Tensor, order: int) -> torch.Tensor:
 BIAS_SCALE = 50.0
 
 
+def _step_size(lr0: float, it: int, n_it: int) -> float:
+    """Adam's step at iteration ``it`` of ``n_it``: cosine decay from ``lr0`` to 2 % of it."""
+    return lr0 * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * it / n_it)))
+
+
+def _check_overlap(weights: torch.Tensor, min_overlap: float) -> None:
+    """Refuse a start where no candidate has ``min_overlap`` of its samples inside the moving volume."""
+    if float(weights.mean(-1).max()) < min_overlap:
+        raise MedTorchInputError(
+            "the fixed and moving volumes do not overlap at the start of the registration",
+            "check that the right volumes are selected; use init='auto' or 'moments' (or give an initial "
+            "transform or landmark pairs) to bring them together",
+        )
+
+
 def optimise_level(sampler: MovingSampler, samples: SampleSet, base: torch.Tensor, theta0: torch.Tensor,
                    center: torch.Tensor, radius: float, affine: bool, metric: str, bins: int,
                    schedule: LevelSchedule, on_step: Callable[[int], None] | None = None,
@@ -480,6 +495,11 @@ def optimise_level(sampler: MovingSampler, samples: SampleSet, base: torch.Tenso
 
     Returns (theta ``[K, 6|12]``, bias or None, similarity ``[K]``, iterations run).
     """
+    # MI without a bias model: the similarity's derivative is analytic (no autograd graph
+    # through the samples), and the parameters' small algebra runs in float64 numpy.
+    if analytic_small_math and metric == "mi" and bias0 is None and sampler.channels == 1 and samples.bins is not None:
+        return _optimise_mi_analytic(sampler, samples, base, theta0, center, radius, affine, bins, schedule,
+                                     on_step, min_overlap)
     n_par = 12 if affine else 6
     theta = torch.zeros(theta0.shape[0], n_par, dtype=torch.float32, device=theta0.device)
     theta[:, : min(theta0.shape[1], n_par)] = theta0[:, :n_par]
@@ -512,45 +532,16 @@ def optimise_level(sampler: MovingSampler, samples: SampleSet, base: torch.Tenso
             vals = vals * torch.exp(phi @ (params[1] / BIAS_SCALE).unsqueeze(-1)).transpose(1, 2)
         return similarity_of(metric, batch, vals, w, bins), w
 
-    # MI without a bias model: the similarity's derivative is analytic (no autograd graph
-    # through the samples), and the parameters' small algebra runs in float64 numpy
-    # (:func:`_optimise_mi_analytic`).
-    analytic = metric == "mi" and bias_t is None and sampler.channels == 1 and samples.bins is not None
-    if analytic and analytic_small_math:
-        return _optimise_mi_analytic(sampler, samples, base, theta.detach(), center, radius, affine, bins, schedule,
-                                     on_step, min_overlap)
-
-    def evaluate_analytic(batch: SampleSet) -> tuple[torch.Tensor, torch.Tensor]:
-        mats = base @ linear_matrices(theta, center, radius, affine)
-        vals, derivs, w, _ = sampler.values_and_gradients(batch.points, mats.detach())
-        sim, dsim = mutual_information_and_gradient(batch.bins, vals, w, bins)  # type: ignore[arg-type]
-        g = dsim.unsqueeze(-1) * derivs  # d sim / d grid, [K, N, 3]
-        pts = batch.points
-        d_norm = torch.zeros_like(mats)  # d sim / d (lps_to_norm @ mats)
-        d_norm[:, :3, :3] = g.transpose(1, 2) @ pts
-        d_norm[:, :3, 3] = g.sum(1)
-        d_mats = sampler.lps_to_norm[:3, :3].T.unsqueeze(0) @ d_norm[:, :3, :]
-        mats[:, :3, :].backward(-d_mats)
-        return sim, w
-
     for it in range(n_it):
-        lr = lr0 * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * it / n_it)))
+        lr = _step_size(lr0, it, n_it)
         before = theta.detach().clone()
         for leaf in leaves:
             leaf.grad = None
         batch = samples.window(it * per_iter, per_iter) if stochastic else samples
-        if analytic:
-            sim, w = evaluate_analytic(batch)
-        else:
-            sim, w = evaluate(leaves, batch)
-        if it == 0 and float(w.mean(-1).max()) < min_overlap:
-            raise MedTorchInputError(
-                "the fixed and moving volumes do not overlap at the start of the registration",
-                "check that the right volumes are selected; use init='auto' or 'moments' (or give an initial "
-                "transform or landmark pairs) to bring them together",
-            )
-        if not analytic:
-            (-sim.sum()).backward()
+        sim, w = evaluate(leaves, batch)
+        if it == 0:
+            _check_overlap(w, min_overlap)
+        (-sim.sum()).backward()
         with torch.no_grad():  # Adam
             for leaf, (m1, m2) in zip(leaves, moments):
                 g = leaf.grad
@@ -610,7 +601,7 @@ def linear_jacobian_np(theta: np.ndarray, center: np.ndarray, radius: float, aff
                        step: float = 1e-4) -> np.ndarray:
     """``d linear_matrices / d theta`` ``[K, P, 3, 4]`` by central differences in float64 (the
     map is smooth, parameters are in mm: truncation about ``step^2 / radius^2``, i.e. 1e-12)."""
-    k, n_par = theta.shape
+    n_par = theta.shape[1]
     d = np.eye(n_par) * step
     both = np.concatenate([theta[:, None, :] + d, theta[:, None, :] - d], axis=1)  # [K, 2P, P]
     m = linear_matrices_np(both, center, radius, affine)
@@ -631,7 +622,7 @@ def _optimise_mi_analytic(sampler: MovingSampler, samples: SampleSet, base: torc
     n_par = 12 if affine else 6
     k = theta0.shape[0]
     theta = np.zeros((k, n_par))
-    theta[:, : min(theta0.shape[1], n_par)] = theta0[:, :n_par].double().cpu().numpy()
+    theta[:, : min(theta0.shape[1], n_par)] = theta0[:, :n_par].detach().double().cpu().numpy()
     base_np = base.double().cpu().numpy()
     c_np = center.double().cpu().numpy()
     norm3 = sampler.lps_to_norm[:3, :3].double().cpu().numpy()
@@ -644,16 +635,12 @@ def _optimise_mi_analytic(sampler: MovingSampler, samples: SampleSet, base: torc
     avg_from = int(n_it * 0.7) if stochastic else n_it
     avg, n_avg, still, it = np.zeros_like(theta), 0, 0, 0
     for it in range(n_it):
-        lr = lr0 * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * it / n_it)))
+        lr = _step_size(lr0, it, n_it)
         batch = samples.window(it * per_iter, per_iter) if stochastic else samples
         mats = base_np @ linear_matrices_np(theta, c_np, radius, affine)
         vals, derivs, w, _ = sampler.values_and_gradients(batch.points, torch.from_numpy(mats).to(dev, torch.float32))
-        if it == 0 and float(w.mean(-1).max()) < min_overlap:
-            raise MedTorchInputError(
-                "the fixed and moving volumes do not overlap at the start of the registration",
-                "check that the right volumes are selected; use init='auto' or 'moments' (or give an initial "
-                "transform or landmark pairs) to bring them together",
-            )
+        if it == 0:
+            _check_overlap(w, min_overlap)
         _, dsim = mutual_information_and_gradient(batch.bins, vals, w, bins)  # type: ignore[arg-type]
         g = dsim.unsqueeze(-1) * derivs  # d sim / d grid, [K, N, 3]
         d_grid = torch.cat([g.transpose(1, 2) @ batch.points, g.sum(1).unsqueeze(-1)], dim=2)  # [K, 3, 4]

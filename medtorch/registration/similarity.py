@@ -71,20 +71,30 @@ def joint_histogram(fixed_bins: torch.Tensor, moving_values: torch.Tensor, weigh
             volume or its mask), or ``None`` for all ones.
         bins: number of intensity bins (the moving axis has 3 more, for the B-spline's support).
     """
+    t, idx = _parzen_entries(fixed_bins, moving_values, bins)
+    return _parzen_histogram(t, idx, weights, bins)
+
+
+def _parzen_histogram(t: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, bins: int) -> torch.Tensor:
+    """The joint histogram ``[K, bins, bins + 3]`` from :func:`_parzen_entries` (differentiable in ``t``)."""
+    k = t.shape[0]
+    hist = torch.zeros(k * bins * (bins + 3), device=t.device, dtype=t.dtype)
+    for offset, w in enumerate(bspline_weights(t)):  # bins base-1 .. base+2, stored at base+0 .. base+3
+        contrib = w if weights is None else w * weights
+        hist = hist.index_add(0, idx + offset, contrib.reshape(-1))
+    return hist.reshape(k, bins, bins + 3)
+
+
+def _parzen_entries(fixed_bins: torch.Tensor, moving_values: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each sample lands in the flattened ``[K, bins, bins + 3]`` joint histogram: the
+    B-spline fraction ``t`` ``[K, N]`` of its (clamped) moving value, and the index ``[K * N]``
+    of its first of four moving bins (``idx + 0 .. idx + 3``) in its fixed bin's row."""
     k, n = moving_values.shape
     x = moving_values.clamp(0.0, 1.0) * (bins - 1)
     base = torch.floor(x.detach()).clamp(0, bins - 1)
-    t = x - base
-    ws = bspline_weights(t)
-    width = bins + 3
     fb = fixed_bins.expand(k, n) if fixed_bins.ndim == 1 else fixed_bins
-    row = (torch.arange(k, device=x.device).unsqueeze(1) * bins + fb) * width + base.long()
-    hist = torch.zeros(k * bins * width, device=x.device, dtype=moving_values.dtype)
-    idx = row.reshape(-1)
-    for offset, w in enumerate(ws):  # bins base-1 .. base+2, stored at base+0 .. base+3
-        contrib = w if weights is None else w * weights
-        hist = hist.index_add(0, idx + offset, contrib.reshape(-1))
-    return hist.reshape(k, bins, width)
+    row = (torch.arange(k, device=x.device).unsqueeze(1) * bins + fb) * (bins + 3) + base.long()
+    return x - base, row.reshape(-1)
 
 
 def mutual_information(fixed_bins: torch.Tensor, moving_values: torch.Tensor, weights: torch.Tensor | None = None,
@@ -94,12 +104,16 @@ def mutual_information(fixed_bins: torch.Tensor, moving_values: torch.Tensor, we
     ``MI = sum p(f, m) log(p(f, m) / (p(f) p(m)))`` from the Parzen joint histogram of
     :func:`joint_histogram`. Higher is better.
     """
-    h = joint_histogram(fixed_bins, moving_values, weights, bins)
+    return _mi_of_histogram(joint_histogram(fixed_bins, moving_values, weights, bins), eps)[0]
+
+
+def _mi_of_histogram(h: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MI ``[K]`` of joint histograms ``[K, F, M]``, with their totals ``[K, 1, 1]`` and the
+    ``log(p / (p_f p_m))`` table ``[K, F, M]`` (each ``log`` with ``eps`` added)."""
     total = h.sum(dim=(1, 2), keepdim=True).clamp_min(eps)
     p = h / total
-    pf = p.sum(dim=2, keepdim=True)
-    pm = p.sum(dim=1, keepdim=True)
-    return (p * (torch.log(p + eps) - torch.log(pf * pm + eps))).sum(dim=(1, 2))
+    log_ratio = torch.log(p + eps) - torch.log(p.sum(dim=2, keepdim=True) * p.sum(dim=1, keepdim=True) + eps)
+    return (p * log_ratio).sum(dim=(1, 2)), total, log_ratio
 
 
 def _bspline_derivatives(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,20 +138,8 @@ def mutual_information_and_gradient(fixed_bins: torch.Tensor, moving_values: tor
     """
     k, n = moving_values.shape
     inside = (moving_values >= 0.0) & (moving_values <= 1.0)
-    x = moving_values.clamp(0.0, 1.0) * (bins - 1)
-    base = torch.floor(x).clamp(0, bins - 1)
-    t = x - base
-    width = bins + 3
-    fb = fixed_bins.expand(k, n) if fixed_bins.ndim == 1 else fixed_bins
-    idx = ((torch.arange(k, device=x.device).unsqueeze(1) * bins + fb) * width + base.long()).reshape(-1)
-    hist = torch.zeros(k * bins * width, device=x.device, dtype=moving_values.dtype)
-    for offset, w in enumerate(bspline_weights(t)):
-        hist.index_add_(0, idx + offset, (w if weights is None else w * weights).reshape(-1))
-    h = hist.reshape(k, bins, width)
-    total = h.sum(dim=(1, 2), keepdim=True).clamp_min(eps)
-    p = h / total
-    log_ratio = torch.log(p + eps) - torch.log(p.sum(dim=2, keepdim=True) * p.sum(dim=1, keepdim=True) + eps)
-    mi = (p * log_ratio).sum(dim=(1, 2))
+    t, idx = _parzen_entries(fixed_bins, moving_values, bins)
+    mi, total, log_ratio = _mi_of_histogram(_parzen_histogram(t, idx, weights, bins), eps)
     table = ((log_ratio - mi.view(k, 1, 1)) / total).reshape(-1)
     grad = torch.zeros_like(t)
     for offset, dw in enumerate(_bspline_derivatives(t)):
