@@ -233,7 +233,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                 bridge.show_in_slice_views(background=node, foreground=inputVolume, foreground_opacity=0.0, link=True)
             return node
 
-        return LogicJob(operation, inputs, params, apply, slicer.mrmlScene)
+        return LogicJob.from_params(operation, inputs, params, apply, slicer.mrmlScene)
 
     def denoiseJob(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None,
                    iterations: int = 5, outputVolume=None, showResult: bool = True, comparison: str = "none",

@@ -373,7 +373,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 bridge.show_in_slice_views(background=node)
             return node
 
-        return LogicJob("blend", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob.from_params("blend", inputs, params, apply, slicer.mrmlScene)
 
     def blend(self, fixedVolume, movingVolume, weight: float = 0.5, normalization: str = "percentile",
               outputVolume=None, showResult: bool = True, device: str = "auto"):
@@ -508,6 +508,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 raise MedTorchInputError(
                     exc.problem, "set the colour map to 'none' for anatomical pairs (CT, MRI); for a PET or SPECT "
                     "moving volume set its modality to PT or NM (Fusion section, 'Moving modality')") from None
+        if cmap is not None and cmap.lower() == "grey":
+            cmap = "gray"
         return {"fixed_modality": modF, "moving_modality": modM, "normalization": normalization,
                 "ct_window": str(ctWindow), "color_map": cmap, "assume_aligned": True}
 
@@ -581,7 +583,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 sf.show_volume_rendering(fused)
             return FusionOutput(fused, nodes["rgb"], nodes["table"], key, dict(result.values.get("metrics") or {}), info)
 
-        return LogicJob("fuse", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob.from_params("fuse", inputs, params, apply, slicer.mrmlScene)
 
     def fuse(self, fixedVolume, movingVolume, **kwargs):
         """Blocking fusion (scripts and tests). Returns a :class:`FusionOutput`."""
@@ -651,7 +653,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return EvaluationOutput(table, statsTable, chart, rows, list(values.get("stats") or []),
                                     list(values["methods"]), dict(values.get("info") or {}))
 
-        return LogicJob("fuse_compare", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob.from_params("fuse_compare", inputs, params, apply, slicer.mrmlScene)
 
     def evaluate(self, fixedVolume, movingVolume, **kwargs):
         """Blocking evaluation of fusion methods (scripts and tests). Returns an :class:`EvaluationOutput`."""
@@ -727,7 +729,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return self._applyRegistration(result, fixedVolume, movingVolume, name, placeUnderTransform, harden,
                                            outputTransform, resampledVolume, showFused)
 
-        return LogicJob("register", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob.from_params("register", inputs, params, apply, slicer.mrmlScene)
 
     def _applyRegistration(self, result, fixedVolume, movingVolume, name, placeUnderTransform, harden,
                            outputTransform, resampledVolume, showFused):

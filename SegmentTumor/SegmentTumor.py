@@ -327,7 +327,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             seg.CreateClosedSurfaceRepresentation()
             return seg
 
-        return LogicJob("threshold", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob.from_params("threshold", inputs, params, apply, slicer.mrmlScene)
 
     def threshold(self, inputVolume, lowerThreshold: float, upperThreshold: float = float("inf"), roi=None,
                   largestComponent: bool = True, segmentName: str = "Tumor"):
@@ -474,7 +474,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             return self._applySeeded(result.volumes["label"], result.values, names, colors, vols[0],
                                      outputSegmentation, volumetryTable, referenceSegmentation, metricsTable)
 
-        return LogicJob("seeded", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob.from_params("seeded", inputs, params, apply, slicer.mrmlScene)
 
     def seeded(self, inputVolumes, seedSegmentation=None, seedMarkups=None, **kwargs):
         """Blocking seeded segmentation (scripts and tests). Returns the segmentation node."""

@@ -186,7 +186,7 @@ def test_selfsup_isotropic_upsampling_runs_on_the_right_grid():
 
 def test_default_training_length_follows_the_factor():
     """600 f iterations (cost per iteration ~ 1 / f), also when the factor comes from a target spacing."""
-    from medtorch.commands.superres import _factor_guess
+    from medtorch.enhance.superres import factor_guess as _factor_guess
     from medtorch.enhance.srnet import default_iterations
 
     assert [default_iterations(f) for f in (1, 2, 4, 5)] == [800, 1200, 2400, 3000]

@@ -1,17 +1,13 @@
-"""Operations that Slicer and the command line run, blocking or in a background process.
+"""Running an operation of :mod:`medtorch.ops` blocking, or in a background process.
 
-Every Slicer-facing operation is registered by name (``@register("name")``) with a function
-``op(inputs: dict[str, Volume], params: dict, progress, cancel) -> OperationResult``, in
-the ``ops`` module of its subpackage (``medtorch/fusion/ops.py``, ...), found by
-:func:`discover_operations`.
-
-* :func:`run_operation` runs one in this process and blocks (scripts, tests, the CLI).
+* :func:`run_operation` runs one in this process and blocks (scripts, tests).
 * :class:`BackgroundTask` runs one in a separate Python process (``python -m
-  medtorch.worker job.json``): inputs travel as NRRD files, progress comes back as JSON
-  lines on stdout, and :meth:`BackgroundTask.cancel` stops it within two seconds
-  (SIGTERM, which the worker turns into a cancel, then a kill). The GUI never blocks and
-  a cancelled or failed task leaves nothing behind but its temporary folder, which is
-  removed.
+  medtorch.worker job.json``): the job names the operation and carries its request as
+  params (:func:`~medtorch.ops.base.request_to_params`), inputs travel as NRRD files,
+  progress comes back as JSON lines on stdout, and :meth:`BackgroundTask.cancel` stops it
+  within two seconds (SIGTERM, which the worker turns into a cancel, then a kill). The GUI
+  never blocks and a cancelled or failed task leaves nothing behind but its temporary
+  folder, which is removed. Bad params fail when the task is made, before any process starts.
 """
 
 from __future__ import annotations
@@ -24,13 +20,16 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from medtorch import ops
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
+from medtorch.ops.base import OperationResult, Request, request_to_params
 from medtorch.progress import CancelToken, ProgressCallback
 from medtorch.volume import Volume
 
@@ -39,60 +38,11 @@ PROGRESS_PREFIX = "MEDTORCH_PROGRESS "
 CANCEL_GRACE_SECONDS = 1.0
 
 
-@dataclass
-class OperationResult:
-    """Volumes and plain values (numbers, strings) an operation produced."""
-
-    volumes: dict[str, Volume] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-Operation = Callable[[dict[str, Volume], dict[str, Any], "ProgressCallback | None", "CancelToken | None"], OperationResult]
-OPERATIONS: dict[str, Operation] = {}
-_DISCOVERED = False
-
-
-def register(name: str) -> Callable[[Operation], Operation]:
-    def deco(fn: Operation) -> Operation:
-        OPERATIONS[name] = fn
-        return fn
-
-    return deco
-
-
-def need(inputs: dict[str, Volume], name: str) -> Volume:
-    """The input volume ``name``, or a clear error when it is missing."""
-    if name not in inputs:
-        raise MedTorchInputError(f"the {name} volume is missing", f"select a {name} volume")
-    return inputs[name]
-
-
-def discover_operations() -> dict[str, Operation]:
-    """Import every ``medtorch.<subpackage>.ops`` module, which registers its operations."""
-    global _DISCOVERED
-    if not _DISCOVERED:
-        import importlib
-        import pkgutil
-
-        import medtorch
-
-        for info in pkgutil.iter_modules(medtorch.__path__):
-            if info.ispkg and importlib.util.find_spec(f"medtorch.{info.name}.ops") is not None:
-                importlib.import_module(f"medtorch.{info.name}.ops")
-        _DISCOVERED = True
-    return OPERATIONS
-
-
-# -- running -----------------------------------------------------------------------------
-
-
-def run_operation(name: str, inputs: dict[str, Volume], params: dict[str, Any] | None = None,
+def run_operation(operation: str | Request, inputs: Mapping[str, Volume], params: Mapping[str, Any] | None = None,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> OperationResult:
-    """Run operation ``name`` in this process (blocking). Inputs are not modified."""
-    ops = discover_operations()
-    if name not in ops:
-        raise MedTorchInputError(f"unknown operation {name!r}", "use one of " + ", ".join(sorted(ops)))
-    return ops[name](inputs, dict(params or {}), progress, cancel)
+    """Run an operation in this process (blocking): a request, or a name and its params
+    (see :func:`medtorch.ops.run`). Inputs are not modified."""
+    return ops.run(operation, inputs, params, progress, cancel)
 
 
 def _json_default(obj: Any) -> Any:
@@ -128,21 +78,19 @@ class BackgroundTask:
 
     Usage::
 
-        task = BackgroundTask("denoise", {"input": vol}, {"method": "anisotropic"})
+        task = BackgroundTask(DenoiseRequest(method="anisotropic"), {"input": vol})
+        # or BackgroundTask("denoise", {"input": vol}, {"method": "anisotropic"})
         task.start()
         while task.poll().status == "running":   # from a GUI timer, or
             ...
         result = task.wait()                      # blocking
     """
 
-    def __init__(self, operation: str, inputs: dict[str, Volume], params: dict[str, Any] | None = None,
+    def __init__(self, operation: str | Request, inputs: Mapping[str, Volume], params: Mapping[str, Any] | None = None,
                  progress: ProgressCallback | None = None) -> None:
-        ops = discover_operations()
-        if operation not in ops:
-            raise MedTorchInputError(f"unknown operation {operation!r}", "use one of " + ", ".join(sorted(ops)))
-        self.operation = operation
-        self.inputs = inputs
-        self.params = dict(params or {})
+        self.request = ops.request_for(operation, params)  # bad params fail here, before a process starts
+        self.operation = self.request.operation
+        self.inputs = dict(inputs)
         self.progress_callback = progress
         self._dir: Path | None = None
         self._proc: subprocess.Popen[str] | None = None
@@ -167,7 +115,7 @@ class BackgroundTask:
             path = self._dir / f"in_{name}.nrrd"
             write_volume(vol, path, compress=False)
             inputs_meta[name] = {"path": str(path), "kind": vol.kind}
-        job = {"operation": self.operation, "inputs": inputs_meta, "params": self.params,
+        job = {"operation": self.operation, "inputs": inputs_meta, "params": request_to_params(self.request),
                "output_dir": str(self._dir / "out")}
         job_path = self._dir / "job.json"
         job_path.write_text(json.dumps(job, default=_json_default), encoding="utf-8")

@@ -1,6 +1,7 @@
 """Background worker: ``python -m medtorch.worker job.json``.
 
-Runs one operation of :mod:`medtorch.tasks` on inputs stored as files, writes its outputs
+Runs one operation of :mod:`medtorch.ops` (its request rebuilt from the job's params by
+:func:`~medtorch.ops.base.request_from_params`) on inputs stored as files, writes its outputs
 atomically into the job's output folder with a ``result.json`` manifest, and reports
 progress on stdout as ``MEDTORCH_PROGRESS {"fraction": f, "message": m}`` lines.
 SIGTERM sets the cancel token, so the algorithm stops at its next progress point.
@@ -30,15 +31,16 @@ def _emit(payload: dict[str, Any]) -> None:
 
 
 def run_job(job_path: str | Path, cancel: CancelToken | None = None) -> int:
+    from medtorch import ops
     from medtorch.io import read_volume, write_text_atomic, write_volume
-    from medtorch.tasks import _json_default, run_operation
+    from medtorch.tasks import _json_default
 
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     out_dir = Path(job["output_dir"])
     try:
         inputs = {name: read_volume(info["path"], kind=info["kind"]) for name, info in job["inputs"].items()}
-        result = run_operation(job["operation"], inputs, job.get("params", {}),
-                               progress=lambda f, m="": _emit({"fraction": f, "message": m}), cancel=cancel)
+        request = ops.request_from_params(ops.operation(job["operation"]).request, job.get("params", {}))
+        result = ops.run(request, inputs, progress=lambda f, m="": _emit({"fraction": f, "message": m}), cancel=cancel)
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest: dict[str, Any] = {"volumes": {}, "values": result.values}
         for name, vol in result.volumes.items():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 
 from medtorch.commands import Command, device_of, progress_bar, vec3
 from medtorch.progress import CancelToken
@@ -50,30 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default=None, help="write the factors, slice profile, seed and time as JSON here")
 
 
-def _factor_guess(vol: Any, factor: float | None, spacing: Any) -> int:
-    """The integer factor that sets the default training length (4 when it cannot be told)."""
-    import math
-
-    import numpy as np
-
-    from medtorch.enhance.superres import factors_from_spacing
-    from medtorch.errors import MedTorchInputError
-
-    if factor:
-        return max(1, math.ceil(float(factor) - 1e-6))
-    if spacing is not None:
-        try:
-            return max(1, math.ceil(float(np.max(factors_from_spacing(vol.geometry, spacing))) - 1e-6))
-        except MedTorchInputError:  # bad spacings are reported by superres itself
-            return 4
-    return 4
-
-
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch.device import seed_everything
     from medtorch.enhance.output import cast_output
     from medtorch.enhance.srnet import SRTrainConfig, default_iterations
-    from medtorch.enhance.superres import superres
+    from medtorch.enhance.superres import factor_guess, superres
     from medtorch.enhance.weights import export_onnx, load_model, save_model
     from medtorch.errors import MedTorchInputError
     from medtorch.io import read_volume, write_text_atomic, write_volume
@@ -84,7 +64,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     seed = seed_everything(args.seed)
     vol = read_volume(args.input)
     model = load_model(args.model) if args.model else None
-    f_guess = _factor_guess(vol, args.factor, args.spacing)
+    f_guess = factor_guess(vol, args.factor, args.spacing)
     cfg = SRTrainConfig(iterations=args.train_iterations or default_iterations(f_guess), seed=seed,
                         max_seconds=args.max_train_seconds, adversarial_weight=args.adversarial_weight)
     start = time.perf_counter()

@@ -7,14 +7,18 @@ changes the grid), the *before* volume is first resampled onto it (linear, physi
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.enhance import Comparison
 from medtorch.volume import Volume, check_volume
 
 __all__ = ["COMPARISONS", "checkerboard", "comparison_volume", "difference"]
 
-COMPARISONS = ("none", "difference", "checkerboard")
+#: Comparison kinds (defined by the enhancement requests, :data:`medtorch.ops.enhance.Comparison`).
+COMPARISONS: tuple[str, ...] = get_args(Comparison)
 
 
 def _on_grid(before: Volume, after: Volume) -> np.ndarray:

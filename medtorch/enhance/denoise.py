@@ -38,18 +38,20 @@ noise estimate, the seed and the parameters go into the output's metadata.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import numpy as np
 
 from medtorch.enhance.noise import NoiseEstimate, estimate_noise
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.enhance import DenoiseMethod
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report, run_sitk_filter
 from medtorch.volume import Volume, check_volume
 
 __all__ = ["DENOISE_METHODS", "NOISE_AWARE", "anisotropic", "denoise", "gaussian", "median"]
 
-DENOISE_METHODS = ("gaussian", "median", "anisotropic", "bilateral", "nlm", "patch", "dct", "collab", "selfsup")
+#: The methods (defined by the ``denoise`` operation's request, :data:`medtorch.ops.enhance.DenoiseMethod`).
+DENOISE_METHODS: tuple[str, ...] = get_args(DenoiseMethod)
 #: Methods whose ``strength`` scales the estimated noise level.
 NOISE_AWARE = ("bilateral", "nlm", "patch", "dct", "collab", "selfsup")
 #: Default strength (when ``None``) per method.

@@ -26,11 +26,12 @@ deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.enhance import NoiseModel
 
 __all__ = [
     "NOISE_MODELS",
@@ -47,9 +48,9 @@ __all__ = [
     "wavelet_mad_sigma",
 ]
 
-NoiseModel = Literal["rician", "gaussian", "poisson"]
-#: Noise models the denoisers know; ``"auto"`` picks one with :func:`estimate_noise`.
-NOISE_MODELS = ("rician", "gaussian", "poisson")
+#: Noise models the denoisers know (:data:`medtorch.ops.enhance.NoiseModel` defines them);
+#: ``"auto"`` picks one with :func:`estimate_noise`.
+NOISE_MODELS: tuple[str, ...] = get_args(NoiseModel)
 
 #: Median of |N(0, 1)|: MAD / 0.6745 estimates a Gaussian's standard deviation.
 _MAD_TO_SIGMA = 1.0 / 0.6744897501960817

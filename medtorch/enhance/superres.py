@@ -28,25 +28,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.enhance import SrMethod
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report, run_sitk_filter
 from medtorch.volume import Geometry, Volume, check_volume
 
 __all__ = [
     "SR_METHODS",
     "SuperResolutionModel",
+    "factor_guess",
     "factors_from_spacing",
     "output_geometry",
     "resolve_axis",
     "superres",
 ]
 
-SR_METHODS = ("linear", "bspline", "sinc", "selfsup")
+#: The methods (defined by the ``superres`` operation's request, :data:`medtorch.ops.enhance.SrMethod`).
+SR_METHODS: tuple[str, ...] = get_args(SrMethod)
 #: Spacing ratio (largest / smallest) under which a volume counts as isotropic.
 ISOTROPIC_RATIO = 1.25
 _AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "x": 0, "y": 1, "z": 2, "0": 0, "1": 1, "2": 2}
@@ -80,6 +83,18 @@ def factors_from_spacing(geometry: Geometry, spacing: Sequence[float]) -> np.nda
         raise MedTorchInputError(f"the target spacing {tuple(spacing)} is not three positive numbers",
                                  "give the output spacing in mm for i, j and k, e.g. 1,1,1")
     return geometry.spacing / s
+
+
+def factor_guess(volume: Volume, factor: float | None, spacing: Sequence[float] | None) -> int:
+    """The integer factor that sets the default training length (4 when it cannot be told)."""
+    if factor:
+        return max(1, math.ceil(float(factor) - 1e-6))
+    if spacing is not None:
+        try:
+            return max(1, math.ceil(float(np.max(factors_from_spacing(volume.geometry, spacing))) - 1e-6))
+        except MedTorchInputError:  # bad spacings are reported by superres itself
+            return 4
+    return 4
 
 
 def resolve_axis(geometry: Geometry, axis: str | int = "auto") -> int | None:

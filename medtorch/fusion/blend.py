@@ -9,16 +9,15 @@ The output range is [0, 1] when normalising; otherwise it is the inputs' own ran
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.fusion import BlendNormalization as Normalization
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.resample import resample
 from medtorch.volume import Volume, check_volume
-
-Normalization = Literal["percentile", "none"]
 
 
 @dataclass

@@ -29,10 +29,13 @@ show exactly the same colours through a colour table made from them):
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.fusion import ColorMap
 
 __all__ = [
     "COLOR_MAPS",
@@ -45,7 +48,7 @@ __all__ = [
 
 #: DICOM Modality values of functional images (PET, SPECT / nuclear medicine).
 FUNCTIONAL_MODALITIES = ("PT", "PET", "NM", "SPECT")
-COLOR_MAPS = ("hot", "jet", "rainbow", "gray")
+COLOR_MAPS: tuple[str, ...] = get_args(ColorMap)  # defined by the fusion requests (medtorch.ops.fusion)
 
 _RGB_TO_YCBCR = np.array([
     [0.299, 0.587, 0.114],

@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.fusion import FunctionalSide
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.volume import Volume, check_volume
 
 __all__ = ["FUSION_BYTES_PER_VOXEL", "FusionResult", "estimate_fusion_bytes", "fuse_volumes", "resolve_functional"]
 
-FunctionalSide = Literal["fixed", "moving"]
 
 #: Peak working memory of each method per voxel of the output grid (bytes), rounded up from
 #: the peaks measured on 256^3 volumes by ``benchmarks/fusion`` (resident memory above the

@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.fusion import MetricMode
 from medtorch.fusion.filters import correlate_axis, gaussian_kernel1d, sobel
 
 __all__ = [
@@ -76,7 +77,6 @@ __all__ = [
 
 #: Metric names, in report order. Higher is better for all of them.
 METRICS = ("EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF")
-MetricMode = Literal["auto", "2d", "3d", "slices"]
 ArrayLike = "np.ndarray | torch.Tensor"
 
 _QABF = {"Tg": 0.9994, "kg": -15.0, "Dg": 0.5, "Ta": 0.9879, "ka": -22.0, "Da": 0.8}

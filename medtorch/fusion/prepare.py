@@ -20,11 +20,10 @@ uint8 vector volume (0..255 per channel) beside it.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.fusion import Normalization
 from medtorch.volume import Volume
 
 __all__ = ["MODALITIES", "Normalization", "is_functional", "modality_of", "prepare_intensity"]
@@ -33,7 +32,6 @@ __all__ = ["MODALITIES", "Normalization", "is_functional", "modality_of", "prepa
 MODALITIES = ("CT", "MR", "PT", "NM", "OT")
 _ALIASES = {"CT": "CT", "MR": "MR", "MRI": "MR", "PT": "PT", "PET": "PT", "NM": "NM", "SPECT": "NM",
             "OT": "OT", "OTHER": "OT", "AUTO": "AUTO", "": "AUTO"}
-Normalization = Literal["auto", "percentile", "none"]
 
 
 def canonical_modality(text: str | None) -> str:

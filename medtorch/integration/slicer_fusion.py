@@ -346,7 +346,7 @@ def box_plot_chart(rows: Sequence[dict[str, Any]], metric: str, methods: Sequenc
 def add_fuse_result(result: Any, fixed_node: Any, moving_node: Any | None = None, name: str = "",
                     output_node: Any = None, show: bool = True, opacity: float = 0.5, color_map: str | None = None,
                     render_3d: bool = True, scene: Any = None) -> dict[str, Any]:
-    """Put a ``fuse`` operation's result (:class:`~medtorch.tasks.OperationResult`) into the scene.
+    """Put a ``fuse`` operation's result (:class:`~medtorch.ops.OperationResult`) into the scene.
 
     Creates (or updates ``output_node`` with) the fused scalar volume under the fixed
     volume's parent transform, an RGB vector volume for colour fusion, and a metrics table

@@ -1,7 +1,7 @@
 """Running MedTorch operations from Slicer module logic: blocking or in the background.
 
-A :class:`LogicJob` ties an operation (:mod:`medtorch.tasks`) to the function that turns
-its result into MRML nodes. Nothing touches the scene until the operation has finished,
+A :class:`LogicJob` ties an operation's request (:mod:`medtorch.ops`) to the function that
+turns its result into MRML nodes. Nothing touches the scene until the operation has finished,
 and :func:`scene_transaction` removes every node an ``apply`` step added if it fails, so a
 cancel or an error leaves the scene as it was.
 
@@ -15,11 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
+from medtorch import ops
 from medtorch.errors import Cancelled
+from medtorch.ops.base import OperationResult, Request
 from medtorch.progress import CancelToken, ProgressCallback
-from medtorch.tasks import BackgroundTask, OperationResult, run_operation
+from medtorch.tasks import BackgroundTask
 from medtorch.volume import Volume
 
 
@@ -43,29 +46,40 @@ def scene_node_ids(scene: Any) -> set[str]:
 
 
 class LogicJob:
-    """An operation plus the step that puts its result into the scene."""
+    """An operation's request and inputs, plus the step that puts its result into the scene.
 
-    def __init__(self, operation: str, inputs: dict[str, Volume], params: dict[str, Any],
-                 apply: Callable[[OperationResult], Any], scene: Any) -> None:
-        self.operation = operation
+    ``LogicJob(RegisterRequest(mode="affine"), inputs, apply, scene)``; the request is checked
+    at once (:func:`medtorch.ops.request_for`), so bad parameters fail before anything runs.
+    :meth:`from_params` makes one from an operation name and plain params.
+    """
+
+    def __init__(self, request: Request, inputs: dict[str, Volume], apply: Callable[[OperationResult], Any],
+                 scene: Any) -> None:
+        self.request = ops.request_for(request)
+        self.operation = self.request.operation
         self.inputs = inputs
-        self.params = params
         self.apply = apply
         self.scene = scene
         self.task: BackgroundTask | None = None
+
+    @classmethod
+    def from_params(cls, operation: str, inputs: dict[str, Volume], params: Mapping[str, Any],
+                    apply: Callable[[OperationResult], Any], scene: Any) -> LogicJob:
+        """A job for the operation named ``operation`` with plain ``params`` (checked at once)."""
+        return cls(ops.request_for(operation, params), inputs, apply, scene)
 
     def run_blocking(self, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Any:
         """Run in this process and apply the result (scripts, tests, self-tests); the time it
         took is logged, as Slicer's scripted-module template logs its processing time."""
         start = time.time()
-        result = run_operation(self.operation, self.inputs, self.params, progress, cancel)
+        result = ops.run(self.request, self.inputs, progress=progress, cancel=cancel)
         output = self.finish(result)
         logging.info(f"{self.operation} completed in {time.time() - start:.2f} seconds")
         return output
 
     def start(self, progress: ProgressCallback | None = None) -> BackgroundTask:
         """Start in a background process; call :meth:`finish` once it is done."""
-        self.task = BackgroundTask(self.operation, self.inputs, self.params, progress).start()
+        self.task = BackgroundTask(self.request, self.inputs, progress=progress).start()
         return self.task
 
     def finish(self, result: OperationResult | None = None) -> Any:

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.segmentation import ModelConvention, OutputInterpolation
 from medtorch.volume import Volume
 
 #: Colours (RGB 0-1) by segment name (lower case) for names the standard tumour terms do not
@@ -177,8 +178,8 @@ def nodule_diameters(markups_node: Any) -> list[float]:
 
 
 def segment_model_job(volume_nodes: Sequence[Any], model_path: str, *, overlap: float | None = None, tta: bool = False,
-                      device: str | None = None, label_convention: str = "auto",
-                      output_interpolation: str = "nearest", crop_foreground: bool = False,
+                      device: str | None = None, label_convention: ModelConvention = "auto",
+                      output_interpolation: OutputInterpolation = "nearest", crop_foreground: bool = False,
                       trust_code: bool = False, segmentation_name: str | None = None, scene: Any = None) -> Any:
     """A :class:`LogicJob` running ``segment_model`` on ``volume_nodes`` (one per channel, in the
     model's order); its result is the new segmentation node.
@@ -187,9 +188,9 @@ def segment_model_job(volume_nodes: Sequence[Any], model_path: str, *, overlap: 
         MedTorchInputError: no model, no volume, an empty selector, volumes under different
             transforms (they would not line up).
     """
-    import medtorch.segment.dl_ops  # noqa: F401 - registers the operation in this process
     from medtorch.integration import slicer_bridge as bridge
     from medtorch.integration.slicer_jobs import LogicJob
+    from medtorch.ops.segmentation import ModelRequest
 
     slicer = _slicer()
     scene = scene if scene is not None else slicer.mrmlScene
@@ -203,9 +204,9 @@ def segment_model_job(volume_nodes: Sequence[Any], model_path: str, *, overlap: 
         raise MedTorchInputError("the input volumes are under different transforms, so they would not line up",
                                  "put them under the same transform, or harden the transforms first")
     inputs = {f"channel{i}": bridge.volume_from_node(n) for i, n in enumerate(nodes)}
-    params = {"model": str(model_path), "overlap": overlap, "tta": bool(tta), "device": device,
-              "label_convention": label_convention, "output_interpolation": output_interpolation,
-              "crop_foreground": bool(crop_foreground), "trust_code": bool(trust_code)}
+    request = ModelRequest(model=str(model_path), overlap=overlap, tta=bool(tta), device=device,
+                           label_convention=label_convention, output_interpolation=output_interpolation,
+                           crop_foreground=bool(crop_foreground), trust_code=bool(trust_code))
     reference = nodes[0]
     name = segmentation_name or scene.GenerateUniqueName(f"{reference.GetName()} model segmentation")
 
@@ -217,7 +218,7 @@ def segment_model_job(volume_nodes: Sequence[Any], model_path: str, *, overlap: 
         seg.SetAttribute("MedTorch.model", str(model_path))
         return seg
 
-    return LogicJob("segment_model", inputs, params, apply, scene)
+    return LogicJob(request, inputs, apply, scene)
 
 
 def detect_nodules_job(ct_node: Any, *, min_diameter_mm: float = 4.0, max_diameter_mm: float = 30.0,
@@ -225,17 +226,17 @@ def detect_nodules_job(ct_node: Any, *, min_diameter_mm: float = 4.0, max_diamet
                        lung_segmentation: bool = False, scene: Any = None) -> Any:
     """A :class:`LogicJob` running ``detect_nodules`` on ``ct_node``; its result is the new
     markups node (``(markups, lung segmentation)`` when ``lung_segmentation``)."""
-    import medtorch.segment.dl_ops  # noqa: F401 - registers the operation in this process
     from medtorch.integration import slicer_bridge as bridge
     from medtorch.integration.slicer_jobs import LogicJob
+    from medtorch.ops.segmentation import NodulesRequest
 
     slicer = _slicer()
     scene = scene if scene is not None else slicer.mrmlScene
     if ct_node is None:
         raise MedTorchInputError("no CT volume is selected", "select the chest CT")
     inputs = {"input": bridge.volume_from_node(ct_node)}
-    params = {"min_diameter_mm": float(min_diameter_mm), "max_diameter_mm": float(max_diameter_mm),
-              "score_threshold": float(score_threshold), "device": device}
+    request = NodulesRequest(min_diameter_mm=float(min_diameter_mm), max_diameter_mm=float(max_diameter_mm),
+                             score_threshold=float(score_threshold), device=device)
     name = markups_name or scene.GenerateUniqueName(f"{ct_node.GetName()} nodules")
 
     def apply(result: Any) -> Any:
@@ -249,4 +250,4 @@ def detect_nodules_job(ct_node: Any, *, min_diameter_mm: float = 4.0, max_diamet
         lungs.SetAndObserveTransformNodeID(ct_node.GetTransformNodeID())
         return markups, lungs
 
-    return LogicJob("detect_nodules", inputs, params, apply, scene)
+    return LogicJob(request, inputs, apply, scene)

@@ -8,22 +8,24 @@ and fills the quality report (similarity, Jacobian, folding, TRE, runtime, devic
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.registration import Engine, Init, Metric, Mode
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.registration.result import RegistrationResult
 from medtorch.volume import Volume, check_volume
 
 __all__ = ["ENGINES", "INITS", "METRICS", "MODES", "register", "check_inputs", "target_registration_error"]
 
-MODES = ("rigid", "affine", "deformable")
-METRICS = ("mi", "mind", "lncc", "ncc", "mse")
-ENGINES = ("torch", "sitk", "elastix")
-INITS = ("auto", "geometry", "moments", "pax", "fiducials", "none")
+# The choices are defined once, by the register operation's request (medtorch.ops.registration).
+MODES: tuple[str, ...] = get_args(Mode)
+METRICS: tuple[str, ...] = get_args(Metric)
+ENGINES: tuple[str, ...] = get_args(Engine)
+INITS: tuple[str, ...] = get_args(Init)
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -99,14 +101,14 @@ def register(
     fixed: Volume,
     moving: Volume,
     *,
-    mode: Literal["rigid", "affine", "deformable"] = "rigid",
-    metric: Literal["mi", "mind", "lncc", "ncc", "mse"] = "mi",
-    engine: Literal["torch", "sitk", "elastix"] = "torch",
+    mode: Mode = "rigid",
+    metric: Metric = "mi",
+    engine: Engine = "torch",
     fixed_mask: Volume | None = None,
     moving_mask: Volume | None = None,
     fixed_landmarks: np.ndarray | None = None,
     moving_landmarks: np.ndarray | None = None,
-    init: Literal["auto", "geometry", "moments", "pax", "fiducials", "none"] = "auto",
+    init: Init = "auto",
     initial_transform: np.ndarray | None = None,
     device: str | None = None,
     seed: int = 0,

@@ -60,11 +60,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from medtorch.errors import Cancelled, MedTorchInputError
+from medtorch.ops.registration import Mode
 from medtorch.progress import (
     CancelToken,
     ProgressCallback,
@@ -84,8 +85,7 @@ __all__ = [
     "register_sitk",
 ]
 
-Mode = Literal["rigid", "affine", "deformable"]
-CLASSIC_MODES: tuple[str, ...] = ("rigid", "affine", "deformable")
+CLASSIC_MODES: tuple[str, ...] = get_args(Mode)  # every mode of medtorch.ops.registration.Mode
 ClassicResult = tuple[np.ndarray, "Volume | None", dict[str, Any]]
 
 

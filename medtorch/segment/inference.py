@@ -43,12 +43,13 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.segmentation import OutputInterpolation
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.segment.models import (
     LoadedModel,
@@ -374,7 +375,7 @@ def segment_with_model(
     threshold: float = 0.5,
     label_convention: str = "auto",
     crop_foreground: bool = False,
-    output_interpolation: Literal["nearest", "linear"] = "nearest",
+    output_interpolation: OutputInterpolation = "nearest",
     trust_code: bool = False,
     memory_budget: str | int | None = None,
     progress: ProgressCallback | None = None,

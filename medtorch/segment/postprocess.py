@@ -21,6 +21,7 @@ from typing import Literal, Mapping, Sequence, Union
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.segmentation import LabelConvention  # the BraTS conventions, defined once there
 from medtorch.volume import Volume
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "region_masks",
 ]
 
-LabelConvention = Literal["brats2021", "brats2023"]
 LabelLike = Union[Volume, np.ndarray]
 
 #: Label values of the BraTS classes, per convention.

@@ -1,0 +1,92 @@
+"""The ``register`` operation: register a moving volume to a fixed one.
+
+Inputs ``fixed``, ``moving`` and optionally ``fixed_mask``, ``moving_mask``. Result: the
+volumes ``resampled`` (unless ``resample_output`` is off) and, for deformable registration,
+``displacement`` (the field in its compact control-grid form when the engine has one -- the
+same transform, see :class:`~medtorch.registration.result.RegistrationResult`); the values
+``affine`` (4x4 LPS, fixed -> moving) and ``report``; ``native`` is the
+:class:`~medtorch.registration.result.RegistrationResult`.
+
+The choices defined here (:data:`Mode`, :data:`Metric`, :data:`Engine`, :data:`Init`) are the
+ones :mod:`medtorch.registration` accepts (its ``MODES``, ``METRICS``, ... are these).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from medtorch.ops.base import Matrix, OperationResult, Points, Request, need
+from medtorch.progress import CancelToken, ProgressCallback
+from medtorch.volume import Volume
+
+Mode = Literal["rigid", "affine", "deformable"]
+Metric = Literal["mi", "mind", "lncc", "ncc", "mse"]
+Engine = Literal["torch", "sitk", "elastix"]
+Init = Literal["auto", "geometry", "moments", "pax", "fiducials", "none"]
+
+
+@dataclass(frozen=True)
+class RegisterRequest(Request):
+    """Parameters of :func:`medtorch.registration.register` (see it for their meaning).
+
+    ``initial_transform``: 4x4 LPS (fixed -> moving); ``fixed_landmarks`` /
+    ``moving_landmarks``: ``(N, 3)`` LPS points in pairs; ``options``: torch-engine options
+    (:mod:`medtorch.registration.torch_engine`); ``resample_output``: off skips resampling
+    the moving volume (no ``resampled`` volume).
+    """
+
+    operation: ClassVar[str] = "register"
+
+    mode: Mode = "rigid"
+    metric: Metric = "mi"
+    engine: Engine = "torch"
+    init: Init = "auto"
+    initial_transform: Matrix | None = None
+    fixed_landmarks: Points | None = None
+    moving_landmarks: Points | None = None
+    device: str | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    resample_output: bool = True
+
+
+def _points(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float64)
+    return arr.reshape(-1, 3) if arr.size else None
+
+
+def run_register(request: RegisterRequest, inputs: dict[str, Volume], progress: ProgressCallback | None,
+                 cancel: CancelToken | None) -> OperationResult:
+    from medtorch.registration import register as run_registration
+
+    initial = request.initial_transform
+    res = run_registration(
+        need(inputs, "fixed"),
+        need(inputs, "moving"),
+        mode=request.mode,
+        metric=request.metric,
+        engine=request.engine,
+        fixed_mask=inputs.get("fixed_mask"),
+        moving_mask=inputs.get("moving_mask"),
+        fixed_landmarks=_points(request.fixed_landmarks),
+        moving_landmarks=_points(request.moving_landmarks),
+        init=request.init,
+        initial_transform=np.asarray(initial, dtype=np.float64) if initial is not None else None,
+        device=request.device,
+        seed=request.seed,
+        progress=progress,
+        cancel=cancel,
+        resample_output=request.resample_output,
+        **dict(request.options),
+    )
+    volumes: dict[str, Volume] = {}
+    if res.resampled is not None:
+        volumes["resampled"] = res.resampled
+    if res.displacement is not None:
+        volumes["displacement"] = res.control_field if res.control_field is not None else res.displacement
+    return OperationResult(volumes, {"affine": np.asarray(res.affine).tolist(), "report": res.report}, res)
