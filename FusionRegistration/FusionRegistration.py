@@ -716,9 +716,11 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 inputs[key] = bridge.volume_from_node(node)
         params = {"mode": mode, "metric": metric, "engine": engine, "init": initialization, "device": device,
                   "seed": int(seed), "options": dict(options or {})}
-        if fixedFiducials is not None:
-            params["fixed_landmarks"] = self._localPoints(fixedFiducials, fixedVolume).tolist()
-            params["moving_landmarks"] = self._localPoints(movingFiducials, movingVolume).tolist()
+        if fixedFiducials is not None:  # a point list without points gives no landmarks
+            for key, markups, volume in (("fixed_landmarks", fixedFiducials, fixedVolume),
+                                         ("moving_landmarks", movingFiducials, movingVolume)):
+                points = self._localPoints(markups, volume)
+                params[key] = points.tolist() if len(points) else None
         between = bridge.transform_between_volumes(fixedVolume, movingVolume)
         if (between is not None and not hasattr(between, "geometry") and initialization in ("auto", "none")
                 and fixedFiducials is None):

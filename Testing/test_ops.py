@@ -192,3 +192,101 @@ def test_run_gives_the_cores_result_in_process(tmp_path):
     assert isinstance(by_request.native, ThresholdResult)
     assert by_request.values == by_name.values and by_request.values["voxel_count"] > 0
     assert (by_request.volumes["label"].array == by_name.volumes["label"].array).all()
+
+
+# -- the command line: its choices and defaults are the requests', and it runs through medtorch.ops --------
+
+CLI_FIELDS = {
+    "register": (RegisterRequest, {"--mode": "mode", "--metric": "metric", "--engine": "engine", "--init": "init",
+                                   "--seed": "seed"}),
+    "segment": (SeededRequest, {"--margin": "margin_mm", "--smoothing": "smoothing_mm", "--radius": "radius_mm",
+                                "--smoothness": "smoothness", "--iterations": "iterations", "--seed": "seed",
+                                "--min-size": "min_size_mm3"}),
+    "threshold-seg": (ThresholdRequest, {"--upper": "upper"}),
+    "seg-metrics": (ops.segmentation.SegMetricsRequest, {"--structures": "structures", "--tolerance": "tolerance_mm"}),
+    "denoise": (DenoiseRequest, {"--method": "method", "--iterations": "iterations", "--noise-model": "noise_model",
+                                 "--output-dtype": "output_dtype", "--seed": "seed"}),
+    "superres": (SuperresRequest, {"--method": "method", "--axis": "axis", "--adversarial-weight": "adversarial_weight",
+                                   "--output-dtype": "output_dtype", "--seed": "seed"}),
+    "enhance": (ops.enhance.EnhanceRequest, {"--n4-shrink": "n4_shrink", "--clahe-clip": "clahe_clip",
+                                             "--clahe-kernel": "clahe_kernel_mm", "--unsharp-sigma": "unsharp_sigma_mm",
+                                             "--unsharp-amount": "unsharp_amount"}),
+    "fuse": (FuseRequest, {"--method": "method", "--fixed-modality": "fixed_modality", "--ct-window": "ct_window",
+                           "--normalization": "normalization", "--mi-unit": "mi_unit", "--color-map": "color_map",
+                           "--functional": "functional"}),
+    "fuse-eval": (ops.fusion.FuseEvalRequest, {"--baseline": ("baseline", "free text, lower-cased"),
+                                               "--mi-unit": "mi_unit", "--color-map": "color_map"}),
+}
+
+
+def _subparser(command):
+    import argparse
+
+    from medtorch.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+@pytest.mark.parametrize("command", sorted(CLI_FIELDS))
+def test_cli_choices_and_defaults_are_the_requests(command):
+    cls, flags = CLI_FIELDS[command]
+    parser = _subparser(command)
+    for flag, name in flags.items():
+        action = next(a for a in parser._actions if flag in a.option_strings)
+        if isinstance(name, tuple):  # (field, why the option takes more than the field's choices)
+            assert action.default == default_of(cls, name[0]) and action.choices is None, flag
+            continue
+        assert action.default == default_of(cls, name), flag
+        try:
+            expected = choices(cls, name)
+        except KeyError:
+            expected = None
+        assert (tuple(action.choices) if action.choices is not None else None) == expected, flag
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = ops.run
+
+    def spy(name_or_request, *args, **kwargs):
+        calls.append(name_or_request)
+        return real(name_or_request, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "run", spy)
+    return calls
+
+
+def test_cli_commands_run_through_the_operations(tmp_path, monkeypatch):
+    import numpy as np
+
+    from medtorch.cli import main
+    from medtorch.io import write_volume
+    from medtorch.phantoms import blob_phantom, oblique_geometry
+    from medtorch.registration.synthetic import synthetic_pair
+    from medtorch.volume import Volume
+
+    calls = _spy(monkeypatch)
+    vol = blob_phantom(oblique_geometry(size=(24, 22, 16)), noise=4.0, seed=2)
+    write_volume(vol, tmp_path / "v.nrrd")
+    seeds = np.zeros(vol.array.shape, np.uint8)
+    z, y, x = np.array(vol.array.shape) // 2
+    seeds[z, y - 1:y + 2, x - 1:x + 2] = 1
+    seeds[z, 1:3, 1:4] = 2
+    write_volume(Volume(seeds, vol.geometry, "label"), tmp_path / "s.nrrd")
+    pair = synthetic_pair("rigid", seed=1, size=32, spacing=2.0)
+    write_volume(pair.fixed, tmp_path / "f.nrrd")
+    write_volume(pair.moving, tmp_path / "m.nrrd")
+    v, s = str(tmp_path / "v.nrrd"), str(tmp_path / "s.nrrd")
+    c = [round(float(x)) for x in vol.geometry.center()]
+    assert main(["threshold-seg", "--in", v, "--lower", "150", "--roi-center", ",".join(map(str, c)), "--roi-size", "30,30,20",
+                 "--out", str(tmp_path / "t.nrrd"), "-q"]) == 0
+    assert main(["segment", "--in", v, "--seeds", s, "--out", str(tmp_path / "seg.nrrd"), "--seed", "3", "-q"]) == 0
+    assert main(["register", "--fixed", str(tmp_path / "f.nrrd"), "--moving", str(tmp_path / "m.nrrd"), "--mode", "affine",
+                 "--out-transform", str(tmp_path / "r.tfm"), "--option", "iterations=4", "--device", "cpu", "-q"]) == 0
+    assert main(["denoise", "--in", v, "--out", str(tmp_path / "d.nrrd"), "--method", "anisotropic", "-q"]) == 0
+    assert [type(c) for c in calls] == [ThresholdRequest, SeededRequest, RegisterRequest, DenoiseRequest]
+    assert calls[0].roi == Roi(tuple(map(float, c)), (15.0, 15.0, 10.0)) and calls[1].seed == 3
+    assert calls[2].mode == "affine" and calls[2].options == {"iterations": 4} and not calls[2].resample_output
+    assert calls[3].iterations == default_of(DenoiseRequest, "iterations")
+

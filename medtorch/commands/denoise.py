@@ -12,15 +12,15 @@ import json
 import time
 
 from medtorch.commands import Command, device_of, progress_bar
+from medtorch.ops import choices, default_of
+from medtorch.ops.enhance import DenoiseRequest
 from medtorch.progress import CancelToken
-
-METHODS = ["gaussian", "median", "anisotropic", "bilateral", "nlm", "patch", "dct", "collab", "selfsup"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="input", required=True, help="input volume (file or DICOM folder)")
     p.add_argument("--out", required=True, help="output volume (.nrrd, .nii.gz, .mha)")
-    p.add_argument("--method", default="gaussian", choices=METHODS,
+    p.add_argument("--method", default=default_of(DenoiseRequest, "method"), choices=choices(DenoiseRequest, "method"),
                    help="gaussian: Gaussian smoothing; median: median filter; anisotropic: curvature anisotropic "
                         "diffusion (edge-preserving); bilateral; nlm: non-local means; patch: SimpleITK patch-based; "
                         "dct: sliding 3D DCT; collab: DCT pilot + guided NLM; selfsup: self-supervised network "
@@ -28,35 +28,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=None,
                    help="gaussian: sigma in mm (1.0); median: radius in mm (1.0); anisotropic: conductance (1.0); "
                         "the other methods: multiplier of the estimated noise level (1.0)")
-    p.add_argument("--iterations", type=int, default=5, help="anisotropic: number of diffusion steps")
+    p.add_argument("--iterations", type=int, default=default_of(DenoiseRequest, "iterations"),
+                   help="anisotropic: number of diffusion steps")
     p.add_argument("--train-iterations", type=int, default=None, help="selfsup: training iterations of the network")
-    p.add_argument("--noise-model", default="auto", choices=["auto", "rician", "gaussian", "poisson"],
+    p.add_argument("--noise-model", default=default_of(DenoiseRequest, "noise_model"),
+                   choices=choices(DenoiseRequest, "noise_model"),
                    help="noise model: auto (rician for MRI magnitude with background, gaussian for CT), or force one")
     p.add_argument("--noise-sigma", type=float, default=None,
                    help="noise standard deviation in intensity units (default: estimated)")
-    p.add_argument("--output-dtype", default="float32",
+    p.add_argument("--output-dtype", default=default_of(DenoiseRequest, "output_dtype"),
                    help="float32 (default), input (the input's type, widened if values do not fit), or a type name")
-    p.add_argument("--seed", type=int, default=0, help="random seed (recorded with the result)")
+    p.add_argument("--seed", type=int, default=default_of(DenoiseRequest, "seed"),
+                   help="random seed (recorded with the result)")
     p.add_argument("--metrics", default=None, help="write the noise estimate, seed and time as JSON here")
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    from medtorch import ops
     from medtorch.device import seed_everything
-    from medtorch.enhance.denoise import denoise
     from medtorch.io import read_volume, write_text_atomic, write_volume
 
     seed = seed_everything(args.seed)
     vol = read_volume(args.input)
-    options: dict = {}
-    if args.method == "anisotropic":
-        options["iterations"] = args.iterations
-    elif args.method == "selfsup" and args.train_iterations is not None:
-        options["iterations"] = args.train_iterations
-    device = device_of(args) if args.method == "selfsup" else "cpu"
+    request = DenoiseRequest(method=args.method, strength=args.strength, iterations=args.iterations,
+                             train_iterations=args.train_iterations, noise_model=args.noise_model,
+                             noise_sigma=args.noise_sigma, seed=seed, output_dtype=args.output_dtype,
+                             device=device_of(args) if args.method == "selfsup" else "cpu")
     start = time.perf_counter()
-    out = denoise(vol, args.method, args.strength, progress=progress_bar(args), cancel=cancel,
-                  noise_model=args.noise_model, noise_sigma=args.noise_sigma, seed=seed, device=device,
-                  output_dtype=args.output_dtype, **options)
+    out = ops.run(request, {"input": vol}, progress=progress_bar(args), cancel=cancel).volumes["output"]
     seconds = time.perf_counter() - start
     out.metadata["seed"] = seed
     write_volume(out, args.out)

@@ -16,9 +16,9 @@ from typing import Any
 
 from medtorch.commands import Command, ct_window_arg, device_of, progress_bar
 from medtorch.errors import MedTorchInputError
+from medtorch.ops import choices, default_of
+from medtorch.ops.fusion import FuseRequest
 from medtorch.progress import CancelToken
-
-METHOD_CHOICES = ["average", "dwt", "laplacian", "gff", "pca", "cnn", "max"]
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -36,12 +36,15 @@ def _param(text: str) -> tuple[str, Any]:
 def add_fusion_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``fuse`` and ``fuse-eval``: intensities and method parameters."""
     g = p.add_argument_group("intensities")
-    g.add_argument("--fixed-modality", default="auto", help="auto (DICOM Modality, else other), CT, MR, PT, NM or OT")
-    g.add_argument("--moving-modality", default="auto", help="auto, CT, MR, PT (PET), NM (SPECT) or OT")
-    g.add_argument("--ct-window", type=ct_window_arg, default="bone",
+    g.add_argument("--fixed-modality", default=default_of(FuseRequest, "fixed_modality"),
+                   help="auto (DICOM Modality, else other), CT, MR, PT, NM or OT")
+    g.add_argument("--moving-modality", default=default_of(FuseRequest, "moving_modality"),
+                   help="auto, CT, MR, PT (PET), NM (SPECT) or OT")
+    g.add_argument("--ct-window", type=ct_window_arg, default=default_of(FuseRequest, "ct_window"),
                    help="CT window: a preset (brain, subdural, stroke, bone, lung, mediastinum, soft_tissue, liver) "
                         "or WIDTH,LEVEL in HU")
-    g.add_argument("--normalization", default="auto", choices=["auto", "percentile", "none"],
+    g.add_argument("--normalization", default=default_of(FuseRequest, "normalization"),
+                   choices=choices(FuseRequest, "normalization"),
                    help="auto: CT windowed, the rest 1st-99th percentile to [0, 1]; percentile: all percentile; "
                         "none: raw intensities (average only)")
     m = p.add_argument_group("method parameters")
@@ -83,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="transform, ITK convention (fixed point -> moving point): .tfm/.h5 or a displacement field")
     p.add_argument("--assume-aligned", action="store_true",
                    help="without --transform, resample a moving volume on another grid as it lies in physical space")
-    p.add_argument("--method", default="average", choices=METHOD_CHOICES, help="fusion method")
+    p.add_argument("--method", default=default_of(FuseRequest, "method"), choices=choices(FuseRequest, "method"),
+                   help="fusion method")
     p.add_argument("--out", default=None,
                    help="fused volume (.nrrd, .nii.gz, .mha): float32 in [0, 1]; with --color-map the RGB fusion")
     p.add_argument("--out-luminance", default=None, help="with --color-map: the fused luminance (float32 in [0, 1])")
@@ -92,20 +96,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write run figures and fusion metrics (EN, SD, SF, AG, MI, SSIM, QABF, VIF) as JSON")
     p.add_argument("--metrics-mode", default="3d", choices=["3d", "slices"],
                    help="metrics on the volume (3d) or averaged over axial slices (slices)")
-    p.add_argument("--mi-unit", default="bits", choices=["bits", "nats"], help="unit of the MI metric")
-    p.add_argument("--color-map", default=None, choices=["hot", "jet", "rainbow", "gray"],
+    p.add_argument("--mi-unit", default=default_of(FuseRequest, "mi_unit"), choices=choices(FuseRequest, "mi_unit"),
+                   help="unit of the MI metric")
+    p.add_argument("--color-map", default=default_of(FuseRequest, "color_map"), choices=choices(FuseRequest, "color_map"),
                    help="colour fusion for a functional (PET/SPECT) volume: colour map, fuse the luminance (YCbCr)")
-    p.add_argument("--functional", default=None, choices=["fixed", "moving"],
+    p.add_argument("--functional", default=default_of(FuseRequest, "functional"),
+                   choices=choices(FuseRequest, "functional"),
                    help="which volume is the PET/SPECT (default: from the modalities)")
     p.add_argument("--save-checkpoint", default=None, help="cnn: write the trained network here (.pt)")
     add_fusion_options(p)
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
-    from medtorch import __version__
-    from medtorch.fusion.fuse import fuse_volumes
+    from medtorch import __version__, ops
     from medtorch.io import read_volume, write_text_atomic, write_volume
     from medtorch.transform_io import read_transform
+    from medtorch.volume import Volume
 
     if not args.out and not args.metrics and not args.out_resampled and not args.out_luminance:
         raise MedTorchInputError("no output was asked for", "give --out (and/or --metrics, --out-resampled)")
@@ -117,13 +123,19 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
             raise MedTorchInputError("--save-checkpoint is for the cnn method", "leave it out, or use --method cnn")
         params["save_checkpoint"] = args.save_checkpoint
     start = time.perf_counter()
-    fixed, moving = read_volume(args.fixed), read_volume(args.moving)
+    inputs = {"fixed": read_volume(args.fixed), "moving": read_volume(args.moving)}
     transform = read_transform(args.transform) if args.transform else None
-    res = fuse_volumes(fixed, moving, args.method, transform, params=params, fixed_modality=args.fixed_modality,
-                       moving_modality=args.moving_modality, normalization=args.normalization,
-                       ct_window=args.ct_window, color_map=args.color_map, functional=args.functional,
-                       assume_aligned=args.assume_aligned, metrics=args.metrics_mode if args.metrics else None,
-                       mi_unit=args.mi_unit, device=device_of(args), progress=progress_bar(args), cancel=cancel)
+    matrix = None
+    if isinstance(transform, Volume):
+        inputs["displacement"] = transform
+    elif transform is not None:
+        matrix = tuple(tuple(float(v) for v in row) for row in transform)
+    request = FuseRequest(method=args.method, method_params=params, fixed_modality=args.fixed_modality,
+                          moving_modality=args.moving_modality, normalization=args.normalization,
+                          ct_window=args.ct_window, color_map=args.color_map, functional=args.functional,
+                          assume_aligned=args.assume_aligned, metrics=args.metrics_mode if args.metrics else None,
+                          mi_unit=args.mi_unit, device=device_of(args), matrix=matrix)
+    res = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
     if args.out:
         write_volume(res.rgb if res.rgb is not None else res.fused, args.out)
     if args.out_luminance:

@@ -6,6 +6,8 @@ import argparse
 
 from medtorch.commands import Command, device_of, progress_bar
 from medtorch.errors import MedTorchInputError
+from medtorch.ops import choices, default_of
+from medtorch.ops.fusion import FuseEvalRequest
 from medtorch.progress import CancelToken
 
 
@@ -16,14 +18,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a CSV list (fixed,moving[,modality[,name]]) or a folder: modality sub-folders (MRI/ + CT/, "
                         "PET/ or SPECT/, files matched by name; or CT-MRI/, PET-MRI/, SPECT-MRI/ folders of them), "
                         "or files named <case>_<modality>.<ext> (mri/t1/t2 + ct/pet/spect)")
-    p.add_argument("--methods", default="average,dwt,laplacian,gff,pca",
+    p.add_argument("--methods", default=",".join(default_of(FuseEvalRequest, "methods")),
                    help="comma-separated methods (average, max, pca, dwt, laplacian, gff, cnn) or 'all'")
     p.add_argument("--out", required=True, help="report folder (metrics.csv, stats.csv, figures/, report.html, report.md)")
-    p.add_argument("--baseline", default="dwt", help="method the paired tests (Wilcoxon, paired t) compare with")
+    p.add_argument("--baseline", default=default_of(FuseEvalRequest, "baseline"), help="method the paired tests (Wilcoxon, paired t) compare with")
     p.add_argument("--metrics-mode", default="3d", choices=["3d", "slices"],
                    help="volumes: metrics on the volume or averaged over axial slices (2D images: 2D)")
-    p.add_argument("--mi-unit", default="bits", choices=["bits", "nats"], help="unit of the MI metric")
-    p.add_argument("--color-map", default="hot", choices=["hot", "jet", "rainbow", "gray"],
+    p.add_argument("--mi-unit", default=default_of(FuseEvalRequest, "mi_unit"),
+                   choices=choices(FuseEvalRequest, "mi_unit"), help="unit of the MI metric")
+    p.add_argument("--color-map", default=default_of(FuseEvalRequest, "color_map"),
+                   choices=choices(FuseEvalRequest, "color_map"),
                    help="colour map for PET/SPECT volumes (2D RGB images keep their own colours)")
     p.add_argument("--ct-window", type=ct_window_arg, default="bone", help="CT window preset or WIDTH,LEVEL (HU)")
     p.add_argument("--assume-aligned", action="store_true",

@@ -6,9 +6,12 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from medtorch.commands import Command, device_of, progress_bar
 from medtorch.errors import MedTorchInputError
+from medtorch.ops import choices, default_of
+from medtorch.ops.registration import RegisterRequest
 from medtorch.progress import CancelToken
 
 
@@ -32,15 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "affine; .h5 (composite: affine + displacement field) or a displacement field image "
                         "(.nii.gz/.nrrd/.mha, affine folded in) for deformable")
     p.add_argument("--out-volume", default=None, help="the moving volume resampled onto the fixed grid")
-    p.add_argument("--mode", default="rigid", choices=["rigid", "affine", "deformable"], help="transform model")
-    p.add_argument("--metric", default="mi", choices=["mi", "mind", "lncc", "ncc", "mse"],
+    p.add_argument("--mode", default=default_of(RegisterRequest, "mode"), choices=choices(RegisterRequest, "mode"),
+                   help="transform model")
+    p.add_argument("--metric", default=default_of(RegisterRequest, "metric"), choices=choices(RegisterRequest, "metric"),
                    help="similarity: mi/mind across modalities, lncc/ncc/mse within one")
-    p.add_argument("--engine", default="torch", choices=["torch", "sitk", "elastix"],
+    p.add_argument("--engine", default=default_of(RegisterRequest, "engine"), choices=choices(RegisterRequest, "engine"),
                    help="torch (MedTorch), sitk (SimpleITK Mattes MI) or elastix (itk-elastix)")
     p.add_argument("--fixed-mask", default=None, help="binary volume: only fixed voxels inside count")
     p.add_argument("--moving-mask", default=None, help="binary volume: only moving voxels inside count")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling (recorded in the report)")
-    p.add_argument("--init", default="auto", choices=["auto", "geometry", "moments", "pax", "fiducials", "none"],
+    p.add_argument("--seed", type=int, default=default_of(RegisterRequest, "seed"),
+                   help="random seed of the sampling (recorded in the report)")
+    p.add_argument("--init", default=default_of(RegisterRequest, "init"), choices=choices(RegisterRequest, "init"),
                    help="initialisation (auto: landmarks if given, else a rotation search about the centres of mass)")
     p.add_argument("--initial-transform", default=None, help="linear transform file (ITK convention) to start from")
     p.add_argument("--fixed-landmarks", default=None,
@@ -82,16 +87,23 @@ def _check_outputs(args: argparse.Namespace) -> None:
             check_writable(path)
 
 
+def _rows(array: Any) -> Any:
+    """An (N, k) array as nested tuples (what a request holds), or None."""
+    return None if array is None else tuple(tuple(float(v) for v in row) for row in array)
+
+
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    from medtorch import ops
     from medtorch.io import read_volume, write_text_atomic, write_volume
-    from medtorch.registration import register
     from medtorch.registration.landmarks import read_landmarks
 
     _check_outputs(args)  # before the long part: a bad output path fails at once
     start = time.perf_counter()
-    fixed, moving = read_volume(args.fixed), read_volume(args.moving)
-    fixed_mask = read_volume(args.fixed_mask, kind="label") if args.fixed_mask else None
-    moving_mask = read_volume(args.moving_mask, kind="label") if args.moving_mask else None
+    inputs = {"fixed": read_volume(args.fixed), "moving": read_volume(args.moving)}
+    if args.fixed_mask:
+        inputs["fixed_mask"] = read_volume(args.fixed_mask, kind="label")
+    if args.moving_mask:
+        inputs["moving_mask"] = read_volume(args.moving_mask, kind="label")
     f_lm = read_landmarks(args.fixed_landmarks) if args.fixed_landmarks else None
     m_lm = read_landmarks(args.moving_landmarks) if args.moving_landmarks else None
     initial = None
@@ -101,11 +113,11 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         initial = read_transform(args.initial_transform)
         if not hasattr(initial, "shape") or getattr(initial, "shape", None) != (4, 4):
             raise MedTorchInputError("--initial-transform must be a linear transform", "give a .tfm/.h5/.txt/.mat file")
-    options = dict(args.option)
-    res = register(fixed, moving, mode=args.mode, metric=args.metric, engine=args.engine, fixed_mask=fixed_mask,
-                   moving_mask=moving_mask, fixed_landmarks=f_lm, moving_landmarks=m_lm, init=args.init,
-                   initial_transform=initial, device=device_of(args), seed=args.seed,
-                   progress=progress_bar(args), cancel=cancel, resample_output=bool(args.out_volume), **options)
+    request = RegisterRequest(mode=args.mode, metric=args.metric, engine=args.engine, init=args.init,
+                              initial_transform=_rows(initial), fixed_landmarks=_rows(f_lm),
+                              moving_landmarks=_rows(m_lm), device=device_of(args), seed=args.seed,
+                              options=dict(args.option), resample_output=bool(args.out_volume))
+    res = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
     res.write_transform(args.out_transform)
     if args.out_volume and res.resampled is not None:
         write_volume(res.resampled, args.out_volume)

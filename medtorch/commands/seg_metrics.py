@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 
 from medtorch.commands import Command, progress_bar
+from medtorch.ops import choices, default_of
+from medtorch.ops.segmentation import SegMetricsRequest
 from medtorch.progress import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="segmentation to score (label map)")
     p.add_argument("--ref", required=True, help="reference segmentation (label map on the same grid)")
-    p.add_argument("--structures", default="auto", choices=["auto", "labels", "brats2021", "brats2023"],
+    p.add_argument("--structures", default=default_of(SegMetricsRequest, "structures"),
+                   choices=choices(SegMetricsRequest, "structures"),
                    help="labels: each label value and the foreground; brats2021/brats2023: the regions TC, WT, ET; "
                         "auto: BraTS regions when both maps hold BraTS labels, else labels")
-    p.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance, mm")
+    p.add_argument("--tolerance", type=float, default=default_of(SegMetricsRequest, "tolerance_mm"),
+                   help="surface Dice tolerance, mm")
     p.add_argument("--no-lesion-wise", action="store_true", help="skip the BraTS-2023-style lesion-wise scores")
     p.add_argument("--json", default=None, help="write the scores as JSON")
     p.add_argument("--csv", default=None, help="write the scores as CSV (one row per structure)")
@@ -23,13 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     import json
 
+    from medtorch import ops
     from medtorch.io import read_volume, write_text_atomic
-    from medtorch.segment.metrics import evaluate_segmentation
 
-    pred = read_volume(args.pred, kind="label")
-    ref = read_volume(args.ref, kind="label")
-    rep = evaluate_segmentation(pred, ref, args.structures, args.tolerance, not args.no_lesion_wise,
-                                progress=progress_bar(args), cancel=cancel)
+    inputs = {"pred": read_volume(args.pred, kind="label"), "ref": read_volume(args.ref, kind="label")}
+    request = SegMetricsRequest(structures=args.structures, tolerance_mm=args.tolerance,
+                                lesion_wise=not args.no_lesion_wise)
+    rep = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
     if args.json:
         write_text_atomic(args.json, json.dumps(rep.to_dict(), indent=2, default=str))
     if args.csv:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from medtorch.commands import Command, progress_bar, vec3
 from medtorch.errors import MedTorchInputError
+from medtorch.ops import default_of
+from medtorch.ops.segmentation import SeededRequest
 from medtorch.progress import CancelToken
 
 
@@ -34,17 +36,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="trained model: a MONAI bundle folder, a TorchScript file or an nnU-Net v2 model folder "
                           "(never downloaded)")
     seeded = p.add_argument_group("seeded segmentation (--seeds)")
-    seeded.add_argument("--margin", type=float, default=5.0, help="margin around the seeds' bounding box, mm")
-    seeded.add_argument("--smoothing", type=float, default=1.0, help="feature smoothing (Gaussian sigma), mm")
-    seeded.add_argument("--radius", type=float, default=2.0, help="window radius of the local region statistics, mm")
-    seeded.add_argument("--smoothness", type=float, default=0.3, help="weight of the boundary smoothness term")
-    seeded.add_argument("--iterations", type=int, default=16, help="most region-competition iterations")
-    seeded.add_argument("--seed", type=int, default=0, help="random seed (k-means start), recorded in --info")
+    seeded.add_argument("--margin", type=float, default=default_of(SeededRequest, "margin_mm"),
+                        help="margin around the seeds' bounding box, mm")
+    seeded.add_argument("--smoothing", type=float, default=default_of(SeededRequest, "smoothing_mm"),
+                        help="feature smoothing (Gaussian sigma), mm")
+    seeded.add_argument("--radius", type=float, default=default_of(SeededRequest, "radius_mm"),
+                        help="window radius of the local region statistics, mm")
+    seeded.add_argument("--smoothness", type=float, default=default_of(SeededRequest, "smoothness"),
+                        help="weight of the boundary smoothness term")
+    seeded.add_argument("--iterations", type=int, default=default_of(SeededRequest, "iterations"),
+                        help="most region-competition iterations")
+    seeded.add_argument("--seed", type=int, default=default_of(SeededRequest, "seed"),
+                        help="random seed (k-means start), recorded in --info")
     seeded.add_argument("--roi-center", type=vec3, default=None,
                         help="segment inside this box (centre x,y,z in LPS mm) instead of around the seeds")
     seeded.add_argument("--roi-extent", type=vec3, default=None, help="box size x,y,z in mm (with --roi-center)")
     post = p.add_argument_group("post-processing and volumetry")
-    post.add_argument("--min-size", type=float, default=0.0, help="remove pieces of a label smaller than this, mm^3")
+    post.add_argument("--min-size", type=float, default=default_of(SeededRequest, "min_size_mm3"),
+                      help="remove pieces of a label smaller than this, mm^3")
     post.add_argument("--largest", action="store_true", help="keep only the largest connected piece of the tumour")
     post.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed in the tumour")
     post.add_argument("--names", type=_names, default=None,
@@ -97,27 +106,23 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
     """The ``--seeds`` form: read, segment, post-process, write the label map (and CSV/JSON)."""
     import json
 
-    import numpy as np
-
-    from medtorch import __version__
+    from medtorch import __version__, ops
     from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.ops import Roi
     from medtorch.segment.metrics import volumetry
-    from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS, postprocess_label
-    from medtorch.segment.seeded import SeededOptions, seeded_segment
-    from medtorch.segment.threshold import Box
+    from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS
 
     if (args.roi_center is None) != (args.roi_extent is None):
         raise MedTorchInputError("--roi-center and --roi-extent go together", "give both, or neither")
-    box = None if args.roi_center is None else Box(np.asarray(args.roi_center), np.asarray(args.roi_extent) / 2.0)
-    channels = [read_volume(_input_path(v)) for v in args.input]
-    seeds = read_volume(args.seeds, kind="label")
-    opts = SeededOptions(margin_mm=args.margin, smoothing_mm=args.smoothing, radius_mm=args.radius,
-                         smoothness=args.smoothness, iterations=args.iterations, device=getattr(args, "device", None),
-                         seed=args.seed)
-    res = seeded_segment(channels, seeds, opts, region_box=box, progress=progress_bar(args), cancel=cancel)
-    label = res.label
-    if args.min_size > 0 or args.largest or args.fill_holes:
-        label = postprocess_label(label, args.min_size, args.largest, args.fill_holes)
+    roi = None if args.roi_center is None else Roi.from_size(args.roi_center, args.roi_extent)
+    inputs = {f"channel{i}": read_volume(_input_path(v)) for i, v in enumerate(args.input)}
+    inputs["seeds"] = read_volume(args.seeds, kind="label")
+    request = SeededRequest(margin_mm=args.margin, smoothing_mm=args.smoothing, radius_mm=args.radius,
+                            smoothness=args.smoothness, iterations=args.iterations,
+                            device=getattr(args, "device", None), seed=args.seed, roi=roi, min_size_mm3=args.min_size,
+                            largest=args.largest, fill_holes=args.fill_holes)
+    result = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel)
+    res, label = result.native, result.volumes["label"]
     write_volume(label, args.out)
     tumour = [c for c in res.classes if c != res.background]
     names = {c: (args.names or {}).get(c, f"class {c}") for c in tumour}

@@ -13,6 +13,8 @@ import json
 import time
 
 from medtorch.commands import Command, device_of, progress_bar, vec3
+from medtorch.ops import choices, default_of
+from medtorch.ops.enhance import SuperresRequest
 from medtorch.progress import CancelToken
 
 
@@ -29,32 +31,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     grid = p.add_mutually_exclusive_group(required=True)
     grid.add_argument("--factor", type=_factor, help="upsampling factor of the thick axis (or of every axis with --axis all)")
     grid.add_argument("--spacing", type=vec3, help="target spacing in mm for i,j,k (e.g. 1,1,1)")
-    p.add_argument("--method", default="bspline", choices=["linear", "bspline", "sinc", "selfsup"],
+    p.add_argument("--method", default=default_of(SuperresRequest, "method"), choices=choices(SuperresRequest, "method"),
                    help="linear / bspline (cubic B-spline) / sinc (windowed sinc) interpolation, or selfsup: "
                         "self-supervised SR learnt from the volume's own in-plane slices")
-    p.add_argument("--axis", default="auto", choices=["auto", "i", "j", "k", "all"],
+    p.add_argument("--axis", default=default_of(SuperresRequest, "axis"), choices=choices(SuperresRequest, "axis"),
                    help="axis to refine: auto (the thickest), i, j, k, or all (isotropic upsampling)")
     p.add_argument("--fwhm", type=float, default=None,
                    help="selfsup: slice profile FWHM in mm (default: estimated from the volume)")
     p.add_argument("--train-iterations", type=int, default=None, help="selfsup: training iterations")
     p.add_argument("--max-train-seconds", type=float, default=None, help="selfsup: stop training after this time")
-    p.add_argument("--adversarial-weight", type=float, default=0.0,
+    p.add_argument("--adversarial-weight", type=float, default=default_of(SuperresRequest, "adversarial_weight"),
                    help="selfsup: weight of an SRGAN-style adversarial loss (0 = off, the default)")
     p.add_argument("--save-model", default=None, help="selfsup: save the trained model (.pt: state dict + metadata)")
     p.add_argument("--model", default=None, help="selfsup: apply this saved model instead of training")
     p.add_argument("--export-onnx", default=None, help="selfsup: also export the model as ONNX here")
-    p.add_argument("--output-dtype", default="float32",
+    p.add_argument("--output-dtype", default=default_of(SuperresRequest, "output_dtype"),
                    help="float32 (default), input (the input's type, widened if values do not fit), or a type name")
-    p.add_argument("--seed", type=int, default=0, help="random seed (recorded with the result)")
+    p.add_argument("--seed", type=int, default=default_of(SuperresRequest, "seed"),
+                   help="random seed (recorded with the result)")
     p.add_argument("--metrics", default=None, help="write the factors, slice profile, seed and time as JSON here")
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    from medtorch import ops
     from medtorch.device import seed_everything
-    from medtorch.enhance.output import cast_output
-    from medtorch.enhance.srnet import SRTrainConfig, default_iterations
-    from medtorch.enhance.superres import factor_guess, superres
-    from medtorch.enhance.weights import export_onnx, load_model, save_model
+    from medtorch.enhance.weights import export_onnx, save_model
     from medtorch.errors import MedTorchInputError
     from medtorch.io import read_volume, write_text_atomic, write_volume
 
@@ -63,17 +64,15 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                                  "add --method selfsup, or leave those options out")
     seed = seed_everything(args.seed)
     vol = read_volume(args.input)
-    model = load_model(args.model) if args.model else None
-    f_guess = factor_guess(vol, args.factor, args.spacing)
-    cfg = SRTrainConfig(iterations=args.train_iterations or default_iterations(f_guess), seed=seed,
-                        max_seconds=args.max_train_seconds, adversarial_weight=args.adversarial_weight)
+    request = SuperresRequest(method=args.method, factor=args.factor, spacing=args.spacing, axis=args.axis,
+                              fwhm_mm=args.fwhm, seed=seed, train_iterations=args.train_iterations,
+                              max_train_seconds=args.max_train_seconds, adversarial_weight=args.adversarial_weight,
+                              model_in=args.model, output_dtype=args.output_dtype,
+                              device=device_of(args) if args.method == "selfsup" else "cpu")
     start = time.perf_counter()
-    out, trained = superres(vol, args.method, factor=args.factor, spacing=args.spacing, axis=args.axis,
-                            fwhm_mm=args.fwhm, model=model, config=cfg,
-                            device=device_of(args) if args.method == "selfsup" else "cpu",
-                            progress=progress_bar(args), cancel=cancel)
+    result = ops.run(request, {"input": vol}, progress=progress_bar(args), cancel=cancel)
     seconds = time.perf_counter() - start
-    out = cast_output(out, args.output_dtype, vol.array.dtype)
+    out, trained = result.volumes["output"], result.native
     out.metadata["seed"] = seed
     write_volume(out, args.out)
     if trained is not None and args.save_model:

@@ -20,7 +20,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
@@ -88,6 +88,15 @@ class Roi:
     center: Vec3
     half_size: Vec3
     axes: tuple[Vec3, Vec3, Vec3] | None = None
+
+    @classmethod
+    def from_size(cls, center: Sequence[float], size: Sequence[float]) -> Roi:
+        """The box of edge lengths ``size`` (mm, along L, P, S) about ``center``."""
+        c, s = [float(v) for v in center], [float(v) / 2.0 for v in size]
+        if len(c) != 3 or len(s) != 3:
+            raise MedTorchInputError(f"a box needs a centre and a size of three numbers each, got {center!r} and {size!r}",
+                                     "give x, y, z in mm for both")
+        return cls((c[0], c[1], c[2]), (s[0], s[1], s[2]))
 
     def box(self) -> Any:
         """The :class:`medtorch.segment.threshold.Box`."""

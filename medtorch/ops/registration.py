@@ -53,11 +53,9 @@ class RegisterRequest(Request):
     resample_output: bool = True
 
 
-def _points(value: Any) -> np.ndarray | None:
-    if value is None:
-        return None
-    arr = np.asarray(value, dtype=np.float64)
-    return arr.reshape(-1, 3) if arr.size else None
+def _points(value: Points | None) -> np.ndarray | None:
+    # an empty list stays an (empty) list of points, which the core refuses: no landmarks is None
+    return None if value is None else np.asarray(value, dtype=np.float64).reshape(-1, 3)
 
 
 def run_register(request: RegisterRequest, inputs: dict[str, Volume], progress: ProgressCallback | None,
