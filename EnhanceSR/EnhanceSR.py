@@ -203,10 +203,11 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the output volume is the input volume",
                                      "choose another output volume, or none to create a new one")
 
-    def _job(self, operation: str, inputVolume, inputs, params, outputVolume, showResult: bool, name: str,
-             attributes: dict):
+    def _job(self, request, inputVolume, inputs, outputVolume, showResult: bool, name: str, attributes: dict):
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.integration.slicer_jobs import LogicJob
+
+        operation = request.operation
 
         def apply(result):
             out = result.volumes["output"]
@@ -233,7 +234,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                 bridge.show_in_slice_views(background=node, foreground=inputVolume, foreground_opacity=0.0, link=True)
             return node
 
-        return LogicJob.from_params(operation, inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def denoiseJob(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None,
                    iterations: int = 5, outputVolume=None, showResult: bool = True, comparison: str = "none",
@@ -244,14 +245,15 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         conductance for ``anisotropic``, and a multiple of the estimated noise level for the others.
         """
         from medtorch.integration import slicer_bridge as bridge
+        from medtorch.ops.enhance import DenoiseRequest
 
         self._checkInput(inputVolume, outputVolume, "denoise")
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
-        params = {"method": method, "strength": strength, "iterations": int(iterations), "comparison": comparison,
-                  "seed": int(seed), "train_iterations": trainIterations}
+        request = DenoiseRequest(method=method, strength=strength, iterations=int(iterations), comparison=comparison,
+                                 seed=int(seed), train_iterations=trainIterations)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} {method}")
-        return self._job("denoise", inputVolume, inputs, params, outputVolume, showResult, name,
+        return self._job(request, inputVolume, inputs, outputVolume, showResult, name,
                          {"method": method, "strength": strength, "seed": seed})
 
     def superresJob(self, inputVolume, method: str = "bspline", factor: float = 2.0, axis: str = "auto",
@@ -259,14 +261,15 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                     comparison: str = "none", seed: int = 0, trainIterations: Optional[int] = None):
         """Prepare super-resolution as a job (through-plane, or isotropic with ``axis="all"``)."""
         from medtorch.integration import slicer_bridge as bridge
+        from medtorch.ops.enhance import SuperresRequest
 
         self._checkInput(inputVolume, outputVolume, "super-resolve")
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
-        params = {"method": method, "factor": float(factor), "axis": axis, "fwhm_mm": fwhm, "comparison": comparison,
-                  "seed": int(seed), "train_iterations": trainIterations}
+        request = SuperresRequest(method=method, factor=float(factor), axis=axis, fwhm_mm=fwhm, comparison=comparison,
+                                  seed=int(seed), train_iterations=trainIterations)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} SR x{factor:g}")
-        return self._job("superres", inputVolume, inputs, params, outputVolume, showResult, name,
+        return self._job(request, inputVolume, inputs, outputVolume, showResult, name,
                          {"method": method, "factor": factor, "axis": axis})
 
     def enhanceJob(self, inputVolume, n4: bool = False, clahe: bool = False, claheClip: float = 0.01,
@@ -274,16 +277,17 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                    referenceVolume=None, outputVolume=None, showResult: bool = True, comparison: str = "none"):
         """Prepare enhancement (N4, histogram matching, CLAHE, unsharp masking, CT window) as a job."""
         from medtorch.integration import slicer_bridge as bridge
+        from medtorch.ops.enhance import EnhanceRequest
 
         self._checkInput(inputVolume, outputVolume, "enhance")
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
         if referenceVolume is not None:
             inputs["reference"] = bridge.volume_from_node(referenceVolume)
-        params = {"n4": bool(n4), "clahe": bool(clahe), "clahe_clip": float(claheClip), "unsharp": bool(unsharp),
-                  "unsharp_amount": float(unsharpAmount), "window": ctWindow, "comparison": comparison}
+        request = EnhanceRequest(n4=bool(n4), clahe=bool(clahe), clahe_clip=float(claheClip), unsharp=bool(unsharp),
+                                 unsharp_amount=float(unsharpAmount), window=ctWindow, comparison=comparison)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} enhanced")
-        return self._job("enhance", inputVolume, inputs, params, outputVolume, showResult, name, {})
+        return self._job(request, inputVolume, inputs, outputVolume, showResult, name, {})
 
     # -- blocking ------------------------------------------------------------------------------
     def denoise(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None, iterations: int = 5,

@@ -341,6 +341,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.ops.fusion import BlendRequest
 
         if not fixedVolume or not movingVolume:
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
@@ -348,13 +349,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the output volume is one of the inputs",
                                      "choose another output volume, or none to create a new one")
         self.ensureDependencies()
-        inputs = {"fixed": bridge.volume_from_node(fixedVolume), "moving": bridge.volume_from_node(movingVolume)}
-        params = {"weight": float(weight), "normalization": normalization, "device": device}
-        transform = bridge.transform_between_volumes(fixedVolume, movingVolume)
-        if transform is not None and not hasattr(transform, "geometry"):
-            params["matrix"] = transform.tolist()
-        elif transform is not None:
-            inputs["displacement"] = transform
+        inputs, matrix = self._volumesAndTransform(fixedVolume, movingVolume)
+        request = BlendRequest(weight=float(weight), normalization=normalization, device=device, matrix=matrix)
         name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} fused with {fixedVolume.GetName()}")
 
         def apply(result):
@@ -373,7 +369,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 bridge.show_in_slice_views(background=node)
             return node
 
-        return LogicJob.from_params("blend", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def blend(self, fixedVolume, movingVolume, weight: float = 0.5, normalization: str = "percentile",
               outputVolume=None, showResult: bool = True, device: str = "auto"):
@@ -456,8 +452,23 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         except MedTorchInputError:
             return "auto"
 
+    @staticmethod
+    def _volumesAndTransform(fixedVolume, movingVolume):
+        """``{"fixed", "moving"[, "displacement"]}`` and the linear part of the transform between
+        the two volumes (4x4 LPS rows, or None), as the fusion requests take them."""
+        from medtorch.integration import slicer_bridge as bridge
+
+        inputs = {"fixed": bridge.volume_from_node(fixedVolume), "moving": bridge.volume_from_node(movingVolume)}
+        matrix = None
+        transform = bridge.transform_between_volumes(fixedVolume, movingVolume)
+        if transform is not None and not hasattr(transform, "geometry"):
+            matrix = tuple(tuple(row) for row in transform.tolist())
+        elif transform is not None:
+            inputs["displacement"] = transform
+        return inputs, matrix
+
     def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None):
-        """Checked inputs: ``{"fixed", "moving"[, "displacement"]}`` and the transform params."""
+        """Checked inputs: ``{"fixed", "moving"[, "displacement"]}`` and the transform matrix (or None)."""
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
 
@@ -473,14 +484,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 raise MedTorchInputError(f"the {role} volume {node.GetName()} is not a scalar (grey-value) volume",
                                          "select scalar volumes (CT, MRI, PET, SPECT) to fuse")
         self.ensureDependencies()
-        inputs = {"fixed": bridge.volume_from_node(fixedVolume), "moving": bridge.volume_from_node(movingVolume)}
-        params = {}
-        transform = bridge.transform_between_volumes(fixedVolume, movingVolume)
-        if transform is not None and not hasattr(transform, "geometry"):
-            params["matrix"] = transform.tolist()
-        elif transform is not None:
-            inputs["displacement"] = transform
-        return inputs, params
+        return self._volumesAndTransform(fixedVolume, movingVolume)
 
     def _intensityParams(self, fixedVolume, movingVolume, method, normalization, fixedModality, movingModality,
                          ctWindow, colorMap):
@@ -535,6 +539,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.methods import check_params
         from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.ops.fusion import FuseRequest
 
         key = str(method).strip().lower()
         mp = dict(methodParams or {})
@@ -551,10 +556,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError(f"the foreground opacity {opacity} is outside [0, 1]", "give a value from 0 to 1")
         intensity = self._intensityParams(fixedVolume, movingVolume, key, normalization, fixedModality,
                                           movingModality, ctWindow, colorMap)
-        inputs, params = self._fusionInputs(fixedVolume, movingVolume, outputVolume)
-        params.update(intensity)
-        params.update({"method": key, "method_params": mp, "metrics": "3d" if computeMetrics else None,
-                       "device": device})
+        inputs, matrix = self._fusionInputs(fixedVolume, movingVolume, outputVolume)
+        request = FuseRequest(method=key, method_params=mp, metrics="3d" if computeMetrics else None, device=device,
+                              matrix=matrix, **intensity)
         name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} fused with {fixedVolume.GetName()} ({key})")
         cmap = intensity["color_map"]
 
@@ -583,7 +587,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 sf.show_volume_rendering(fused)
             return FusionOutput(fused, nodes["rgb"], nodes["table"], key, dict(result.values.get("metrics") or {}), info)
 
-        return LogicJob.from_params("fuse", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def fuse(self, fixedVolume, movingVolume, **kwargs):
         """Blocking fusion (scripts and tests). Returns a :class:`FusionOutput`."""
@@ -607,6 +611,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         from medtorch.fusion.methods import check_params
         from medtorch.fusion.metrics import METRICS
         from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.ops.fusion import FuseCompareRequest
 
         names = self.parseMethods(methods if methods is not None else FUSION_METHODS[:-1])
         base = str(baseline).strip().lower()
@@ -621,10 +626,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         norm = "auto" if normalization == "none" else normalization  # raw intensities suit only 'average'
         intensity = self._intensityParams(fixedVolume, movingVolume, base, norm, fixedModality, movingModality,
                                           ctWindow, colorMap)
-        inputs, params = self._fusionInputs(fixedVolume, movingVolume)
-        params.update(intensity)
-        params.update({"methods": names, "baseline": base, "method_params": params_by, "per_slice": True,
-                       "mi_unit": miUnit, "device": device})
+        inputs, matrix = self._fusionInputs(fixedVolume, movingVolume)
+        request = FuseCompareRequest(methods=tuple(names), baseline=base, method_params=params_by, per_slice=True,
+                                     mi_unit=miUnit, device=device, matrix=matrix, **intensity)
         title = slicer.mrmlScene.GenerateUniqueName(f"Fusion methods: {movingVolume.GetName()} / {fixedVolume.GetName()}")
 
         def apply(result):
@@ -653,7 +657,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return EvaluationOutput(table, statsTable, chart, rows, list(values.get("stats") or []),
                                     list(values["methods"]), dict(values.get("info") or {}))
 
-        return LogicJob.from_params("fuse_compare", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def evaluate(self, fixedVolume, movingVolume, **kwargs):
         """Blocking evaluation of fusion methods (scripts and tests). Returns an :class:`EvaluationOutput`."""
@@ -698,6 +702,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.ops.registration import RegisterRequest
 
         if not fixedVolume or not movingVolume:
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
@@ -714,24 +719,26 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         for key, node in (("fixed_mask", fixedMask), ("moving_mask", movingMask)):
             if node is not None:
                 inputs[key] = bridge.volume_from_node(node)
-        params = {"mode": mode, "metric": metric, "engine": engine, "init": initialization, "device": device,
-                  "seed": int(seed), "options": dict(options or {})}
+        landmarks = {}
         if fixedFiducials is not None:  # a point list without points gives no landmarks
             for key, markups, volume in (("fixed_landmarks", fixedFiducials, fixedVolume),
                                          ("moving_landmarks", movingFiducials, movingVolume)):
                 points = self._localPoints(markups, volume)
-                params[key] = points.tolist() if len(points) else None
+                landmarks[key] = tuple(tuple(p) for p in points.tolist()) if len(points) else None
+        initial = None
         between = bridge.transform_between_volumes(fixedVolume, movingVolume)
         if (between is not None and not hasattr(between, "geometry") and initialization in ("auto", "none")
                 and fixedFiducials is None):
-            params["initial_transform"] = np.asarray(between).tolist()
+            initial = tuple(tuple(row) for row in np.asarray(between).tolist())
+        request = RegisterRequest(mode=mode, metric=metric, engine=engine, init=initialization, device=device,
+                                  seed=int(seed), options=dict(options or {}), initial_transform=initial, **landmarks)
         name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} to {fixedVolume.GetName()} ({mode})")
 
         def apply(result):
             return self._applyRegistration(result, fixedVolume, movingVolume, name, placeUnderTransform, harden,
                                            outputTransform, resampledVolume, showFused)
 
-        return LogicJob.from_params("register", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def _applyRegistration(self, result, fixedVolume, movingVolume, name, placeUnderTransform, harden,
                            outputTransform, resampledVolume, showFused):

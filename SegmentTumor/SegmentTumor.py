@@ -300,6 +300,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.ops import Roi
+        from medtorch.ops.segmentation import ThresholdRequest
 
         if not inputVolume:
             raise MedTorchInputError("no input volume is selected", "select the volume to segment")
@@ -308,9 +310,9 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
                                      "harden the transform on the volume first (Transforms module)")
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
-        params = {"lower": float(lowerThreshold), "upper": float(upperThreshold),
-                  "keep_largest": bool(largestComponent),
-                  "roi": bridge.box_from_roi_node(roi) if roi is not None else None}
+        request = ThresholdRequest(lower=float(lowerThreshold), upper=float(upperThreshold),
+                                   keep_largest=bool(largestComponent),
+                                   roi=Roi(**bridge.box_from_roi_node(roi)) if roi is not None else None)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} segmentation")
 
         def apply(result):
@@ -327,7 +329,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             seg.CreateClosedSurfaceRepresentation()
             return seg
 
-        return LogicJob.from_params("threshold", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def threshold(self, inputVolume, lowerThreshold: float, upperThreshold: float = float("inf"), roi=None,
                   largestComponent: bool = True, segmentName: str = "Tumor"):
@@ -454,6 +456,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.ops import Roi
+        from medtorch.ops.segmentation import SeededRequest
 
         vols = self._checkVolumes(inputVolumes)
         if outputSegmentation is not None and outputSegmentation in (seedSegmentation, referenceSegmentation):
@@ -463,9 +467,9 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         seeds, names, colors = self._seedsAndNames(vols[0], seedSegmentation, seedMarkups, seedRadiusMm)
         inputs = {f"channel{i}": bridge.volume_from_node(v) for i, v in enumerate(vols)}
         inputs["seeds"] = seeds
-        params = {"smoothness": float(smoothness), "margin_mm": float(marginMm), "min_size_mm3": float(minSizeMm3),
-                  "fill_holes": bool(fillHoles), "device": device,
-                  "roi": bridge.box_from_roi_node(roi) if roi is not None else None}
+        request = SeededRequest(smoothness=float(smoothness), margin_mm=float(marginMm), min_size_mm3=float(minSizeMm3),
+                                fill_holes=bool(fillHoles), device=device,
+                                roi=Roi(**bridge.box_from_roi_node(roi)) if roi is not None else None)
         if roi is not None and vols[0].GetParentTransformNode() is not None:
             raise MedTorchInputError("the input volume is under a transform, so the ROI box would not line up",
                                      "harden the transform on the volume first (Transforms module)")
@@ -474,7 +478,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             return self._applySeeded(result.volumes["label"], result.values, names, colors, vols[0],
                                      outputSegmentation, volumetryTable, referenceSegmentation, metricsTable)
 
-        return LogicJob.from_params("seeded", inputs, params, apply, slicer.mrmlScene)
+        return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def seeded(self, inputVolumes, seedSegmentation=None, seedMarkups=None, **kwargs):
         """Blocking seeded segmentation (scripts and tests). Returns the segmentation node."""

@@ -290,3 +290,69 @@ def test_cli_commands_run_through_the_operations(tmp_path, monkeypatch):
     assert calls[2].mode == "affine" and calls[2].options == {"iterations": 4} and not calls[2].resample_output
     assert calls[3].iterations == default_of(DenoiseRequest, "iterations")
 
+
+# -- the Slicer modules: parameter-node defaults and combo boxes are the requests' ----------------------------
+
+#: module -> {parameter-node field: (request, request field[, items the panel adds, choices it leaves out])};
+#: an added item is the panel's name for the request's None (colour map "none": no colour fusion).
+MODULE_FIELDS = {
+    "FusionRegistration": {
+        "registrationMode": (RegisterRequest, "mode"), "metric": (RegisterRequest, "metric"),
+        "engine": (RegisterRequest, "engine"), "initialization": (RegisterRequest, "init"),
+        "seed": (RegisterRequest, "seed"), "blendWeight": (ops.fusion.BlendRequest, "weight"),
+        "fusionMethod": (FuseRequest, "method", (), ("max",)), "normalization": (FuseRequest, "normalization"),
+        "fixedModality": (FuseRequest, "fixed_modality"), "movingModality": (FuseRequest, "moving_modality"),
+        "ctWindow": (FuseRequest, "ct_window"), "colorMap": (FuseRequest, "color_map", ("none",), ()),
+        "evaluationBaseline": (ops.fusion.FuseCompareRequest, "baseline", (), ("max",)),
+    },
+    "EnhanceSR": {
+        "method": (DenoiseRequest, "method"), "iterations": (DenoiseRequest, "iterations"),
+        "seed": (DenoiseRequest, "seed"), "comparison": (DenoiseRequest, "comparison"),
+        "srMethod": (SuperresRequest, "method"), "axis": (SuperresRequest, "axis"),
+        "clahe": (ops.enhance.EnhanceRequest, "clahe"), "claheClip": (ops.enhance.EnhanceRequest, "clahe_clip"),
+        "unsharp": (ops.enhance.EnhanceRequest, "unsharp"),
+        "unsharpAmount": (ops.enhance.EnhanceRequest, "unsharp_amount"),
+    },
+    "SegmentTumor": {
+        "largestComponent": (ThresholdRequest, "keep_largest"), "smoothness": (SeededRequest, "smoothness"),
+        "marginMm": (SeededRequest, "margin_mm"), "minSizeMm3": (SeededRequest, "min_size_mm3"),
+        "fillHoles": (SeededRequest, "fill_holes"), "testTimeAugmentation": (ops.segmentation.ModelRequest, "tta"),
+        "minNoduleMm": (ops.segmentation.NodulesRequest, "min_diameter_mm"),
+        "maxNoduleMm": (ops.segmentation.NodulesRequest, "max_diameter_mm"),
+    },
+}
+
+
+def _combo_items(module):
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
+    out = {}
+    for w in root.iter("widget"):
+        if w.get("class") != "QComboBox":
+            continue
+        param = next((p.findtext("string") for p in w.findall("property") if p.get("name") == "SlicerParameterName"),
+                     None)
+        out[param] = [i.findtext("property/string") for i in w.findall("item")]
+    return out
+
+
+@pytest.mark.parametrize("module", sorted(MODULE_FIELDS))
+def test_module_parameters_and_combo_boxes_are_the_requests(module, headless_slicer):
+    import slicer_testbed
+    from slicer.parameterNodeWrapper import Choice
+
+    node_fields = getattr(slicer_testbed.load_module(module), module + "ParameterNode").allParameters
+    combos = _combo_items(module)
+    for name, (cls, field, *extra) in MODULE_FIELDS[module].items():
+        f = node_fields[name]
+        added, left_out = extra if extra else ((), ())
+        assert (None if f.default in added else f.default) == default_of(cls, field), name
+        try:
+            values = choices(cls, field)
+        except KeyError:
+            continue
+        expected = [*added, *(v for v in values if v not in left_out)]
+        node_choice = next(e for e in f.extras if isinstance(e, Choice)).choices
+        assert sorted(node_choice) == sorted(expected), name
+        assert sorted(combos[name]) == sorted(expected), name

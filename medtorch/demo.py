@@ -23,6 +23,11 @@ say how far each result is from it:
 Everything random derives from ``seed`` (one independent stream per purpose), so a run is
 reproducible and the seed is recorded with its outputs.
 
+Registration, fusion, denoising and segmentation (threshold and seeded) run through the
+operations layer (:func:`medtorch.ops.run`), as the command line and Slicer run them;
+super-resolution calls :func:`medtorch.enhance.superres.superres` with the training
+configuration it reports.
+
 Transform convention (as everywhere in MedTorch, :mod:`medtorch.resample`): the truth
 transform ``T`` maps a point of the fixed (T1) space to the corresponding point of the
 moving (T2-like) space, LPS millimetres. The misaligned image is made by resampling the
@@ -33,6 +38,7 @@ demo checks both this round trip and the centre of mass (``com(moving) = T com(a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -46,9 +52,15 @@ from typing import Any
 
 import numpy as np
 
+from medtorch import ops
 from medtorch.errors import MedTorchInputError
 from medtorch.io import read_volume, write_text_atomic, write_volume
 from medtorch.io.atomic import atomic_path
+from medtorch.ops import Roi
+from medtorch.ops.enhance import DenoiseRequest
+from medtorch.ops.fusion import FuseRequest, FusionMethod
+from medtorch.ops.registration import RegisterRequest
+from medtorch.ops.segmentation import SeededRequest, ThresholdRequest
 from medtorch.phantoms import physical_grid, rotation_matrix
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.volume import Geometry, Volume
@@ -105,10 +117,11 @@ NOISE_FRACTION = 0.05
 GAUSSIAN_SIGMA_MM = 1.0
 ANISOTROPIC_CONDUCTANCE = 3.0
 ANISOTROPIC_ITERATIONS = 5
-#: Registration of the T2-like onto the T1: the torch engine, rigid, Mattes mutual information.
-REGISTRATION = {"mode": "rigid", "metric": "mi", "engine": "torch"}
+#: Registration of the T2-like onto the T1: the torch engine, rigid, Mattes mutual information
+#: (the seed and device are the run's).
+REGISTRATION = RegisterRequest(mode="rigid", metric="mi", engine="torch")
 #: Fusion methods shown after registration; the seeds' DWT rule is the baseline.
-FUSION_METHODS = ("average", "dwt", "gff")
+FUSION_METHODS: tuple[FusionMethod, ...] = ("average", "dwt", "gff")
 #: Super-resolution: thick slices simulated at this factor along k (2 mm -> 6 mm), then
 #: restored by cubic B-spline interpolation and by self-supervised SR (iterations of training).
 SR_FACTOR = 3
@@ -594,17 +607,17 @@ def segment_tumour(data: SampleData, seed: int = 0, progress: ProgressCallback |
     the box a user would draw around the tumour (off-centre by :data:`ROI_OFFSET_MM`, with
     :data:`ROI_MARGIN_MM` margin). Returns the volumes and the metrics against the truth.
     """
-    from medtorch.segment.threshold import Box, threshold_largest_component
-
     report(progress, cancel, 0.0, "making the tumour phantom")
     phantom, truth, facts = tumour_phantom(data, seed)
     threshold = 0.5 * (facts["white_matter_intensity"] + facts["tumour_intensity"])
     half = float(np.max(TUMOUR_SEMI_AXES_MM)) + ROI_MARGIN_MM
-    roi = Box(center=np.asarray(TUMOUR_CENTER_LPS) + np.asarray(ROI_OFFSET_MM), half_size=np.full(3, half))
+    center = np.asarray(TUMOUR_CENTER_LPS) + np.asarray(ROI_OFFSET_MM)
+    roi_request = Roi((float(center[0]), float(center[1]), float(center[2])), (half, half, half))
+    roi = roi_request.box()
     report(progress, cancel, 0.3, "thresholding")
     t0 = time.perf_counter()
-    res = threshold_largest_component(phantom, threshold, roi=roi, progress=SubProgress(progress, 0.3, 0.9),
-                                      cancel=cancel)
+    res = ops.run(ThresholdRequest(lower=threshold, roi=roi_request), {"input": phantom},
+                  progress=SubProgress(progress, 0.3, 0.9), cancel=cancel).native
     seconds = time.perf_counter() - t0
     seg = res.label.array.astype(bool)
     truth_mask = truth.array.astype(bool)
@@ -648,17 +661,15 @@ def seed_strokes(truth: np.ndarray, center_zyx: Sequence[int], inside_erosion: i
 
 def segment_tumour_seeded(phantom: Volume, truth: Volume, progress: ProgressCallback | None = None,
                           cancel: CancelToken | None = None) -> dict[str, Any]:
-    """Seeded segmentation (:func:`medtorch.segment.seeded.seeded_segment`) of the tumour
-    phantom from :func:`seed_strokes` on the three orthogonal slices through its centre."""
-    from medtorch.segment.seeded import seeded_segment
-
+    """Seeded segmentation (the ``seeded`` operation, default settings) of the tumour phantom
+    from :func:`seed_strokes` on the three orthogonal slices through its centre."""
     truth_mask = truth.array.astype(bool)
     center = np.round(np.argwhere(truth_mask).mean(axis=0)).astype(int)
     seeds = Volume(seed_strokes(truth_mask, center), phantom.geometry, "label", {"seeds": "strokes on 3 slices"})
     t0 = time.perf_counter()
-    res = seeded_segment(phantom, seeds, progress=progress, cancel=cancel)
+    res = ops.run(SeededRequest(), {"channel0": phantom, "seeds": seeds}, progress=progress, cancel=cancel)
     seconds = time.perf_counter() - t0
-    seg = res.label.array > 0
+    seg = res.volumes["label"].array > 0
     truth_ml = float(truth_mask.sum()) * phantom.geometry.voxel_volume_mm3 / 1000.0
     seg_ml = float(seg.sum()) * phantom.geometry.voxel_volume_mm3 / 1000.0
     metrics = {
@@ -786,7 +797,6 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
     from scipy import ndimage
 
     from medtorch.device import device_summary, select_device
-    from medtorch.enhance.denoise import denoise
     from medtorch.resample import resample
 
     seed = _check_seed(seed)
@@ -862,13 +872,12 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
     }
 
     # 2. register --------------------------------------------------------------------------------
-    from medtorch.registration import register
-
     with _Timer(timings, "register"):
         sp = SubProgress(progress, 0.2, 0.3, "registration")
         t0 = time.perf_counter()
-        reg = register(data.t1, moving, **REGISTRATION, seed=seed, device=dev_str,  # type: ignore[arg-type]
-                       progress=SubProgress(sp, 0.0, 0.85, "registering T2-like to T1"), cancel=cancel)
+        request = dataclasses.replace(REGISTRATION, seed=seed, device=dev_str)
+        reg = ops.run(request, {"fixed": data.t1, "moving": moving},
+                      progress=SubProgress(sp, 0.0, 0.85, "registering T2-like to T1"), cancel=cancel).native
         reg_seconds = time.perf_counter() - t0
         report(sp, cancel, 0.9, "writing the registration")
         reg_tfm = out / "registration_transform.tfm"
@@ -883,7 +892,8 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
         tre_reg = target_registration_error(
             lambda pts: np.array([reg_read.TransformPoint(tuple(float(v) for v in p)) for p in pts]), truth, landmarks)
         registration = {
-            "method": {**REGISTRATION, "seed": seed, "device": dev_str},
+            "method": {"mode": request.mode, "metric": request.metric, "engine": request.engine, "seed": seed,
+                       "device": dev_str},
             "report": {k: v for k, v in reg.report.items() if isinstance(v, (int, float, str, bool))},
             "seconds": reg_seconds,
             "note": "TRE of the registration is measured through registration_transform.tfm as read back by "
@@ -898,11 +908,9 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
         report(sp, cancel, 1.0, "registration done")
 
     # 3. fuse --------------------------------------------------------------------------------------
-    from medtorch.fusion import fuse_volumes
-
     with _Timer(timings, "fuse"):
         sp = SubProgress(progress, 0.3, 0.45, "fusion")
-        cases: list[tuple[str, str, Any]] = [("no_registration", "average", None)]
+        cases: list[tuple[str, FusionMethod, Any]] = [("no_registration", "average", None)]
         cases += [(f"registered_{m}", m, reg.affine) for m in FUSION_METHODS]
         cases.append(("known_transform", "average", est))
         fusion: dict[str, Any] = {"methods": list(FUSION_METHODS), "baseline": "dwt"}
@@ -911,11 +919,12 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
         for n, (name, method, tx) in enumerate(cases):
             t0 = time.perf_counter()
             # the known-transform case is a reference for the alignment measures only: no fusion metrics
-            res = fuse_volumes(data.t1, moving, method, tx, assume_aligned=tx is None,
-                               metrics=None if name == "known_transform" else "3d",
-                               device=dev_str, cancel=cancel,
-                               progress=SubProgress(sp, 0.9 * n / len(cases), 0.9 * (n + 1) / len(cases),
-                                                    f"{method} fusion, {name.replace('_', ' ')}"))
+            fuse = FuseRequest(method=method, assume_aligned=tx is None,
+                               metrics=None if name == "known_transform" else "3d", device=dev_str,
+                               matrix=None if tx is None else tuple(tuple(float(v) for v in row) for row in tx))
+            res = ops.run(fuse, {"fixed": data.t1, "moving": moving}, cancel=cancel,
+                          progress=SubProgress(sp, 0.9 * n / len(cases), 0.9 * (n + 1) / len(cases),
+                                               f"{method} fusion, {name.replace('_', ' ')}")).native
             fused[name] = res.fused
             resampled[name] = res.moving_resampled if res.moving_resampled is not None else res.moving_prepared
             fusion[name] = {
@@ -944,12 +953,14 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
         noisy = add_rician_noise(clean, NOISE_FRACTION, seed)
         report(sp, cancel, 0.1, "denoising (Gaussian)")
         t0 = time.perf_counter()
-        den_g = denoise(noisy, "gaussian", GAUSSIAN_SIGMA_MM, progress=SubProgress(sp, 0.1, 0.3), cancel=cancel)
+        den_g = ops.run(DenoiseRequest(method="gaussian", strength=GAUSSIAN_SIGMA_MM), {"input": noisy},
+                        progress=SubProgress(sp, 0.1, 0.3), cancel=cancel).volumes["output"]
         sec_g = time.perf_counter() - t0
         report(sp, cancel, 0.3, "denoising (anisotropic diffusion)")
         t0 = time.perf_counter()
-        den_a = denoise(noisy, "anisotropic", ANISOTROPIC_CONDUCTANCE, iterations=ANISOTROPIC_ITERATIONS,
-                        progress=SubProgress(sp, 0.3, 0.6), cancel=cancel)
+        den_a = ops.run(DenoiseRequest(method="anisotropic", strength=ANISOTROPIC_CONDUCTANCE,
+                                       iterations=ANISOTROPIC_ITERATIONS), {"input": noisy},
+                        progress=SubProgress(sp, 0.3, 0.6), cancel=cancel).volumes["output"]
         sec_a = time.perf_counter() - t0
         report(sp, cancel, 0.6, "measuring PSNR and SSIM")
         enhance: dict[str, Any] = {

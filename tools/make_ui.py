@@ -4,7 +4,8 @@ Developer tool (not shipped): ``python tools/make_ui.py`` regenerates
 ``<Module>/Resources/UI/<Module>.ui`` from ``tools/ui/<module>.py`` (one file per module).
 The ``.ui`` files are what Slicer loads; this keeps them consistent: every widget has a
 tooltip, units show as suffixes, each parameter-node field is bound through
-``SlicerParameterName``.
+``SlicerParameterName``, and a combo box of a choice that an operation's request defines
+lists that request's choices (:mod:`medtorch.ops`; the repository root is put on the path).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ MODULES = {"FusionRegistration": "fusion_registration", "EnhanceSR": "enhance_sr
 
 def main(names: list[str]) -> int:
     sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(REPO))  # medtorch.ops: the requests' choices
     for module, py in MODULES.items():
         if names and module not in names:
             continue

@@ -1,12 +1,18 @@
 """Run a study: the configured steps in order, every output named and written atomically,
 and a ``run.json`` recording versions, parameters, device, seeds, timings and outputs.
 
+The register, fuse and segment (threshold, seeded) steps run their operation through
+:func:`medtorch.ops.run` (a step's parameters become the operation's request); denoising,
+super-resolution and model segmentation pass their parameters to the core as keywords (a
+study may set any of the core's options there, more than the operations take).
+
 ``run.json`` is written last; its ``status`` is ``"done"`` only when every step finished,
 which is how :mod:`medtorch.pipeline.batch` knows a case can be skipped on resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -19,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from medtorch import ops
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.pipeline.config import StudyConfig
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
@@ -63,14 +70,19 @@ Step = Callable[[StepContext, dict[str, Any], ProgressCallback, "CancelToken | N
 
 def _step_register(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
                    cancel: CancelToken | None) -> None:
+    from medtorch.ops.registration import RegisterRequest
+
     try:
-        from medtorch.registration import register
+        import medtorch.registration  # noqa: F401
     except ImportError as exc:
         raise MedTorchInputError("this MedTorch has no registration engine", "disable the register step") from exc
+    # the request's fields by name; every other key is a torch-engine option
     p = dict(params)
-    result = register(ctx.volumes["fixed"], ctx.volumes["moving"], mode=p.pop("mode", "rigid"),
-                      metric=p.pop("metric", "mi"), engine=p.pop("engine", "torch"), device=ctx.device,
-                      seed=ctx.config.seed, progress=progress, cancel=cancel, **p)
+    named = {f.name for f in dataclasses.fields(RegisterRequest)} - {"device", "seed", "options"}
+    request = ops.request_from_params(RegisterRequest, {
+        **{k: p.pop(k) for k in list(p) if k in named}, "device": ctx.device, "seed": ctx.config.seed, "options": p})
+    result = ops.run(request, {"fixed": ctx.volumes["fixed"], "moving": ctx.volumes["moving"]}, progress=progress,
+                     cancel=cancel).native
     ctx.transform = result.transform
     linear = getattr(result, "displacement", None) is None
     path = ctx.out("register/transform.tfm" if linear else "register/transform.h5")
@@ -82,16 +94,24 @@ def _step_register(ctx: StepContext, params: dict[str, Any], progress: ProgressC
 
 def _step_fuse(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
                cancel: CancelToken | None) -> None:
-    from medtorch.fusion import fuse_volumes
+    from medtorch.ops.fusion import FuseRequest
 
     p = dict(params)
     method = p.pop("method", "average")
     options = {k: p.pop(k) for k in ("fixed_modality", "moving_modality", "normalization", "ct_window",
                                       "color_map", "functional") if k in p}
-    # without a register step the two scans are taken as they lie in physical space
-    res = fuse_volumes(ctx.volumes["fixed"], ctx.volumes["moving"], method, ctx.transform, params=p or None,
-                       assume_aligned=ctx.transform is None, metrics="3d", device=ctx.device,
-                       progress=progress, cancel=cancel, **options)
+    # the rest are the method's parameters; without a register step the two scans are taken
+    # as they lie in physical space
+    inputs = {"fixed": ctx.volumes["fixed"], "moving": ctx.volumes["moving"]}
+    matrix = None
+    if isinstance(ctx.transform, list):  # [A, d]: the field is applied first, then the affine
+        matrix, inputs["displacement"] = ctx.transform
+    elif ctx.transform is not None:
+        matrix = ctx.transform
+    request = ops.request_from_params(FuseRequest, {
+        "method": method, "method_params": p, "assume_aligned": ctx.transform is None, "metrics": "3d",
+        "device": ctx.device, "matrix": matrix, **options})
+    res = ops.run(request, inputs, progress=progress, cancel=cancel).native
     ctx.write("fused", res.fused, f"fuse/fused_{method}.nrrd")
     if res.rgb is not None:
         ctx.write("fused_rgb", res.rgb, f"fuse/fused_{method}_rgb.nrrd")
@@ -103,6 +123,8 @@ def _step_denoise(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
                   cancel: CancelToken | None) -> None:
     from medtorch.enhance.denoise import denoise
 
+    # the core's keywords, not the denoise operation: a study may set any method option
+    # (patch_radius, block, h, ...), which the operation does not take
     p = {k: v for k, v in params.items() if k != "input"}
     method = p.pop("method", "gaussian")
     strength = p.pop("strength", None)
@@ -130,13 +152,13 @@ def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
     method = p.pop("method", "threshold")
     vol = ctx.input_volume(params)
     if method == "threshold":
-        from medtorch.segment.threshold import Box, threshold_largest_component
+        from medtorch.ops.segmentation import ThresholdRequest
 
-        roi = p.pop("roi", None)
-        box = None if roi is None else Box(np.asarray(roi["center"], float), np.asarray(roi["size"], float) / 2.0)
-        res = threshold_largest_component(vol, float(p.pop("lower")), float(p.pop("upper", float("inf"))), box,
-                                          progress=progress, cancel=cancel)
-        label, values = res.label, {"volume_ml": res.volume_ml, "voxel_count": res.voxel_count}
+        roi = p.pop("roi", None)  # {center, size} in mm
+        if roi is not None:
+            p["roi"] = ops.Roi.from_size(roi["center"], roi["size"])
+        out = ops.run(ops.request_from_params(ThresholdRequest, p), {"input": vol}, progress=progress, cancel=cancel)
+        label, values = out.volumes["label"], {k: out.values[k] for k in ("volume_ml", "voxel_count")}
     elif method == "model":
         from medtorch.segment.inference import segment_with_model
 
@@ -145,12 +167,13 @@ def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
         values = {k: v for k, v in dict(info).items() if isinstance(v, (int, float, str))}
     elif method == "seeded":
         from medtorch.io import read_volume
-        from medtorch.segment import seeded
+        from medtorch.ops.segmentation import SeededRequest
 
-        seeds = read_volume(p.pop("seeds"), kind="label")
-        extra = [ctx.input_volume({"input": name}) for name in p.pop("extra_inputs", [])]
-        res = seeded.seeded_segment([vol, *extra], seeds, progress=progress, cancel=cancel, **p)
-        label = res.label
+        inputs = {"seeds": read_volume(p.pop("seeds"), kind="label")}
+        channels = [vol, *(ctx.input_volume({"input": name}) for name in p.pop("extra_inputs", []))]
+        inputs.update({f"channel{i}": v for i, v in enumerate(channels)})
+        label = ops.run(ops.request_from_params(SeededRequest, p), inputs, progress=progress,
+                        cancel=cancel).volumes["label"]
         values = {}
     else:
         raise MedTorchInputError(f"unknown segmentation method {method!r}", "use threshold, seeded or model")

@@ -42,6 +42,13 @@ def widget(cls: str, name: str, tooltip: str, param: str | None = None, items: l
     return "".join(parts)
 
 
+def request_items(request: type, field: str, drop: tuple[str, ...] = ()) -> list[str]:
+    """A combo box's items for a request field's choices (medtorch.ops), the default first."""
+    from medtorch.ops.base import default_first
+
+    return [v for v in default_first(request, field) if v not in drop]
+
+
 def label(name: str, text: str, tooltip: str) -> str:
     return widget("QLabel", name, tooltip, text=text)
 

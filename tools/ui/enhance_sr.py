@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from ui.common import SCALAR, apply_button, document, label, node_combo, section, status_label, widget
+from ui.common import SCALAR, apply_button, document, label, node_combo, request_items, section, status_label, widget
 
-DENOISE_METHODS = ["gaussian", "median", "anisotropic", "bilateral", "nlm", "patch", "dct", "collab", "selfsup"]
-SR_METHODS = ["bspline", "linear", "sinc", "selfsup"]
+from medtorch.ops.enhance import DenoiseRequest, SuperresRequest
+
+DENOISE_METHODS = request_items(DenoiseRequest, "method")
+SR_METHODS = request_items(SuperresRequest, "method")
 CT_WINDOWS = ["none", "brain", "subdural", "stroke", "bone", "lung", "mediastinum", "soft_tissue", "liver"]
 
 
@@ -57,7 +59,7 @@ def build() -> str:
         (label("axisLabel", "Axis:", "Axis to refine"),
          widget("QComboBox", "axisComboBox",
                 "auto: the thickest axis; i, j, k: that axis; all: isotropic upsampling of every axis",
-                "axis", items=["auto", "i", "j", "k", "all"])),
+                "axis", items=request_items(SuperresRequest, "axis"))),
         (label("fwhmLabel", "Slice profile FWHM:", "Width of the slice profile"),
          widget("QDoubleSpinBox", "fwhmSpinBox",
                 "selfsup: full width at half maximum of the slice profile; 0 = estimate it from the volume",
@@ -99,7 +101,7 @@ def build() -> str:
         (label("comparisonLabel", "Before/after volume:", "An extra volume comparing input and result"),
          widget("QComboBox", "comparisonComboBox",
                 "none; difference: result minus input; checkerboard: alternating blocks of input and result "
-                "(on the result's grid)", "comparison", items=["none", "difference", "checkerboard"])),
+                "(on the result's grid)", "comparison", items=request_items(DenoiseRequest, "comparison"))),
         (label("showResultLabel", "Show result:", "Show the result when done"),
          widget("QCheckBox", "showResultCheckBox", "Show the result in the linked slice views, with the input as a "
                 "foreground to fade in for before/after", "showResult", text="")),

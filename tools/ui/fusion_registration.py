@@ -7,11 +7,15 @@ parameters, intensities, colour map, views; the Apply button reads "Fuse"), Eval
 
 from __future__ import annotations
 
-from ui.common import SCALAR, apply_button, document, label, node_combo, section, status_label, widget
+from ui.common import SCALAR, apply_button, document, label, node_combo, request_items, section, status_label, widget
+
+from medtorch.ops.fusion import FuseRequest
+from medtorch.ops.registration import RegisterRequest
 
 FIDUCIALS = ["vtkMRMLMarkupsFiducialNode"]
 TRANSFORMS = ["vtkMRMLLinearTransformNode", "vtkMRMLGridTransformNode"]
-FUSION_METHODS = ["average", "dwt", "laplacian", "gff", "pca", "cnn"]
+#: The fusion methods, less the reference rule "max".
+FUSION_METHODS = request_items(FuseRequest, "method", drop=("max",))
 MODALITIES = ["auto", "CT", "MR", "PT", "NM", "OT"]
 CT_WINDOWS = ["bone", "brain", "subdural", "stroke", "lung", "mediastinum", "soft_tissue", "liver"]
 WAVELETS = ["haar", "db2", "db3", "db4", "db5", "sym4", "sym5", "coif1", "coif2"]
@@ -29,19 +33,19 @@ def build() -> str:
         (label("modeLabel", "Transform:", "Transform model"),
          widget("QComboBox", "modeComboBox",
                 "rigid: rotation and translation; affine: also scaling and shearing; deformable: affine, then a smooth displacement field",
-                "registrationMode", items=["rigid", "affine", "deformable"])),
+                "registrationMode", items=request_items(RegisterRequest, "mode"))),
         (label("metricLabel", "Similarity:", "How the two volumes are compared"),
          widget("QComboBox", "metricComboBox",
                 "mi: mutual information (any modalities, e.g. CT to MRI); mind: MIND-SSC descriptors (any modalities); lncc, ncc, mse: same modality",
-                "metric", items=["mi", "mind", "lncc", "ncc", "mse"])),
+                "metric", items=request_items(RegisterRequest, "metric"))),
         (label("engineLabel", "Engine:", "Which implementation registers"),
          widget("QComboBox", "engineComboBox",
                 "torch: MedTorch's engine (GPU or CPU); sitk: SimpleITK Mattes MI (corrected multi-resolution recipe); elastix: itk-elastix, if installed",
-                "engine", items=["torch", "sitk", "elastix"])),
+                "engine", items=request_items(RegisterRequest, "engine"))),
         (label("initLabel", "Initialisation:", "How the search starts"),
          widget("QComboBox", "initComboBox",
                 "auto: landmark pairs if given, else a rotation search about the centres of mass (survives large misalignment); geometry: grid centres; moments: centres of mass; pax: principal axes; fiducials: landmark pairs; none: as the volumes are",
-                "initialization", items=["auto", "geometry", "moments", "pax", "fiducials", "none"])),
+                "initialization", items=request_items(RegisterRequest, "init"))),
         (label("fixedMaskLabel", "Fixed mask:", "Optional region of the fixed volume"),
          node_combo("fixedMaskSelector", "fixedMask", "Optional binary volume or label map: only fixed voxels inside it are compared", SCALAR, optional=True)),
         (label("movingMaskLabel", "Moving mask:", "Optional region of the moving volume"),
@@ -105,7 +109,7 @@ def build() -> str:
          widget("QComboBox", "normalizationComboBox",
                 "auto: CT through the window preset, MRI and the rest 1st-99th percentile to [0, 1] (output in [0, 1]); "
                 "percentile: every volume by percentiles; none: raw intensities in the inputs' units (average only)",
-                "normalization", items=["auto", "percentile", "none"])),
+                "normalization", items=request_items(FuseRequest, "normalization"))),
         (label("fixedModalityLabel", "Fixed modality:", "What the fixed volume is"),
          widget("QComboBox", "fixedModalityComboBox",
                 "auto: the node's DICOM modality (else other: percentiles); CT (windowed), MR, PT (PET), NM (SPECT), OT",
@@ -122,7 +126,7 @@ def build() -> str:
          widget("QComboBox", "colorMapComboBox",
                 "none: grey fusion; hot, jet, rainbow, gray: the PET/SPECT volume in this colour map, its luminance "
                 "fused (YCbCr), the colour kept: an RGB volume is made beside the fused one (moving modality PT or NM)",
-                "colorMap", items=["none", "hot", "jet", "rainbow", "gray"])),
+                "colorMap", items=["none", *request_items(FuseRequest, "color_map")])),
         (label("computeMetricsLabel", "Compute metrics:", "Score the fused volume"),
          widget("QCheckBox", "computeMetricsCheckBox", "Score the fused volume against the two sources (EN, SD, SF, AG, "
                 "MI in bits, SSIM, QAB/F, VIF; 3D) into a table", "computeMetrics", text="", checked=True)),
