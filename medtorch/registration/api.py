@@ -180,11 +180,11 @@ def register(
     report(progress, cancel, 0.0, "starting")
     eng_progress = SubProgress(progress, 0.0, 0.9, "")
     if engine == "torch":
-        from medtorch.registration.torch_engine import register_torch
+        from medtorch.registration.torch_engine import RegistrationProblem, register_torch
 
-        affine, displacement, info = register_torch(
-            fixed, moving, mode, metric, fixed_mask, moving_mask, f_lm, m_lm, init, initial_transform, dev, seed,
-            eng_progress, cancel, options)
+        problem = RegistrationProblem(fixed, moving, mode, metric, fixed_mask, moving_mask, f_lm, m_lm, init,
+                                      initial_transform, dev, seed, dict(options))
+        affine, displacement, info = register_torch(problem, eng_progress, cancel)
     else:
         if options:
             raise MedTorchInputError(f"the {engine} engine takes no options ({', '.join(sorted(options))} given)",

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.ops.registration import Init, Metric, Mode
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.registration import initialization as init_mod
 from medtorch.registration.linear import (
@@ -58,10 +59,33 @@ from medtorch.registration.similarity import mind_ssc
 from medtorch.resample import reference_grid
 from medtorch.volume import Volume
 
-__all__ = ["TorchOptions", "prepare_images", "register_torch"]
+__all__ = ["RegistrationProblem", "TorchOptions", "prepare_images", "register_torch"]
 
 #: Up to this many fixed + moving voxels the moving pyramid is built beside the fixed one.
 PARALLEL_PYRAMID_VOXELS = 16 * 2**20
+
+
+@dataclass(frozen=True, eq=False)
+class RegistrationProblem:
+    """What one run of the torch engine registers: the volumes (never modified), the
+    transform model and similarity, optional masks (any grid) and ``(N, 3)`` LPS landmark pairs
+    (checked by :func:`medtorch.registration.register`), the initialisation and an optional
+    4x4 starting transform (fixed -> moving), the device, the seed of the sampling, and the
+    engine options as given (see the module docstring; checked by :class:`TorchOptions`)."""
+
+    fixed: Volume
+    moving: Volume
+    mode: Mode = "rigid"
+    metric: Metric = "mi"
+    fixed_mask: Volume | None = None
+    moving_mask: Volume | None = None
+    fixed_landmarks: np.ndarray | None = None
+    moving_landmarks: np.ndarray | None = None
+    init: Init = "auto"
+    initial_transform: np.ndarray | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -261,12 +285,9 @@ def _foreground(level: PyramidLevel, fixed: bool) -> tuple[np.ndarray, np.ndarra
     return pts, w
 
 
-def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_mask: Volume | None,
-                   moving_mask: Volume | None, fixed_landmarks: np.ndarray | None, moving_landmarks: np.ndarray | None,
-                   init: str, initial_transform: np.ndarray | None, device: torch.device, seed: int,
-                   progress: ProgressCallback | None, cancel: CancelToken | None,
-                   options: dict[str, Any]) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
-    """Run the torch engine; returns (affine 4x4, displacement or None, info).
+def register_torch(problem: RegistrationProblem, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
+    """Run the torch engine on ``problem``; returns (affine 4x4, displacement or None, info).
 
     On the CPU the work runs with ``threads`` torch threads (option; default 1): the
     optimisation loops work on batches of 10^4-10^5 samples, where thread start-up costs
@@ -274,33 +295,28 @@ def register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_
     OpenMP threads measured 10-15x *slower* than one (each barrier waits for a descheduled
     thread). The previous thread count is restored afterwards.
     """
-    opts = TorchOptions.from_options(options)
-    n_threads = int(opts.threads) if opts.threads is not None else (1 if device.type == "cpu" else torch.get_num_threads())
+    opts = TorchOptions.from_options(problem.options)
+    on_cpu = problem.device.type == "cpu"
+    n_threads = int(opts.threads) if opts.threads is not None else (1 if on_cpu else torch.get_num_threads())
     if n_threads < 1:
         raise MedTorchInputError(f"threads={opts.threads} must be at least 1", "give a positive number of threads")
     previous = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
-        affine, displacement, info = _register_torch(fixed, moving, mode, metric, fixed_mask, moving_mask,
-                                                     fixed_landmarks, moving_landmarks, init, initial_transform,
-                                                     device, seed, progress, cancel, opts)
+        affine, displacement, info = _register_torch(problem, opts, progress, cancel)
     finally:
         torch.set_num_threads(previous)
     info["threads"] = n_threads
     return affine, displacement, info
 
 
-def _register_torch(fixed: Volume, moving: Volume, mode: str, metric: str, fixed_mask: Volume | None,
-                    moving_mask: Volume | None, fixed_landmarks: np.ndarray | None, moving_landmarks: np.ndarray | None,
-                    init: str, initial_transform: np.ndarray | None, device: torch.device, seed: int,
-                    progress: ProgressCallback | None, cancel: CancelToken | None,
-                    opts: TorchOptions) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
+def _register_torch(problem: RegistrationProblem, opts: TorchOptions, progress: ProgressCallback | None,
+                    cancel: CancelToken | None) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
     # One helper thread works beside the main one (see _register_torch_with); it is always
     # shut down, also on errors and cancel.
     helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtorch-registration")
     try:
-        return _register_torch_with(helper, fixed, moving, mode, metric, fixed_mask, moving_mask, fixed_landmarks,
-                                    moving_landmarks, init, initial_transform, device, seed, progress, cancel, opts)
+        return _register_torch_with(helper, problem, opts, progress, cancel)
     finally:
         helper.shutdown(wait=True, cancel_futures=True)
 
@@ -317,11 +333,9 @@ def _split_work(helper: ThreadPoolExecutor, parallel: bool, count: int, run: Any
     return [mine, other.result()]
 
 
-def _register_torch_with(helper: ThreadPoolExecutor, fixed: Volume, moving: Volume, mode: str, metric: str,
-                         fixed_mask: Volume | None, moving_mask: Volume | None, fixed_landmarks: np.ndarray | None,
-                         moving_landmarks: np.ndarray | None, init: str, initial_transform: np.ndarray | None,
-                         device: torch.device, seed: int, progress: ProgressCallback | None,
-                         cancel: CancelToken | None, opts: TorchOptions) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
+def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProblem, opts: TorchOptions,
+                         progress: ProgressCallback | None,
+                         cancel: CancelToken | None) -> tuple[np.ndarray, Volume | None, dict[str, Any]]:
     """The engine. On the CPU with one torch thread, independent work runs in ``helper`` at the
     same time as the main thread's (each op is too small for two OpenMP threads to pay, but
     two independent streams of them keep both cores busy): the moving pyramid beside the
@@ -329,6 +343,9 @@ def _register_torch_with(helper: ThreadPoolExecutor, fixed: Volume, moving: Volu
     a level is optimised. (The Adam loops themselves gain nothing from a second thread:
     their many small ops hold the interpreter lock for most of their time.) Random draws
     all happen in one thread, in a fixed order, so results do not depend on timing."""
+    fixed, moving, mode, metric, device = problem.fixed, problem.moving, problem.mode, problem.metric, problem.device
+    init, initial_transform, seed = problem.init, problem.initial_transform, problem.seed
+    fixed_landmarks, moving_landmarks = problem.fixed_landmarks, problem.moving_landmarks
     parallel = device.type == "cpu" and torch.get_num_threads() == 1
     rng = np.random.default_rng(seed)
     info: dict[str, Any] = {}
@@ -336,8 +353,8 @@ def _register_torch_with(helper: ThreadPoolExecutor, fixed: Volume, moving: Volu
     lin_share = 1.0 if mode != "deformable" else 0.3
     report(progress, cancel, 0.0, "preparing")
 
-    fmask = _masked_tensor(fixed_mask, fixed, device, "fixed")
-    mmask = _masked_tensor(moving_mask, moving, device, "moving")
+    fmask = _masked_tensor(problem.fixed_mask, fixed, device, "fixed")
+    mmask = _masked_tensor(problem.moving_mask, moving, device, "moving")
     lin_metric = metric if metric != "lncc" else "ncc"
     if opts.intensity not in ("equalize", "percentile", "percentile_all"):
         raise MedTorchInputError(f"unknown intensity option {opts.intensity!r}",
