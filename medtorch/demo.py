@@ -1004,12 +1004,12 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
                               "profile": "Gaussian, FWHM = thick spacing (given to the methods)",
                               "reference": "the 2 mm T1 (t1_sr_reference.nrrd), on the super-resolved grid"}
         sr_out: dict[str, Volume] = {}
-        for n, (name, method, cfg) in enumerate((
+        for n, (name, sr_method, cfg) in enumerate((
             ("bspline", "bspline", None),
             ("selfsup", "selfsup", SRTrainConfig(iterations=SR_SELFSUP_ITERATIONS, seed=seed)),
         )):
             t0 = time.perf_counter()
-            vol, _model = superres(thick, method, factor=SR_FACTOR, axis="k", fwhm_mm=float(thick.geometry.spacing[2]),
+            vol, _model = superres(thick, sr_method, factor=SR_FACTOR, axis="k", fwhm_mm=float(thick.geometry.spacing[2]),
                                    config=cfg, device=dev_str,
                                    progress=SubProgress(sp, (0.0, 0.02)[n], (0.02, 0.95)[n],
                                                         f"{name} super-resolution"),

@@ -204,7 +204,7 @@ def _describe(tp: Any) -> str:
         return f"a list of {len(args)} items ({', '.join(_describe(a) for a in args)})"
     if origin in (dict, Mapping) or tp is dict:
         return "a mapping"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return "a mapping with " + ", ".join(_fields(tp))
     return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(tp, str(tp))
 

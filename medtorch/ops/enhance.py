@@ -119,7 +119,8 @@ def run_denoise(request: DenoiseRequest, inputs: dict[str, Volume], progress: Pr
     out = denoise(vol, request.method, request.strength, progress=progress, cancel=cancel,
                   noise_model=request.noise_model, noise_sigma=request.noise_sigma, seed=request.seed,
                   device=request.device, output_dtype=request.output_dtype, **options)
-    values = {k: out.metadata[k] for k in ("noise_model", "noise_sigma", "seed", "strength") if k in out.metadata}
+    values: dict[str, Any] = {k: out.metadata[k] for k in ("noise_model", "noise_sigma", "seed", "strength")
+                              if k in out.metadata}
     return _with_comparison(OperationResult({"output": out}, values), request.comparison, vol)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from medtorch.errors import MedTorchInputError
 from medtorch.ops.base import OperationResult, Request, Roi, need
@@ -171,8 +171,9 @@ def run_seeded(request: SeededRequest, inputs: dict[str, Volume], progress: Prog
                          region_box=None if request.roi is None else request.roi.box(),
                          progress=SubProgress(progress, 0.0, 0.95), cancel=cancel)
     label = res.label
-    if request.min_size_mm3 > 0 or request.largest or request.fill_holes:
-        label = postprocess_label(label, float(request.min_size_mm3), request.largest, request.fill_holes)
+    if request.min_size_mm3 > 0 or request.largest or request.fill_holes:  # a volume in, a volume out
+        label = cast(Volume, postprocess_label(label, float(request.min_size_mm3), request.largest,
+                                               request.fill_holes))
     regions = {str(k): [int(v) for v in vals] for k, vals in request.regions.items()}
     tumour_classes = [c for c in res.classes if c != res.background]
     rows = volumetry(label, {c: f"class {c}" for c in tumour_classes}, regions)

@@ -98,8 +98,8 @@ def _step_fuse(ctx: StepContext, params: dict[str, Any], progress: ProgressCallb
 
     p = dict(params)
     method = p.pop("method", "average")
-    options = {k: p.pop(k) for k in ("fixed_modality", "moving_modality", "normalization", "ct_window",
-                                      "color_map", "functional") if k in p}
+    options: dict[str, Any] = {k: p.pop(k) for k in ("fixed_modality", "moving_modality", "normalization",
+                                                      "ct_window", "color_map", "functional") if k in p}
     # the rest are the method's parameters; without a register step the two scans are taken
     # as they lie in physical space
     inputs = {"fixed": ctx.volumes["fixed"], "moving": ctx.volumes["moving"]}

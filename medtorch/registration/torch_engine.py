@@ -412,7 +412,7 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
 
     # -- initial candidates ---------------------------------------------------------------------------
     candidates: list[np.ndarray]
-    chosen = init
+    chosen: str = init
     if initial_transform is not None and init in ("auto", "none"):
         candidates = [np.asarray(initial_transform, float)]
         chosen = "initial_transform"
