@@ -57,8 +57,9 @@ volumetry table (mL per segment and for the whole tumour):
 <li><b>threshold</b>: an intensity range inside an optional ROI box, largest connected region;</li>
 <li><b>seeded</b>: paint seeds (Segment Editor segments, one per class, the background last or
 named "Background"; or markups points labelled with the class name) on one or more co-registered
-volumes (e.g. FLAIR and T1c); every voxel around the seeds gets a class (localized region
-competition, no training). <i>Update</i> re-runs fast after seed edits;</li>
+volumes (e.g. FLAIR and T1c); every voxel around the seeds gets a class (geodesic competition of
+the seeds' class models, no training). <i>Update</i> re-runs fast after seed edits. The same method is in
+the Segment Editor as the effect <b>Grow from seeds (MedTorch)</b>, beside Slicer's own;</li>
 <li><b>model</b>: a trained model (MONAI bundle folder, TorchScript file or nnU-Net folder), offline;</li>
 <li><b>nodules</b>: lung nodules in a chest CT, as markups with diameters.</li>
 </ul>
@@ -69,6 +70,24 @@ See the <a href="https://github.com/medtorch/SlicerMedTorch#segmenttumor">docume
         self.parent.acknowledgementText = _("""
 MedTorch is built on 3D Slicer, SimpleITK, PyTorch and MONAI.
 """)
+        # The Segment Editor effect, once the application has started (as Slicer's effect extensions do).
+        app = getattr(slicer, "app", None)
+        if app is not None and hasattr(app, "connect"):
+            app.connect("startupCompleted()", registerEditorEffect)
+
+
+def registerEditorEffect() -> bool:
+    """Add "Grow from seeds (MedTorch)" to the Segment Editor (False where the Segment Editor's
+    effects are not available, e.g. without the Slicer application)."""
+    try:
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+    except ImportError:
+        return False
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentTumorLib", "SegmentEditorEffect.py")
+    instance.setPythonSource(source.replace("\\", "/"))
+    instance.self().register()
+    return True
 
 
 #

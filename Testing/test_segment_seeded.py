@@ -1,5 +1,6 @@
-"""Seeded segmentation (localized region competition) on small tumour phantoms, its CLI and its
-operation: accuracy, kept class values, several channels, incremental re-runs, geometry, bad input."""
+"""Seeded segmentation (geodesic competition, the default, and localized region competition) on
+small tumour phantoms, its CLI and its operation: accuracy, kept class values, several channels,
+incremental re-runs, geometry, bad input, distractors, missing background, a box as background."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from medtorch.errors import Cancelled, MedTorchInputError
 from medtorch.progress import CancelToken
 from medtorch.segment.metrics import dice
-from medtorch.segment.seeded import SeededSegmenter, box_sum, check_seeds, seeded_segment
+from medtorch.segment.seeded import SeededOptions, SeededSegmenter, box_sum, check_seeds, seeded_segment
 from medtorch.segment.tumor_phantom import make_tumor_phantom, stroke_seeds, synthetic_tissue
 from medtorch.volume import Geometry, Volume
 from medtorch.phantoms import oblique_geometry
@@ -64,11 +65,11 @@ def test_two_channel_phantom_is_segmented_with_class_values_kept(case):
 
 
 def test_regions_beat_the_seeds_own_class_models(case):
-    """The competition improves on classifying every voxel by the seeds' class models alone."""
+    """The region competition improves on classifying every voxel by the seeds' class models alone."""
     ph, seeds = case
     chans = [ph.channels["FLAIR"], ph.channels["T1c"]]
-    plain = seeded_segment(chans, seeds, iterations=0, keep_seed_connected=False).label.array
-    full = seeded_segment(chans, seeds).label.array
+    plain = seeded_segment(chans, seeds, method="competition", iterations=0, keep_seed_connected=False).label.array
+    full = seeded_segment(chans, seeds, method="competition").label.array
     assert _wt(full, ph.truth.array) > _wt(plain, ph.truth.array) + 0.01
 
 
@@ -100,8 +101,9 @@ def test_same_seed_same_result(case):
 
 
 def test_incremental_rerun_reuses_features_and_follows_the_edit(case):
+    """Region competition: a re-run starts from the previous labels."""
     ph, seeds = case
-    seg = SeededSegmenter([ph.channels["FLAIR"], ph.channels["T1c"]])
+    seg = SeededSegmenter([ph.channels["FLAIR"], ph.channels["T1c"]], SeededOptions(method="competition"))
     first = seg.segment(seeds)
     assert not first.incremental
     # the same seeds again: warm start from the previous labels, same answer
@@ -118,8 +120,27 @@ def test_incremental_rerun_reuses_features_and_follows_the_edit(case):
     assert np.all(edited.label.array[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3] == 0)
     assert edited.seconds["features"] < first.seconds["features"] + 0.05
     # a fresh run with the edited seeds agrees with the warm-started one almost everywhere
-    fresh = seeded_segment([ph.channels["FLAIR"], ph.channels["T1c"]], seeds.with_array(arr)).label.array
+    fresh = seeded_segment([ph.channels["FLAIR"], ph.channels["T1c"]], seeds.with_array(arr),
+                           method="competition").label.array
     assert np.mean(fresh != edited.label.array) < 0.01
+
+
+def test_geodesic_rerun_reuses_features_and_equals_a_fresh_run(case):
+    """Geodesic competition: an edit re-uses the region's features, follows the new stroke and
+    gives exactly what a fresh run on the same region gives."""
+    ph, seeds = case
+    chans = [ph.channels["FLAIR"], ph.channels["T1c"]]
+    seg = SeededSegmenter(chans)
+    first = seg.segment(seeds)
+    assert not first.incremental and "geodesic" in first.seconds
+    arr = seeds.array.copy()
+    oed = np.argwhere((first.label.array == 2) & (ph.truth.array == 2))
+    z, y, x = oed[len(oed) // 2]
+    arr[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3] = 4
+    edited = seg.segment(seeds.with_array(arr))
+    assert edited.incremental and edited.region == first.region
+    assert np.all(edited.label.array[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3] == 0)
+    assert np.array_equal(edited.label.array, seeded_segment(chans, seeds.with_array(arr)).label.array)
 
 
 def test_oblique_anisotropic_grid_and_seeds_on_another_grid():
@@ -198,24 +219,25 @@ def test_inputs_are_not_modified(case):
     assert np.array_equal(before[0], ph.channels["FLAIR"].array) and np.array_equal(before[1], seeds.array)
 
 
-def test_progress_and_cancel(case):
+@pytest.mark.parametrize("method, where", [("geodesic", "paths of class 2"), ("competition", "iteration 2")])
+def test_progress_and_cancel(case, method, where):
     ph, seeds = case
     seen: list[float] = []
-    seeded_segment([ph.channels["FLAIR"]], seeds, progress=lambda f, m="": seen.append(f))
+    seeded_segment([ph.channels["FLAIR"]], seeds, method=method, progress=lambda f, m="": seen.append(f))
     assert seen and seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
     cancel = CancelToken()
     calls = []
 
-    def stop_in_competition(f: float, m: str = "") -> None:
+    def stop_in_the_middle(f: float, m: str = "") -> None:
         calls.append(m)
-        if "iteration 2" in m:
+        if where in m:
             cancel.cancel()
 
     start = time.perf_counter()
     with pytest.raises(Cancelled):
-        seeded_segment([ph.channels["FLAIR"]], seeds, progress=stop_in_competition, cancel=cancel)
+        seeded_segment([ph.channels["FLAIR"]], seeds, method=method, progress=stop_in_the_middle, cancel=cancel)
     assert time.perf_counter() - start < 10.0
-    assert any("iteration 2" in m for m in calls)
+    assert any(where in m for m in calls)
 
 
 def test_box_sum_matches_a_brute_force_window_sum():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medtorch.commands import Command, progress_bar, vec3
 from medtorch.errors import MedTorchInputError
-from medtorch.ops import default_of
+from medtorch.ops import choices, default_of
 from medtorch.ops.segmentation import SeededRequest
 from medtorch.progress import CancelToken
 
@@ -36,16 +36,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="trained model: a MONAI bundle folder, a TorchScript file or an nnU-Net v2 model folder "
                           "(never downloaded)")
     seeded = p.add_argument_group("seeded segmentation (--seeds)")
+    seeded.add_argument("--method", default=default_of(SeededRequest, "method"), choices=choices(SeededRequest, "method"),
+                        help="geodesic: every class grows from its seeds along the cheapest paths, paying for "
+                             "intensity changes and for tissue unlike its seeds (best on real tumour MRI); "
+                             "competition: localized region competition")
     seeded.add_argument("--margin", type=float, default=default_of(SeededRequest, "margin_mm"),
-                        help="margin around the seeds' bounding box, mm")
+                        help="least margin around the seeds' bounding box, mm (at least --margin-fraction of "
+                             "the seeds' extent per side)")
+    seeded.add_argument("--margin-fraction", type=float, default=default_of(SeededRequest, "margin_fraction"),
+                        help="margin as a fraction of the seeds' extent on each side (0.2 as Slicer's Grow from seeds)")
     seeded.add_argument("--smoothing", type=float, default=default_of(SeededRequest, "smoothing_mm"),
                         help="feature smoothing (Gaussian sigma), mm")
     seeded.add_argument("--radius", type=float, default=default_of(SeededRequest, "radius_mm"),
-                        help="window radius of the local region statistics, mm")
+                        help="competition: window radius of the local region statistics, mm")
     seeded.add_argument("--smoothness", type=float, default=default_of(SeededRequest, "smoothness"),
-                        help="weight of the boundary smoothness term")
+                        help="competition: weight of the boundary smoothness term")
     seeded.add_argument("--iterations", type=int, default=default_of(SeededRequest, "iterations"),
-                        help="most region-competition iterations")
+                        help="competition: most region-competition iterations")
     seeded.add_argument("--seed", type=int, default=default_of(SeededRequest, "seed"),
                         help="random seed (k-means start), recorded in --info")
     seeded.add_argument("--roi-center", type=vec3, default=None,
@@ -117,7 +124,8 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
     roi = None if args.roi_center is None else Roi.from_size(args.roi_center, args.roi_extent)
     inputs = {f"channel{i}": read_volume(_input_path(v)) for i, v in enumerate(args.input)}
     inputs["seeds"] = read_volume(args.seeds, kind="label")
-    request = SeededRequest(margin_mm=args.margin, smoothing_mm=args.smoothing, radius_mm=args.radius,
+    request = SeededRequest(method=args.method, margin_mm=args.margin, margin_fraction=args.margin_fraction,
+                            smoothing_mm=args.smoothing, radius_mm=args.radius,
                             smoothness=args.smoothness, iterations=args.iterations,
                             device=getattr(args, "device", None), seed=args.seed, roi=roi, min_size_mm3=args.min_size,
                             largest=args.largest, fill_holes=args.fill_holes)
@@ -136,7 +144,8 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
             f"{r.name},{' '.join(str(v) for v in r.values)},{r.voxels},{r.volume_ml:.6f}" for r in rows]
         write_text_atomic(args.volumes_csv, "\n".join(lines) + "\n")
     if args.info:
-        info = {"medtorch": __version__, "method": "seeded (localized region competition)",
+        info = {"medtorch": __version__, "method": "seeded (" + ("geodesic competition" if args.method == "geodesic"
+                                               else "localized region competition") + ")",
                 "inputs": list(args.input), "seeds": args.seeds, "classes": res.classes, "background": res.background,
                 "options": res.options, "seed": res.options.get("seed"), "region_zyx": [list(res.region[0]),
                                                                                      list(res.region[1])],

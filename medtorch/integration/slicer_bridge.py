@@ -79,6 +79,53 @@ def volume_from_node(node: Any) -> Volume:
     return Volume(arr, geom, kind, meta)  # type: ignore[arg-type]
 
 
+def geometry_from_oriented_image(image: Any) -> Geometry:
+    """The grid of a ``vtkOrientedImageData`` (segmentation labelmaps, the Segment Editor's
+    images): its image-to-world matrix (RAS) from the first voxel of its extent, in LPS."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    ext = image.GetExtent()
+    ijk_to_ras = array_from_vtk_matrix(m)
+    ijk_to_ras[:3, 3] = ijk_to_ras[:3, :3] @ np.array([ext[0], ext[2], ext[4]], float) + ijk_to_ras[:3, 3]
+    size = (ext[1] - ext[0] + 1, ext[3] - ext[2] + 1, ext[5] - ext[4] + 1)
+    return Geometry.from_ijk_to_ras(ijk_to_ras, size)
+
+
+def volume_from_oriented_image(image: Any, kind: str = "scalar") -> Volume:
+    """Copy a single-component ``vtkOrientedImageData`` into a :class:`Volume` (LPS)."""
+    from vtk.util import numpy_support
+
+    geom = geometry_from_oriented_image(image)
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None or scalars.GetNumberOfComponents() != 1:
+        raise MedTorchInputError("the image has no single-component voxel values",
+                                 "select a scalar source volume")
+    arr = numpy_support.vtk_to_numpy(scalars).reshape(geom.shape_zyx).copy()
+    return Volume(arr, geom, kind)  # type: ignore[arg-type]
+
+
+def fill_oriented_image(image: Any, like: Any, array: np.ndarray) -> Any:
+    """Make ``image`` (a ``vtkOrientedImageData``) hold ``array`` (``[z, y, x]``) on the grid of
+    ``like`` (same extent and image-to-world matrix); returns ``image``."""
+    import vtk
+    from vtk.util import numpy_support
+
+    ext = like.GetExtent()
+    shape = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
+    if tuple(array.shape) != shape:
+        raise MedTorchInputError(f"an array of shape {array.shape} does not fit an image of shape {shape}",
+                                 "give an array on the image's grid")
+    m = vtk.vtkMatrix4x4()
+    like.GetImageToWorldMatrix(m)
+    image.SetExtent(ext)
+    image.SetImageToWorldMatrix(m)
+    data = numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True)
+    image.GetPointData().SetScalars(data)
+    return image
+
+
 def _node_class_for(volume: Volume) -> str:
     return {"label": "vtkMRMLLabelMapVolumeNode", "vector": "vtkMRMLVectorVolumeNode"}.get(
         volume.kind, "vtkMRMLScalarVolumeNode"

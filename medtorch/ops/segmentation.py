@@ -35,6 +35,8 @@ from medtorch.volume import Volume
 
 #: Structures that :func:`medtorch.segment.metrics.evaluate_segmentation` scores by name.
 Structures = Literal["auto", "labels", "brats2021", "brats2023"]
+#: Seeded segmentation methods (:class:`medtorch.segment.seeded.SeededOptions`).
+SeededMethod = Literal["geodesic", "competition"]
 #: BraTS label conventions (:data:`medtorch.segment.postprocess.BRATS_LABELS`).
 LabelConvention = Literal["brats2021", "brats2023"]
 #: The label values a model's output gets: ``auto`` (the model's own), or a BraTS convention.
@@ -65,7 +67,9 @@ class SeededRequest(Request):
 
     operation: ClassVar[str] = "seeded"
 
+    method: SeededMethod = "geodesic"
     margin_mm: float = 5.0
+    margin_fraction: float = 0.2
     smoothing_mm: float = 1.0
     radius_mm: float = 2.0
     smoothness: float = 0.3
@@ -76,6 +80,10 @@ class SeededRequest(Request):
     plausible_gap: float = math.inf
     global_weight: float = 0.5
     outlier_p: float = 0.0
+    context_mm: float = 2.0
+    bandwidth: float = 0.12
+    evidence_weight: float = 0.1
+    grid_mm: float = 2.0
     device: str | None = None
     seed: int = 0
     roi: Roi | None = None

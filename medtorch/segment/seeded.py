@@ -1,4 +1,4 @@
-"""Seeded multi-class segmentation by localized region competition, on torch (CPU or GPU).
+"""Seeded multi-class segmentation: geodesic competition (default) or localized region competition.
 
 The user paints seeds, as with Slicer's *Grow from seeds*: a label map where 0 is
 unlabelled and each positive value is a class (for a brain tumour, e.g. 1 necrosis/core,
@@ -7,8 +7,16 @@ region around the seeds gets one class; the output keeps each tumour class's val
 writes the background as 0. Several co-registered channels (e.g. FLAIR and T1c) are used
 at once. No training is needed.
 
-Method
-------
+Two methods share the seeds, the region and the connectivity rules:
+
+* ``geodesic`` (the default): every class grows from its seeds along the cheapest paths,
+  paying for intensity changes and for tissue that looks more like another class than its
+  own seeds (:mod:`medtorch.segment.geodesic`). It won on real brain-tumour MRI (the
+  development half of ``benchmarks/segment/real_bench.py``, confirmed on its held-out half).
+* ``competition``: the localized region competition below (on torch, CPU or GPU).
+
+Region competition
+------------------
 1. **Region.** The bounding box of the seeds plus a margin (or a box the caller gives);
    everything below works inside it.
 2. **Features.** Each channel is robustly normalised (1st-99th percentile in the region)
@@ -53,7 +61,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -83,7 +91,11 @@ class SeededOptions:
     """Settings of :func:`seeded_segment` (defaults work for 1 mm brain MRI).
 
     Attributes:
-        margin_mm: margin around the seeds' bounding box (mm) that is segmented too.
+        method: ``geodesic`` (geodesic competition of the seeds' class models, the default) or
+            ``competition`` (localized region competition); see the module docstring.
+        margin_mm: least margin around the seeds' bounding box (mm) that is segmented too.
+        margin_fraction: the margin is at least this fraction of the seeds' extent on each
+            axis (0.2, as Slicer's *Grow from seeds* grows its region when no mask is used).
         smoothing_mm: Gaussian standard deviation (mm) of the features the class models
             and the initial labelling use (noise suppression).
         radius_mm: half-size (mm) of the window of the local region statistics.
@@ -109,11 +121,20 @@ class SeededOptions:
             neighbours by adapting its local mean; 0 gives pure local competition. 0.5 (the
             default) gave the best whole-tumour Dice on the benchmark's phantoms
             (``benchmarks/segment/seeded_bench.py``; 1.0 undersegments faint oedema edges).
+        context_mm: geodesic: Gaussian sigma (mm) of the first channel's context feature.
+        bandwidth: geodesic: kernel width of the class densities (units of the seeds' contrast).
+        evidence_weight: geodesic: cost per mm of a voxel's evidence (nats) against a class.
+        grid_mm: geodesic: spacing (mm) of the grid the path costs are computed on.
         device: ``auto``, ``cpu``, ``cuda``, ``mps`` (see :func:`medtorch.device.select_device`).
         seed: random seed of the k-means initialisation (recorded with the result).
+
+    The geodesic settings' defaults were chosen on the development half of the real-data
+    benchmark (``benchmarks/segment/real_bench.py``); ``smoothing_mm`` serves both methods.
     """
 
+    method: Literal["geodesic", "competition"] = "geodesic"
     margin_mm: float = 5.0
+    margin_fraction: float = 0.2
     smoothing_mm: float = 1.0
     radius_mm: float = 2.0
     smoothness: float = 0.3
@@ -124,12 +145,22 @@ class SeededOptions:
     plausible_gap: float = float("inf")
     global_weight: float = 0.5
     outlier_p: float = 0.0
+    context_mm: float = 2.0
+    bandwidth: float = 0.12
+    evidence_weight: float = 0.1
+    grid_mm: float = 2.0
     device: str | None = None
     seed: int = 0
 
     def validated(self) -> "SeededOptions":
         checks = [
+            (self.method in ("geodesic", "competition"), "method must be 'geodesic' or 'competition'"),
             (self.margin_mm >= 0, "margin_mm must be >= 0 mm"),
+            (0.0 <= self.margin_fraction <= 1.0, "margin_fraction must lie in [0, 1]"),
+            (self.context_mm > 0, "context_mm must be > 0 mm"),
+            (self.bandwidth > 0, "bandwidth must be > 0"),
+            (self.evidence_weight >= 0, "evidence_weight must be >= 0"),
+            (self.grid_mm > 0, "grid_mm must be > 0 mm"),
             (self.smoothing_mm >= 0, "smoothing_mm must be >= 0 mm"),
             (self.radius_mm > 0, "radius_mm must be > 0 mm"),
             (self.smoothness >= 0, "smoothness must be >= 0"),
@@ -160,7 +191,8 @@ class SeededResult:
         volumes_ml: the same in millilitres.
         iterations: competition iterations run; ``changed``: voxels changed by the last one.
         seconds: wall time per step.
-        incremental: whether the run reused a previous run's features and labelling.
+        incremental: whether the run reused a previous run's features (and, for the
+            competition, its labelling as the start).
         options: the settings used (the k-means seed among them).
     """
 
@@ -180,12 +212,15 @@ class SeededResult:
 # -- input checks ------------------------------------------------------------------------------------
 
 
-def check_seeds(seeds: Volume) -> tuple[list[int], int]:
+def check_seeds(seeds: Volume, box_background: bool = False) -> tuple[list[int], int]:
     """The classes of a seed map (sorted, background last) and the background value.
 
+    With ``box_background`` (a region box is given) seeds of one class are accepted: that
+    class is the tumour, and the background (value + 1) is the box's border.
+
     Raises:
-        MedTorchInputError: an empty seed map, seeds of one class only, negative or
-            fractional values, or so many values that it looks like an image.
+        MedTorchInputError: an empty seed map, seeds of one class only (without a box),
+            negative or fractional values, or so many values that it looks like an image.
     """
     arr = np.asarray(seeds.array)
     if arr.ndim != 3 or seeds.kind == "vector":
@@ -204,10 +239,12 @@ def check_seeds(seeds: Volume) -> tuple[list[int], int]:
         raise MedTorchInputError("the seed map is empty (no voxel is labelled)",
                                  "paint seeds in every tumour class and in the background (the last class) "
                                  "around the tumour")
+    if values.size == 1 and box_background:
+        return [int(values[0]), int(values[0]) + 1], int(values[0]) + 1
     if values.size == 1:
         raise MedTorchInputError(f"the seeds are of one class only (value {int(values[0])})",
                                  "paint seeds of at least two classes: the tumour class(es) and the background "
-                                 "(the last, largest value) around the tumour")
+                                 "(the last, largest value) around the tumour, or give a box around the tumour")
     if values.size > MAX_CLASSES:
         raise MedTorchInputError(f"the seed map has {values.size} different values, more than {MAX_CLASSES}",
                                  "give a seed label map (0 unlabelled, 1... classes), not an image")
@@ -792,9 +829,14 @@ def _single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _region_from_seeds(seeds: np.ndarray, geometry: Geometry, margin_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _region_from_seeds(seeds: np.ndarray, geometry: Geometry, margin_mm: float,
+                       margin_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds' bounding box grown on each side by ``margin_mm`` or by ``margin_fraction`` of
+    its extent on that axis, whichever is larger (``[z, y, x]`` voxel bounds, hi exclusive)."""
     idx = np.argwhere(seeds > 0)
-    margin = np.ceil(margin_mm / np.asarray(geometry.spacing)[::-1]).astype(int)
+    extent = idx.max(0) - idx.min(0) + 1
+    margin = np.maximum(np.ceil(margin_mm / np.asarray(geometry.spacing)[::-1]),
+                        np.round(margin_fraction * extent)).astype(int)
     lo = np.maximum(idx.min(0) - margin, 0)
     hi = np.minimum(idx.max(0) + margin + 1, np.asarray(seeds.shape))
     # at least 3 voxels per axis (strokes on one slice only give a flat box)
@@ -857,6 +899,7 @@ class SeededSegmenter:
         self._x: torch.Tensor | None = None  # unit-noise features in the region
         self._smooth: torch.Tensor | None = None
         self._noise: np.ndarray | None = None
+        self._gfeat: list[np.ndarray] | None = None  # geodesic: smoothed channels of the region
         self._prev: dict[str, Any] | None = None
 
     # -- internals -----------------------------------------------------------------------------------
@@ -866,7 +909,11 @@ class SeededSegmenter:
 
     def _features(self, lo: np.ndarray, hi: np.ndarray, progress: ProgressCallback | None,
                   cancel: CancelToken | None) -> None:
-        """Unit-noise features of the region and their smoothed copy (cached for re-runs)."""
+        """The region's features, cached for re-runs: smoothed channels (geodesic), or unit-noise
+        features and their smoothed copy (competition)."""
+        if self.options.method == "geodesic":
+            self._geodesic_features(lo, hi, progress, cancel)
+            return
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         from medtorch.memory import check_fits, estimate_bytes
 
@@ -912,59 +959,56 @@ class SeededSegmenter:
         self._noise = noise.cpu().numpy()
         self._region = (lo.copy(), hi.copy())
 
-    # -- the run --------------------------------------------------------------------------------------
-    def segment(self, seeds: Volume, progress: ProgressCallback | None = None,
-                cancel: CancelToken | None = None, incremental: bool = True) -> SeededResult:
-        """Segment with ``seeds`` (0 unlabelled, classes 1..., background the largest value).
+    def _geodesic_features(self, lo: np.ndarray, hi: np.ndarray, progress: ProgressCallback | None,
+                           cancel: CancelToken | None) -> None:
+        """Every channel smoothed at ``smoothing_mm``, the first also at ``context_mm`` (raw units:
+        each run expresses them in its seeds' contrast)."""
+        from scipy import ndimage
 
-        With ``incremental`` (the default) a run after a previous one reuses its features
-        (when the region still contains the seeds) and its labelling. On the CPU the run
-        uses one torch thread: it is made of many small steps, where starting and joining
-        threads costs more than it saves (far more on a busy machine, where waiting threads
-        spin).
-        """
-        with _single_thread(self.device):
-            return self._segment(seeds, progress, cancel, incremental)
+        from medtorch.memory import check_fits, estimate_bytes
 
-    def _segment(self, seeds: Volume, progress: ProgressCallback | None, cancel: CancelToken | None,
-                 incremental: bool) -> SeededResult:
-        opts = self.options
-        times: dict[str, float] = {}
-        t0 = time.perf_counter()
-        report(progress, cancel, 0.0, "checking the seeds")
-        classes, background = check_seeds(seeds)
-        seed_arr = _seeds_on_grid(seeds, self.geometry, cancel)
-        if self.region_box is not None:
-            if self._box_bounds is None:  # the box and the grid do not change: once per segmenter
-                self._box_bounds = _region_from_box(self.region_box, self.geometry)
-            lo, hi = (b.copy() for b in self._box_bounds)
-            inside = np.zeros(seed_arr.shape, bool)
-            inside[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))] = True
-            if not np.any((seed_arr > 0) & inside):
-                raise MedTorchInputError("no seed lies inside the region box", "paint the seeds inside the box")
-        else:
-            lo, hi = _region_from_seeds(seed_arr, self.geometry, opts.margin_mm)
-        reuse = (incremental and self._region is not None and bool(np.all(lo >= self._region[0]))
-                 and bool(np.all(hi <= self._region[1])))
-        if reuse:
-            lo, hi = self._region  # type: ignore[misc]
-        else:
-            self._features(lo, hi, SubProgress(progress, 0.02, 0.25, "features"), cancel)
-            self._prev = None
-        times["features"] = time.perf_counter() - t0
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        sub = np.asarray(seed_arr[sl])
-        present = [c for c in classes if np.any(sub == c)]
-        if len(present) < 2:
-            raise MedTorchInputError("fewer than two seed classes lie inside the region",
-                                     "paint seeds of the tumour and of the background inside the region")
-        classes = present
-        lut = np.full(int(sub.max()) + 1, -1, np.int64)
-        for i, c in enumerate(classes):
-            lut[c] = i
-        seed_index_np = lut[sub.astype(np.int64)]
+        # features (one per channel and a context copy), class densities' look-ups and path
+        # costs per class, distances: about 3 float32 maps per channel and 12 more
+        region_voxels = int(np.prod(np.asarray(hi) - np.asarray(lo)))
+        check_fits(estimate_bytes(region_voxels, 4, copies=3 * len(self.channels) + 12),
+                   "seeded segmentation of the seeds' region", self.device)
+        sp = np.asarray(self.geometry.spacing)[::-1]
+        opts = self.options
+        feats = []
+        for n, vol in enumerate(self.channels):
+            report(progress, cancel, n / (len(self.channels) + 1), f"features of input volume {n + 1}")
+            a = np.asarray(vol.array[sl], dtype=np.float32)
+            feats.append(ndimage.gaussian_filter(a, opts.smoothing_mm / sp, mode="nearest", truncate=3.0)
+                         if opts.smoothing_mm > 0 else a)
+            if n == 0:
+                feats.append(ndimage.gaussian_filter(a, opts.context_mm / sp, mode="nearest", truncate=3.0))
+        self._gfeat = feats
+        self._region = (lo.copy(), hi.copy())
+
+    def _geodesic(self, seed_index_np: np.ndarray, k: int, progress: ProgressCallback | None,
+                  cancel: CancelToken | None, times: dict[str, float]) -> tuple[np.ndarray, int, int, bool]:
+        """Geodesic competition on the cached features (:mod:`medtorch.segment.geodesic`)."""
+        from medtorch.segment.geodesic import GeodesicSettings, contrast_normalise, geodesic_competition
+
+        assert self._gfeat is not None
+        opts = self.options
+        t1 = time.perf_counter()
+        report(progress, cancel, 0.3, "class models and path costs")
+        feats = [contrast_normalise(f, seed_index_np, k) for f in self._gfeat]
+        settings = GeodesicSettings(opts.smoothing_mm, opts.context_mm, opts.bandwidth, opts.evidence_weight,
+                                    opts.grid_mm)
+        labels = geodesic_competition(feats, seed_index_np, k, np.asarray(self.geometry.spacing)[::-1], settings,
+                                      SubProgress(progress, 0.3, 0.9, "geodesic competition"), cancel)
+        times["geodesic"] = time.perf_counter() - t1
+        return labels, 0, 0, False
+
+    def _competition(self, seed_index_np: np.ndarray, k: int, classes: list[int], reuse: bool,
+                     progress: ProgressCallback | None, cancel: CancelToken | None,
+                     times: dict[str, float]) -> tuple[np.ndarray, int, int, bool]:
+        """Localized region competition on the cached unit-noise features (module docstring)."""
+        opts = self.options
         seed_index = torch.from_numpy(seed_index_np).to(self.device)
-        k = len(classes)
         assert self._x is not None and self._smooth is not None
 
         t1 = time.perf_counter()
@@ -1007,10 +1051,75 @@ class SeededSegmenter:
                                           opts.iterations, SubProgress(progress, 0.35, 0.9, "competition"), cancel,
                                           allowed=allowed, global_term=global_term)
         times["competition"] = time.perf_counter() - t2
+        return labels.cpu().numpy(), iters, changed, warm
+
+
+    # -- the run --------------------------------------------------------------------------------------
+    def segment(self, seeds: Volume, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None, incremental: bool = True) -> SeededResult:
+        """Segment with ``seeds`` (0 unlabelled, classes 1..., background the largest value).
+
+        With ``incremental`` (the default) a run after a previous one reuses its features
+        (when the region still contains the seeds) and its labelling. On the CPU the run
+        uses one torch thread: it is made of many small steps, where starting and joining
+        threads costs more than it saves (far more on a busy machine, where waiting threads
+        spin).
+        """
+        with _single_thread(self.device):
+            return self._segment(seeds, progress, cancel, incremental)
+
+    def _segment(self, seeds: Volume, progress: ProgressCallback | None, cancel: CancelToken | None,
+                 incremental: bool) -> SeededResult:
+        opts = self.options
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        report(progress, cancel, 0.0, "checking the seeds")
+        classes, background = check_seeds(seeds, box_background=self.region_box is not None)
+        seed_arr = _seeds_on_grid(seeds, self.geometry, cancel)
+        if self.region_box is not None:
+            if self._box_bounds is None:  # the box and the grid do not change: once per segmenter
+                self._box_bounds = _region_from_box(self.region_box, self.geometry)
+            lo, hi = (b.copy() for b in self._box_bounds)
+            inside = np.zeros(seed_arr.shape, bool)
+            inside[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))] = True
+            if not np.any((seed_arr > 0) & inside):
+                raise MedTorchInputError("no seed lies inside the region box", "paint the seeds inside the box")
+        else:
+            lo, hi = _region_from_seeds(seed_arr, self.geometry, opts.margin_mm, opts.margin_fraction)
+        reuse = (incremental and self._region is not None and bool(np.all(lo >= self._region[0]))
+                 and bool(np.all(hi <= self._region[1])))
+        if reuse:
+            lo, hi = self._region  # type: ignore[misc]
+        else:
+            self._features(lo, hi, SubProgress(progress, 0.02, 0.25, "features"), cancel)
+            self._prev = None
+        times["features"] = time.perf_counter() - t0
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        sub = np.asarray(seed_arr[sl])
+        if self.region_box is not None and not np.any(sub == background):
+            # no background seed: the box's border is the background (the box holds the tumour)
+            sub = sub.copy()
+            border = np.ones(sub.shape, bool)
+            border[1:-1, 1:-1, 1:-1] = False
+            sub[border & (sub == 0)] = background
+        present = [c for c in classes if np.any(sub == c)]
+        if len(present) < 2:
+            raise MedTorchInputError("fewer than two seed classes lie inside the region",
+                                     "paint seeds of the tumour and of the background inside the region")
+        classes = present
+        lut = np.full(int(sub.max()) + 1, -1, np.int64)
+        for i, c in enumerate(classes):
+            lut[c] = i
+        seed_index_np = lut[sub.astype(np.int64)]
+        k = len(classes)
+        if opts.method == "geodesic":
+            lab_np, iters, changed, warm = self._geodesic(seed_index_np, k, progress, cancel, times)
+            warm = reuse
+        else:
+            lab_np, iters, changed, warm = self._competition(seed_index_np, k, classes, reuse, progress, cancel, times)
 
         t3 = time.perf_counter()
         report(progress, cancel, 0.92, "seed connectivity")
-        lab_np = labels.cpu().numpy()
         if opts.keep_seed_connected:
             tol = [max(1, int(round(opts.connect_mm / s))) for s in np.asarray(self.geometry.spacing)[::-1]]
             lab_np = _seed_connected(lab_np, seed_index_np, k - 1, tol)
@@ -1062,5 +1171,5 @@ def seeded_segment(channels: Sequence[Volume] | Volume, seeds: Volume, options: 
             raise MedTorchInputError(f"unknown seeded-segmentation setting(s): {', '.join(sorted(unknown))}",
                                      "use " + ", ".join(SeededOptions.__dataclass_fields__))
         opts = SeededOptions(**{**asdict(opts), **kwargs})
-    check_seeds(seeds)
+    check_seeds(seeds, box_background=region_box is not None)
     return SeededSegmenter(channels, opts, region_box, progress, cancel).segment(seeds, progress, cancel)
