@@ -33,6 +33,7 @@ from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
 TUMOR_COLOR = (0.85, 0.2, 0.2)
 METHODS = ["threshold", "seeded", "model", "nodules"]
+SEEDED_METHODS = ["geodesic", "competition"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
@@ -108,7 +109,8 @@ class SegmentTumorParameterNode:
     seedSegmentation - seeds as segments: one per class, the background last (or named Background).
     seedMarkups - seeds as markups points labelled with their class name (instead of segments).
     seedRadiusMm - radius of the ball a markups point paints, mm.
-    smoothness - boundary smoothness of the seeded segmentation.
+    seededMethod - seeded segmentation method: "geodesic" (default) or "competition".
+    smoothness - boundary smoothness of the region competition.
     marginMm - margin around the seeds that is segmented, mm.
     minSizeMm3 - pieces smaller than this are removed, mm^3 (0: keep all).
     fillHoles - fill cavities enclosed in the tumour.
@@ -136,6 +138,7 @@ class SegmentTumorParameterNode:
     seedSegmentation: vtkMRMLSegmentationNode
     seedMarkups: vtkMRMLMarkupsFiducialNode
     seedRadiusMm: Annotated[float, WithinRange(0.5, 20.0)] = 2.0
+    seededMethod: Annotated[str, Choice(SEEDED_METHODS)] = "geodesic"
     smoothness: Annotated[float, WithinRange(0.0, 5.0)] = 0.3
     marginMm: Annotated[float, WithinRange(0.0, 100.0)] = 5.0
     minSizeMm3: Annotated[float, WithinRange(0.0, 1000000.0)] = 0.0
@@ -217,8 +220,8 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _seededOptions(self, p) -> dict:
         return dict(outputSegmentation=p.outputSegmentation, volumetryTable=p.volumetryTable,
                     referenceSegmentation=p.referenceSegmentation, metricsTable=p.metricsTable, roi=p.roi,
-                    smoothness=p.smoothness, marginMm=p.marginMm, minSizeMm3=p.minSizeMm3, fillHoles=p.fillHoles,
-                    seedRadiusMm=p.seedRadiusMm, device=p.device)
+                    method=p.seededMethod, smoothness=p.smoothness, marginMm=p.marginMm, minSizeMm3=p.minSizeMm3,
+                    fillHoles=p.fillHoles, seedRadiusMm=p.seedRadiusMm, device=p.device)
 
     def onUpdateButton(self) -> None:
         """Fast in-process re-run after seed edits (reuses the previous run's features)."""
@@ -466,7 +469,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
     def seededJob(self, inputVolumes, seedSegmentation=None, seedMarkups=None, outputSegmentation=None,
                   volumetryTable=None, referenceSegmentation=None, metricsTable=None, roi=None,
                   smoothness: float = 0.3, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
-                  seedRadiusMm: float = 2.0, device: str = "auto"):
+                  seedRadiusMm: float = 2.0, device: str = "auto", method: str = "geodesic"):
         """Seeded segmentation as a job (``.run_blocking()`` or ``.start()``); its result is the
         output segmentation node (segments named after the seed classes, with standard
         terminology and colours when the names are standard, closed surfaces) and a volumetry
@@ -486,7 +489,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         seeds, names, colors = self._seedsAndNames(vols[0], seedSegmentation, seedMarkups, seedRadiusMm)
         inputs = {f"channel{i}": bridge.volume_from_node(v) for i, v in enumerate(vols)}
         inputs["seeds"] = seeds
-        request = SeededRequest(smoothness=float(smoothness), margin_mm=float(marginMm), min_size_mm3=float(minSizeMm3),
+        request = SeededRequest(method=method, smoothness=float(smoothness), margin_mm=float(marginMm),
+                                min_size_mm3=float(minSizeMm3),
                                 fill_holes=bool(fillHoles), device=device,
                                 roi=Roi(**bridge.box_from_roi_node(roi)) if roi is not None else None)
         if roi is not None and vols[0].GetParentTransformNode() is not None:
@@ -506,7 +510,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
     def updateSeeded(self, inputVolumes, seedSegmentation=None, seedMarkups=None, outputSegmentation=None,
                      volumetryTable=None, referenceSegmentation=None, metricsTable=None, roi=None,
                      smoothness: float = 0.3, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
-                     seedRadiusMm: float = 2.0, device: str = "auto"):
+                     seedRadiusMm: float = 2.0, device: str = "auto", method: str = "geodesic"):
         """Seeded segmentation in this process, reusing the previous run's features and labels
         when the volumes and settings are unchanged (fast re-runs after seed edits)."""
         from medtorch.errors import MedTorchInputError
@@ -527,7 +531,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         if roi is not None:
             b = bridge.box_from_roi_node(roi)
             box = Box(np.asarray(b["center"]), np.asarray(b["half_size"]), np.asarray(b["axes"]))
-        opts = SeededOptions(smoothness=float(smoothness), margin_mm=float(marginMm), device=device)
+        opts = SeededOptions(method=method, smoothness=float(smoothness), margin_mm=float(marginMm), device=device)
         key = (tuple(v.GetID() for v in vols), tuple(v.GetImageData().GetMTime() for v in vols),
                tuple(v.GetMTime() for v in vols), repr(opts), repr(None if roi is None else bridge.box_from_roi_node(roi)))
         session = self._sessions.get("seeded")

@@ -315,6 +315,7 @@ MODULE_FIELDS = {
     },
     "SegmentTumor": {
         "largestComponent": (ThresholdRequest, "keep_largest"), "smoothness": (SeededRequest, "smoothness"),
+        "seededMethod": (SeededRequest, "method"),
         "marginMm": (SeededRequest, "margin_mm"), "minSizeMm3": (SeededRequest, "min_size_mm3"),
         "fillHoles": (SeededRequest, "fill_holes"), "testTimeAugmentation": (ops.segmentation.ModelRequest, "tta"),
         "minNoduleMm": (ops.segmentation.NodulesRequest, "min_diameter_mm"),

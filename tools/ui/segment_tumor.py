@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ui.common import SCALAR, apply_button, document, label, node_combo, section, status_label, widget
+from ui.common import SCALAR, apply_button, document, label, node_combo, request_items, section, status_label, widget
+
+from medtorch.ops.segmentation import SeededRequest
 
 
 def optional_combo(name: str, param: str, tooltip: str, node_types: list[str], none_display: str = "None",
@@ -62,10 +64,16 @@ def build() -> str:
         (label("seedRadiusLabel", "Seed point radius:", "Size of the ball a seed point paints"),
          widget("QDoubleSpinBox", "seedRadiusSpinBox", "Radius of the ball each seed point paints", "seedRadiusMm",
                 minimum=0.5, maximum=20.0, singleStep=0.5, decimals=1, value=2.0, suffix=" mm")),
-        (label("smoothnessLabel", "Smoothness:", "Boundary smoothness"),
+        (label("seededMethodLabel", "Seeded method:", "How the seeds grow"),
+         widget("QComboBox", "seededMethodComboBox",
+                "geodesic: every class grows from its seeds along the cheapest paths, paying for intensity changes "
+                "and for tissue unlike its seeds (the best on real tumour MRI); competition: localized region "
+                "competition (uses Smoothness)", "seededMethod", items=request_items(SeededRequest, "method"))),
+        (label("smoothnessLabel", "Smoothness:", "Boundary smoothness (competition)"),
          widget("ctkSliderWidget", "smoothnessSliderWidget",
-                "Weight of the boundary smoothness term, 0 (follows every intensity change) to 5 (round regions); "
-                "unitless", "smoothness", minimum=0.0, maximum=5.0, singleStep=0.1, decimals=1, value=0.3)),
+                "Region competition only: weight of the boundary smoothness term, 0 (follows every intensity "
+                "change) to 5 (round regions); unitless", "smoothness", minimum=0.0, maximum=5.0, singleStep=0.1,
+                decimals=1, value=0.3)),
         (label("marginLabel", "Margin around seeds:", "Region segmented around the seeds"),
          widget("QDoubleSpinBox", "marginSpinBox", "Margin around the seeds' bounding box that is segmented too",
                 "marginMm", minimum=0.0, maximum=100.0, singleStep=1.0, decimals=1, value=5.0, suffix=" mm")),
