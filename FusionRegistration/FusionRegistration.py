@@ -147,6 +147,9 @@ class FusionRegistrationParameterNode:
     placeUnderTransform - put the moving volume under the result transform.
     hardenTransform - harden the result into the moving volume (changes that node).
     seed - seed of the registration's random sampling and of the fusion CNN.
+    similarityMap - also output the verdict's local similarity (0-1, per block of about 24 mm) as a volume.
+    similarityMapVolume - receives that map; a new volume is created when none is chosen.
+    verdictTable - receives the verdict's checks (a row per check); a new table is created when none is chosen.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -190,6 +193,9 @@ class FusionRegistrationParameterNode:
     placeUnderTransform: bool = True
     hardenTransform: bool = False
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    similarityMap: bool = False
+    similarityMapVolume: vtkMRMLScalarVolumeNode
+    verdictTable: vtkMRMLTableNode
 
 
 #
@@ -293,19 +299,36 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
                 fixedMask=p.fixedMask, movingMask=p.movingMask, fixedFiducials=p.fixedFiducials,
                 movingFiducials=p.movingFiducials, placeUnderTransform=p.placeUnderTransform,
                 harden=p.hardenTransform, device=p.device, seed=p.seed, initialization=p.initialization,
-                outputTransform=p.outputTransform, resampledVolume=p.resampledVolume)
+                outputTransform=p.outputTransform, resampledVolume=p.resampledVolume,
+                similarityMap=p.similarityMap, similarityMapVolume=p.similarityMapVolume, verdictTable=p.verdictTable)
             self.runJob(job, _("Registration"), self.onRegistered)
+
+    #: The status line's colour per verdict (green, orange, red).
+    VERDICT_COLORS = {"pass": "#1a7f37", "warn": "#c26100", "fail": "#cf222e"}
 
     def onRegistered(self, output) -> None:
         p = self._parameterNode
         p.outputTransform = output.transformNode
         p.resampledVolume = output.resampledNode
+        if output.verdictTableNode is not None:
+            p.verdictTable = output.verdictTableNode
+        if output.similarityMapNode is not None:
+            p.similarityMapVolume = output.similarityMapNode
         report = output.report
         text = _("Registered ({engine} {mode}) in {seconds:.1f} s into {name}").format(
             engine=report.get("engine"), mode=report.get("mode"), seconds=float(report.get("runtime_s") or 0.0),
             name=output.transformNode.GetName())
         if "tre_mean_mm" in report:
             text += _("; landmark TRE {tre:.2f} mm").format(tre=float(report["tre_mean_mm"]))
+        verdict = output.verdict
+        if verdict:
+            status = verdict.get("status", "")
+            text += _("; verdict: {status}").format(status=status.upper())
+            if verdict.get("reasons"):
+                text += " (" + ", ".join(verdict["reasons"]) + ")"
+            self.ui.statusLabel.styleSheet = f"color: {self.VERDICT_COLORS.get(status, '')}; font-weight: bold"
+        else:
+            self.ui.statusLabel.styleSheet = ""
         self.ui.statusLabel.text = text
 
 
@@ -687,7 +710,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                     fixedMask=None, movingMask=None, fixedFiducials=None, movingFiducials=None,
                     placeUnderTransform: bool = True, harden: bool = False, device: str = "auto", seed: int = 0,
                     initialization: str = "auto", outputTransform=None, resampledVolume=None, showFused: bool = True,
-                    options: Optional[dict] = None):
+                    options: Optional[dict] = None, similarityMap: bool = False, similarityMapVolume=None,
+                    verdictTable=None, verdictOptions: Optional[dict] = None):
         """Prepare a registration as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         The volumes are registered in their local coordinates; when they are under linear
@@ -696,7 +720,10 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         fixed volume's parent transform, a resampled volume on the fixed grid, a report table,
         and report attributes (``MedTorch.*``) on the transform node. The moving volume is put
         under the transform if ``placeUnderTransform`` and hardened only if ``harden``.
-        Nothing in the scene changes until the job finishes.
+        The verdict (pass / warn / fail, judged without landmarks) goes into a table with a row per
+        check (``verdictTable``, or a new one) and the ``MedTorch.verdict`` attribute; with
+        ``similarityMap`` the verdict's local similarity becomes a volume (``similarityMapVolume``,
+        or a new one) on the fixed grid. Nothing in the scene changes until the job finishes.
         """
         import numpy as np
         from medtorch.errors import MedTorchInputError
@@ -711,6 +738,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         if resampledVolume is not None and resampledVolume in (fixedVolume, movingVolume):
             raise MedTorchInputError("the resampled volume is one of the inputs",
                                      "choose another volume for the result, or none to create a new one")
+        if similarityMapVolume is not None and similarityMapVolume in (fixedVolume, movingVolume, resampledVolume):
+            raise MedTorchInputError("the similarity map volume is one of the other volumes",
+                                     "choose another volume for the map, or none to create a new one")
         if (fixedFiducials is None) != (movingFiducials is None):
             raise MedTorchInputError("landmarks were given for only one of the volumes",
                                      "select a point list for both volumes, or for none")
@@ -731,17 +761,20 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 and fixedFiducials is None):
             initial = tuple(tuple(row) for row in np.asarray(between).tolist())
         request = RegisterRequest(mode=mode, metric=metric, engine=engine, init=initialization, device=device,
-                                  seed=int(seed), options=dict(options or {}), initial_transform=initial, **landmarks)
+                                  seed=int(seed), options=dict(options or {}), initial_transform=initial,
+                                  similarity_map=bool(similarityMap), verdict_options=dict(verdictOptions or {}),
+                                  **landmarks)
         name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} to {fixedVolume.GetName()} ({mode})")
 
         def apply(result):
             return self._applyRegistration(result, fixedVolume, movingVolume, name, placeUnderTransform, harden,
-                                           outputTransform, resampledVolume, showFused)
+                                           outputTransform, resampledVolume, showFused, similarityMapVolume,
+                                           verdictTable)
 
         return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
     def _applyRegistration(self, result, fixedVolume, movingVolume, name, placeUnderTransform, harden,
-                           outputTransform, resampledVolume, showFused):
+                           outputTransform, resampledVolume, showFused, similarityMapVolume=None, verdictTable=None):
         import numpy as np
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.integration.slicer_transforms import registration_transform_node
@@ -753,7 +786,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         transformNode.SetAndObserveTransformNodeID(fixedVolume.GetTransformNodeID())
         transformNode.SetAttribute("MedTorch.operation", "register")
         for key in ("engine", "mode", "metric", "final_similarity", "jacobian_min", "folding_percent", "runtime_s",
-                    "device", "seed", "init", "tre_mean_mm", "tre_p95_mm", "tre_max_mm"):
+                    "device", "seed", "init", "tre_mean_mm", "tre_p95_mm", "tre_max_mm", "verdict", "verdict_score"):
             if report.get(key) is not None:
                 transformNode.SetAttribute(f"MedTorch.{key}", str(report[key]))
         resampled = result.volumes.get("resampled")
@@ -769,6 +802,19 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             if resampledNode.GetDisplayNode():
                 resampledNode.GetDisplayNode().AutoWindowLevelOn()
         table = self._reportTable(report, f"{name} report")
+        verdict = result.values.get("verdict")
+        verdictNode = self._verdictTable(verdict, f"{name} verdict", verdictTable) if verdict else None
+        similarityNode = None
+        smap = result.volumes.get("similarity_map")
+        if smap is not None:
+            if similarityMapVolume is not None:
+                similarityNode = bridge.update_node_from_volume(similarityMapVolume, smap)
+            else:
+                similarityNode = bridge.node_from_volume(smap, slicer.mrmlScene.GenerateUniqueName(
+                    f"{movingVolume.GetName()} local similarity"))
+            similarityNode.SetAndObserveTransformNodeID(fixedVolume.GetTransformNodeID())
+            similarityNode.SetAttribute("MedTorch.operation", "register")
+            similarityNode.SetAttribute("MedTorch.what", "local similarity after registration (0-1)")
         if placeUnderTransform or harden:
             movingVolume.SetAndObserveTransformNodeID(transformNode.GetID())
         if harden:
@@ -780,7 +826,38 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         if showFused:
             foreground = movingVolume if (placeUnderTransform or harden) else resampledNode
             bridge.show_in_slice_views(background=fixedVolume, foreground=foreground, foreground_opacity=0.5)
-        return RegistrationOutput(transformNode, resampledNode, table, report, affine)
+        return RegistrationOutput(transformNode, resampledNode, table, report, affine, verdict, verdictNode,
+                                  similarityNode)
+
+    #: The verdict table's columns (a row per check).
+    VERDICT_COLUMNS = ("check", "value", "threshold", "status", "message")
+
+    def _verdictTable(self, verdict: dict, name: str, tableNode=None):
+        """A table node with a row per check of ``verdict`` (name, value, threshold, status,
+        message); ``tableNode`` is refilled if given. Its ``MedTorch.verdict`` attribute holds the status."""
+        import vtk
+        from medtorch.verdict import Verdict
+
+        v = Verdict.from_dict(verdict)
+        if tableNode is None:
+            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(name))
+        table = tableNode.GetTable()
+        while table.GetNumberOfColumns():
+            table.RemoveColumn(0)
+        columns = []
+        for title in self.VERDICT_COLUMNS:
+            column = vtk.vtkStringArray()
+            column.SetName(title)
+            columns.append(column)
+        for c in v.checks:
+            for column, text in zip(columns, (c.name, c.value_text, c.threshold_text, c.status, c.message)):
+                column.InsertNextValue(text)
+        for column in columns:
+            table.AddColumn(column)
+        tableNode.SetAttribute("MedTorch.operation", "register")
+        tableNode.SetAttribute("MedTorch.verdict", v.status)
+        tableNode.Modified()
+        return tableNode
 
     def _reportTable(self, report: dict, name: str):
         import json
@@ -836,15 +913,21 @@ class EvaluationOutput:
 
 
 class RegistrationOutput:
-    """What a registration put in the scene: ``transformNode``, ``resampledNode``, ``tableNode``,
-    the ``report`` dict and the ``affine`` (4x4 LPS, fixed -> moving)."""
+    """What a registration put in the scene: ``transformNode``, ``resampledNode``, ``tableNode``
+    (the report), the ``report`` dict, the ``affine`` (4x4 LPS, fixed -> moving), the ``verdict``
+    (a dict: ``status``, ``reasons``, ``checks``), ``verdictTableNode`` (a row per check) and
+    ``similarityMapNode`` (the local similarity volume, or None)."""
 
-    def __init__(self, transformNode, resampledNode, tableNode, report, affine) -> None:
+    def __init__(self, transformNode, resampledNode, tableNode, report, affine, verdict=None, verdictTableNode=None,
+                 similarityMapNode=None) -> None:
         self.transformNode = transformNode
         self.resampledNode = resampledNode
         self.tableNode = tableNode
         self.report = report
         self.affine = affine
+        self.verdict = verdict
+        self.verdictTableNode = verdictTableNode
+        self.similarityMapNode = similarityMapNode
 
 
 #

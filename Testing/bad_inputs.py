@@ -3,8 +3,13 @@ line and through the modules' Logic classes.
 
 Every row must end in :class:`~medtorch.errors.MedTorchInputError` (CLI: exit code 2 and one
 message with "What to do", no traceback), with no partial output file and no change to the
-scene. ``Testing/test_bad_input_catalogue.py`` runs the rows; ``tools/make_bad_input_doc.py``
-runs them too and writes ``docs/bad-input.md`` with the messages they actually produce.
+scene -- except the rows with another ``exit_code``: inputs that registration accepts under a
+documented policy (NaN voxels and constant slices treated as outside the image, volumes that
+do not overlap brought together by the initialisation) and reports in its verdict: exit 0 with
+a warning on stderr that names the problem, or 3 when the result fails its verdict (with
+``--strict``: nothing written). ``Testing/test_bad_input_catalogue.py`` runs the rows;
+``tools/make_bad_input_doc.py`` runs them too and writes ``docs/bad-input.md`` with the
+messages they actually produce.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class Row:
     logic: Callable[[], Any] | None = None  # calls a module Logic (needs the headless Slicer)
     env: dict[str, str] | None = None
     patch: Callable[[Any], None] | None = None  # monkeypatch hook (pytest's monkeypatch)
+    exit_code: int = 2  # 0: accepted with a warning (outputs written); 3: the verdict failed
+    writes: bool = False  # the command writes its outputs (exit 0, or 3 without --strict)
 
 
 # -- file makers -------------------------------------------------------------------------------
@@ -105,6 +112,57 @@ def _far_moving(tmp: Path) -> Path:
 
     geom = oblique_geometry(size=(20, 18, 12), center=(500.0, 500.0, 500.0))
     return write_volume(blob_phantom(geom), tmp / "far.nrrd")
+
+
+def _pair_files(tmp: Path, moving_fn: Callable[[Volume], Volume] | None = None) -> tuple[str, str]:
+    """A small synthetic registration pair (fixed, moving) written to ``tmp``; ``moving_fn``
+    changes the moving volume first."""
+    from medtorch.io import write_volume
+    from medtorch.registration.synthetic import synthetic_pair
+
+    pair = synthetic_pair("rigid", seed=3, size=32, spacing=3.0)
+    moving = moving_fn(pair.moving) if moving_fn else pair.moving
+    return (str(write_volume(pair.fixed, tmp / "fixed.nrrd")), str(write_volume(moving, tmp / "moving.nrrd")))
+
+
+def _nan_slices(v: Volume) -> Volume:
+    a = v.array.astype(np.float32).copy()
+    a[::7] = np.nan  # every 7th slice
+    return Volume(a, v.geometry)
+
+
+def _zero_filled_end(v: Volume) -> Volume:
+    a = v.array.astype(np.float32).copy()
+    a[a.shape[0] * 3 // 4:] = 0.0  # the last quarter of the slices: a truncated file, zero-filled
+    return Volume(a, v.geometry)
+
+
+def _noise_far(v: Volume) -> Volume:
+    from medtorch.volume import Geometry
+
+    g = v.geometry
+    noise = np.random.default_rng(0).normal(100.0, 30.0, g.shape_zyx).astype(np.float32)
+    return Volume(noise, Geometry(g.size, np.asarray(g.origin) + 5000.0, g.spacing, g.direction))
+
+
+def _far(v: Volume) -> Volume:
+    from medtorch.volume import Geometry
+
+    g = v.geometry
+    return Volume(v.array, Geometry(g.size, np.asarray(g.origin) + 5000.0, g.spacing, g.direction))
+
+
+def _one_slice(v: Volume) -> Volume:
+    from medtorch.volume import Geometry
+
+    g = v.geometry
+    return Volume(v.array[v.array.shape[0] // 2:v.array.shape[0] // 2 + 1], Geometry((g.size[0], g.size[1], 1),
+                                                                                      g.origin, g.spacing, g.direction))
+
+
+def _register(tmp: Path, moving_fn: Callable[[Volume], Volume], *extra: str) -> list[str]:
+    fixed, moving = _pair_files(tmp, moving_fn)
+    return ["register", "--fixed", fixed, "--moving", moving, "--out-transform", str(tmp / "reg.tfm"), *extra]
 
 
 def _readonly_target(tmp: Path) -> str:
@@ -248,4 +306,17 @@ ROWS: list[Row] = [
         cli=lambda t: ["denoise", "--in", str(_good(t)), "--out", _readonly_target(t)]),
     Row("disk_full", "disk fills up during a write", "disk filled up",
         cli=lambda t: ["denoise", "--in", str(_good(t)), "--out", str(t / "o.nrrd")], patch=_enospc),
+    # registration: inputs accepted under a documented policy, named by the verdict
+    Row("register_nan", "registration: NaN slices in the moving volume (treated as outside the image)", "nan_inf_voxels",
+        cli=lambda t: _register(t, _nan_slices), exit_code=0, writes=True),
+    Row("register_constant_slices", "registration: the moving volume's last slices zero-filled (constant slices)",
+        "constant_slices", cli=lambda t: _register(t, _zero_filled_end), exit_code=0, writes=True),
+    Row("register_far", "registration: volumes 5 m apart (no physical overlap), brought together by the initialisation",
+        "physical_overlap", cli=lambda t: _register(t, _far), exit_code=0, writes=True),
+    Row("register_noise_far", "registration: noise 5 m away, --strict (the result fails its verdict)",
+        "local_similarity", cli=lambda t: _register(t, _noise_far, "--strict"), exit_code=3),
+    Row("register_no_overlap_no_init", "registration: volumes 5 m apart with --init none (nothing brings them together)",
+        "overlap", cli=lambda t: _register(t, _far, "--init", "none")),
+    Row("register_one_slice", "registration: a one-slice moving volume", "2D",
+        cli=lambda t: _register(t, _one_slice)),
 ]

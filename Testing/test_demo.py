@@ -111,6 +111,8 @@ def test_summary_json_matches_and_metrics_are_sane(demo: dict[str, Any]) -> None
     assert tre["known_transform"]["max"] < 0.5
     assert tre["registered"]["max"] < 0.5, "the registration missed the known transform"
     assert s["registration"]["report"]["seed"] == SEED
+    assert s["registration"]["verdict"]["status"] == "pass", s["registration"]["verdict"]["reasons"]
+    assert s["registration"]["report"]["verdict"] == "pass"
     assert tre["no_registration"]["mean"] > 5.0
     assert len(s["registration"]["landmarks_lps_mm"]) == 10
 
@@ -180,7 +182,7 @@ def test_report_html(demo: dict[str, Any]) -> None:
         assert f'src="figures/{fig}"' in text
     for needle in ("known transform (reference)", "MedTorch registration", "QAB/F", "self-supervised SR",
                    "seeded", f"Seed {SEED}", "Dice", "PSNR", "SSIM",
-                   "TRE", "SimpleITK", "torch", "<table>"):
+                   "TRE", "SimpleITK", "torch", "<table>", "Verdict without landmarks: PASS"):
         assert needle in text, needle
 
 

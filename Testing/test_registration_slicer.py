@@ -162,3 +162,47 @@ def test_grid_transform_node_matches_the_field_in_lps(scene):
     pts = torch.from_numpy(g.index_to_physical(np.array([[3.0, 4.0, 5.0], [20.0, 11.0, 7.0]])))  # on the fixed grid, where the scene field is exact
     np.testing.assert_allclose(transform_points(pts, [a, field]).numpy(),
                                transform_points(pts, through_scene).numpy(), atol=1e-3)
+
+
+def test_register_verdict_colours_the_status_fills_a_table_and_the_optional_map(scene, pair):
+    """The verdict on the panel: the status line green for a pass (red for a fail), a table with a row per
+    check, and the local-similarity map only when its checkbox is on."""
+    import slicer_testbed
+
+    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.volume import Volume
+
+    fixed = bridge.node_from_volume(pair.fixed, "fixed")
+    moving = bridge.node_from_volume(pair.moving, "moving")
+    mod, w = _widget()
+    p = w._parameterNode
+    assert p.similarityMap is False and w.ui.similarityMapCheckBox.checked is False
+    w.ui.similarityMapCheckBox.setChecked(True)
+    assert p.similarityMap is True
+    w.ui.registerButton.click()
+    assert slicer_testbed.run_events_until(lambda: w.runner.status != "running", timeout=180)
+    assert w.runner.status == "done", w.ui.statusLabel.text
+    assert "verdict: PASS" in w.ui.statusLabel.text
+    assert w.VERDICT_COLORS["pass"] in w.ui.statusLabel.styleSheet
+    table = p.verdictTable
+    assert table is not None and table.GetAttribute("MedTorch.verdict") == "pass"
+    t = table.GetTable()
+    assert [t.GetColumn(i).GetName() for i in range(t.GetNumberOfColumns())] == [
+        "check", "value", "threshold", "status", "message"]
+    names = [t.GetColumn(0).GetValue(r) for r in range(t.GetNumberOfRows())]
+    assert {"overlap", "local_similarity", "inverse_consistency", "scale", "shear"} <= set(names)
+    assert p.similarityMapVolume is not None
+    smap = bridge.volume_from_node(p.similarityMapVolume)
+    assert smap.geometry.isclose(pair.fixed.geometry, atol=1e-3) and 0.3 < float(smap.array.max()) <= 1.0
+    assert p.outputTransform.GetAttribute("MedTorch.verdict") == "pass"
+
+    # a noise volume as the moving one, blocking, no map: the verdict fails; the same table is refilled
+    g = pair.moving.geometry
+    noise = bridge.node_from_volume(Volume(np.random.default_rng(0).normal(100, 30, g.shape_zyx).astype(np.float32),
+                                           g), "noise")
+    out = mod.FusionRegistrationLogic().register(fixed, noise, seed=0, verdictTable=table, options=FAST)
+    assert out.verdict["status"] == "fail" and out.verdictTableNode is table and out.similarityMapNode is None
+    assert table.GetAttribute("MedTorch.verdict") == "fail" and t.GetNumberOfRows() == len(out.verdict["checks"])
+    w.onRegistered(out)
+    assert "verdict: FAIL" in w.ui.statusLabel.text and "local_similarity" in w.ui.statusLabel.text
+    assert w.VERDICT_COLORS["fail"] in w.ui.statusLabel.styleSheet

@@ -5,7 +5,9 @@ Every command shows progress on stderr (``--quiet`` hides it), can be stopped wi
 (outputs are written atomically, so nothing half-written is left), and reports a user
 error as one clear message, not a traceback.
 
-Exit codes: 0 success, 2 bad input or usage, 130 cancelled, 1 unexpected error.
+Exit codes: 0 success, 2 bad input or usage, 3 finished but the result failed its verdict
+(``medtorch register``: the outputs are written unless ``--strict``), 130 cancelled,
+1 unexpected error.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.progress import CancelToken
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+#: The command finished, but its result failed its verdict (e.g. a registration that cannot be trusted).
+EXIT_VERDICT = 3
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

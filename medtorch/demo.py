@@ -904,6 +904,7 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
                        "known_transform": _stats(tre_known)},
             "tre_per_landmark_mm": {"no_registration": tre_identity, "registered": tre_reg,
                                     "known_transform": tre_known},
+            "verdict": reg.verdict.to_dict() if reg.verdict is not None else None,
         }
         report(sp, cancel, 1.0, "registration done")
 
@@ -1274,6 +1275,27 @@ _OUTPUT_DESCRIPTIONS = {
 }
 
 
+def _verdict_line(verdict: dict[str, Any] | None) -> str:
+    """The registration verdict in one sentence (the checks that did not pass, if any)."""
+    if not verdict:
+        return "Verdict: not computed."
+    checks = {c["name"]: c for c in verdict.get("checks", [])}
+    passed = [c for c in checks.values() if c["status"] == "pass"]
+    text = (f"Verdict without landmarks: {verdict['status'].upper()} ({len(passed)} of "
+            f"{len([c for c in checks.values() if c['status'] != 'skip'])} checks passed")
+    if verdict.get("reasons"):
+        text += "; " + "; ".join(f"{n}: {checks[n]['message']}" for n in verdict["reasons"] if n in checks)
+    sim = checks.get("local_similarity", {}).get("details") or {}
+    if sim.get("after") is not None:
+        text += (f"; local similarity {sim['after']:.3f} after registration, "
+                 f"{sim['before'] if sim.get('before') is not None else 'n/a'} before, {sim['control']:.3f} for a "
+                 "shuffled control")
+    inv = checks.get("inverse_consistency", {})
+    if inv.get("value") is not None:
+        text += f"; inverse consistency {inv['value']:.2f} mm"
+    return text + ")."
+
+
 def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
     from medtorch.report import Figure, Section, Table, write_report
 
@@ -1364,6 +1386,7 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
             "registration_transform.tfm and read back by SimpleITK; the target registration error (TRE) below is "
             f"measured through that file on {len(reg['landmarks_lps_mm'])} landmarks (voxel centres at least "
             "8 mm inside the brain, drawn with the seed), against the known truth transform.",
+            _verdict_line(reg.get("verdict")),
         ],
         [
             Table("Target registration error (mm)", ["transform", "mean", "median", "max"], tre_rows),

@@ -437,12 +437,14 @@ def check_volume(
     *,
     allow_constant: bool = False,
     allow_vector: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Volume:
     """Check that an algorithm can use ``volume``; raise :class:`MedTorchInputError` if not.
 
     Covers: empty volume, 2D volume (a single slice), vector voxels where scalars are
-    needed, zero/negative spacing, non-orthonormal direction, NaN or Inf voxels and
-    (unless ``allow_constant``) a volume of one constant value. The volume is not modified.
+    needed, zero/negative spacing, non-orthonormal direction, NaN or Inf voxels (unless
+    ``allow_nonfinite``: the caller then has a policy for them) and (unless
+    ``allow_constant``) a volume of one constant value. The volume is not modified.
     """
     volume.geometry.validate(name)
     if volume.kind == "vector" and not allow_vector:
@@ -458,7 +460,7 @@ def check_volume(
             f"{name} is 2D (size {volume.size}): a 3D volume is needed",
             "load the whole series (all slices) rather than one image",
         )
-    if np.issubdtype(arr.dtype, np.floating):
+    if np.issubdtype(arr.dtype, np.floating) and not allow_nonfinite:
         finite = np.isfinite(arr)
         if not finite.all():
             n_nan = int(np.isnan(arr).sum())

@@ -53,7 +53,12 @@ def main() -> int:
         "Written by `python tools/make_bad_input_doc.py` from the rows of `Testing/bad_inputs.py`;",
         "`Testing/test_bad_input_catalogue.py` checks every row: the command line exits with code 2",
         "and one message (no traceback), the Logic raises `MedTorchInputError`, no partial output is",
-        "left and the scene is unchanged.",
+        "left and the scene is unchanged. The registration rows at the end are inputs registration",
+        "accepts under a documented policy (NaN/Inf voxels and constant slices are treated as outside",
+        "the image, never replaced; volumes that do not overlap are brought together by the",
+        "initialisation): the command exits with 0 and a warning naming the problem (the outputs are",
+        "written, with the verdict beside them), or with 3 when the result fails its verdict (with",
+        "`--strict` nothing is written); see README's command-line section for the exit codes.",
         "",
         "| case | command line | Slicer module logic |",
         "| --- | --- | --- |",
@@ -73,7 +78,9 @@ def main() -> int:
                     with contextlib.redirect_stderr(err):
                         code = cli(argv + ["-q"])
                     patch.restore()
-                    text = err.getvalue().split("error: ", 1)[-1].replace(tmp, "<folder>")
+                    raw = err.getvalue()
+                    text = (raw.split("error: ", 1)[-1] if "error: " in raw else
+                            raw.split("warning: ", 1)[-1]).replace(tmp, "<folder>")
                     cli_msg = f"exit {code}: {text}"
             if row.logic is not None:
                 slicer_testbed.reset_scene()

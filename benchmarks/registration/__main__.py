@@ -1,4 +1,4 @@
-"""Run the registration benchmark: ``python -m benchmarks.registration [--quick] [--cases ...]``.
+"""Run the registration benchmark: ``python -m benchmarks.registration [--quick] [--cases ...] [--verdict]``.
 
 Builds the cases (:mod:`benchmarks.registration.cases`), runs every engine on every case in
 its own process (:mod:`benchmarks.registration.worker`), and writes the Markdown report to
@@ -6,11 +6,18 @@ its own process (:mod:`benchmarks.registration.worker`), and writes the Markdown
 ``--out`` is given). Results are kept in ``<workdir>/results.json``; ``--resume`` reuses
 finished runs from it.
 
+``--verdict`` runs the verdict section instead (:mod:`benchmarks.registration.verdict`:
+calibration on synthetic successes and failures, the held-out AUC, no false alarms on the
+benchmark's own cases, the cost) and writes it into the same document between its markers,
+leaving the other sections as they are; the main run keeps an existing verdict section.
+
 Examples::
 
     python -m benchmarks.registration --quick
     python -m benchmarks.registration                      # the full run (25-40 min on 2 idle cores)
     python -m benchmarks.registration --cases 'rigid12-*' --engines medtorch sitk
+    python -m benchmarks.registration --verdict --quick      # the verdict section, a few minutes
+    python -m benchmarks.registration --verdict              # the full verdict section (10-20 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -54,6 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --resume: run these engines again (e.g. after changing one)")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the results already in --workdir, running nothing")
+    p.add_argument("--verdict", action="store_true",
+                   help="run the verdict section (calibration, held-out AUC, false alarms, cost) and write it into "
+                        f"{DOC.relative_to(REPO)} (or --out) between its markers; with --quick: fewer cases")
+    p.add_argument("--repeats", type=int, default=3, help="--verdict: timed runs per case for the cost (default 3)")
     return p.parse_args(argv)
 
 
@@ -101,6 +112,13 @@ def _score(result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.verdict:
+        from benchmarks.registration import verdict
+
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="medtorch-bench-verdict-"))
+        verdict.main(args.quick, workdir, args.out or DOC, repeats=args.repeats,
+                     log=lambda m: print(m, flush=True))
+        return 0
     specs = case_mod.quick_specs() if args.quick else case_mod.standard_specs()
     if args.cases:
         specs = [s for s in specs if any(fnmatch.fnmatch(s.name, p) for p in args.cases)]
@@ -175,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                 "total_s": round(time.perf_counter() - started, 1),
                 "runs_s": round(sum(r.get("process_s", 0.0) for r in results), 1)}
     text = report.render(results, spec_dicts, info, meta_out)
+    if out_path.exists():  # the verdict section is written by --verdict: keep it
+        from benchmarks.registration.verdict import keep_section
+
+        text = keep_section(out_path.read_text(encoding="utf-8"), text)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")

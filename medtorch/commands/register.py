@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -55,17 +56,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON quality report (default: next to the transform, <name>.json)")
     p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="torch-engine option, e.g. --option samples=20000 (value parsed as JSON); repeatable")
+    p.add_argument("--strict", action="store_true",
+                   help="a result that fails its verdict writes nothing (exit code 3); without it the outputs are "
+                        "written, with <transform>.verdict.json beside them, and the exit code is still 3")
+    p.add_argument("--verdict-option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="a threshold or setting of the verdict, e.g. --verdict-option scale_max=1.3 "
+                        "(see medtorch.registration.verdict.VerdictOptions); repeatable")
+    p.add_argument("--no-verdict", action="store_true",
+                   help="skip the verdict (no landmark-free check of the result; the input policies still apply)")
 
 
-def _report_path(args: argparse.Namespace) -> Path:
-    if args.report:
-        return Path(args.report)
+def _beside_transform(args: argparse.Namespace, suffix: str) -> Path:
+    """``<transform name without its extension><suffix>`` beside the transform."""
     t = Path(args.out_transform)
     name = t.name
     for ext in (".nii.gz", ".seg.nrrd"):
         if name.lower().endswith(ext):
-            return t.with_name(name[: -len(ext)] + ".json")
-    return t.with_suffix(".json")
+            return t.with_name(name[: -len(ext)] + suffix)
+    return t.with_name(t.stem + suffix) if t.suffix else t.with_name(name + suffix)
+
+
+def _report_path(args: argparse.Namespace) -> Path:
+    return Path(args.report) if args.report else _beside_transform(args, ".json")
+
+
+def verdict_path(args: argparse.Namespace) -> Path:
+    """Where the verdict goes: ``reg.tfm`` -> ``reg.verdict.json``."""
+    return _beside_transform(args, ".verdict.json")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -82,7 +99,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         fix = "use .tfm, .txt, .h5 or .mat for a rigid or affine transform"
     if not ok:
         raise MedTorchInputError(f"--out-transform {args.out_transform} has an unsupported extension for {args.mode}", fix)
-    for path in (args.out_transform, args.out_volume, _report_path(args)):
+    for path in (args.out_transform, args.out_volume, _report_path(args), verdict_path(args)):
         if path:
             check_writable(path)
 
@@ -94,6 +111,7 @@ def _rows(array: Any) -> Any:
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
+    from medtorch.cli import EXIT_VERDICT
     from medtorch.io import read_volume, write_text_atomic, write_volume
     from medtorch.registration.landmarks import read_landmarks
 
@@ -116,8 +134,19 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     request = RegisterRequest(mode=args.mode, metric=args.metric, engine=args.engine, init=args.init,
                               initial_transform=_rows(initial), fixed_landmarks=_rows(f_lm),
                               moving_landmarks=_rows(m_lm), device=device_of(args), seed=args.seed,
-                              options=dict(args.option), resample_output=bool(args.out_volume))
+                              options=dict(args.option), resample_output=bool(args.out_volume),
+                              verdict=not args.no_verdict, verdict_options=dict(args.verdict_option))
     res = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
+    verdict = res.verdict
+    if verdict is not None and verdict.status != "pass":
+        # one line on stderr (also with --quiet: it is about the result, not progress)
+        where = "nothing was written (--strict)" if verdict.failed and args.strict else \
+            f"details in {verdict_path(args)}"
+        tail = "; do not use the transform without checking it" if verdict.failed and not args.strict else ""
+        sys.stderr.write(f"medtorch register: {'error' if verdict.failed else 'warning'}: {verdict.summary()}; "
+                         f"{where}{tail}\n")
+    if verdict is not None and verdict.failed and args.strict:
+        return EXIT_VERDICT
     res.write_transform(args.out_transform)
     if args.out_volume and res.resampled is not None:
         write_volume(res.resampled, args.out_volume)
@@ -125,7 +154,12 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     report.update({"fixed": str(args.fixed), "moving": str(args.moving), "transform": str(args.out_transform),
                    "affine_lps": res.affine.tolist(), "total_seconds": round(time.perf_counter() - start, 3),
                    "convention": "ITK: fixed point -> moving point, p_moving = A(p + d(p)), LPS mm"})
+    if verdict is not None:
+        report["verdict"] = verdict.to_dict()
+        write_text_atomic(verdict_path(args), verdict.to_json())
     write_text_atomic(_report_path(args), json.dumps(report, indent=2, default=str))
+    if verdict is not None and verdict.failed:
+        return EXIT_VERDICT
     if not args.quiet:
         line = (f"Registered ({args.engine} {args.mode}, {report['metric']}) in {report['runtime_s']:.2f} s on "
                 f"{report['device']}: transform in {args.out_transform}")
@@ -133,6 +167,8 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
             line += f"; landmark TRE {report['tre_mean_mm']:.3f} mm (95th percentile {report['tre_p95_mm']:.3f} mm)"
         if args.mode == "deformable":
             line += f"; folding {report['folding_percent']:.4f} %"
+        if verdict is not None:
+            line += f"; verdict {verdict.status}"
         print(line)
     return 0
 
@@ -143,4 +179,9 @@ COMMANDS = [Command(
     "  medtorch register --fixed t1.nii.gz --moving t2.nii.gz --mode deformable --out-transform reg.h5\n"
     "  medtorch register --fixed t1.nrrd --moving ct_dicom/ --engine elastix --mode affine --out-transform reg.tfm\n"
     "  medtorch register --fixed a.nrrd --moving b.nrrd --out-transform reg.tfm --fixed-landmarks f.mrk.json "
-    "--moving-landmarks m.mrk.json", add_arguments, run)]
+    "--moving-landmarks m.mrk.json\n"
+    "  medtorch register --fixed t1.nrrd --moving t2.nrrd --out-transform reg.tfm --strict   # refuse an untrustworthy "
+    "result\n\n"
+    "Every result gets a verdict (pass/warn/fail, with its checks) in <transform>.verdict.json and the report; warn "
+    "and fail are named on stderr. Exit codes: 0 done (pass or warn), 3 done but the verdict failed (the outputs "
+    "are written unless --strict), 2 bad input, 130 cancelled, 1 internal error.", add_arguments, run)]

@@ -4,8 +4,10 @@ Inputs ``fixed``, ``moving`` and optionally ``fixed_mask``, ``moving_mask``. Res
 volumes ``resampled`` (unless ``resample_output`` is off) and, for deformable registration,
 ``displacement`` (the field in its compact control-grid form when the engine has one -- the
 same transform, see :class:`~medtorch.registration.result.RegistrationResult`); the values
-``affine`` (4x4 LPS, fixed -> moving) and ``report``; ``native`` is the
-:class:`~medtorch.registration.result.RegistrationResult`.
+``affine`` (4x4 LPS, fixed -> moving), ``report`` and ``verdict`` (pass/warn/fail with its
+checks, :meth:`medtorch.verdict.Verdict.to_dict`; None when ``verdict`` is off); with
+``similarity_map``, the volume ``similarity_map`` (the verdict's local similarity on the fixed
+grid); ``native`` is the :class:`~medtorch.registration.result.RegistrationResult`.
 
 The choices defined here (:data:`Mode`, :data:`Metric`, :data:`Engine`, :data:`Init`) are the
 ones :mod:`medtorch.registration` accepts (its ``MODES``, ``METRICS``, ... are these).
@@ -35,7 +37,9 @@ class RegisterRequest(Request):
     ``initial_transform``: 4x4 LPS (fixed -> moving); ``fixed_landmarks`` /
     ``moving_landmarks``: ``(N, 3)`` LPS points in pairs; ``options``: torch-engine options
     (:mod:`medtorch.registration.torch_engine`); ``resample_output``: off skips resampling
-    the moving volume (no ``resampled`` volume).
+    the moving volume (no ``resampled`` volume); ``verdict``: judge the result without
+    landmarks (:mod:`medtorch.registration.verdict`), with ``verdict_options`` (thresholds by
+    name); ``similarity_map``: also return the verdict's local similarity as a volume.
     """
 
     operation: ClassVar[str] = "register"
@@ -51,6 +55,9 @@ class RegisterRequest(Request):
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     resample_output: bool = True
+    verdict: bool = True
+    verdict_options: dict[str, Any] = field(default_factory=dict)
+    similarity_map: bool = False
 
 
 def _points(value: Points | None) -> np.ndarray | None:
@@ -80,6 +87,9 @@ def run_register(request: RegisterRequest, inputs: dict[str, Volume], progress: 
         progress=progress,
         cancel=cancel,
         resample_output=request.resample_output,
+        verdict=request.verdict,
+        verdict_options=dict(request.verdict_options),
+        similarity_map=request.similarity_map,
         **dict(request.options),
     )
     volumes: dict[str, Volume] = {}
@@ -87,4 +97,8 @@ def run_register(request: RegisterRequest, inputs: dict[str, Volume], progress: 
         volumes["resampled"] = res.resampled
     if res.displacement is not None:
         volumes["displacement"] = res.control_field if res.control_field is not None else res.displacement
-    return OperationResult(volumes, {"affine": np.asarray(res.affine).tolist(), "report": res.report}, res)
+    if res.similarity_map is not None:
+        volumes["similarity_map"] = res.similarity_map
+    values = {"affine": np.asarray(res.affine).tolist(), "report": res.report,
+              "verdict": res.verdict.to_dict() if res.verdict is not None else None}
+    return OperationResult(volumes, values, res)

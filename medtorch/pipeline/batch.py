@@ -11,9 +11,10 @@ and runs :func:`medtorch.pipeline.run.run_pipeline` for each case on a Dask clus
 * resumable: a case whose ``run.json`` says ``done`` is skipped;
 * a failing case is isolated: its error goes into its ``run.json`` and the summary, the
   other cases go on;
-* ``summary.csv`` (one row per case: status, time, error, key values) is written
-  atomically at the end, and after every finished case, so an interrupted batch leaves
-  an accurate summary.
+* ``summary.csv`` (one row per case: status, the verdict -- ``pass``/``warn``/``fail``, the
+  worst of the case's steps, and ``verdict_reasons``, the checks that did not pass --, time,
+  error, key values) is written atomically at the end, and after every finished case, so an
+  interrupted batch leaves an accurate summary.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from medtorch.pipeline.config import load_config
 from medtorch.pipeline.run import read_run_record
 from medtorch.progress import CancelToken, ProgressCallback, report
 
-SUMMARY_FIELDS = ["case_id", "status", "seconds", "output_dir", "error", "worker", "device"]
+SUMMARY_FIELDS = ["case_id", "status", "verdict", "verdict_reasons", "seconds", "output_dir", "error", "worker",
+                  "device"]
 
 
 @dataclass
@@ -97,6 +99,10 @@ def _run_case(config_path: str, overrides: dict[str, Any], gpu_count: int = 0) -
         config = load_config(config_path, overrides)
         rec = run_pipeline(config)
         row.update(status=rec.status, device=rec.record.get("device", {}).get("device", ""))
+        if rec.record.get("verdict"):
+            row["verdict"] = rec.record["verdict"]
+            row["verdict_reasons"] = " ".join(f"{step}.{name}" for step, v in sorted(rec.record.get("verdicts", {}).items())
+                                              for name in v.get("reasons", []))
         for step, values in rec.record.get("values", {}).items():
             for key, value in values.items():
                 if isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -139,7 +145,7 @@ def run_batch(manifest: str | os.PathLike[str], config_path: str | os.PathLike[s
         rec = read_run_record(case.output_dir)
         if rec is not None and rec.get("status") == "done":
             rows[case.case_id] = {"case_id": case.case_id, "status": "skipped (done)", "seconds": 0.0,
-                                  "output_dir": str(case.output_dir)}
+                                  "output_dir": str(case.output_dir), "verdict": rec.get("verdict", "")}
         else:
             todo.append(case)
     summary_path = out_root / "summary.csv"

@@ -7,7 +7,10 @@ super-resolution and model segmentation pass their parameters to the core as key
 study may set any of the core's options there, more than the operations take).
 
 ``run.json`` is written last; its ``status`` is ``"done"`` only when every step finished,
-which is how :mod:`medtorch.pipeline.batch` knows a case can be skipped on resume.
+which is how :mod:`medtorch.pipeline.batch` knows a case can be skipped on resume. Steps whose
+result has a verdict (register) put it under ``verdicts`` (the step's checks) and the worst of
+them under ``verdict`` (``pass``, ``warn`` or ``fail``; absent when no step has one): a study
+that finished with a failing verdict is still ``done`` -- the verdict says whether to trust it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class StepContext:
     transform: Any = None
     outputs: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def out(self, relative: str) -> Path:
         path = self.config.output_dir / relative
@@ -90,6 +94,8 @@ def _step_register(ctx: StepContext, params: dict[str, Any], progress: ProgressC
     ctx.outputs["transform"] = str(path)
     ctx.write("moving_registered", result.resampled, "register/moving_registered.nrrd")
     ctx.values["register"] = {k: v for k, v in result.report.items() if isinstance(v, (int, float, str, bool))}
+    if result.verdict is not None:
+        ctx.verdicts["register"] = result.verdict.to_dict()
 
 
 def _step_fuse(ctx: StepContext, params: dict[str, Any], progress: ProgressCallback,
@@ -263,6 +269,11 @@ def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
         record["timings_s"] = timings
         record["parameters"] = {name: config.steps[name] for name in steps}
         record["values"] = ctx.values
+        if ctx.verdicts:
+            from medtorch.verdict import worst
+
+            record["verdicts"] = ctx.verdicts
+            record["verdict"] = worst(v["status"] for v in ctx.verdicts.values())
         record["outputs"] = {k: {"path": v, "sha256": _sha256(v)} for k, v in ctx.outputs.items() if Path(v).exists()}
         record["finished"] = datetime.now(timezone.utc).isoformat()
         write_text_atomic(config.output_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))

@@ -76,12 +76,17 @@ def _bounding_boxes_overlap(fixed: Volume, moving: Volume, transform: np.ndarray
     return bool(np.all(hi >= -0.5) and np.all(lo <= size - 0.5))
 
 
-def check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None, moving_mask: Volume | None) -> None:
-    """Raise :class:`MedTorchInputError` for inputs no engine can register."""
+def check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None, moving_mask: Volume | None,
+                 allow_nonfinite: bool = False) -> None:
+    """Raise :class:`MedTorchInputError` for inputs no engine can register.
+
+    ``allow_nonfinite``: NaN/Inf voxels and constant volumes pass here (the torch engine's
+    policy for them is :func:`medtorch.registration.verdict.inspect_inputs`).
+    """
     for vol, name in ((fixed, "fixed volume"), (moving, "moving volume")):
         if not isinstance(vol, Volume):
             raise MedTorchInputError(f"the {name} is a {type(vol).__name__}, not a Volume", "load it with medtorch.io.read_volume")
-        check_volume(vol, name)
+        check_volume(vol, name, allow_nonfinite=allow_nonfinite, allow_constant=allow_nonfinite)
         if min(vol.size) < 4:
             raise MedTorchInputError(
                 f"the {name} is too thin to register (size {vol.size}): at least 4 voxels per axis are needed",
@@ -115,6 +120,9 @@ def register(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     resample_output: bool = True,
+    verdict: bool = True,
+    verdict_options: dict[str, Any] | None = None,
+    similarity_map: bool = False,
     **options: Any,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: find the transform mapping fixed points to moving points.
@@ -139,7 +147,20 @@ def register(
         progress, cancel: see :mod:`medtorch.progress`.
         resample_output: False skips resampling the moving volume (``resampled`` is then
             ``None``), e.g. to time the registration alone.
+        verdict: judge the result without landmarks (``result.verdict``: pass, warn or fail,
+            with its checks; :mod:`medtorch.registration.verdict`). False skips it (the
+            input findings are then not reported either; the input policies still apply).
+        verdict_options: thresholds and settings of the verdict by name
+            (:class:`~medtorch.registration.verdict.VerdictOptions`), e.g. ``{"scale_max": 1.3}``.
+        similarity_map: also return the verdict's local similarity as a volume on the fixed
+            grid (``result.similarity_map``).
         **options: engine options, see :mod:`medtorch.registration.torch_engine`.
+
+    Inputs that are not clean (torch engine): NaN/Inf voxels and constant slices are treated as
+    outside the image (masked, never compared; the volumes and the resampled output keep their
+    values) and named by a warning in the verdict; volumes whose boxes do not meet get a
+    warning unless ``init='none'`` (or an initial transform) leaves them apart, which is refused.
+    The classic engines refuse NaN/Inf voxels.
 
     Returns:
         A :class:`RegistrationResult`; the transform is ``p_moving = A(p + d(p))``.
@@ -151,7 +172,11 @@ def register(
     metric = _choice(metric, METRICS, "similarity metric")  # type: ignore[assignment]
     engine = _choice(engine, ENGINES, "registration engine")  # type: ignore[assignment]
     init = _choice(init, INITS, "initialisation")  # type: ignore[assignment]
-    check_inputs(fixed, moving, fixed_mask, moving_mask)
+    check_inputs(fixed, moving, fixed_mask, moving_mask, allow_nonfinite=engine == "torch")
+    from medtorch.registration.verdict import VerdictOptions, assess_registration, inspect_inputs
+
+    vopts = VerdictOptions.from_options(verdict_options)
+    findings = inspect_inputs(fixed, moving, vopts)
     f_lm, m_lm = _check_landmarks(fixed_landmarks, moving_landmarks)
     if initial_transform is not None:
         from medtorch.resample import _check_affine
@@ -182,8 +207,9 @@ def register(
     if engine == "torch":
         from medtorch.registration.torch_engine import RegistrationProblem, register_torch
 
-        problem = RegistrationProblem(fixed, moving, mode, metric, fixed_mask, moving_mask, f_lm, m_lm, init,
-                                      initial_transform, dev, seed, dict(options))
+        problem = RegistrationProblem(findings.fixed, findings.moving, mode, metric, fixed_mask, moving_mask, f_lm,
+                                      m_lm, init, initial_transform, dev, seed, dict(options),
+                                      findings.fixed_valid, findings.moving_valid)
         affine, displacement, info = register_torch(problem, eng_progress, cancel)
     else:
         if options:
@@ -209,6 +235,7 @@ def register(
         info = dict(info or {})
     affine = np.asarray(affine, dtype=np.float64)
     compact = info.pop("_compact_field", None)  # the same field on a coarser grid, if the engine has one
+    pyramids = info.pop("_pyramids", None)
     report(progress, cancel, 0.9, "resampling the moving volume")
     if resample_output:
         from medtorch.resample import resample
@@ -239,5 +266,17 @@ def register(
     result = RegistrationResult(affine, displacement, resampled, rep, compact)
     if f_lm is not None and m_lm is not None:
         rep.update(target_registration_error(result.map_points(f_lm), m_lm))
+    if verdict:
+        report(progress, cancel, 0.98, "verdict")
+        t_verdict = time.perf_counter()
+        judged, smap = assess_registration(
+            findings.fixed, findings.moving, affine, compact if compact is not None else displacement, mode=mode,
+            report=rep, findings=findings.checks, pyramids=pyramids, fixed_valid=findings.fixed_valid,
+            moving_valid=findings.moving_valid, options=vopts, seed=seed, device=dev, similarity_map=similarity_map)
+        result.verdict = judged
+        result.similarity_map = smap
+        rep["verdict"] = judged.status
+        rep["verdict_score"] = None if judged.score is None else round(float(judged.score), 4)
+        rep["verdict_s"] = round(time.perf_counter() - t_verdict, 3)
     report(progress, cancel, 1.0, "registered")
     return result

@@ -473,7 +473,7 @@ def optimise_level(sampler: MovingSampler, samples: SampleSet, base: torch.Tenso
                    center: torch.Tensor, radius: float, affine: bool, metric: str, bins: int,
                    schedule: LevelSchedule, on_step: Callable[[int], None] | None = None,
                    min_overlap: float = 0.02, bias0: torch.Tensor | None = None,
-                   analytic_small_math: bool = True,
+                   analytic_small_math: bool = True, trace: list[tuple[np.ndarray, np.ndarray]] | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
     """Adam on ``K`` independent candidates at one level.
 
@@ -493,13 +493,17 @@ def optimise_level(sampler: MovingSampler, samples: SampleSet, base: torch.Tenso
     benchmark's pairs, the same TRE within its run-to-run spread) unless
     ``analytic_small_math=False``, which keeps the autograd loop (tests compare the two).
 
+    ``trace``: a list that receives, per iteration, the similarity of each candidate on that
+    iteration's samples (``[K]``, before the step) and the step taken (``[K, P]``, parameters
+    in mm): the metric's trajectory (the registration's convergence check reads it).
+
     Returns (theta ``[K, 6|12]``, bias or None, similarity ``[K]``, iterations run).
     """
     # MI without a bias model: the similarity's derivative is analytic (no autograd graph
     # through the samples), and the parameters' small algebra runs in float64 numpy.
     if analytic_small_math and metric == "mi" and bias0 is None and sampler.channels == 1 and samples.bins is not None:
         return _optimise_mi_analytic(sampler, samples, base, theta0, center, radius, affine, bins, schedule,
-                                     on_step, min_overlap)
+                                     on_step, min_overlap, trace)
     n_par = 12 if affine else 6
     theta = torch.zeros(theta0.shape[0], n_par, dtype=torch.float32, device=theta0.device)
     theta[:, : min(theta0.shape[1], n_par)] = theta0[:, :n_par]
@@ -549,6 +553,8 @@ def optimise_level(sampler: MovingSampler, samples: SampleSet, base: torch.Tenso
                 m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 denom = (m2 / (1 - beta2 ** (it + 1))).sqrt_().add_(eps)
                 leaf.addcdiv_(m1, denom, value=-lr / (1 - beta1 ** (it + 1)))
+        if trace is not None:
+            trace.append((sim.detach().double().cpu().numpy(), (theta.detach() - before).double().cpu().numpy()))
         if it >= avg_from:
             for a, leaf in zip(avgs, leaves):
                 a += leaf.detach()
@@ -610,7 +616,8 @@ def linear_jacobian_np(theta: np.ndarray, center: np.ndarray, radius: float, aff
 
 def _optimise_mi_analytic(sampler: MovingSampler, samples: SampleSet, base: torch.Tensor, theta0: torch.Tensor,
                           center: torch.Tensor, radius: float, affine: bool, bins: int, schedule: LevelSchedule,
-                          on_step: Callable[[int], None] | None, min_overlap: float
+                          on_step: Callable[[int], None] | None, min_overlap: float,
+                          trace: list[tuple[np.ndarray, np.ndarray]] | None = None,
                           ) -> tuple[torch.Tensor, None, torch.Tensor, int]:
     """:func:`optimise_level` for MI without a bias model: the same Adam, schedule, stopping
     rule and iterate averaging, with the derivative of MI with respect to each moving value
@@ -641,7 +648,7 @@ def _optimise_mi_analytic(sampler: MovingSampler, samples: SampleSet, base: torc
         vals, derivs, w, _ = sampler.values_and_gradients(batch.points, torch.from_numpy(mats).to(dev, torch.float32))
         if it == 0:
             _check_overlap(w, min_overlap)
-        _, dsim = mutual_information_and_gradient(batch.bins, vals, w, bins)  # type: ignore[arg-type]
+        sim_it, dsim = mutual_information_and_gradient(batch.bins, vals, w, bins)  # type: ignore[arg-type]
         g = dsim.unsqueeze(-1) * derivs  # d sim / d grid, [K, N, 3]
         d_grid = torch.cat([g.transpose(1, 2) @ batch.points, g.sum(1).unsqueeze(-1)], dim=2)  # [K, 3, 4]
         d_mats = norm3.T[None] @ d_grid.double().cpu().numpy()  # d sim / d mats[:, :3, :]
@@ -651,6 +658,8 @@ def _optimise_mi_analytic(sampler: MovingSampler, samples: SampleSet, base: torc
         m2 = beta2 * m2 + (1 - beta2) * grad * grad
         move = (lr / (1 - beta1 ** (it + 1))) * m1 / (np.sqrt(m2 / (1 - beta2 ** (it + 1))) + eps)
         theta = theta - move
+        if trace is not None:
+            trace.append((sim_it.double().cpu().numpy(), -move))
         if it >= avg_from:
             avg += theta
             n_avg += 1

@@ -30,6 +30,7 @@ import torch
 from medtorch.errors import MedTorchInputError
 from medtorch.resample import TransformLike, reference_grid, transform_points
 from medtorch.transform_io import LINEAR_EXTENSIONS, write_affine
+from medtorch.verdict import Verdict
 from medtorch.volume import Geometry, Volume
 
 __all__ = ["RegistrationResult", "composite_sitk_transform", "read_registration_transform", "total_displacement"]
@@ -127,6 +128,11 @@ class RegistrationResult:
             control grid (corners on the fixed grid's corner voxels): linear interpolation of it
             at the fixed voxels gives ``displacement`` exactly; a compact form for files and
             Slicer grid transforms. ``None`` otherwise.
+        verdict: whether to trust the result, judged without landmarks (pass / warn / fail
+            and its checks; :mod:`medtorch.registration.verdict`); ``None`` when
+            ``register(..., verdict=False)``.
+        similarity_map: with ``register(..., similarity_map=True)``, the verdict's local
+            similarity (0-1) as a volume on the fixed grid; else ``None``.
     """
 
     affine: np.ndarray
@@ -134,6 +140,8 @@ class RegistrationResult:
     resampled: Volume | None
     report: dict[str, Any] = field(default_factory=dict)
     control_field: Volume | None = None
+    verdict: Verdict | None = None
+    similarity_map: Volume | None = None
 
     @property
     def transform(self) -> TransformLike:

@@ -86,6 +86,12 @@ class RegistrationProblem:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    #: where each volume holds usable values (bool ``[z, y, x]`` on its own grid; None: everywhere):
+    #: voxels outside it (NaN/Inf, constant slices; see :mod:`medtorch.registration.verdict`) are
+    #: treated as outside the image -- never sampled, and a sample mapped there has no weight.
+    #: Their values must already be finite (any value: they are never compared).
+    fixed_valid: np.ndarray | None = None
+    moving_valid: np.ndarray | None = None
 
 
 @dataclass
@@ -179,6 +185,13 @@ def _masked_tensor(mask: Volume | None, like: Volume, device: torch.device, name
                                  (" where it overlaps its volume)" if m is not mask else ")"),
                                  f"give a {name} mask that marks the region to align, or no mask")
     return torch.from_numpy(arr.astype(np.float32)).unsqueeze(0).to(device)
+
+
+def _valid_tensor(valid: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    """A validity map as a ``[1, z, y, x]`` float 0/1 tensor, or None where every voxel is valid."""
+    if valid is None or bool(np.all(valid)):
+        return None
+    return torch.from_numpy(np.ascontiguousarray(valid, dtype=np.float32)).unsqueeze(0).to(device)
 
 
 def prepare_images(fixed: Volume, moving: Volume, metric: str, fixed_mask: torch.Tensor | None,
@@ -355,6 +368,10 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
 
     fmask = _masked_tensor(problem.fixed_mask, fixed, device, "fixed")
     mmask = _masked_tensor(problem.moving_mask, moving, device, "moving")
+    f_valid = _valid_tensor(problem.fixed_valid, device)
+    m_valid = _valid_tensor(problem.moving_valid, device)
+    if m_valid is not None:
+        mmask = m_valid if mmask is None else mmask * m_valid
     lin_metric = metric if metric != "lncc" else "ncc"
     if opts.intensity not in ("equalize", "percentile", "percentile_all"):
         raise MedTorchInputError(f"unknown intensity option {opts.intensity!r}",
@@ -374,6 +391,12 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
     sample_mask = fmask
     if sample_mask is None and opts.foreground_margin_mm is not None:
         sample_mask = foreground_mask(f_img, fixed.geometry, opts.foreground_margin_mm)
+    if f_valid is not None:
+        sample_mask = f_valid if sample_mask is None else sample_mask * f_valid
+        if not bool((sample_mask > 0.5).any()):
+            raise MedTorchInputError("no usable fixed voxel is left to compare (the fixed mask or foreground "
+                                     "holds only NaN/Inf voxels or constant slices)",
+                                     "check that the right fixed volume was selected and that it loaded completely")
     f_levels = build_pyramid(f_img.clone(), fixed.geometry, spacings, sample_mask)
     m_levels = m_pyramid.result() if m_pyramid is not None else build_pyramid(m_img.clone(), moving.geometry,
                                                                                  spacings, mmask)
@@ -497,8 +520,10 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
     bias = torch.zeros(base.shape[0], 3 if bias_order == 1 else 9, device=device) if bias_order else None
     sched0 = LevelSchedule(iters[0], samples[0], opts.step * spacings[0])
     ran: list[int] = []
+    traces: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
     theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, False, lin_metric, bins, sched0,
-                                          stepper(iters[0], f"rigid, {spacings[0]:g} mm"), bias0=bias)
+                                          stepper(iters[0], f"rigid, {spacings[0]:g} mm"), bias0=bias,
+                                          trace=traces[0])
     ran.append(n)
     if base.shape[0] > 1 and n_lv > 1:
         # Choose among the refined candidates at the finest level: near-symmetric shapes (a head
@@ -510,6 +535,7 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
             mats = base @ linear_matrices(theta, center, radius, False)
         sims, _ = score_candidates(MovingSampler(fine_m, feats[-1][1]), fine_samples, mats, lin_metric, bins_lv[-1])
     best = int(torch.argmax(sims))
+    traces[0] = [(sim[best:best + 1], step[best:best + 1]) for sim, step in traces[0]]
     info["search_refined"] = int(base.shape[0])
     base = base[best:best + 1]
     theta = theta[best:best + 1]
@@ -544,7 +570,7 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
     else:
         prepared = [_Ready(prepare_step, lv, use_affine) for lv, use_affine in steps]
     theta, bias, sims = _run_steps(steps, prepared, base, theta, bias, sims, center, radius, lin_metric, bins_lv,
-                                   iters, samples, spacings, opts, stepper, ran)
+                                   iters, samples, spacings, opts, stepper, ran, traces)
     with torch.no_grad():
         affine_t = (base @ linear_matrices(theta, center, radius, affine_mode))[0]
     affine = affine_t.double().cpu().numpy()
@@ -554,9 +580,13 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
     info["similarity_metric"] = lin_metric
     info["levels_mm"] = spacings
     info["iterations"] = ran
+    info["convergence"] = convergence_summary(traces, [(0, False), *steps], spacings, iters, radius)
     if bias is not None:
         info["bias_coefficients"] = [round(float(v), 5) for v in bias[0].cpu()]
     info["linear_runtime_s"] = round(time.perf_counter() - t0, 3)
+    # the pyramids, for the verdict (medtorch.registration.verdict): it judges the result at a
+    # coarse level of them rather than building its own (register() pops this key)
+    info["_pyramids"] = (f_levels, m_levels)
 
     displacement = None
     if mode == "deformable":
@@ -573,8 +603,10 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
 def _run_steps(steps: list[tuple[int, bool]], prepared: list[Any], base: torch.Tensor, theta: torch.Tensor,
                bias: torch.Tensor | None, sims: torch.Tensor, center: torch.Tensor, radius: float, lin_metric: str,
                bins_lv: list[int], iters: list[int], samples: list[int], spacings: list[float], opts: TorchOptions,
-               stepper: Any, ran: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The linear steps after the coarsest level (rigid, then affine), with their prepared samples."""
+               stepper: Any, ran: list[int], traces: list[list[tuple[np.ndarray, np.ndarray]]] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The linear steps after the coarsest level (rigid, then affine), with their prepared samples
+    (each step's metric trajectory appended to ``traces``)."""
     first_affine = True
     for (lv, use_affine), job in zip(steps, prepared):
         sampler, samp = job.result()
@@ -585,11 +617,46 @@ def _run_steps(steps: list[tuple[int, bool]], prepared: list[Any], base: torch.T
         step_mm = (opts.step if big else opts.refine_step) * spacings[lv]
         sched = LevelSchedule(iters[lv], samples[lv], step_mm)
         kind = "affine" if use_affine else "rigid"
+        trace: list[tuple[np.ndarray, np.ndarray]] = []
         theta, bias, sims, n = optimise_level(sampler, samp, base, theta, center, radius, use_affine, lin_metric,
                                               bins, sched, stepper(iters[lv], f"{kind}, {spacings[lv]:g} mm"),
-                                              bias0=bias)
+                                              bias0=bias, trace=trace)
         ran.append(n)
+        if traces is not None:
+            traces.append(trace)
     return theta, bias, sims
+
+
+def convergence_summary(traces: list[list[tuple[np.ndarray, np.ndarray]]], steps: list[tuple[int, bool]],
+                        spacings: list[float], iters: list[int], radius: float) -> list[dict[str, Any]]:
+    """Each linear step's metric trajectory in a few numbers (plain JSON), for the verdict.
+
+    Per step: the pyramid spacing, the model, iterations run and planned, the similarity on the
+    first and the last three iterations' samples (each iteration sees a new window of the
+    pool, so single values are noisy), the path length of the parameters (mm at the radius of
+    gyration), and over the last 30 % of the iterations the net move and the path length (mm):
+    a net move close to the path length means the parameters were still moving in one
+    direction when the step ended; far below it, they were jittering about an optimum.
+    """
+    out = []
+    for (lv, affine), trace in zip(steps, traces):
+        if not trace:
+            continue
+        sims = np.array([float(np.asarray(s).reshape(-1)[0]) for s, _ in trace])
+        moves = np.stack([np.asarray(m, float).reshape(-1) for _, m in trace])  # [it, P], mm
+        n = len(trace)
+        tail = moves[int(n * 0.7):] if n >= 4 else moves
+        out.append({
+            "spacing_mm": float(spacings[lv]), "model": "affine" if affine else "rigid", "iterations": n,
+            "planned": int(iters[lv]),
+            "similarity_first": round(float(sims[: min(3, n)].mean()), 6),
+            "similarity_last": round(float(sims[-min(3, n):].mean()), 6),
+            "path_mm": round(float(np.linalg.norm(moves, axis=1).sum()), 5),
+            "net_mm": round(float(np.linalg.norm(moves.sum(0))), 5),
+            "tail_net_mm": round(float(np.linalg.norm(tail.sum(0))), 5),
+            "tail_path_mm": round(float(np.linalg.norm(tail, axis=1).sum()), 5),
+        })
+    return out
 
 
 class _Ready:

@@ -62,6 +62,12 @@ def build() -> str:
          widget("QCheckBox", "placeUnderTransformCheckBox", "Put the moving volume under the result transform, so that it shows aligned with the fixed volume (its voxels are not changed)", "placeUnderTransform", text="", checked=True)),
         (label("hardenLabel", "Harden transform:", "Apply the transform to the moving volume's voxels"),
          widget("QCheckBox", "hardenCheckBox", "Harden the transform into the moving volume (changes the moving volume node; off by default)", "hardenTransform", text="")),
+        (label("similarityMapLabel", "Local similarity map:", "Also output the verdict's local similarity as a volume"),
+         widget("QCheckBox", "similarityMapCheckBox", "Also output the verdict's local similarity after registration (0-1, per block of about 24 mm) as a volume on the fixed grid: low values show where the volumes do not match", "similarityMap", text="")),
+        (label("similarityMapVolumeLabel", "Similarity map volume:", "Volume that receives the local similarity map"),
+         node_combo("similarityMapSelector", "similarityMapVolume", "Volume that receives the local similarity map (when the map is on); 'Create new' makes a new volume", SCALAR, optional=True)),
+        (label("verdictTableLabel", "Verdict table:", "Table that receives the verdict's checks"),
+         node_combo("verdictTableSelector", "verdictTable", "Table that receives the verdict: a row per check (name, value, threshold, status, message); 'Create new' makes a new table", ["vtkMRMLTableNode"], optional=True)),
         ("", widget("QPushButton", "registerButton", "Register the moving volume to the fixed volume in the background (progress and Cancel)", text="Register", enabled=False)),
     ])
     fusion = section("blendCollapsibleButton", "Fusion", "How the two volumes are combined into one", [
