@@ -86,6 +86,14 @@ def test_images_show_what_the_parameters_say(family):
             assert flair[inner].mean() > flair[shell].mean(), p
 
 
+def test_family_members_are_the_same_alone(tissue, family):
+    from medtorch.segment.tumor_phantom import family_phantom
+
+    ph = family_phantom(4, 17, tissue, ("FLAIR", "T1"))
+    assert np.array_equal(ph.channels["FLAIR"].array, family[4].channels["FLAIR"].array)
+    assert ph.parameters == family[4].parameters
+
+
 def test_draws_are_deterministic(tissue):
     a = random_tumor_phantom(np.random.default_rng([5, 1]), tissue, channels=("FLAIR",))
     b = random_tumor_phantom(np.random.default_rng([5, 1]), tissue, channels=("FLAIR",))

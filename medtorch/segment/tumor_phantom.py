@@ -45,6 +45,7 @@ __all__ = [
     "SAMPLE_DATA",
     "FAMILY_RANGES",
     "random_tumor_phantom",
+    "family_phantom",
     "phantom_family",
 ]
 
@@ -717,12 +718,19 @@ def _default_tissue() -> Tissue:
     return _DEFAULT_TISSUE[0]
 
 
+def family_phantom(index: int, seed: int = 0, tissue: Tissue | None = None,
+                   channels: Sequence[str] = CHANNELS) -> TumorPhantom:
+    """Phantom ``index`` of the family ``seed``: :func:`random_tumor_phantom` with the generator
+    ``default_rng([seed, index])``; ``parameters`` also hold ``family_seed`` and ``index``."""
+    ph = random_tumor_phantom(np.random.default_rng([int(seed), int(index)]), tissue, channels)
+    ph.parameters["family_seed"] = int(seed)
+    ph.parameters["index"] = int(index)
+    return ph
+
+
 def phantom_family(n: int, seed: int = 0, tissue: Tissue | None = None,
                    channels: Sequence[str] = CHANNELS) -> Iterator[TumorPhantom]:
-    """``n`` phantoms of :func:`random_tumor_phantom`, made one at a time; phantom ``i`` uses the
-    generator ``default_rng([seed, i])``, so a family's first phantoms do not depend on ``n``."""
+    """``n`` phantoms (:func:`family_phantom` 0 to n-1), made one at a time; a family's first
+    phantoms do not depend on ``n``."""
     for i in range(int(n)):
-        ph = random_tumor_phantom(np.random.default_rng([int(seed), i]), tissue, channels)
-        ph.parameters["family_seed"] = int(seed)
-        ph.parameters["index"] = i
-        yield ph
+        yield family_phantom(i, seed, tissue, channels)
