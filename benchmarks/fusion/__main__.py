@@ -253,7 +253,7 @@ def _scipy_gff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _pywt_dwt(a: np.ndarray, b: np.ndarray, wavelet: str = "haar", levels: int = 3) -> np.ndarray:
-    """The seeds' DWT rule with PyWavelets (numpy): mean approximation, max-abs details."""
+    """DWT fusion with PyWavelets (numpy): mean approximation, max-abs details."""
     import pywt
 
     ca = pywt.wavedecn(a, wavelet, level=levels)
@@ -515,7 +515,7 @@ def write_markdown(path: Path, env: dict[str, Any], template: dict[str, Any], ti
     for pair, rows in template["pairs"].items():
         best = max(candidates, key=lambda mm: rows[mm]["3d"]["QABF"] + rows[mm]["3d"]["VIF"])
         beats = all(rows[best][mode][k] > rows["dwt"][mode][k] for mode in ("3d", "slices") for k in ("QABF", "VIF"))
-        L.append(f"- {pair} template pair: {best} vs the seeds' DWT rule: QAB/F {rows[best]['3d']['QABF']:.3f} vs "
+        L.append(f"- {pair} template pair: {best} vs DWT (mean approximation, max-abs details): QAB/F {rows[best]['3d']['QABF']:.3f} vs "
                  f"{rows['dwt']['3d']['QABF']:.3f}, VIF {rows[best]['3d']['VIF']:.3f} vs {rows['dwt']['3d']['VIF']:.3f} "
                  f"(3D); per slice QAB/F {rows[best]['slices']['QABF']:.3f} vs {rows['dwt']['slices']['QABF']:.3f}, VIF "
                  f"{rows[best]['slices']['VIF']:.3f} vs {rows['dwt']['slices']['VIF']:.3f}: "

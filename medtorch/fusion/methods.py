@@ -6,7 +6,7 @@ method     what it does (module)
 average    weighted average ``(1 - weight) a + weight b`` (:mod:`.rules`)
 max        voxel-wise maximum, a reference rule (:mod:`.rules`)
 pca        PCA-weighted average (Naidu & Raol 2008) (:mod:`.rules`)
-dwt        the seeds' wavelet rule: mean approximation, max-abs details (:mod:`.wavelet`)
+dwt        DWT: mean approximation, max-abs details (:mod:`.wavelet`)
 laplacian  Laplacian pyramid, area-based max selection (:mod:`.pyramid`)
 gff        guided-filter fusion (Li, Kang & Hu 2013) (:mod:`.gff`)
 cnn        two-branch CNN trained on the pair itself (:mod:`.cnn`)
@@ -47,7 +47,7 @@ METHODS: dict[str, MethodSpec] = {
     "max": MethodSpec("max", {}, "voxel-wise maximum (reference rule)"),
     "pca": MethodSpec("pca", {}, "PCA-weighted average (Naidu & Raol 2008)"),
     "dwt": MethodSpec("dwt", {"wavelet": "haar", "levels": 3, "wavelet_mode": "symmetric"},
-                      "discrete wavelet transform: mean approximation, max-abs details (the seeds' rule)"),
+                      "DWT: mean approximation, max-abs details"),
     "laplacian": MethodSpec("laplacian", {"levels": 4, "activity_radius": 1},
                             "Laplacian pyramid, area-based max selection, averaged top level"),
     "gff": MethodSpec("gff", {"base_radius": 15, "saliency_radius": 5, "saliency_sigma": 5.0, "r1": 45, "eps1": 0.3,
