@@ -53,7 +53,7 @@ FunctionalSide = Literal["fixed", "moving"]
 #: Peak working memory of each method per voxel of the output grid (bytes), rounded up from
 #: the peaks measured on 256^3 volumes by ``benchmarks/fusion`` (resident memory above the
 #: level before the call).
-FUSION_BYTES_PER_VOXEL = {"average": 8, "max": 8, "pca": 40, "dwt": 32, "laplacian": 28, "gff": 64, "cnn": 32}
+FUSION_BYTES_PER_VOXEL = {"average": 8, "max": 8, "pca": 40, "dwt": 32, "laplacian": 28, "gff": 64, "gradient": 160, "cnn": 32}
 #: What the pipeline holds beside the method: the prepared sources (numpy and torch), the
 #: resampled moving volume, the overlap mask and the output.
 PIPELINE_BYTES_PER_VOXEL = 28

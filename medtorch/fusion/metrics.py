@@ -455,7 +455,7 @@ def fusion_metrics(
     Args:
         a, b, f: images ``[y, x]`` or volumes ``[z, y, x]`` of one shape, in ``data_range``.
             A one-slice volume ``[1, y, x]`` (a 2D image as MedTorch stores it) is scored
-            as the image ``[y, x]``.
+            as the image ``[y, x]``, whatever ``mode`` says.
         mode: ``'2d'`` for images, ``'3d'`` for volumes, ``'slices'`` for the mean of the 2D
             metrics over the axial slices of a volume that hold a non-zero source voxel;
             ``'auto'`` picks 2d or 3d from the number of axes.
@@ -473,7 +473,10 @@ def fusion_metrics(
         MedTorchInputError: shapes that differ, images that are not 2D/3D, NaN values,
             windows larger than the image.
     """
-    a, b, f = (_squeeze_single_slice(x) for x in (a, b, f))
+    squeezed = [_squeeze_single_slice(x) for x in (a, b, f)]
+    if any(x is not y for x, y in zip(squeezed, (a, b, f))):
+        mode = "2d"  # one-slice volumes are 2D images: '3d' and 'slices' both mean the image itself
+    a, b, f = squeezed
     if str(metric_set).strip().lower() not in ("medtorch", "cddfuse"):
         raise MedTorchInputError(f"unknown metric set {metric_set!r}", "use 'medtorch' or 'cddfuse'")
     if str(metric_set).strip().lower() == "cddfuse":
