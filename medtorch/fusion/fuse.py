@@ -288,8 +288,11 @@ def fuse_volumes(
     check_fits(estimate_fusion_bytes(fixed.geometry.num_voxels, key, side is not None), f"fusing with {key}", dev)
 
     report(progress, cancel, 0.0, f"bringing the moving volume onto the fixed grid ({dev})")
-    moving_arr, inside, how = _resample_moving(fixed, moving, transform, assume_aligned, dev,
-                                               SubProgress(progress, 0.0, 0.25, "resampling"), cancel)
+    from medtorch.fusion.methods import cpu_threads
+
+    with cpu_threads(1 if dev.type == "cpu" else None):  # short memory-bound ops: see methods.FUSION_THREADS_ENV
+        moving_arr, inside, how = _resample_moving(fixed, moving, transform, assume_aligned, dev,
+                                                   SubProgress(progress, 0.0, 0.25, "resampling"), cancel)
     overlap = float(inside.mean())
     if overlap == 0.0:
         raise MedTorchInputError(
