@@ -372,3 +372,51 @@ def test_cnn_trained_on_a_set_of_pairs_saves_a_loadable_checkpoint(tmp_path):
     assert fused.shape == a.shape and info["iterations"] == 0
     with pytest.raises(MedTorchInputError, match="2D images"):
         train_on_pairs([(a, b[:10])], cfg)
+
+
+# -- 2D images through the command line and the FusionRegistration module ----------------------------
+
+
+def test_cli_fuses_a_grey_and_an_rgb_png_pair_into_pngs(tmp_path):
+    import json
+
+    from medtorch.cli import main
+    from medtorch.io import read_volume
+
+    a8, b8 = _mni_pair()
+    mri = _write_png(tmp_path / "mri.png", a8)
+    ct = _write_png(tmp_path / "ct.png", b8)
+    pet = _write_png(tmp_path / "pet.png", _pet_like(b8))
+    assert main(["fuse", "--fixed", str(mri), "--moving", str(ct), "--method", "gradient", "--out",
+                 str(tmp_path / "f.png"), "--metrics", str(tmp_path / "m.json"), "--metric-set", "cddfuse",
+                 "--quiet"]) == 0
+    grey = read_volume(tmp_path / "f.png")
+    assert grey.kind == "scalar" and grey.array.shape == (1, *a8.shape) and grey.array.dtype == np.uint8
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    names = set(metrics.get("metrics", metrics))
+    assert {"EN", "SD", "SF", "MI", "SCD", "VIF", "QABF", "SSIM"} <= {n.upper() for n in names}
+    assert main(["fuse", "--fixed", str(mri), "--moving", str(pet), "--method", "gff", "--out",
+                 str(tmp_path / "c.png"), "--quiet"]) == 0
+    colour = read_volume(tmp_path / "c.png")
+    assert colour.kind == "vector" and colour.array.shape == (1, *a8.shape, 3)
+
+
+def test_module_fuses_png_images_loaded_as_one_slice_volumes(scene, tmp_path):
+    """Slicer loads a PNG as a one-slice volume (an RGB PNG as a vector volume): the module fuses them."""
+    import slicer_testbed
+
+    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.io import read_volume
+
+    a8, b8 = _mni_pair()
+    mri = bridge.node_from_volume(read_volume(_write_png(tmp_path / "mri.png", a8)), "mri", scene)
+    ct = bridge.node_from_volume(read_volume(_write_png(tmp_path / "ct.png", b8)), "ct", scene)
+    pet = bridge.node_from_volume(read_volume(_write_png(tmp_path / "pet.png", _pet_like(b8))), "pet", scene)
+    assert mri.GetImageData().GetDimensions()[2] == 1 and pet.GetClassName() == "vtkMRMLVectorVolumeNode"
+    logic = slicer_testbed.load_module("FusionRegistration").FusionRegistrationLogic()
+    out = logic.fuse(mri, ct, method="gradient", showIn3D=False, device="cpu")
+    fused = bridge.volume_from_node(out.fusedNode)
+    assert fused.array.shape == (1, *a8.shape) and out.metrics["QABF"] > 0.3
+    colour = logic.fuse(mri, pet, method="gff", showIn3D=False, device="cpu")
+    assert colour.rgbNode is not None
+    assert bridge.volume_from_node(colour.rgbNode).array.shape == (1, *a8.shape, 3)

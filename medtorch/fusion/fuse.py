@@ -170,9 +170,10 @@ def _colour_kind(vol: Volume, name: str) -> str:
 
 
 def _display_scale(vol: Volume) -> float | None:
-    """1 / full scale for a 2D display image read from a PNG/JPEG/... file (integer values), else None."""
+    """1 / full scale for display values: a 2D image read from a PNG/JPEG/... file, or an RGB
+    colour volume (e.g. a PNG loaded in Slicer), of unsigned integer type; else None."""
     arr = vol.array
-    if vol.metadata.get("image_format") and arr.dtype.kind == "u":
+    if (vol.metadata.get("image_format") or vol.kind == "vector") and arr.dtype.kind == "u":
         return 1.0 / float(np.iinfo(arr.dtype).max)
     return None
 
