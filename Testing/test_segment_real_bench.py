@@ -5,6 +5,7 @@ real data: the real cases are never in the repository)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -17,6 +18,11 @@ BRATS18 = ["Brats18_CBICA_AAB_1", "Brats18_CBICA_AOO_1", "Brats18_CBICA_AQN_1", 
            "Brats18_CBICA_ASA_1", "Brats18_CBICA_ASK_1", "Brats18_CBICA_ATV_1", "Brats18_TCIA02_471_1",
            "Brats18_TCIA04_192_1", "Brats18_TCIA08_105_1"]
 BRATS15 = [f"BRATS2015_brats_2013_pat000{i}_1" for i in range(1, 7)]
+
+# The peer (ITK FastGrowCut, Slicer's Grow from seeds) is a benchmark requirement (benchmarks/requirements.txt),
+# not a test one: where it is missing, the harness still runs MedTorch and the other rows, and the peer's rows
+# are checked to be error rows that name the missing module.
+HAS_GROWCUT = importlib.util.find_spec("itk") is not None
 
 
 def test_split_is_even_dev_odd_held_out_within_each_dataset():
@@ -114,18 +120,21 @@ def test_real_bench_end_to_end_on_a_fake_folder(fake_dir, tmp_path):
     got = {(r["case"], r["protocol"], r["method"], r.get("round")): r for r in rows}
     for case in ("Brats18_FAKE_A_1", "Brats18_FAKE_B_1"):
         # the peers are stable references; MedTorch's Dice is whatever the method gives (it changes)
-        for m in (GROWCUT, "oracle threshold"):
+        for m in (GROWCUT, "oracle threshold") if HAS_GROWCUT else ("oracle threshold",):
             assert got[(case, "three_slice", m, None)]["dice"] > 0.8, got[(case, "three_slice", m, None)]
+        if not HAS_GROWCUT:
+            assert "itk" in got[(case, "three_slice", GROWCUT, None)]["error"]
         assert 0.0 <= got[(case, "three_slice", "medtorch", None)]["dice"] <= 1.0
         assert got[(case, "three_slice", "medtorch", None)]["seconds"] > 0
         # click-and-box: the peers got the box boundary as background; MedTorch gets no background seed
         # (a row either way: a Dice, or the method's error)
         # (on the box plus 2 voxels: FastGrowCut ignores seeds on its image's outermost layer, a box boundary
         # there would leave it with no background at all)
-        assert got[(case, "click_box", GROWCUT, None)]["dice"] > 0.5
+        if HAS_GROWCUT:
+            assert got[(case, "click_box", GROWCUT, None)]["dice"] > 0.5
         r = got[(case, "click_box", "medtorch", None)]
         assert "dice" in r or "error" in r
-        for m in ("medtorch", GROWCUT):
+        for m in ("medtorch", GROWCUT) if HAS_GROWCUT else ("medtorch",):
             assert {0, 1} <= {k[3] for k in got if k[0] == case and k[1] == "corrections" and k[2] == m}
     assert got[("Brats18_FAKE_B_1", "three_slice", "medtorch", None)]["split"] == "held-out"
 
@@ -154,7 +163,11 @@ def test_family_bench_runs_a_phantom_and_summarises():
     ph.parameters["index"] = 0
     rows = run_phantom(ph, ["medtorch", GROWCUT], {k: v for k, v in medtorch_variants().items() if k == "medtorch"})
     assert {r["method"] for r in rows} == {"medtorch", GROWCUT}
-    assert all("dice" in r and 0.0 <= r["dice"] <= 1.0 for r in rows), rows
+    for r in rows:
+        if r["method"] == GROWCUT and not HAS_GROWCUT:
+            assert "itk" in r["error"], r
+        else:
+            assert "dice" in r and 0.0 <= r["dice"] <= 1.0, rows
     fake = [{"index": i, "method": "medtorch", "dice": d, "params": {"small": i < 2, "dark": False}}
             for i, d in enumerate([0.5, 0.8, 0.9, 0.95, 0.97] * 2)]
     s = summarise(fake, ["medtorch"])
