@@ -426,6 +426,16 @@ def evaluate(records: list[dict[str, Any]], options: Any, split: str = "held-out
             "n_success": len(neg), "n_failure_all": len(pos_all), "false_fails": false_fail, "per_kind": per_kind}
 
 
+def kinds_flagged(evaluated: dict[str, Any]) -> dict[str, bool]:
+    """Per failure kind with failed cases: whether every one of them was flagged (warn, fail or refused)."""
+    out = {}
+    for kind in KINDS:
+        failed = [r for r in evaluated["rows"] if r["kind"] == kind and r["label"] == "failure"]
+        if failed:
+            out[kind] = all(r["verdict"] in ("warn", "fail", "refused") for r in failed)
+    return out
+
+
 # -- the registration benchmark's own success cases, and the cost ------------------------------
 
 
@@ -552,6 +562,18 @@ def render(result: dict[str, Any]) -> str:
                  f"**{'MET' if med <= 0.30 else 'NOT MET'}** | median +{100 * med:.0f} % over "
                  f"{len(cost['rows'])} rigid cases (load {', '.join(r['load'] for r in cost['rows'])}) |")
     o = VerdictOptions(**opts)
+    sh = result.get("shipped")
+    if sh:
+        differ = sh["differ"]
+        lines += ["", "The figures above use the thresholds calibrated in this run. `register()` ships with "
+                  "`VerdictOptions`' defaults"
+                  + (": the same values." if not differ else
+                     ", which differ: " + ", ".join(f"`{k}` {_f(float(a))} (calibrated {_f(float(b))})"
+                                                    for k, (a, b) in sorted(differ.items())) + ".")
+                  + f" With the shipped defaults, on the same held-out cases: AUC {sh['auc']:.3f}, successes failed: "
+                  f"{len(sh['false_fails'])}"
+                  + (f" ({', '.join(sh['false_fails'])})" if sh["false_fails"] else "")
+                  + "; failure kinds not always flagged: " + (", ".join(sh["missed"]) or "none") + "."]
     lines += ["", "### Checks and calibrated thresholds", "",
               "Split fixed in advance: odd case seeds are held out, even seeds calibrate. The thresholds of "
               "`local_similarity`, `inverse_consistency`, `convergence` and `start_stability` come from the calibration set alone by one rule: with `worst` the worst value over the "
@@ -696,17 +718,20 @@ def main(quick: bool, workdir: Path, out: Path, repeats: int = 3, log: Callable[
     cal_counts: dict[str, int] = {}
     for r in cal["rows"]:
         cal_counts[r["label"]] = cal_counts.get(r["label"], 0) + 1
-    kinds_flagged = {}
-    for kind in KINDS:
-        failed = [r for r in held["rows"] if r["kind"] == kind and r["label"] == "failure"]
-        if failed:
-            kinds_flagged[kind] = all(r["verdict"] in ("warn", "fail", "refused") for r in failed)
-    held["kinds_flagged"] = kinds_flagged
+    held["kinds_flagged"] = kinds_flagged(held)
+    # the thresholds register() ships with (VerdictOptions' defaults) on the same held-out cases
+    shipped_opts = VerdictOptions()
+    shipped = evaluate(records, shipped_opts, "held-out")
+    shipped_summary = {"auc": shipped["auc"], "false_fails": shipped["false_fails"],
+                       "missed": [k for k, ok in kinds_flagged(shipped).items() if not ok],
+                       "differ": {k: (getattr(shipped_opts, k), v) for k, v in thresholds.items()
+                                  if not math.isclose(float(getattr(shipped_opts, k)), float(v), rel_tol=1e-3)}}
+    log(f"held-out with the shipped defaults: AUC {shipped['auc']:.3f}, false fails {shipped['false_fails']}")
     result: dict[str, Any] = {"quick": quick, "options": {**thresholds}, "thresholds": thresholds,
                               "calibration": {"n": len(cal["rows"]), "counts": ", ".join(
                                   f"{k} {v}" for k, v in sorted(cal_counts.items())), "auc": cal["auc"],
                                   "false_fails": cal["false_fails"], "success_stats": stats},
-                              "held_out": held}
+                              "held_out": held, "shipped": shipped_summary}
     if calibrate_only:
         return result
     log("verdict: the registration benchmark's own cases")
