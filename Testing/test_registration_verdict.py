@@ -22,6 +22,7 @@ from medtorch.registration.verdict import (
     inspect_inputs,
     judge,
     linear_factors,
+    needs_restarts,
     rotation_angle_deg,
 )
 from medtorch.volume import Geometry, Volume
@@ -177,6 +178,13 @@ def test_start_stability_runs_only_when_borderline(pair, success):
     assert _check(success, "start_stability").value < VerdictOptions().stability_warn_mm
     never = judge(_measures(stability_mm=50.0), VerdictOptions(restarts="never"), with_stability=False)
     assert never.check("start_stability").status == "skip"
+    o = VerdictOptions()
+    clear_pre = judge(_measures(), o, with_stability=False)
+    assert not needs_restarts(clear_pre, o)
+    # a borderline alignment check runs them; a partial field of view alone does not
+    assert needs_restarts(judge(_measures(inverse_mean_mm=0.95 * o.inverse_warn_mm), o, with_stability=False), o)
+    cropped_pre = judge(_measures(overlap=0.9), o, with_stability=False)
+    assert cropped_pre.check("overlap").score > o.borderline_score and not needs_restarts(cropped_pre, o)
 
 
 def test_the_verdict_does_not_change_the_registration(pair, success):
