@@ -18,6 +18,7 @@ Examples::
     python -m benchmarks.registration --cases 'rigid12-*' --engines medtorch sitk
     python -m benchmarks.registration --verdict --quick      # the verdict section, a few minutes
     python -m benchmarks.registration --verdict              # the full verdict section (10-20 min on 2 cores)
+    python -m benchmarks.registration --verdict --workdir W --report-only   # re-render it from W, running nothing
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="medtorch-bench-verdict-"))
         verdict.main(args.quick, workdir, args.out or DOC, repeats=args.repeats,
-                     log=lambda m: print(m, flush=True))
+                     log=lambda m: print(m, flush=True), report_only=args.report_only)
         return 0
     specs = case_mod.quick_specs() if args.quick else case_mod.standard_specs()
     if args.cases:

@@ -427,13 +427,23 @@ def evaluate(records: list[dict[str, Any]], options: Any, split: str = "held-out
 
 
 def kinds_flagged(evaluated: dict[str, Any]) -> dict[str, bool]:
-    """Per failure kind with failed cases: whether every one of them was flagged (warn, fail or refused)."""
+    """Per synthetic failure kind (expected ``failure`` in :data:`KINDS`) with failed cases:
+    whether every one of them was flagged (warn, fail or refused)."""
     out = {}
-    for kind in KINDS:
+    for kind, (_, expected) in KINDS.items():
+        if expected != "failure":
+            continue
         failed = [r for r in evaluated["rows"] if r["kind"] == kind and r["label"] == "failure"]
         if failed:
             out[kind] = all(r["verdict"] in ("warn", "fail", "refused") for r in failed)
     return out
+
+
+def missed_failures(evaluated: dict[str, Any]) -> tuple[list[str], int]:
+    """Registrations that failed (TRE > 2 mm) on inputs meant to succeed (the ``success`` kinds:
+    the engine itself went wrong) and that the verdict let pass; and how many failed in all."""
+    failed = [r for r in evaluated["rows"] if KINDS[r["kind"]][1] == "success" and r["label"] == "failure"]
+    return [r["name"] for r in failed if r["verdict"] == "pass"], len(failed)
 
 
 # -- the registration benchmark's own success cases, and the cost ------------------------------
@@ -546,7 +556,9 @@ def render(result: dict[str, Any]) -> str:
                  f"on {result['date']} ({_machine_text(result['machine'])}; load average {result['load']} during the run; "
                  f"{result['total_s']:.0f} s in all). Every registration is MedTorch's torch engine (CPU) with its "
                  "defaults; the verdict (`medtorch.registration.verdict`) measures each result at a 4 mm level of "
-                 "the images.")
+                 "the images."
+                 + (f" Section re-rendered on {result['rendered']} from that run's saved measurements "
+                    "(`--report-only`)." if result.get("rendered") else ""))
     lines += ["", "### Targets", "", "| Target | Verdict | Evidence |", "| --- | --- | --- |"]
     a = held["auc"]
     lines.append(f"| Held-out AUC >= 0.95 at telling TRE > 2 mm from TRE < 0.5 mm (verdict score) | "
@@ -560,10 +572,15 @@ def render(result: dict[str, Any]) -> str:
                  + (f"; fails: {', '.join(bench_ff)}" if bench_ff else "") + " |")
     flagged = held["kinds_flagged"]
     missed = [k for k, okk in flagged.items() if not okk]
-    lines.append(f"| Every failure kind flagged at least `warn` (held-out cases that failed) | "
+    lines.append(f"| Every synthetic failure kind flagged at least `warn` (held-out cases that failed) | "
                  f"**{'MET' if not missed else 'NOT MET'}** | "
                  + (f"missed: {', '.join(missed)}" if missed else f"{len(flagged)} kinds, every failed case flagged")
                  + " |")
+    slipped, n_failed = held.get("missed_failures", ([], 0))
+    if n_failed:
+        lines.append(f"| (beyond the targets) Registrations that went wrong on inputs meant to succeed, flagged | "
+                     f"{n_failed - len(slipped)} of {n_failed} | "
+                     + (f"passed: {', '.join(slipped)}" if slipped else "every one flagged") + " |")
     med = cost["median_added"]
     lines.append(f"| The verdict adds <= 30 % to a rigid registration's wall time | "
                  f"**{'MET' if med <= 0.30 else 'NOT MET'}** | median +{100 * med:.0f} % over "
@@ -580,7 +597,11 @@ def render(result: dict[str, Any]) -> str:
                   + f" With the shipped defaults, on the same held-out cases: AUC {sh['auc']:.3f}, successes failed: "
                   f"{len(sh['false_fails'])}"
                   + (f" ({', '.join(sh['false_fails'])})" if sh["false_fails"] else "")
-                  + "; failure kinds not always flagged: " + (", ".join(sh["missed"]) or "none") + "."]
+                  + "; failure kinds not always flagged: " + (", ".join(sh["missed"]) or "none")
+                  + "; registrations gone wrong on inputs meant to succeed that passed: "
+                  + (", ".join(sh.get("missed_failures", ([], 0))[0]) or "none")
+                  + (f"; `fail` on the registration benchmark's cases within target: "
+                     f"{', '.join(sh['benchmark_fails']) or 'none'}" if "benchmark_fails" in sh else "") + "."]
     lines += ["", "### Checks and calibrated thresholds", "",
               "Split fixed in advance: odd case seeds are held out, even seeds calibrate. The thresholds of "
               "`local_similarity`, `inverse_consistency`, `convergence` and `start_stability` come from the calibration set alone by one rule: with `worst` the worst value over the "
@@ -683,7 +704,10 @@ def keep_section(old_text: str, new_text: str) -> str:
 
 
 def main(quick: bool, workdir: Path, out: Path, repeats: int = 3, log: Callable[[str], None] = print,
-         calibrate_only: bool = False) -> dict[str, Any]:
+         calibrate_only: bool = False, report_only: bool = False) -> dict[str, Any]:
+    """Run the verdict section in ``workdir`` (finished cases are reused from its
+    ``verdict_records.json``) and write it into ``out``. ``report_only``: run nothing; judge
+    the saved records and rows again and render the section from them and the saved cost."""
     import datetime as dt
 
     from benchmarks.registration import report
@@ -699,8 +723,9 @@ def main(quick: bool, workdir: Path, out: Path, repeats: int = 3, log: Callable[
     if rec_path.exists():
         records = json.loads(rec_path.read_text(encoding="utf-8"))
         done = {r["name"] for r in records}
-    log(f"verdict: building cases (seeds {seeds}) in {workdir}")
-    cases = build_cases(seeds, workdir, log=log)
+    if not report_only:
+        log(f"verdict: building cases (seeds {seeds}) in {workdir}")
+    cases = [] if report_only else build_cases(seeds, workdir, log=log)
     for case in cases:
         if case.name in done:
             continue
@@ -729,8 +754,10 @@ def main(quick: bool, workdir: Path, out: Path, repeats: int = 3, log: Callable[
     # the thresholds register() ships with (VerdictOptions' defaults) on the same held-out cases
     shipped_opts = VerdictOptions()
     shipped = evaluate(records, shipped_opts, "held-out")
+    held["missed_failures"] = missed_failures(held)
     shipped_summary = {"auc": shipped["auc"], "false_fails": shipped["false_fails"],
                        "missed": [k for k, ok in kinds_flagged(shipped).items() if not ok],
+                       "missed_failures": missed_failures(shipped),
                        "differ": {k: (getattr(shipped_opts, k), v) for k, v in thresholds.items()
                                   if not math.isclose(float(getattr(shipped_opts, k)), float(v), rel_tol=1e-3)}}
     log(f"held-out with the shipped defaults: AUC {shipped['auc']:.3f}, false fails {shipped['false_fails']}")
@@ -741,8 +768,15 @@ def main(quick: bool, workdir: Path, out: Path, repeats: int = 3, log: Callable[
                               "held_out": held, "shipped": shipped_summary}
     if calibrate_only:
         return result
-    log("verdict: the registration benchmark's own cases")
-    bench_rows = benchmark_successes(quick, workdir, log)
+    saved_path = workdir / "verdict_result.json"
+    saved = json.loads(saved_path.read_text(encoding="utf-8")) if report_only and saved_path.exists() else None
+    if report_only and saved is None:
+        raise SystemExit(f"--report-only: no saved results in {saved_path}; run the verdict section first")
+    if saved is None:
+        log("verdict: the registration benchmark's own cases")
+        bench_rows = benchmark_successes(quick, workdir, log)
+    else:  # the measured rows of the last run, judged again below
+        bench_rows = saved["benchmark"]["rows"]
     counts: dict[str, int] = {}
     for r in bench_rows:
         v = verdict_of(r, opts)
@@ -750,16 +784,25 @@ def main(quick: bool, workdir: Path, out: Path, repeats: int = 3, log: Callable[
         r["reasons"] = [f"{c.name} {c.status}" for c in v.reasons]
         if r["within_target"]:
             counts[v.status] = counts.get(v.status, 0) + 1
+    shipped_summary["benchmark_fails"] = [r["name"] for r in bench_rows if r["within_target"]
+                                          and verdict_of(r, shipped_opts).status == "fail"]
     result["benchmark"] = {"rows": bench_rows, "counts": counts}
-    log("verdict: cost")
-    loads.append(os.getloadavg()[0])
-    result["cost"] = measure_cost(quick, workdir, repeats, log, thresholds)
-    result["repeats"] = repeats
-    loads.append(os.getloadavg()[0])
-    result.update({"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": report.machine_summary(),
-                   "load": f"{min(loads):.1f} to {max(loads):.1f}", "total_s": time.perf_counter() - started})
+    if saved is None:
+        log("verdict: cost")
+        loads.append(os.getloadavg()[0])
+        result["cost"] = measure_cost(quick, workdir, repeats, log, thresholds)
+        result["repeats"] = repeats
+        loads.append(os.getloadavg()[0])
+        result.update({"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": report.machine_summary(),
+                       "load": f"{min(loads):.1f} to {max(loads):.1f}", "total_s": time.perf_counter() - started})
+    else:
+        if bool(saved.get("quick")) != quick:
+            raise SystemExit(f"--report-only: the saved results in {saved_path} are from a run with"
+                             f"{'' if saved.get('quick') else 'out'} --quick; give the same option")
+        result.update({k: saved[k] for k in ("cost", "repeats", "date", "machine", "load", "total_s")})
+        result["rendered"] = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     section = render(result)
-    (workdir / "verdict_result.json").write_text(json.dumps(
+    saved_path.write_text(json.dumps(
         {k: v for k, v in result.items() if k != "held_out"} | {"held_out_auc": held["auc"]}, indent=1, default=str),
         encoding="utf-8")
     write_section(out, section)

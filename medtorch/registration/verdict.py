@@ -51,9 +51,11 @@ The thresholds of the local similarity, inverse consistency, convergence and sta
 are checked on synthetic successes and failures with known truth (``python -m
 benchmarks.registration --verdict``, results in ``docs/benchmarks/registration.md``): the
 benchmark calibrates them by a fixed rule on a calibration split and reports, on a held-out
-split, both its calibrated thresholds and the defaults of :class:`VerdictOptions` (set wider
-than the calibrated ones, so that data unlike the synthetic cases does not warn at once;
-tighten them with ``verdict_options``). The other ranges are stated defaults. Every graded check's
+split, both its calibrated thresholds and the defaults of :class:`VerdictOptions` (stated
+values, not copied from one calibration run: looser than the calibrated ones for the local
+similarity and inverse consistency, so that data unlike the synthetic cases does not warn at
+once, tighter for convergence and start stability; override them with ``verdict_options``).
+The other ranges are stated defaults. Every graded check's
 score is 0 at its warning threshold and 1 at its failing one; the verdict's score is the
 largest. The measurements are deterministic given the seed, use no global random state and do
 not change the registration.
