@@ -406,3 +406,15 @@ def test_benchmark_doc_section_is_kept_by_the_main_report(tmp_path):
     assert "old" in text and "second" in text and "first" not in text and text.count(bench.BEGIN) == 1
     rewritten = bench.keep_section(text, "# Registration benchmark\n\n## Targets\n\nnew\n")
     assert "new" in rewritten and "second" in rewritten and "old" not in rewritten
+
+
+def test_benchmark_counts_failure_kinds_and_names_slipped_registrations():
+    from benchmarks.registration import verdict as bench
+
+    rows = [{"name": "noise-1", "kind": "noise", "label": "failure", "verdict": "fail"},
+            {"name": "flipped-1", "kind": "flipped", "label": "failure", "verdict": "pass"},
+            {"name": "clean-1", "kind": "clean", "label": "failure", "verdict": "pass"},
+            {"name": "clean-3", "kind": "clean", "label": "success", "verdict": "pass"}]
+    flagged = bench.kinds_flagged({"rows": rows})
+    assert flagged == {"flipped": False, "noise": True}  # only the synthetic failure kinds
+    assert bench.missed_failures({"rows": rows}) == (["clean-1"], 1)
