@@ -737,7 +737,7 @@ class Measures:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measures:
         names = {f.name for f in fields(cls)}
-        vals = {k: (float("nan") if v is None and k in ("similarity_after", "similarity_control", "uninformative",
+        vals: dict[str, Any] = {k: (float("nan") if v is None and k in ("similarity_after", "similarity_control", "uninformative",
                                                          "inverse_mean_mm", "inverse_max_mm", "overlap") else v)
                 for k, v in d.items() if k in names}
         return cls(**vals)
