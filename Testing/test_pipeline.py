@@ -176,3 +176,17 @@ def test_pipeline_runs_every_step_register_fuse_denoise_superres_seeded(tmp_path
     assert sr.geometry.spacing[2] == pytest.approx(geom.spacing[2] / 2)
     seg = read_volume(rec["outputs"]["segmentation"]["path"]).array > 0
     assert 2 * np.logical_and(seg, lesion).sum() / (seg.sum() + lesion.sum()) > 0.8
+
+
+def test_a_study_whose_output_is_its_input_is_refused_and_the_input_kept(tmp_path, nifti_pair):
+    """The command line's rule in the pipeline too: an output never replaces an input."""
+    (tmp_path / "out" / "enhance").mkdir(parents=True)
+    src = tmp_path / "out" / "enhance" / "denoised_gaussian.nrrd"
+    write_volume(read_volume(tmp_path / "fixed.nii.gz"), src)
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    path = _study(tmp_path, {"denoise": {"input": "fixed", "method": "gaussian", "strength": 1.0}},
+                  fixed="out/enhance/denoised_gaussian.nrrd", moving=None)
+    assert main(["pipeline", "--config", str(path), "-q"]) != 0
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+    rec = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert rec["status"] != "done" and "would replace the input" in json.dumps(rec)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from medtorch import __version__
 from medtorch.commands import Command
+from medtorch.commands.paths import PATH_OPTIONS, check_outputs
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.progress import CancelToken
 
@@ -43,8 +44,11 @@ def discover_commands() -> dict[str, Command]:
     return found
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, writes_files: bool = False) -> None:
     g = parser.add_argument_group("general options")
+    if writes_files:
+        g.add_argument("--overwrite-input", action="store_true",
+                       help="let an output path be one of the input files and replace it (refused otherwise)")
     g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: $MEDTORCH_DEVICE, else auto: cuda, then mps, then cpu)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
@@ -66,7 +70,7 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         p = sub.add_parser(name, help=command.help, description=command.help,
                            epilog="examples:\n" + command.examples, formatter_class=_Formatter)
         command.add_arguments(p)
-        _add_common(p)
+        _add_common(p, writes_files=name in PATH_OPTIONS)
     return parser
 
 
@@ -92,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     try:
+        check_outputs(args.command, args)  # before any work: an output never replaces an input
         return commands[args.command].run(args, cancel)
     except MedTorchInputError as exc:
         sys.stderr.write(f"medtorch {args.command}: error: {exc}\n")
