@@ -84,3 +84,19 @@ def test_overwrite_input_replaces_it_on_purpose(vol, tmp_path):
     before = _sha(vol)
     rc = main(["threshold-seg", "--in", str(vol), "--out", str(vol), "--lower", "150", "--overwrite-input", "--quiet"])
     assert rc == 0 and _sha(vol) != before
+
+
+def test_a_closed_pipe_ends_quietly_with_the_conventional_status(vol):
+    """``medtorch info x | head``: the reader is gone before the output is written."""
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone
+    try:
+        p = subprocess.run([sys.executable, "-m", "medtorch", "info", str(vol)], stdout=w, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 141, p.stderr
+    assert "internal error" not in p.stderr and "Traceback" not in p.stderr and "Exception" not in p.stderr

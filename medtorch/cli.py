@@ -5,7 +5,8 @@ Every command shows progress on stderr (``--quiet`` hides it), can be stopped wi
 (outputs are written atomically, so nothing half-written is left), and reports a user
 error as one clear message, not a traceback.
 
-Exit codes: 0 success, 2 bad input or usage, 130 cancelled, 1 unexpected error.
+Exit codes: 0 success, 2 bad input or usage, 130 cancelled, 1 unexpected error, 4 a batch
+with failed cases (``medtorch batch``), 141 the output pipe was closed (quietly).
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.progress import CancelToken
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+#: 128 + SIGPIPE: the conventional status of a command whose output pipe was closed.
+EXIT_BROKEN_PIPE = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -97,10 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_interrupt)
     try:
         check_outputs(args.command, args)  # before any work: an output never replaces an input
-        return commands[args.command].run(args, cancel)
+        rc = commands[args.command].run(args, cancel)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return rc
     except MedTorchInputError as exc:
         sys.stderr.write(f"medtorch {args.command}: error: {exc}\n")
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the reader went away (``medtorch info ... | head``): end quietly, as Unix tools do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (Cancelled, KeyboardInterrupt):
         sys.stderr.write(f"medtorch {args.command}: cancelled; no partial output was written\n")
         return EXIT_CANCELLED
