@@ -100,3 +100,66 @@ def test_a_closed_pipe_ends_quietly_with_the_conventional_status(vol):
         os.close(w)
     assert p.returncode == 141, p.stderr
     assert "internal error" not in p.stderr and "Traceback" not in p.stderr and "Exception" not in p.stderr
+
+
+# -- every input can name its DICOM series (issue 21, part 2) ---------------------------------------
+
+
+@pytest.fixture()
+def two_series(tmp_path):
+    """One folder, two series (as a PACS export gives), and their UIDs."""
+    pytest.importorskip("pydicom")
+    from test_registration_cli import write_dicom_series
+
+    import pydicom
+
+    g = Geometry((12, 10, 6), origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 2.0))
+    uids = []
+    (tmp_path / "pacs").mkdir()
+    for seed in (0, 1):
+        a = np.random.default_rng(seed).normal(100.0, 5.0, g.shape_zyx).astype(np.float32)
+        a[2:4, 3:7, 3:8] += 100.0 * (seed + 1)
+        sub = tmp_path / f"s{seed}"
+        write_dicom_series(Volume(a, g, "scalar"), sub)
+        uids.append(str(pydicom.dcmread(next(sub.glob("*.dcm"))).SeriesInstanceUID))
+        for f in sub.glob("*.dcm"):
+            f.rename(tmp_path / "pacs" / f"{seed}_{f.name}")
+    return tmp_path / "pacs", uids
+
+
+def test_a_folder_of_several_series_names_the_commands_own_flag(two_series, tmp_path, capsys):
+    folder, uids = two_series
+    rc = main(["threshold-seg", "--in", str(folder), "--out", str(tmp_path / "t.nrrd"), "--lower", "150", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "2 DICOM series" in err and "--series-uid UID" in err and "list_series" not in err
+    rc = main(["fuse", "--fixed", str(folder), "--moving", str(folder), "--assume-aligned",
+               "--fixed-series-uid", uids[0], "--out", str(tmp_path / "f.nrrd"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--moving-series-uid UID" in err  # the fixed one was chosen, the moving one not
+
+
+def test_each_input_reads_the_series_it_names(two_series, tmp_path):
+    from medtorch.io import read_volume
+
+    folder, uids = two_series
+    # only the second series' block (+200) is above 250: the first series has no such voxel
+    out = tmp_path / "t.nrrd"
+    argv = ["threshold-seg", "--in", str(folder), "--out", str(out), "--lower", "250", "-q", "--series-uid"]
+    assert main(argv + [uids[0]]) == 2 and not out.exists()
+    assert main(argv + [uids[1]]) == 0 and (read_volume(out).array > 0).sum() == 2 * 4 * 5
+    out = tmp_path / "fused.nrrd"
+    assert main(["fuse", "--fixed", str(folder), "--moving", str(folder), "--assume-aligned", "--method", "average",
+                 "--fixed-series-uid", uids[0], "--moving-series-uid", uids[1], "--out", str(out), "-q"]) == 0
+    assert read_volume(out).geometry.shape_zyx == (6, 10, 12)
+
+
+def test_segment_series_uids_follow_the_in_order():
+    from medtorch.commands.paths import series_choices_of
+
+    args = argparse.Namespace(input=["a", "FLAIR=b"], series_uid=["1.2", "1.3"], seeds="s", seeds_series_uid=None)
+    got = series_choices_of("segment", args)
+    assert got["a"][0] == "1.2" and got["b"][0] == "1.3" and got["s"] == (None, "--seeds-series-uid")
+    assert "the 2nd" in got["b"][1]
+    with pytest.raises(Exception, match="at most one --series-uid per --in"):
+        series_choices_of("segment", argparse.Namespace(input=["a"], series_uid=["1", "2"], seeds=None,
+                                                        seeds_series_uid=None))

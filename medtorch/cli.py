@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from medtorch import __version__
 from medtorch.commands import Command
-from medtorch.commands.paths import PATH_OPTIONS, check_outputs
+from medtorch.commands.paths import PATH_OPTIONS, add_series_arguments, check_outputs, series_choices_of
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.progress import CancelToken
 
@@ -41,7 +41,14 @@ def _silence_stdout() -> None:
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Help with each option's default, once: not where the help already states it, and not for
+    options whose default means "not given" (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def discover_commands() -> dict[str, Command]:
@@ -82,6 +89,7 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         p = sub.add_parser(name, help=command.help, description=command.help,
                            epilog="examples:\n" + command.examples, formatter_class=_Formatter)
         command.add_arguments(p)
+        add_series_arguments(name, p)
         _add_common(p, writes_files=name in PATH_OPTIONS)
     return parser
 
@@ -109,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_interrupt)
     try:
         check_outputs(args.command, args)  # before any work: an output never replaces an input
-        rc = commands[args.command].run(args, cancel)
+        from medtorch.io import series_choices
+
+        with series_choices(series_choices_of(args.command, args)):  # each input's DICOM series
+            rc = commands[args.command].run(args, cancel)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return rc
     except MedTorchInputError as exc:

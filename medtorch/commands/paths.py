@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medtorch.errors import MedTorchInputError
 
-__all__ = ["PATH_OPTIONS", "check_outputs", "flag_of"]
+__all__ = ["PATH_OPTIONS", "SERIES_OPTIONS", "add_series_arguments", "check_outputs", "flag_of", "series_choices_of"]
 
 #: command -> (options naming files it reads, options naming files it writes), by argparse dest.
 #: A command not listed reads and writes folders only (demo, fuse-eval, pipeline, batch, train-seg)
@@ -93,3 +93,59 @@ def check_outputs(command: str, args: argparse.Namespace) -> None:
                 raise MedTorchInputError(
                     f"{flag_of(od)} {otext} is the input {flag_of(idest)} {itext}: writing it would replace your input",
                     f"choose another path for {flag_of(od)}, or add --overwrite-input if you mean to replace the input")
+
+
+#: command -> {input option (dest): the option that chooses its DICOM series}. Every command that
+#: reads volumes lets each input name its series; a folder of several series with none chosen is
+#: refused with a hint naming this option. ``segment``'s ``--series-uid`` repeats, one per ``--in``.
+SERIES_OPTIONS: dict[str, dict[str, str]] = {
+    "denoise": {"input": "--series-uid"},
+    "enhance": {"input": "--series-uid", "match": "--match-series-uid"},
+    "superres": {"input": "--series-uid"},
+    "threshold-seg": {"input": "--series-uid"},
+    "fuse": {"fixed": "--fixed-series-uid", "moving": "--moving-series-uid"},
+    "register": {"fixed": "--fixed-series-uid", "moving": "--moving-series-uid",
+                 "fixed_mask": "--fixed-mask-series-uid", "moving_mask": "--moving-mask-series-uid"},
+    "seg-metrics": {"pred": "--pred-series-uid", "ref": "--ref-series-uid"},
+    "segment": {"input": "--series-uid", "seeds": "--seeds-series-uid"},
+}
+
+
+def _series_dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def add_series_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    """The series options of ``command`` (:data:`SERIES_OPTIONS`), in their own help group."""
+    options = SERIES_OPTIONS.get(command)
+    if not options:
+        return
+    g = parser.add_argument_group("DICOM series (for an input folder that holds several; "
+                                  "'medtorch info FOLDER' lists them)")
+    for dest, flag in options.items():
+        if command == "segment" and dest == "input":
+            g.add_argument(flag, action="append", default=None, metavar="UID",
+                           help="the series of an --in folder; repeat it, one per --in, in the same order")
+        else:
+            g.add_argument(flag, default=None, metavar="UID", help=f"the series of the {flag_of(dest)} folder")
+
+
+def series_choices_of(command: str, args: argparse.Namespace) -> dict[str, tuple[str | None, str]]:
+    """``{input path: (series UID or None, option)}`` for every input of ``command`` in ``args``."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for dest, flag in SERIES_OPTIONS.get(command, {}).items():
+        paths = list(_values(getattr(args, dest, None)))
+        chosen = getattr(args, _series_dest(flag), None)
+        uids = list(chosen) if isinstance(chosen, list) else [chosen] * max(len(paths), 1)
+        if isinstance(chosen, list) and len(chosen) > len(paths):
+            raise MedTorchInputError(f"{len(chosen)} {flag} given for {len(paths)} {flag_of(dest)} input(s)",
+                                     f"give at most one {flag} per {flag_of(dest)}, in the same order")
+        for i, path in enumerate(paths):
+            uid = uids[i] if i < len(uids) else None
+            hint = flag if len(paths) == 1 else f"{flag} (the {_ordinal(i + 1)}, for {flag_of(dest)} {path})"
+            out[path] = (uid, hint)
+    return out
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
