@@ -163,3 +163,17 @@ def test_segment_series_uids_follow_the_in_order():
     with pytest.raises(Exception, match="at most one --series-uid per --in"):
         series_choices_of("segment", argparse.Namespace(input=["a"], series_uid=["1", "2"], seeds=None,
                                                         seeds_series_uid=None))
+
+
+def test_json_outputs_are_strict_json(tmp_path):
+    import json
+
+    from medtorch.io import write_json_atomic
+
+    p = write_json_atomic(tmp_path / "x.json", {"a": float("inf"), "b": [1.0, np.float32("nan")], "c": np.int64(3),
+                                                "d": (1, 2), "e": np.arange(2)})
+    text = p.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    doc = json.loads(text)
+    assert doc["a"] is None and doc["b"] == [1.0, None] and doc["c"] == 3 and doc["d"] == [1, 2] and doc["e"] == [0, 1]
+    assert doc["nonfinite_as_null"] == ["$.a = inf", "$.b[1] = nan"]

@@ -94,7 +94,7 @@ def _rows(array: Any) -> Any:
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_volume, write_json_atomic
     from medtorch.registration.landmarks import read_landmarks
 
     _check_outputs(args)  # before the long part: a bad output path fails at once
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     report.update({"fixed": str(args.fixed), "moving": str(args.moving), "transform": str(args.out_transform),
                    "affine_lps": res.affine.tolist(), "total_seconds": round(time.perf_counter() - start, 3),
                    "convention": "ITK: fixed point -> moving point, p_moving = A(p + d(p)), LPS mm"})
-    write_text_atomic(_report_path(args), json.dumps(report, indent=2, default=str))
+    write_json_atomic(_report_path(args), report)
     if not args.quiet:
         line = (f"Registered ({args.engine} {args.mode}, {report['metric']}) in {report['runtime_s']:.2f} s on "
                 f"{report['device']}: transform in {args.out_transform}")

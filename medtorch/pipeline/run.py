@@ -236,7 +236,7 @@ def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
     raised again for the caller.
     """
     from medtorch.device import device_summary, seed_everything, select_device
-    from medtorch.io import read_volume, write_text_atomic
+    from medtorch.io import read_volume, write_json_atomic
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
@@ -273,7 +273,7 @@ def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
         record["values"] = ctx.values
         record["outputs"] = {k: {"path": v, "sha256": _sha256(v)} for k, v in ctx.outputs.items() if Path(v).exists()}
         record["finished"] = datetime.now(timezone.utc).isoformat()
-        write_text_atomic(config.output_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))
+        write_json_atomic(config.output_dir / RUN_RECORD, record)
     report(progress, cancel, 1.0, "done")
     return RunRecord(record["status"], config.study, config.output_dir, record)
 
