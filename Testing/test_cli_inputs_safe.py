@@ -177,3 +177,23 @@ def test_json_outputs_are_strict_json(tmp_path):
     doc = json.loads(text)
     assert doc["a"] is None and doc["b"] == [1.0, None] and doc["c"] == 3 and doc["d"] == [1, 2] and doc["e"] == [0, 1]
     assert doc["nonfinite_as_null"] == ["$.a = inf", "$.b[1] = nan"]
+
+
+def test_info_on_an_empty_or_non_dicom_folder_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("not an image")
+    for name, what in (("empty", "it is empty"), ("text", "non-DICOM file")):
+        assert main(["info", str(tmp_path / name)]) == 2
+        assert what in capsys.readouterr().err
+
+
+def test_info_describes_a_single_dicom_slice(capsys):
+    import json
+
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    assert main(["info", get_testdata_file("CT_small.dcm")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["size_ijk"] == [128, 128, 1] and doc["spacing_mm"][0] == pytest.approx(0.661468)
