@@ -418,3 +418,11 @@ def test_benchmark_counts_failure_kinds_and_names_slipped_registrations():
     flagged = bench.kinds_flagged({"rows": rows})
     assert flagged == {"flipped": False, "noise": True}  # only the synthetic failure kinds
     assert bench.missed_failures({"rows": rows}) == (["clean-1"], 1)
+
+
+def test_cli_refuses_a_report_path_that_is_the_verdicts(pair_files, tmp_path, capsys):
+    rc, err = _cli(["register", "--fixed", str(pair_files["fixed"]), "--moving", str(pair_files["moving"]),
+                    "--out-transform", str(tmp_path / "reg.tfm"), "--report", str(tmp_path / "reg.verdict.json")],
+                   capsys)
+    assert rc == 2 and "verdict would be written to" in err and "--report" in err
+    assert list(tmp_path.iterdir()) == []

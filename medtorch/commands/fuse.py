@@ -113,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import __version__, ops
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_volume, write_json_atomic
     from medtorch.transform_io import read_transform
     from medtorch.volume import Volume
 
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         figures.update({"metrics": res.metrics, "metrics_mode": args.metrics_mode, "mi_unit": args.mi_unit,
                         "metrics_scale": "8-bit (0..255) as the fusion evaluators assume"})
     if args.metrics:
-        write_text_atomic(args.metrics, json.dumps(figures, indent=2, default=str))
+        write_json_atomic(args.metrics, figures)
     if not args.quiet:
         line = f"Fused ({args.method}); the moving volume covers {res.overlap_fraction:.1%} of the fixed grid"
         if res.metrics:

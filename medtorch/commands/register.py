@@ -99,6 +99,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
         fix = "use .tfm, .txt, .h5 or .mat for a rigid or affine transform"
     if not ok:
         raise MedTorchInputError(f"--out-transform {args.out_transform} has an unsupported extension for {args.mode}", fix)
+    if not args.no_verdict:  # the verdict's file is named from the transform's: it must not be another file
+        vpath = verdict_path(args).expanduser().resolve()
+        for flag, other in (("--report", _report_path(args)), ("--fixed", args.fixed), ("--moving", args.moving)):
+            if Path(other).expanduser().resolve() == vpath:
+                raise MedTorchInputError(f"the verdict would be written to {verdict_path(args)}, which is {flag} "
+                                         f"{other}", "give --out-transform (or that option) another name")
     for path in (args.out_transform, args.out_volume, _report_path(args), verdict_path(args)):
         if path:
             check_writable(path)
@@ -112,7 +118,7 @@ def _rows(array: Any) -> Any:
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
     from medtorch.cli import EXIT_VERDICT
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_json_atomic, write_volume
     from medtorch.registration.landmarks import read_landmarks
 
     _check_outputs(args)  # before the long part: a bad output path fails at once
@@ -156,8 +162,8 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                    "convention": "ITK: fixed point -> moving point, p_moving = A(p + d(p)), LPS mm"})
     if verdict is not None:
         report["verdict"] = verdict.to_dict()
-        write_text_atomic(verdict_path(args), verdict.to_json())
-    write_text_atomic(_report_path(args), json.dumps(report, indent=2, default=str))
+        write_json_atomic(verdict_path(args), verdict.to_dict())
+    write_json_atomic(_report_path(args), report)
     if verdict is not None and verdict.failed:
         return EXIT_VERDICT
     if not args.quiet:

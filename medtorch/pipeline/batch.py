@@ -167,7 +167,8 @@ def run_batch(manifest: str | os.PathLike[str], config_path: str | os.PathLike[s
         client = Client(scheduler)
     else:
         workers = gpu_count or max(1, int(n_workers))
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        # dashboard on a free port (":0"): a fixed 8787 taken by another cluster made Dask warn
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                resources={"GPU": 1} if gpu_count else None)
         client = Client(cluster)
     try:

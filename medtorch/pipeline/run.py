@@ -8,7 +8,7 @@ study may set any of the core's options there, more than the operations take).
 
 ``run.json`` is written last; its ``status`` is ``"done"`` only when every step finished,
 which is how :mod:`medtorch.pipeline.batch` knows a case can be skipped on resume. Steps whose
-result has a verdict (register) put it under ``verdicts`` (the step's checks) and the worst of
+result has a verdict (register, seeded segment) put it under ``verdicts`` (the step's checks) and the worst of
 them under ``verdict`` (``pass``, ``warn`` or ``fail``; absent when no step has one): a study
 that finished with a failing verdict is still ``done`` -- the verdict says whether to trust it.
 """
@@ -51,6 +51,14 @@ class StepContext:
 
     def out(self, relative: str) -> Path:
         path = self.config.output_dir / relative
+        # an output never replaces an input (the same rule as the command line's)
+        target = path.resolve()
+        for name, src in self.config.inputs.items():
+            s = Path(src).resolve()
+            if target == s or (target.exists() and s.exists() and s.is_file() and target.samefile(s)):
+                raise MedTorchInputError(f"the study's output {relative} in {self.config.output_dir} is its input "
+                                         f"{name!r} ({src}): writing it would replace the input",
+                                         "choose another output_dir for the study, or move the input out of it")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -178,9 +186,10 @@ def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
         inputs = {"seeds": read_volume(p.pop("seeds"), kind="label")}
         channels = [vol, *(ctx.input_volume({"input": name}) for name in p.pop("extra_inputs", []))]
         inputs.update({f"channel{i}": v for i, v in enumerate(channels)})
-        label = ops.run(ops.request_from_params(SeededRequest, p), inputs, progress=progress,
-                        cancel=cancel).volumes["label"]
-        values = {}
+        out = ops.run(ops.request_from_params(SeededRequest, p), inputs, progress=progress, cancel=cancel)
+        label, values = out.volumes["label"], {}
+        if out.values.get("verdict"):  # whether the result stayed with the seeds (medtorch.segment.seeded_verdict)
+            ctx.verdicts["segment"] = out.values["verdict"]
     else:
         raise MedTorchInputError(f"unknown segmentation method {method!r}", "use threshold, seeded or model")
     ctx.write("segmentation", label, "segment/segmentation.nrrd")
@@ -234,7 +243,7 @@ def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
     raised again for the caller.
     """
     from medtorch.device import device_summary, seed_everything, select_device
-    from medtorch.io import read_volume, write_text_atomic
+    from medtorch.io import read_volume, write_json_atomic
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
@@ -276,7 +285,7 @@ def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
             record["verdict"] = worst(v["status"] for v in ctx.verdicts.values())
         record["outputs"] = {k: {"path": v, "sha256": _sha256(v)} for k, v in ctx.outputs.items() if Path(v).exists()}
         record["finished"] = datetime.now(timezone.utc).isoformat()
-        write_text_atomic(config.output_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))
+        write_json_atomic(config.output_dir / RUN_RECORD, record)
     report(progress, cancel, 1.0, "done")
     return RunRecord(record["status"], config.study, config.output_dir, record)
 

@@ -871,10 +871,9 @@ def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
     ``volumes_csv``: mL per label and, for BraTS models, per region TC / WT / ET),
     ``info`` (a JSON file for the run's details), ``device``, ``quiet``.
     """
-    import json
 
     from medtorch.commands import progress_bar
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_text_atomic, write_volume, write_json_atomic
 
     model_path = _arg(args, "model")
     out = _arg(args, "out", "output")
@@ -932,7 +931,7 @@ def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
         write_text_atomic(csv_path, "\n".join(lines) + "\n")
     info_path = _arg(args, "info", "info_json")
     if info_path:
-        write_text_atomic(info_path, json.dumps(info, indent=2, default=str))
+        write_json_atomic(info_path, info)
     if not getattr(args, "quiet", False):
         parts = ", ".join(f"{k}: {v:.2f} mL" for k, v in info["volumes_ml"].items()) or "no voxel labelled"
         print(f"Segmented with {info['model']['source']} model in {info['seconds']['total']:.1f} s: {parts}")
