@@ -197,3 +197,20 @@ def test_info_describes_a_single_dicom_slice(capsys):
     assert main(["info", get_testdata_file("CT_small.dcm")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["size_ijk"] == [128, 128, 1] and doc["spacing_mm"][0] == pytest.approx(0.661468)
+
+
+@pytest.mark.parametrize("argv", [
+    ["denoise", "--in", "{in}", "--out", "{dir}/o.nii.gz"],
+    ["enhance", "--in", "{in}", "--out", "{dir}/o.nii.gz", "--window", "0,200"],
+    ["threshold-seg", "--in", "{in}", "--out", "{dir}/o.nii.gz", "--lower", "150"],
+    ["register", "--fixed", "{in}", "--moving", "{in}", "--out-transform", "{dir}/t.tfm"],
+    ["superres", "--in", "{in}", "--factor", "2", "--out", "{dir}/o.nii.gz"],
+])
+def test_a_device_this_machine_lacks_is_refused_by_every_command(argv, vol, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rc = main([a.format(**{"in": str(vol), "dir": str(tmp_path)}) for a in argv] + ["--device", "cuda", "-q"])
+    assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not list(tmp_path.glob("o.*")) and not (tmp_path / "t.tfm").exists()
