@@ -239,3 +239,18 @@ def test_deformable_mi_defaults_refine_the_control_grid_in_three_levels():
     affine_only = pair.tre(pair.landmarks @ res.affine[:3, :3].T + res.affine[:3, 3])
     assert pair.tre(res.map_points(pair.landmarks)).mean() < 0.8 * affine_only.mean()
     assert res.report["folding_percent"] == 0.0
+
+
+def test_cli_device_option_does_not_leak_into_the_callers_environment(monkeypatch, tmp_path):
+    """``--device`` reaches the command through $MEDTORCH_DEVICE; an in-process caller gets its
+    environment back (a refused ``--device cuda`` once left every later registration refused)."""
+    import os
+
+    from medtorch.cli import main
+
+    monkeypatch.delenv("MEDTORCH_DEVICE", raising=False)
+    main(["info", str(tmp_path / "missing.nrrd"), "--device", "cpu", "-q"])
+    assert "MEDTORCH_DEVICE" not in os.environ
+    monkeypatch.setenv("MEDTORCH_DEVICE", "cpu")
+    main(["info", str(tmp_path / "missing.nrrd"), "--device", "auto", "-q"])
+    assert os.environ["MEDTORCH_DEVICE"] == "cpu"
