@@ -227,7 +227,8 @@ def seg_segment_stats(path: str | os.PathLike[str]) -> tuple[dict[int, tuple[np.
     sums: dict[int, list[Any]] = {int(s.SegmentNumber): [0.0, np.zeros(3), str(s.SegmentLabel)]
                                   for s in ds.SegmentSequence}
     for f, pf in enumerate(per_frame):
-        number = int(pf.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ident = _first(pf, "SegmentIdentificationSequence") or _first(shared, "SegmentIdentificationSequence")
+        number = int(ident.ReferencedSegmentNumber)  # shared when the SEG holds one segment
         w = weights[f]
         total = float(w.sum())
         if total == 0 or number not in sums:
