@@ -315,3 +315,19 @@ def test_cli_mirrored_writer_exits_with_error(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert rc == 1 and "failed its geometry check" in err
     assert list(out.iterdir()) == []
+
+
+def test_cli_registers_its_paths_and_series_option():
+    import argparse
+
+    from medtorch.cli import build_parser
+    from medtorch.commands.paths import PATH_OPTIONS, SERIES_OPTIONS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices["export-dicom"]
+    dests = {a.dest for a in parser._actions}
+    assert PATH_OPTIONS["export-dicom"] == (("seg", "source"), ("out",))
+    assert SERIES_OPTIONS["export-dicom"] == {"source": "--source-series-uid"}
+    assert {"seg", "source", "out", "source_series_uid", "overwrite_input", "names", "fractional"} <= dests
+    help_text = parser.format_help()
+    assert help_text.count("default: SEMIAUTOMATIC") == 1 and "medtorch export-dicom --seg" in help_text
