@@ -331,3 +331,32 @@ def test_cli_registers_its_paths_and_series_option():
     assert {"seg", "source", "out", "source_series_uid", "overwrite_input", "names", "fractional"} <= dests
     help_text = parser.format_help()
     assert help_text.count("default: SEMIAUTOMATIC") == 1 and "medtorch export-dicom --seg" in help_text
+
+
+def test_multiframe_source_real_file(tmp_path, monkeypatch):
+    """pydicom's enhanced CT eCT_Supplemental.dcm: one file, two frames stored against the slice order
+    (frame 1 lies before frame 0 along the normal), negated row and normal directions."""
+    path = get_testdata_file("eCT_Supplemental.dcm")
+    if path is None:  # pragma: no cover
+        pytest.skip("pydicom's eCT_Supplemental.dcm is not available")
+    vol = read_dicom_series(path)
+    lab = np.zeros(vol.array.shape, np.uint8)
+    lab[0, 100:150, 200:260] = 1
+    lab[1, 300:310, 20:40] = 2
+    lab[0, 300:302, 20:24] = 2
+    out = tmp_path / "mf.dcm"
+    result = write_dicom_seg(Volume(lab, vol.geometry, "label"), path, out, names={1: "Tumor", 2: "Edema"})
+    assert all(s.shift_voxels < 1e-3 and s.volume_diff_voxels == 0 for s in result.segments)
+    ds = pydicom.dcmread(out)
+    src = pydicom.dcmread(path, stop_before_pixels=True)
+    assert ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    want = intended(lab, vol.geometry)
+    to_ijk = np.linalg.inv(vol.geometry.direction @ np.diag(vol.geometry.spacing))
+    got = highdicom_segments(out)
+    for number in (1, 2):
+        assert np.abs(to_ijk @ (got[number][0] - want[number][0])).max() < 0.01
+        assert got[number][1] == pytest.approx(want[number][1], rel=1e-6)
+    monkeypatch.setattr(dicom_seg, "_frames_for_writer", _reverse_frames)
+    with pytest.raises(DicomGeometryError, match="voxels off"):
+        write_dicom_seg(Volume(lab, vol.geometry, "label"), path, tmp_path / "mirrored.dcm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mf.dcm"]

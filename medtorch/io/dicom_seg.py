@@ -6,7 +6,9 @@ that references the DICOM series the segmentation was computed on:
 
 * the source series is read with MedTorch's own DICOM reader (:mod:`medtorch.io.dicom`):
   the same grid, sorted by position along the slice normal, the same refusals (missing
-  slices, gantry tilt, ...); the label map must lie on that grid, or it is refused;
+  slices, gantry tilt, ...); the label map must lie on that grid, or it is refused. A
+  series of single-frame images and one multi-frame (enhanced) image are both accepted;
+  for the latter the SEG's frames follow the source's frame numbers;
 * segments carry the standard terminology codes of :mod:`medtorch.segment.terminology`
   (the codes SegmentTumor assigns), looked up by the names given for the label values;
 * the SEG gets a new SeriesInstanceUID and SOPInstanceUID, the source's Study, Patient and
@@ -105,6 +107,7 @@ class _Source:
     datasets: list[Any]  # pydicom datasets (no pixel data), in the reader's slice order
     geometry: Geometry
     series_uid: str
+    frame_numbers: list[int] | None = None  # multi-frame source: file frame index of each slice k
 
 
 def _read_source(source: str | os.PathLike[str], series_uid: str | None) -> _Source:
@@ -123,14 +126,17 @@ def _read_source(source: str | os.PathLike[str], series_uid: str | None) -> _Sou
                                  "give the image series (CT, MR, PET ...) the segmentation was computed on")
     frames = d._dedupe([f for h in sorted(headers, key=lambda h: str(h.path)) for f in d._frames_of(h)], notes)
     frames, geometry, _ = d._check_and_sort(frames, uid, from_folder=p.is_dir())
-    if any(f.num_file_frames > 1 for f in frames):
-        raise MedTorchInputError(
-            f"the source series {uid} is stored as a multi-frame image; export-dicom writes SEG objects only "
-            "for series of single-frame images",
-            "export the series from the PACS or Slicer as single-frame (classic) images and give that folder")
     if frames[0].samples != 1:
         raise MedTorchInputError(f"the source series {uid} is a colour image", "give a grey-scale image series")
     by_path = {h.path: h.ds for h in headers}
+    if any(f.num_file_frames > 1 for f in frames):
+        files = {f.path for f in frames}
+        if len(files) > 1 or len(frames) != frames[0].num_file_frames:
+            raise MedTorchInputError(
+                f"the source series {uid} mixes multi-frame files ({len(files)} files)",
+                "give one multi-frame file, or a series of single-frame images")
+        # one multi-frame image: the SEG's frames follow the source's frame numbers
+        return _Source([by_path[frames[0].path]], geometry, uid, [f.index for f in frames])
     return _Source([by_path[f.path] for f in frames], geometry, uid)
 
 
@@ -173,6 +179,15 @@ def _mirror_free_frames(masks: np.ndarray) -> np.ndarray:
 
 
 _frames_for_writer: Callable[[np.ndarray], np.ndarray] = _mirror_free_frames
+
+
+def _in_source_order(frames: np.ndarray, frame_numbers: Sequence[int] | None) -> np.ndarray:
+    """Slices k (sorted along the normal) -> the frames of a multi-frame source, in its frame order."""
+    if frame_numbers is None:
+        return frames
+    out = np.empty_like(frames)
+    out[np.asarray(frame_numbers)] = frames
+    return out
 
 
 def _code(c: Any) -> Any:
@@ -412,7 +427,7 @@ def write_dicom_seg(
     series_uid, sop_uid = generate_uid(), generate_uid()
     seg = hd.seg.Segmentation(
         source_images=src.datasets,
-        pixel_array=_frames_for_writer(masks),
+        pixel_array=_in_source_order(_frames_for_writer(masks), src.frame_numbers),
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
