@@ -256,6 +256,10 @@ def seg_segment_stats(path: str | os.PathLike[str]) -> tuple[dict[int, tuple[np.
     return out, ds
 
 
+def _xyz(v: np.ndarray) -> tuple[float, float, float]:
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
 def check_dicom_seg(path: str | os.PathLike[str], intended: Mapping[int, tuple[int, str, np.ndarray, float]],
                     geometry: Geometry, source_series_uid: str, frame_of_reference: str) -> tuple[SegmentCheck, ...]:
     """Compare the SEG at ``path`` with what was meant to be written; raise :class:`DicomGeometryError`
@@ -287,8 +291,7 @@ def check_dicom_seg(path: str | os.PathLike[str], intended: Mapping[int, tuple[i
         else:
             shift = float(np.max(np.abs(to_ijk @ (got_centroid - centroid))))
         dv = abs(got_volume - volume) / voxel
-        check = SegmentCheck(number, value, name, tuple(float(v) for v in centroid),
-                             None if got_centroid is None else tuple(float(v) for v in got_centroid),
+        check = SegmentCheck(number, value, name, _xyz(centroid), None if got_centroid is None else _xyz(got_centroid),
                              float(volume), float(got_volume), shift, float(dv))
         checks.append(check)
         if got_centroid is None:
@@ -385,7 +388,7 @@ def write_dicom_seg(
         quantized = np.round(array.astype(np.float64) * max_value) / max_value  # what the file can hold
         values = [1]
         weights = {1: quantized}
-        masks = quantized.astype(np.float32)[..., None]
+        masks: np.ndarray = quantized.astype(np.float32)[..., None]
     else:
         if not np.all(array == np.round(array)) or array.min() < 0:
             raise MedTorchInputError(
@@ -393,7 +396,7 @@ def write_dicom_seg(
                 "give a label map (0 = background, 1, 2 ... = segments), or add --fractional for a probability map")
         values = [int(v) for v in np.unique(array) if v != 0]
         weights = {v: (array == v).astype(np.float64) for v in values}
-        masks = np.stack([array == v for v in values], axis=-1) if values else None
+        masks = np.stack([array == v for v in values], axis=-1) if values else np.zeros(array.shape + (0,), bool)
     if not values or all(w.sum() == 0 for w in weights.values()):
         raise MedTorchInputError("the segmentation is empty (no voxel belongs to a segment)",
                                  "check the label map: there is nothing to export")
