@@ -25,6 +25,7 @@ __all__ = ["PATH_OPTIONS", "SERIES_OPTIONS", "add_series_arguments", "check_outp
 PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "denoise": (("input",), ("out", "metrics")),
     "enhance": (("input", "match"), ("out", "bias_field")),
+    "export-dicom": (("seg", "source"), ("out",)),
     "fuse": (("fixed", "moving", "transform", "checkpoint"),
              ("out", "out_luminance", "out_resampled", "metrics", "save_checkpoint")),
     "register": (("fixed", "moving", "fixed_mask", "moving_mask", "initial_transform", "fixed_landmarks",
@@ -101,6 +102,7 @@ def check_outputs(command: str, args: argparse.Namespace) -> None:
 SERIES_OPTIONS: dict[str, dict[str, str]] = {
     "denoise": {"input": "--series-uid"},
     "enhance": {"input": "--series-uid", "match": "--match-series-uid"},
+    "export-dicom": {"source": "--source-series-uid"},
     "superres": {"input": "--series-uid"},
     "threshold-seg": {"input": "--series-uid"},
     "fuse": {"fixed": "--fixed-series-uid", "moving": "--moving-series-uid"},
