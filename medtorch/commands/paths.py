@@ -23,6 +23,7 @@ __all__ = ["PATH_OPTIONS", "SERIES_OPTIONS", "add_series_arguments", "check_outp
 #: A command not listed reads and writes folders only (demo, fuse-eval, pipeline, batch, train-seg)
 #: or nothing it could overwrite (info).
 PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "convert": (("input",), ("out",)),
     "denoise": (("input",), ("out", "metrics")),
     "enhance": (("input", "match"), ("out", "bias_field")),
     "export-dicom": (("seg", "source"), ("out",)),
@@ -100,6 +101,7 @@ def check_outputs(command: str, args: argparse.Namespace) -> None:
 #: reads volumes lets each input name its series; a folder of several series with none chosen is
 #: refused with a hint naming this option. ``segment``'s ``--series-uid`` repeats, one per ``--in``.
 SERIES_OPTIONS: dict[str, dict[str, str]] = {
+    "convert": {"input": "--series-uid"},
     "denoise": {"input": "--series-uid"},
     "enhance": {"input": "--series-uid", "match": "--match-series-uid"},
     "export-dicom": {"source": "--source-series-uid"},
