@@ -100,7 +100,7 @@ def median(volume: Volume, radius_mm: float = 1.0, progress: ProgressCallback | 
     radius = [int(round(radius_mm / s)) for s in volume.spacing]
     if max(radius) < 1:
         raise MedTorchInputError(
-            f"a median radius of {radius_mm} mm is less than half a voxel (spacing {tuple(np.round(volume.spacing, 3))} mm)",
+            f"a median radius of {radius_mm} mm is less than half a voxel (spacing {tuple(round(float(v), 3) for v in volume.spacing)} mm)",
             f"use a radius of at least {0.5 * float(volume.spacing.min()):.3g} mm")
     filt = sitk.MedianImageFilter()
     filt.SetRadius(radius)
