@@ -3,7 +3,9 @@
 Sub-commands live in :mod:`medtorch.commands`, one module each, and are discovered here.
 Every command shows progress on stderr (``--quiet`` hides it), can be stopped with Ctrl-C
 (outputs are written atomically, so nothing half-written is left), and reports a user
-error as one clear message, not a traceback.
+error as one clear message, not a traceback. Every command runs with the runtime's thread
+policy (:mod:`medtorch.runtime.threads`: threads from the free CPUs, OpenMP not spinning;
+``MEDTORCH_THREADS`` overrides it).
 
 Exit codes: 0 success, 2 bad input or usage, 130 cancelled, 1 unexpected error.
 """
@@ -23,6 +25,7 @@ from medtorch import __version__
 from medtorch.commands import Command
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.progress import CancelToken
+from medtorch.runtime.threads import applied, plan_threads
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -71,6 +74,12 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # chosen before any command imports torch, so that OpenMP starts with it; put back on return
+    with applied(plan_threads()):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     commands = discover_commands()
     parser = build_parser(commands)
     args = parser.parse_args(argv)

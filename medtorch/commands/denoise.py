@@ -8,10 +8,10 @@ Methods: gaussian, median, anisotropic, bilateral, nlm, patch, dct, collab, self
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from medtorch.commands import Command, device_of, progress_bar
+from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import DenoiseRequest
 from medtorch.progress import CancelToken
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if args.metrics:
         info = {k: out.metadata.get(k) for k in ("method", "strength", "noise_model", "noise_sigma", "noise_estimator")}
         info.update(seed=seed, seconds=round(seconds, 3), input=args.input, output=args.out)
-        write_text_atomic(args.metrics, json.dumps(info, indent=2, default=str))
+        write_text_atomic(args.metrics, json_dumps(info, indent=2))
     if not args.quiet:
         extra = f", noise sigma {out.metadata['noise_sigma']:.4g} ({out.metadata['noise_model']})" if "noise_sigma" in out.metadata else ""
         print(f"Denoised ({args.method}{extra}) into {args.out} in {seconds:.1f} s")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from medtorch.commands import Command
+from medtorch.jsonvalue import plain
 from medtorch.progress import CancelToken
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     vol = read_volume(path, series_uid=args.series_uid)
     info = {
         "size_ijk": list(vol.size), "spacing_mm": [float(v) for v in vol.spacing],
-        "origin_lps_mm": [float(v) for v in vol.origin], "direction": np.round(vol.direction, 6).tolist(),
+        "origin_lps_mm": [float(v) for v in vol.origin], "direction": plain(np.round(vol.direction, 6)),
         "kind": vol.kind, "dtype": str(vol.array.dtype),
         "min": float(np.min(vol.array)), "max": float(np.max(vol.array)),
         "metadata": {k: str(v) for k, v in vol.metadata.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medtorch.commands import Command, progress_bar
+from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.segmentation import SegMetricsRequest
 from medtorch.progress import CancelToken
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                                 lesion_wise=not args.no_lesion_wise)
     rep = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
     if args.json:
-        write_text_atomic(args.json, json.dumps(rep.to_dict(), indent=2, default=str))
+        write_text_atomic(args.json, json_dumps(rep.to_dict(), indent=2))
     if args.csv:
         write_text_atomic(args.csv, rep.to_csv())
     if not args.quiet:

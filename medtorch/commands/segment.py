@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medtorch.commands import Command, progress_bar, vec3
 from medtorch.errors import MedTorchInputError
+from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.segmentation import SeededRequest
 from medtorch.progress import CancelToken
@@ -151,7 +152,7 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
                                                                                      list(res.region[1])],
                 "iterations": res.iterations, "seconds": res.seconds,
                 "volumes_ml": {r.name: r.volume_ml for r in rows}}
-        write_text_atomic(args.info, json.dumps(info, indent=2, default=str))
+        write_text_atomic(args.info, json_dumps(info, indent=2))
     if not args.quiet:
         parts = ", ".join(f"{r.name}: {r.volume_ml:.2f} mL" for r in rows)
         print(f"Segmented {len(tumour)} class(es) in {res.seconds['total']:.1f} s: {parts}")

@@ -9,10 +9,10 @@ with slice centres placed symmetrically inside each thick slice.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from medtorch.commands import Command, device_of, progress_bar, vec3
+from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import SuperresRequest
 from medtorch.progress import CancelToken
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                 "output_spacing": [float(v) for v in out.spacing]}
         if trained is not None:
             info.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "factor", "log")})
-        write_text_atomic(args.metrics, json.dumps(info, indent=2, default=str))
+        write_text_atomic(args.metrics, json_dumps(info, indent=2))
     if not args.quiet:
         sp = ", ".join(f"{v:.4g}" for v in out.spacing)
         print(f"Super-resolved ({args.method}) {tuple(vol.size)} -> {tuple(out.size)} voxels, spacing {sp} mm, "
