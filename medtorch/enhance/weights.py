@@ -89,7 +89,8 @@ def export_onnx(net: torch.nn.Module, path: str | Path, opset: int = 17) -> Path
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "constant folding not applied" for the replicate padding: harmless
-        torch.onnx.export(net, (dummy,), buffer, dynamo=False, opset_version=opset, input_names=["low"],
+        torch.onnx.export(net, (dummy,), buffer,  # type: ignore[arg-type]  # a file object is accepted
+                          dynamo=False, opset_version=opset, input_names=["low"],
                           output_names=["high"], dynamic_axes={"low": {0: "n", 2: "h", 3: "w"},
                                                                "high": {0: "n", 2: "h", 3: "wf"}})
     with atomic_path(target) as tmp:
