@@ -26,7 +26,7 @@ except ImportError:  # developer checkout: the core sits beside the module folde
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
 #: Fusion methods offered in the module (medtorch.fusion.methods.METHODS, less the reference rule "max").
-FUSION_METHODS = ["average", "dwt", "laplacian", "gff", "pca", "cnn"]
+FUSION_METHODS = ["average", "dwt", "laplacian", "gff", "gradient", "pca", "cnn"]
 MODALITY_CHOICES = ["auto", "CT", "MR", "PT", "NM", "OT"]
 CT_WINDOW_CHOICES = ["bone", "brain", "subdural", "stroke", "lung", "mediastinum", "soft_tissue", "liver"]
 COLOR_MAP_CHOICES = ["none", "hot", "jet", "rainbow", "gray"]
@@ -58,8 +58,10 @@ it and give the target registration error. The result is a linear or grid transf
 (ITK convention, shown in RAS), a resampled volume and a report (node attributes and a table).
 <br><b>Fusion</b>: bring the moving volume onto the fixed grid (through the transforms the
 volumes are under: after Register, just press Fuse) and fuse the two into a new volume by a
-weighted average, the wavelet (DWT) rule, a Laplacian pyramid, guided filtering (GFF), PCA
-weights or a small CNN trained on the pair itself. Each input is first brought to [0, 1]
+weighted average, DWT (mean approximation, max-abs details), a Laplacian pyramid, guided
+filtering (GFF), gradient-domain fusion (the stronger gradient, then a Poisson solve), PCA
+weights or a small CNN trained on the pair itself. 2D images (PNG, JPEG, TIFF, BMP, which Slicer
+loads as one-slice volumes) are fused as 2D images. Each input is first brought to [0, 1]
 (CT through a window preset, MRI and the rest by 1st-99th percentiles); the fused volume is
 in [0, 1]. A PET or SPECT moving volume can be fused in colour (YCbCr: the luminance fused,
 the colour kept) into an RGB volume. The views show the fixed volume under the moving one
@@ -115,7 +117,7 @@ class FusionRegistrationParameterNode:
     """
     fixedVolume - the reference: the output has its geometry.
     movingVolume - the volume brought onto the fixed grid.
-    fusionMethod - average, dwt, laplacian, gff, pca or cnn.
+    fusionMethod - average, dwt, laplacian, gff, gradient (gradient-domain), pca or cnn.
     blendWeight - average: share of the moving volume (0: fixed only, 1: moving only).
     normalization - "auto": CT windowed, the rest percentile-normalised; "percentile": all
         percentile-normalised; "none": raw intensities (average only).
@@ -467,6 +469,18 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             inputs["displacement"] = transform
         return inputs, matrix
 
+    @staticmethod
+    def isColourImage(node) -> bool:
+        """Whether a vector volume node is an RGB(A) colour image (3 or 4 components of 8- or 16-bit
+        unsigned integers, as Slicer loads a colour PNG, JPEG, TIFF or BMP)."""
+        import vtk
+
+        image = node.GetImageData() if node is not None else None
+        if image is None:
+            return False
+        return image.GetNumberOfScalarComponents() in (3, 4) and image.GetScalarType() in (
+            vtk.VTK_UNSIGNED_CHAR, vtk.VTK_UNSIGNED_SHORT)
+
     def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None):
         """Checked inputs: ``{"fixed", "moving"[, "displacement"]}`` and the transform matrix (or None)."""
         from medtorch.errors import MedTorchInputError
@@ -480,9 +494,11 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the output volume is one of the inputs",
                                      "choose another output volume, or none to create a new one")
         for role, node in (("fixed", fixedVolume), ("moving", movingVolume)):
-            if node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
-                raise MedTorchInputError(f"the {role} volume {node.GetName()} is not a scalar (grey-value) volume",
-                                         "select scalar volumes (CT, MRI, PET, SPECT) to fuse")
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or (node.IsA("vtkMRMLVectorVolumeNode")
+                                                           and not self.isColourImage(node)):
+                raise MedTorchInputError(f"the {role} volume {node.GetName()} is not a grey-value volume or an RGB "
+                                         "colour image", "select scalar volumes (CT, MRI, PET, SPECT), or an RGB "
+                                         "colour PET/SPECT image (e.g. a PNG) to fuse with a grey one")
         self.ensureDependencies()
         return self._volumesAndTransform(fixedVolume, movingVolume)
 
@@ -529,7 +545,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         volumes are under (after Register: the transform registration made), as Slicer shows
         them; each is brought to [0, 1] (CT: ``ctWindow`` preset; MRI and the rest: 1st-99th
         percentiles; ``*Modality`` 'auto' takes the node's DICOM modality) and fused by
-        ``method`` (average, dwt, laplacian, gff, pca, cnn; ``methodParams`` as in
+        ``method`` (average, dwt, laplacian, gff, gradient, pca, cnn; ``methodParams`` as in
         ``medtorch.fusion.methods.METHODS``, ``weight`` for average). With ``colorMap`` (a PET
         or SPECT moving volume) the fusion is in colour and an RGB vector volume is made too.
         The fused volume (float, [0, 1]) goes to a new node (or ``outputVolume``), under the

@@ -152,7 +152,7 @@ def test_dwt_fusion_is_the_seeds_rule_on_pywavelets_coefficients():
 # -- rules --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["average", "max", "pca", "dwt", "laplacian", "gff"])
+@pytest.mark.parametrize("method", ["average", "max", "pca", "dwt", "laplacian", "gff", "gradient"])
 def test_fusing_an_image_with_itself_gives_it_back(method):
     a, _ = _smooth_pair((8, 24, 20))
     out, _ = fuse_arrays(a, a, method, device="cpu")

@@ -168,3 +168,26 @@ def test_one_class_without_a_box_is_still_refused(binary_case):
     ph, wt, seeds = binary_case
     with pytest.raises(MedTorchInputError, match="one class only"):
         seeded_segment([ph.channels["FLAIR"]], seeds.with_array((seeds.array == 1).astype(np.uint8)))
+
+
+def test_strokes_on_one_slice_get_a_region_as_deep_as_it_is_wide(binary_case):
+    """One-slice strokes give a flat seed box; region_aspect grows it across slices so the
+    tumour above and below the slice is segmented too (off: a slab a few slices thick)."""
+    from medtorch.segment.seeded import SeededOptions, _region_from_seeds
+
+    ph, wt, seeds = binary_case
+    t = wt.array > 0
+    zc = int(round(ndimage.center_of_mass(t)[0]))
+    flat = np.zeros_like(seeds.array)
+    flat[zc] = seeds.array[zc]
+    g = wt.geometry
+    sp = np.asarray(g.spacing)[::-1]
+    lo, hi = _region_from_seeds(flat, g, 5.0, 0.2, region_aspect=1.0)
+    ext = (hi - lo) * sp
+    assert ext[0] >= 0.95 * (np.ptp(np.argwhere(flat > 0), axis=0) * sp).max()
+    lo0, hi0 = _region_from_seeds(flat, g, 5.0, 0.2, region_aspect=0.0)
+    assert (hi0 - lo0)[0] < (hi - lo)[0]
+    on = seeded_segment([ph.channels["FLAIR"]], seeds.with_array(flat))
+    off = seeded_segment([ph.channels["FLAIR"]], seeds.with_array(flat), SeededOptions(region_aspect=0.0))
+    assert dice(on.label.array, t) > dice(off.label.array, t) + 0.1
+    assert dice(on.label.array, t) > 0.8

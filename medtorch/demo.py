@@ -121,7 +121,7 @@ ANISOTROPIC_ITERATIONS = 5
 #: Registration of the T2-like onto the T1: the torch engine, rigid, Mattes mutual information
 #: (the seed and device are the run's).
 REGISTRATION = RegisterRequest(mode="rigid", metric="mi", engine="torch")
-#: Fusion methods shown after registration; the seeds' DWT rule is the baseline.
+#: Fusion methods shown after registration; DWT (mean approximation, max-abs details) is the baseline.
 FUSION_METHODS: tuple[FusionMethod, ...] = ("average", "dwt", "gff")
 #: Super-resolution: thick slices simulated at this factor along k (2 mm -> 6 mm), then
 #: restored by cubic B-spline interpolation and by self-supervised SR (iterations of training).
@@ -1234,7 +1234,7 @@ _OUTPUT_DESCRIPTIONS = {
     "t2like_registered.nrrd": "the T2-like image resampled onto the T1 grid through the registration",
     "fused_no_registration.nrrd": "T1 + T2-like averaged without registration",
     "fused_registered_average.nrrd": "T1 + T2-like fused after registration: weighted average",
-    "fused_registered_dwt.nrrd": "T1 + T2-like fused after registration: the seeds' Haar DWT rule",
+    "fused_registered_dwt.nrrd": "T1 + T2-like fused after registration: Haar DWT, mean approximation, max-abs details",
     "fused_registered_gff.nrrd": "T1 + T2-like fused after registration: guided-filter fusion (Li 2013)",
     "t1_noisy.nrrd": "T1 with Rician noise",
     "t1_denoised_gaussian.nrrd": "noisy T1 after Gaussian smoothing",
@@ -1275,7 +1275,7 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
              f"{tre_r['mean']:.3f} / {tre_r['max']:.3f}", "well below the 2 mm voxel"],
             ["fused_registered_gff.nrrd", "QAB/F / VIF",
              f"{fm['gff'].get('QABF', float('nan')):.3f} / {fm['gff'].get('VIF', float('nan')):.3f}",
-             f"above the seeds' DWT rule ({fm['dwt'].get('QABF', float('nan')):.3f} / "
+             f"above DWT fusion ({fm['dwt'].get('QABF', float('nan')):.3f} / "
              f"{fm['dwt'].get('VIF', float('nan')):.3f})"],
             ["t1_noisy.nrrd", "PSNR (dB) / SSIM", f"{enh['noisy']['psnr_db']:.2f} / {enh['noisy']['ssim']:.4f}",
              "the starting point"],
@@ -1373,7 +1373,7 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
             f"percentile-normalised; output range {fus['output_range']}), with each method, and once without "
             "registration. Fusion metrics follow the fusion literature's common evaluator (3D versions: "
             "QAB/F of Xydeas and Petrovic with 3D Sobel edges, VIF, MI in bits summed over both sources, SSIM "
-            "summed, EN, SD, SF, AG on the 8-bit-scaled fused volume). The seeds' DWT rule is the baseline; "
+            "summed, EN, SD, SF, AG on the 8-bit-scaled fused volume). DWT fusion (mean approximation, max-abs details) is the baseline; "
             "average fusion can game MI and SSIM, which is why every metric and the images are shown.",
         ],
         [

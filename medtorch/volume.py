@@ -314,6 +314,12 @@ class Volume:
     def num_components(self) -> int:
         return int(self.array.shape[3]) if self.kind == "vector" else 1
 
+    @property
+    def is_2d(self) -> bool:
+        """True for a 2D image: one slice along k (how :mod:`medtorch.io` stores PNG, JPEG,
+        TIFF, BMP and 2D NIfTI/NRRD files), or metadata ``spatial_dims`` = ``"2"``."""
+        return is_single_slice(self.geometry) or str(self.metadata.get("spatial_dims", "")) == "2"
+
     # -- SimpleITK ------------------------------------------------------------------
     def to_sitk(self) -> "sitk.Image":
         """SimpleITK image with the same voxels, type and geometry (a copy)."""
@@ -431,16 +437,23 @@ class Volume:
 # -- validation --------------------------------------------------------------------------
 
 
+def is_single_slice(geometry: Geometry) -> bool:
+    """True when the grid has one slice along k (size ``(i, j, 1)``, i and j > 1): a 2D image."""
+    return int(geometry.size[2]) == 1 and min(geometry.size[:2]) > 1
+
+
 def check_volume(
     volume: Volume,
     name: str = "input volume",
     *,
     allow_constant: bool = False,
     allow_vector: bool = False,
+    allow_2d: bool = False,
 ) -> Volume:
     """Check that an algorithm can use ``volume``; raise :class:`MedTorchInputError` if not.
 
-    Covers: empty volume, 2D volume (a single slice), vector voxels where scalars are
+    Covers: empty volume, 2D volume (a single slice; accepted with ``allow_2d`` when the
+    slice is along k, see :func:`is_single_slice`), vector voxels where scalars are
     needed, zero/negative spacing, non-orthonormal direction, NaN or Inf voxels and
     (unless ``allow_constant``) a volume of one constant value. The volume is not modified.
     """
@@ -453,7 +466,7 @@ def check_volume(
     arr = volume.array
     if arr.size == 0:
         raise MedTorchInputError(f"{name} is empty", "load a volume that has voxels")
-    if min(volume.size) < 2:
+    if min(volume.size) < 2 and not (allow_2d and is_single_slice(volume.geometry)):
         raise MedTorchInputError(
             f"{name} is 2D (size {volume.size}): a 3D volume is needed",
             "load the whole series (all slices) rather than one image",

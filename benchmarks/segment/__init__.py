@@ -1,6 +1,6 @@
 """Segmentation benchmark: ``python -m benchmarks.segment [--quick]`` (from the repository root).
 
-Three parts, each also runnable alone, each writing its own report in ``docs/benchmarks/``:
+Five parts, each also runnable alone, each writing its own report in ``docs/benchmarks/``:
 
 * :mod:`benchmarks.segment.seeded_bench` -- seeded tumour segmentation (MedTorch's region
   competition, Slicer's GrowCut, scikit-image's random walker) on MNI-template tumour phantoms
@@ -9,8 +9,15 @@ Three parts, each also runnable alone, each writing its own report in ``docs/ben
 * :mod:`benchmarks.segment.dl_timing` -- deep-learning inference of a BraTS-bundle-shaped
   SegResNet on a 240x240x155 four-channel study, beside MONAI's bundle runner (``segment_dl.md``);
 * :mod:`benchmarks.segment.nodules_bench` -- lung-nodule detection, MedTorch's LoG beside
-  scikit-image's ``blob_log`` (``segment_nodules.md``).
+  scikit-image's ``blob_log`` (``segment_nodules.md``);
+* :mod:`benchmarks.segment.family_bench` -- seeded segmentation on a varied phantom family (1-3
+  lesions of 5-40 mm, dark lesions, rims, thick slices, ...): the distribution of whole-tumour
+  Dice of MedTorch beside ITK FastGrowCut (``segment_family.md``);
+* :mod:`benchmarks.segment.real_bench` -- seeded segmentation of real brain tumours
+  (``--real-dir DIR``; the data is never committed): a fixed development / held-out split, five
+  seed protocols and correction rounds, MedTorch beside FastGrowCut, a random walker and an
+  oracle threshold, with the issue's targets (``segment_real.md``).
 
-``python -m benchmarks.segment`` runs all three and writes ``docs/benchmarks/segment.md``, which
-gathers the three reports.
+``python -m benchmarks.segment`` runs them (``real`` only with ``--real-dir DIR``) and writes
+``docs/benchmarks/segment.md``, which gathers the reports.
 """

@@ -1,8 +1,12 @@
-"""``python -m benchmarks.segment [--quick] [--parts seeded dl nodules] [--workdir DIR] [--out PATH]``.
+"""``python -m benchmarks.segment [--quick] [--parts seeded dl nodules family real] [--real-dir DIR]
+[--workdir DIR] [--out PATH]``.
 
 Runs the parts (see :mod:`benchmarks.segment`) one after the other, each in its own processes,
 then writes ``docs/benchmarks/segment.md`` gathering their reports (``--quick``: every report
-goes to ``<workdir>`` instead, ``segment.md`` included, unless ``--out``).
+goes to ``<workdir>`` instead, ``segment.md`` included, unless ``--out``). The part ``real`` needs
+real cases (``--real-dir DIR``, never committed) and runs by default only when it is given. A full
+run (not ``--quick``) of some parts keeps the other parts' reports already in ``docs/benchmarks/``
+in the summary.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ PARTS = {
     "seeded": ("benchmarks.segment.seeded_bench", "segment_seeded.md", "Seeded tumour segmentation"),
     "dl": ("benchmarks.segment.dl_timing", "segment_dl.md", "Deep-learning inference"),
     "nodules": ("benchmarks.segment.nodules_bench", "segment_nodules.md", "Lung-nodule detection"),
+    "family": ("benchmarks.segment.family_bench", "segment_family.md", "Seeded segmentation on a varied phantom family"),
+    "real": ("benchmarks.segment.real_bench", "segment_real.md", "Seeded segmentation of real brain tumours"),
 }
+#: parts that need data given on the command line: part -> option
+NEEDS = {"real": "--real-dir"}
 
 
 def _body(md: str) -> str:
@@ -35,7 +43,9 @@ def _body(md: str) -> str:
 
 
 def write_summary(out: Path, reports: dict[str, Path], quick: bool, seconds: dict[str, float],
-                  failed: dict[str, int]) -> None:
+                  failed: dict[str, int], earlier: dict[str, Path] | None = None) -> None:
+    """The summary of the parts run (``reports``) and of ``earlier`` reports kept from earlier runs."""
+    earlier = earlier or {}
     lines = [
         "# Segmentation benchmark",
         "",
@@ -44,13 +54,15 @@ def write_summary(out: Path, reports: dict[str, Path], quick: bool, seconds: dic
         "",
     ]
     for name, (module, fname, title) in PARTS.items():
-        if name not in reports:
+        if name not in reports and name not in earlier:
             continue
-        path = reports[name]
+        path = reports.get(name) or earlier[name]
         link = os.path.relpath(path, out.parent)
-        lines += [f"## {title}", "", f"`python -m {module}" + (" --quick" if quick else "") + f"` -> [{fname}]({link})"
-                  + f" ({seconds.get(name, 0.0):.0f} s" + (f"; exit status {failed[name]}" if name in failed else "")
-                  + ")", ""]
+        extra = " --real-dir DIR" if name in NEEDS else ""
+        when = (f" ({seconds.get(name, 0.0):.0f} s" + (f"; exit status {failed[name]}" if name in failed else "") + ")"
+                if name in reports else " (report of an earlier run, not rerun by this command)")
+        lines += [f"## {title}", "", f"`python -m {module}{extra}" + (" --quick" if quick else "")
+                  + f"` -> [{fname}]({link})" + when, ""]
         if path.exists():
             lines += [_body(path.read_text(encoding="utf-8")), ""]
         else:
@@ -65,12 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.segment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="every part's quick mode (a few minutes each)")
-    p.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS), help="only these parts")
+    p.add_argument("--parts", nargs="+", choices=list(PARTS),
+                   help="only these parts (default: all; 'real' only with --real-dir)")
+    p.add_argument("--real-dir", type=Path,
+                   help="real brain-tumour cases DIR/<CaseID>/{flair,t1,t1ce,t2,seg}.nii.gz for the part 'real' "
+                        "(never committed)")
     p.add_argument("--workdir", type=Path, help="data and results (default: a new temporary folder)")
     p.add_argument("--out", type=Path, help="summary report (default: docs/benchmarks/segment.md; --quick: "
                                             "<workdir>/segment.md)")
     p.add_argument("--threads", type=int, default=2, help="threads per run (default 2)")
     args = p.parse_args(argv)
+    parts = args.parts or [n for n in PARTS if n not in NEEDS or (n == "real" and args.real_dir is not None)]
+    if "real" in parts and args.real_dir is None:
+        p.error("the part 'real' needs --real-dir DIR (a folder of real cases)")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="medtorch-segment-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -78,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     reports: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     failed: dict[str, int] = {}
-    for name in args.parts:
+    for name in parts:
         module, fname, _ = PARTS[name]
         report = work / fname if args.quick else DOCS / fname
         cmd = [sys.executable, "-m", module, "--workdir", str(work / name), "--out", str(report),
                "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        if name == "real":
+            cmd += ["--real-dir", str(args.real_dir.resolve())]
         print(f"[segment] {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
@@ -92,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         reports[name] = report
         print(f"[segment] {name} done in {seconds[name]:.0f} s (exit {rc})", flush=True)
     out = args.out or (work / "segment.md" if args.quick else DOCS / "segment.md")
-    write_summary(out, reports, args.quick, seconds, failed)
+    earlier = {} if args.quick else {n: DOCS / f for n, (_, f, _) in PARTS.items()
+                                     if n not in reports and (DOCS / f).exists()}
+    write_summary(out, reports, args.quick, seconds, failed, earlier)
     print(f"[segment] summary written to {out}", flush=True)
     return 1 if failed else 0
 

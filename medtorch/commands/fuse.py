@@ -104,6 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--functional", default=default_of(FuseRequest, "functional"),
                    choices=choices(FuseRequest, "functional"),
                    help="which volume is the PET/SPECT (default: from the modalities)")
+    p.add_argument("--metric-set", default=default_of(FuseRequest, "metric_set"),
+                   choices=choices(FuseRequest, "metric_set"),
+                   help="metric definitions: medtorch (MedTorch's own), or cddfuse (the CDDFuse/VIFB evaluator's, as "
+                        "published tables use: 8-bit grey inputs, MI in nats, SSIM summed over both sources)")
     p.add_argument("--save-checkpoint", default=None, help="cnn: write the trained network here (.pt)")
     add_fusion_options(p)
 
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
             raise MedTorchInputError("--save-checkpoint is for the cnn method", "leave it out, or use --method cnn")
         params["save_checkpoint"] = args.save_checkpoint
     start = time.perf_counter()
-    inputs = {"fixed": read_volume(args.fixed), "moving": read_volume(args.moving)}
+    # a 2D pair (PNG, JPEG, TIFF, BMP, or a 2D NIfTI/NRRD) is fused as 2D images
+    inputs = {"fixed": read_volume(args.fixed, allow_2d=True), "moving": read_volume(args.moving, allow_2d=True)}
     transform = read_transform(args.transform) if args.transform else None
     matrix = None
     if isinstance(transform, Volume):
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                           moving_modality=args.moving_modality, normalization=args.normalization,
                           ct_window=args.ct_window, color_map=args.color_map, functional=args.functional,
                           assume_aligned=args.assume_aligned, metrics=args.metrics_mode if args.metrics else None,
-                          mi_unit=args.mi_unit, device=device_of(args), matrix=matrix)
+                          mi_unit=args.mi_unit, metric_set=args.metric_set, device=device_of(args), matrix=matrix)
     res = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
     if args.out:
         write_volume(res.rgb if res.rgb is not None else res.fused, args.out)

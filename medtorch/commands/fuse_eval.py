@@ -19,11 +19,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "PET/ or SPECT/, files matched by name; or CT-MRI/, PET-MRI/, SPECT-MRI/ folders of them), "
                         "or files named <case>_<modality>.<ext> (mri/t1/t2 + ct/pet/spect)")
     p.add_argument("--methods", default=",".join(default_of(FuseEvalRequest, "methods")),
-                   help="comma-separated methods (average, max, pca, dwt, laplacian, gff, cnn) or 'all'")
+                   help="comma-separated methods (" + ", ".join(choices(FuseEvalRequest, "baseline")) + ") or 'all'")
     p.add_argument("--out", required=True, help="report folder (metrics.csv, stats.csv, figures/, report.html, report.md)")
     p.add_argument("--baseline", default=default_of(FuseEvalRequest, "baseline"), help="method the paired tests (Wilcoxon, paired t) compare with")
     p.add_argument("--metrics-mode", default="3d", choices=["3d", "slices"],
                    help="volumes: metrics on the volume or averaged over axial slices (2D images: 2D)")
+    p.add_argument("--metric-set", default=default_of(FuseEvalRequest, "metric_set"),
+                   choices=choices(FuseEvalRequest, "metric_set"),
+                   help="metric definitions: medtorch (MedTorch's own), or cddfuse (the CDDFuse/VIFB evaluator's, "
+                        "to compare with published tables: EN, SD, SF, MI in nats, SCD, VIF, Qabf, SSIM)")
     p.add_argument("--mi-unit", default=default_of(FuseEvalRequest, "mi_unit"),
                    choices=choices(FuseEvalRequest, "mi_unit"), help="unit of the MI metric")
     p.add_argument("--color-map", default=default_of(FuseEvalRequest, "color_map"),
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     cnn = {k: v for k, v in (("iterations", args.cnn_iterations), ("seed", args.seed)) if v is not None}
     res = evaluate(args.pairs, methods, args.out, baseline=args.baseline.strip().lower(),
                    method_params={"cnn": cnn} if cnn else None, metrics_mode=args.metrics_mode, mi_unit=args.mi_unit,
+                   metric_set=args.metric_set,
                    color_map=args.color_map, ct_window=args.ct_window, assume_aligned=args.assume_aligned,
                    save_fused=args.save_fused, device=device_of(args), progress=progress_bar(args), cancel=cancel)
     if not args.quiet:

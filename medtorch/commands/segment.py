@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                              "the seeds' extent per side)")
     seeded.add_argument("--margin-fraction", type=float, default=default_of(SeededRequest, "margin_fraction"),
                         help="margin as a fraction of the seeds' extent on each side (0.2 as Slicer's Grow from seeds)")
+    seeded.add_argument("--region-aspect", type=float, default=default_of(SeededRequest, "region_aspect"),
+                        help="every axis of the region spans at least this fraction of the seeds' largest extent, so "
+                             "strokes on one slice get a region as deep as it is wide (0: off)")
     seeded.add_argument("--smoothing", type=float, default=default_of(SeededRequest, "smoothing_mm"),
                         help="feature smoothing (Gaussian sigma), mm")
     seeded.add_argument("--radius", type=float, default=default_of(SeededRequest, "radius_mm"),
@@ -235,6 +238,7 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
     inputs = {f"channel{i}": read_volume(_input_path(v)) for i, v in enumerate(args.input)}
     inputs["seeds"] = read_volume(args.seeds, kind="label")
     request = SeededRequest(method=args.method, margin_mm=args.margin, margin_fraction=args.margin_fraction,
+                            region_aspect=args.region_aspect,
                             smoothing_mm=args.smoothing, radius_mm=args.radius,
                             smoothness=args.smoothness, iterations=args.iterations,
                             device=getattr(args, "device", None), seed=args.seed, roi=roi, min_size_mm3=args.min_size,

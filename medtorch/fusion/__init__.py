@@ -7,7 +7,10 @@
 * :func:`fuse_arrays` / :func:`fuse_tensors` -- the methods on arrays or tensors of one
   shape (2D images or 3D volumes) (:mod:`medtorch.fusion.methods`).
 * :func:`fusion_metrics` / :func:`slice_metrics` -- EN, SD, SF, AG, MI, SSIM, QAB/F, VIF
-  (:mod:`medtorch.fusion.metrics`).
+  (:mod:`medtorch.fusion.metrics`); ``metric_set='cddfuse'`` gives the CDDFuse/VIFB
+  evaluator's table instead (:mod:`medtorch.fusion.evaluator`).
+* 2D images (PNG, JPEG, TIFF, BMP, 2D NIfTI) are one-slice volumes (:mod:`medtorch.io.images`)
+  and go through the same pipeline; RGB PET/SPECT images are fused in YCbCr.
 * :func:`resample_and_blend` -- the original resample-and-average (:mod:`medtorch.fusion.blend`).
 * The evaluation report over many cases is :mod:`medtorch.fusion.evaluate`.
 """

@@ -49,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "train_fusion_cnn",
+    "train_on_pairs",
     "unsupervised_loss",
 ]
 
@@ -226,6 +227,75 @@ def train_fusion_cnn(
     model.eval()
     record = {"seed": seed, "iterations": cfg.iterations, "final_loss": losses[-1] if losses else None,
               "first_loss": losses[0] if losses else None, "train": asdict(cfg)}
+    return model, record
+
+
+def train_on_pairs(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig | None = None,
+    features: int = 8,
+    time_limit_s: float | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[TwoBranchFusionNet, dict[str, Any]]:
+    """Train one 2D :class:`TwoBranchFusionNet` on a training set of image pairs (not the pair to fuse).
+
+    ``pairs``: ``(a, b)`` 2D tensors ``[y, x]`` in [0, 1] (any sizes of at least ``patch_size``),
+    the same source order as at inference. Each iteration draws ``batch_size`` random pairs
+    and a random ``patch_size`` square of each (centred where either source is non-zero),
+    with the unsupervised loss of :func:`unsupervised_loss`; Adam, everything seeded (the seed
+    is recorded). ``time_limit_s`` stops training early (the iterations done are recorded).
+    """
+    import time
+
+    from medtorch.device import deterministic
+
+    cfg = cfg or TrainConfig()
+    if not pairs:
+        raise MedTorchInputError("no training pairs were given", "give at least one (a, b) pair of 2D images")
+    for a, b in pairs:
+        if a.ndim != 2 or a.shape != b.shape or min(a.shape) < cfg.patch_size:
+            raise MedTorchInputError(
+                f"training pairs must be 2D images of one shape, at least {cfg.patch_size} pixels a side "
+                f"(got {tuple(a.shape)} and {tuple(b.shape)})", "crop or skip the pair, or use a smaller patch size")
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    done = 0
+    with deterministic(cfg.seed) as seed:
+        model = TwoBranchFusionNet(2, features)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        rng = np.random.default_rng(seed)
+        masks = [((a > 0.05) | (b > 0.05)).cpu().numpy() for a, b in pairs]
+        size = (cfg.patch_size, cfg.patch_size)
+        for it in range(cfg.iterations):
+            if it % 20 == 0:
+                report(progress, cancel, 0.95 * it / max(cfg.iterations, 1), f"training iteration {it + 1}/{cfg.iterations}")
+            idx = rng.integers(len(pairs), size=cfg.batch_size)
+            pa, pb = [], []
+            for i in idx:
+                st = _patch_starts(masks[i], size, 1, rng)[0]
+                sl = (slice(st[0], st[0] + size[0]), slice(st[1], st[1] + size[1]))
+                pa.append(pairs[i][0][sl])
+                pb.append(pairs[i][1][sl])
+            xa = torch.stack(pa).unsqueeze(1)
+            xb = torch.stack(pb).unsqueeze(1)
+            opt.zero_grad(set_to_none=True)
+            loss = unsupervised_loss(model(xa, xb), xa, xb, 2, cfg)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            done = it + 1
+            if not math.isfinite(losses[-1]):
+                raise MedTorchInputError("the CNN training diverged (the loss is not finite)",
+                                         "lower the learning rate or check the inputs for extreme values")
+            if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+                break
+    model.eval()
+    tail = losses[-50:] if losses else []
+    record = {"seed": seed, "iterations": done, "iterations_asked": cfg.iterations, "pairs": len(pairs),
+              "first_loss": losses[0] if losses else None, "final_loss_mean_last_50": float(np.mean(tail)) if tail else None,
+              "seconds": round(time.perf_counter() - t0, 1), "train": asdict(cfg), "features": int(features)}
     return model, record
 
 

@@ -85,7 +85,7 @@ def compare_methods(
     Args:
         methods: method names (:data:`medtorch.fusion.methods.METHODS`); the baseline is
             added first if missing; duplicates are dropped.
-        baseline: the method the paired tests compare with (the seeds' DWT rule by default).
+        baseline: the method the paired tests compare with (DWT: mean approximation, max-abs details, by default).
         method_params: per-method parameters, e.g. ``{"cnn": {"iterations": 50}}``.
         transform, fixed_modality, moving_modality, normalization, ct_window, color_map,
             assume_aligned, device: as :func:`~medtorch.fusion.fuse.fuse_volumes`.

@@ -229,7 +229,8 @@ def load_pair(case: Case) -> LoadedPair:
     if not is_2d:
         from medtorch.io import read_volume
 
-        return LoadedPair(case, False, volumes=(read_volume(case.fixed), read_volume(case.moving)))
+        return LoadedPair(case, False, volumes=(read_volume(case.fixed, allow_2d=True),
+                                                read_volume(case.moving, allow_2d=True)))
     arrays = []
     for p in (case.fixed, case.moving):
         arr = _read_2d(p)
@@ -325,12 +326,25 @@ def _fuse_case(pair: LoadedPair, method: str, params: dict[str, Any], opts: dict
             "info": res.info, "geometry": res.fused.geometry}
 
 
-def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray, mode: str, mi_unit: str) -> dict[str, float]:
+def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray, mode: str, mi_unit: str,
+           metric_set: str = "medtorch") -> dict[str, float]:
     from medtorch.fusion.metrics import fusion_metrics
 
+    if a.ndim == 3 and a.shape[0] == 1:  # a 2D image stored as one slice
+        a, b, f = a[0], b[0], f[0]
     m = "2d" if a.ndim == 2 else mode
-    vals = fusion_metrics(a, b, f, mode=m, mi_unit=mi_unit)  # type: ignore[arg-type]
-    return {k: float(v) for k, v in vals.items() if k in METRICS}
+    vals = fusion_metrics(a, b, f, mode=m, mi_unit=mi_unit, metric_set=metric_set)  # type: ignore[arg-type]
+    cols = metric_names(metric_set)
+    return {k: float(v) for k, v in vals.items() if k in cols}
+
+
+def metric_names(metric_set: str = "medtorch") -> tuple[str, ...]:
+    """The columns of a metric set: :data:`~medtorch.fusion.metrics.METRICS` or the evaluator's."""
+    if str(metric_set).strip().lower() == "cddfuse":
+        from medtorch.fusion.evaluator import EVALUATOR_METRICS
+
+        return EVALUATOR_METRICS
+    return METRICS
 
 
 def evaluate(
@@ -341,6 +355,7 @@ def evaluate(
     method_params: dict[str, dict[str, Any]] | None = None,
     metrics_mode: str = "3d",
     mi_unit: str = "bits",
+    metric_set: str = "medtorch",
     color_map: str = "hot",
     ct_window: str | tuple[float, float] = "bone",
     assume_aligned: bool = False,
@@ -355,9 +370,11 @@ def evaluate(
         source: a list file or folder (:func:`discover_pairs`), or a list of :class:`Case`.
         methods: method names (:data:`medtorch.fusion.methods.METHODS`); the baseline is
             added if missing.
-        baseline: the method the paired tests compare with (the seeds' DWT by default).
+        baseline: the method the paired tests compare with (DWT: mean approximation, max-abs details, by default).
         method_params: per-method parameters, e.g. ``{"cnn": {"iterations": 50}}``.
         metrics_mode: '3d' or 'slices' for volumes (2D images use 2D metrics).
+        metric_set: 'medtorch' (MedTorch's metrics) or 'cddfuse' (the CDDFuse/VIFB evaluator's
+            EN, SD, SF, MI, SCD, VIF, Qabf, SSIM: numbers comparable with published tables).
         color_map: colour map for functional volumes (2D RGB images carry their colours).
         save_fused: also write every fused image (``fused/<case>_<method>.nrrd`` or ``.png``).
     """
@@ -389,7 +406,7 @@ def evaluate(
             t0 = time.perf_counter()
             res = _fuse_case(pair, m, params.get(m, {}), opts, sp, cancel)
             secs = time.perf_counter() - t0
-            scores = _score(res["a"], res["b"], res["fused"], metrics_mode, mi_unit)
+            scores = _score(res["a"], res["b"], res["fused"], metrics_mode, mi_unit, metric_set)
             info = res["info"]
             seed = info.get("seed")
             if seed is None and isinstance(info.get("params"), dict):
@@ -402,16 +419,17 @@ def evaluate(
             step += 1
         case_figures.append(_case_figure(out, case, names, shown))
     report(progress, cancel, 0.95, "statistics and plots")
-    stats = paired_tests(rows, names, baseline)
+    cols = metric_names(metric_set)
+    stats = paired_tests(rows, names, baseline, cols)
     files = {
-        "metrics_csv": _write_csv(out / "metrics.csv", rows, ["case", "pair", "method", "seconds", *METRICS, "seed"]),
+        "metrics_csv": _write_csv(out / "metrics.csv", rows, ["case", "pair", "method", "seconds", *cols, "seed"]),
         "stats_csv": _write_csv(out / "stats.csv", stats, ["metric", "method", "baseline", "n", "mean", "baseline_mean",
                                                             "mean_difference", "wins", "wilcoxon_p", "ttest_p"]),
-        "boxplots": _boxplots(out / "figures" / "boxplots.png", rows, names),
+        "boxplots": _boxplots(out / "figures" / "boxplots.png", rows, names, cols),
     }
-    files["report_html"] = _write_html(out, rows, stats, names, baseline, mi_unit, metrics_mode, case_figures)
+    files["report_html"] = _write_html(out, rows, stats, names, baseline, mi_unit, metrics_mode, case_figures, cols)
     files["report_md"] = write_text_atomic(out / "report.md", _markdown(rows, stats, names, baseline, mi_unit,
-                                                                         metrics_mode, case_figures, out))
+                                                                         metrics_mode, case_figures, out, cols))
     report(progress, cancel, 1.0, "report written")
     return EvaluationResult(out, rows, stats, files)
 
@@ -452,21 +470,21 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pa
     return write_text_atomic(path, buf.getvalue())
 
 
-def _boxplots(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> Path:
+def _boxplots(path: Path, rows: list[dict[str, Any]], methods: list[str], cols: Sequence[str] = METRICS) -> Path:
     from medtorch.report import save_figure
 
     plt = _pyplot()
     ncols = 4
-    nrows = int(math.ceil(len(METRICS) / ncols))
+    nrows = int(math.ceil(len(cols) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
-    for ax, metric in zip(axes.ravel(), METRICS):
+    for ax, metric in zip(axes.ravel(), cols):
         data = [[r[metric] for r in rows if r["method"] == m and np.isfinite(r[metric])] for m in methods]
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(methods) + 1))
         ax.set_xticklabels(methods, rotation=40, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes.ravel()[len(METRICS):]:
+    for ax in axes.ravel()[len(cols):]:
         ax.set_visible(False)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -499,22 +517,22 @@ def _case_figure(out: Path, case: Case, methods: list[str], shown: dict[str, Any
                         title=f"{case.name} ({case.pair})", panel_size=2.6)
 
 
-def _summary_rows(rows: list[dict[str, Any]], methods: list[str]) -> list[list[Any]]:
+def _summary_rows(rows: list[dict[str, Any]], methods: list[str], cols: Sequence[str] = METRICS) -> list[list[Any]]:
     table = []
     for m in methods:
         sel = [r for r in rows if r["method"] == m]
         table.append([m, len(sel)] + [float(np.nanmean([r[k] for r in sel])) if sel else float("nan")
-                                      for k in METRICS] + [float(np.mean([r["seconds"] for r in sel])) if sel else 0.0])
+                                      for k in cols] + [float(np.mean([r["seconds"] for r in sel])) if sel else 0.0])
     return table
 
 
 def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: list[str], baseline: str,
-                mi_unit: str, mode: str, case_figures: list[Path]) -> Path:
+                mi_unit: str, mode: str, case_figures: list[Path], cols: Sequence[str] = METRICS) -> Path:
     from medtorch import __version__
     from medtorch.report import Figure, Section, Table, write_report
 
-    summary = Table("Mean of each metric per method (higher is better)", ["method", "cases", *METRICS, "seconds"],
-                    _summary_rows(rows, methods),
+    summary = Table("Mean of each metric per method (higher is better)", ["method", "cases", *cols, "seconds"],
+                    _summary_rows(rows, methods, cols),
                     note=f"MI in {mi_unit}; volumes scored {mode}, 2D images in 2D; images on the 8-bit scale.")
     stat_rows = [[s["metric"], s["method"], s["n"], s["mean"], s["baseline_mean"], s["mean_difference"], s["wins"],
                   s["wilcoxon_p"], s["ttest_p"]] for s in stats]
@@ -522,8 +540,8 @@ def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any
                   ["metric", "method", "n", "mean", "baseline mean", "mean difference", "cases better", "Wilcoxon p",
                    "paired t p"], stat_rows,
                   note="Two-sided p-values; NaN where fewer than two paired cases differ.")
-    per_case = Table("Every case and method", ["case", "pair", "method", *METRICS, "seconds"],
-                     [[r["case"], r["pair"], r["method"], *[r[k] for k in METRICS], r["seconds"]] for r in rows])
+    per_case = Table("Every case and method", ["case", "pair", "method", *cols, "seconds"],
+                     [[r["case"], r["pair"], r["method"], *[r[k] for k in cols], r["seconds"]] for r in rows])
     sections = [
         Section("Summary", [f"{len({r['case'] for r in rows})} cases, {len(methods)} methods; baseline {baseline}."],
                 [summary]),
@@ -546,14 +564,14 @@ def _fmt(v: Any) -> str:
 
 
 def _markdown(rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: list[str], baseline: str, mi_unit: str,
-              mode: str, case_figures: list[Path], out: Path) -> str:
+              mode: str, case_figures: list[Path], out: Path, cols: Sequence[str] = METRICS) -> str:
     lines = ["# Fusion evaluation", "",
              f"{len({r['case'] for r in rows})} cases, {len(methods)} methods; baseline **{baseline}**. "
              f"MI in {mi_unit}; volumes scored {mode}.", "",
              "## Mean of each metric per method", "",
-             "| method | cases | " + " | ".join(METRICS) + " | seconds |",
-             "|---" * (len(METRICS) + 3) + "|"]
-    for row in _summary_rows(rows, methods):
+             "| method | cases | " + " | ".join(cols) + " | seconds |",
+             "|---" * (len(cols) + 3) + "|"]
+    for row in _summary_rows(rows, methods, cols):
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
     lines += ["", "![box plots](figures/boxplots.png)", "", f"## Paired tests against {baseline}", "",
               "| metric | method | n | mean | baseline mean | difference | cases better | Wilcoxon p | paired t p |",

@@ -19,6 +19,17 @@
 5. optional **metrics** of the fused volume against the two prepared sources
    (:mod:`medtorch.fusion.metrics`).
 
+**2D images** (PNG, JPEG, TIFF, BMP, 2D NIfTI/NRRD: one-slice volumes, see
+:mod:`medtorch.io.images`) go through the same steps and give a one-slice (2D) output:
+two 2D images of one size are fused pixel for pixel (on one grid, or with
+``assume_aligned``); a 2D image and a 3D volume are refused. Display images (integer pixels
+read from an image file) are scaled by their full scale (``/ 255``) under ``normalization
+= 'auto'`` -- no window, no percentiles: they are display values already. **RGB inputs**: an
+RGB image whose channels are equal is grey; a colour one (a pseudo-colour PET/SPECT image,
+as the Harvard atlas pairs are stored) is fused by the YCbCr protocol with its *own*
+colours: its luminance Y is fused with the other (grey) source and its Cb, Cr are kept
+(no colour map is applied; :mod:`medtorch.fusion.color`).
+
 Inputs are never modified; everything random (the CNN) is seeded and the seed recorded.
 """
 
@@ -34,7 +45,7 @@ import torch
 from medtorch.errors import MedTorchInputError
 from medtorch.ops.fusion import FunctionalSide
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
-from medtorch.volume import Volume, check_volume
+from medtorch.volume import Volume, check_volume, is_single_slice
 
 __all__ = ["FUSION_BYTES_PER_VOXEL", "FusionResult", "estimate_fusion_bytes", "fuse_volumes", "resolve_functional"]
 
@@ -42,7 +53,7 @@ __all__ = ["FUSION_BYTES_PER_VOXEL", "FusionResult", "estimate_fusion_bytes", "f
 #: Peak working memory of each method per voxel of the output grid (bytes), rounded up from
 #: the peaks measured on 256^3 volumes by ``benchmarks/fusion`` (resident memory above the
 #: level before the call).
-FUSION_BYTES_PER_VOXEL = {"average": 8, "max": 8, "pca": 40, "dwt": 32, "laplacian": 28, "gff": 64, "cnn": 32}
+FUSION_BYTES_PER_VOXEL = {"average": 8, "max": 8, "pca": 40, "dwt": 32, "laplacian": 28, "gff": 64, "gradient": 160, "cnn": 32}
 #: What the pipeline holds beside the method: the prepared sources (numpy and torch), the
 #: resampled moving volume, the overlap mask and the output.
 PIPELINE_BYTES_PER_VOXEL = 28
@@ -121,6 +132,12 @@ def _resample_moving(fixed: Volume, moving: Volume, transform: Any, assume_align
     same_grid = fixed.geometry.isclose(moving.geometry, atol=1e-4)
     if transform is None and same_grid:
         return np.asarray(moving.array, dtype=np.float32), np.ones(fixed.geometry.shape_zyx, bool), "same grid"
+    if transform is None and assume_aligned and is_single_slice(fixed.geometry) and is_single_slice(moving.geometry) \
+            and tuple(fixed.size) == tuple(moving.size):
+        # two 2D images of one size: pixel for pixel (their origins and spacings are often
+        # arbitrary, e.g. PNG files that carry none)
+        return np.asarray(moving.array, dtype=np.float32), np.ones(fixed.geometry.shape_zyx, bool), \
+            "pixel for pixel (2D images of one size, assumed aligned)"
     if transform is None and not assume_aligned:
         raise MedTorchInputError(
             f"the fixed and moving volumes have different geometry (size {fixed.size} vs {moving.size}, spacing "
@@ -130,12 +147,67 @@ def _resample_moving(fixed: Volume, moving: Volume, transform: Any, assume_align
         )
     moved = resample(moving, fixed.geometry, transform, interpolation="linear", default_value=0.0, device=device,
                      progress=SubProgress(progress, 0.0, 0.7, "resampling"), cancel=cancel)
-    support = resample(moving.with_array(np.ones(moving.array.shape, dtype=np.float32)), fixed.geometry, transform,
-                       interpolation="linear", default_value=0.0, device=device,
+    support = resample(moving.with_array(np.ones(moving.geometry.shape_zyx, dtype=np.float32), "scalar"), fixed.geometry,
+                       transform, interpolation="linear", default_value=0.0, device=device,
                        progress=SubProgress(progress, 0.7, 1.0, "overlap"), cancel=cancel)
     inside = support.array > 0.5
     how = "resampled through the transform" if transform is not None else "resampled as it lies (assumed aligned)"
-    return np.where(inside, moved.array, 0.0).astype(np.float32), inside, how
+    keep = inside[..., None] if moved.array.ndim == 4 else inside
+    return np.where(keep, moved.array, 0.0).astype(np.float32), inside, how
+
+
+def _colour_kind(vol: Volume, name: str) -> str:
+    """'scalar', 'grey' (an RGB image whose channels are equal) or 'colour' (RGB)."""
+    from medtorch.io.images import is_grey_rgb
+
+    if vol.kind != "vector":
+        return "scalar"
+    if vol.num_components not in (3, 4):
+        raise MedTorchInputError(
+            f"the {name} has {vol.num_components} components per voxel",
+            "give a scalar volume or an RGB colour image (3 components)")
+    return "grey" if is_grey_rgb(vol) else "colour"
+
+
+def _display_scale(vol: Volume) -> float | None:
+    """1 / full scale for display values: a 2D image read from a PNG/JPEG/... file, or an RGB
+    colour volume (e.g. a PNG loaded in Slicer), of unsigned integer type; else None."""
+    arr = vol.array
+    if (vol.metadata.get("image_format") or vol.kind == "vector") and arr.dtype.kind == "u":
+        return 1.0 / float(np.iinfo(arr.dtype).max)
+    return None
+
+
+def _prepare_source(vol: Volume, arr: np.ndarray, kind: str, modality: str, normalization: str,
+                    ct_window: Any, lo_p: float, hi_p: float, mask: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """One source in [0, 1] (colour images: the luminance Y) and, for colour, its Cb, Cr ``[2, ...]``."""
+    from medtorch.fusion.color import rgb_to_ycbcr
+    from medtorch.fusion.prepare import prepare_intensity
+
+    scale = _display_scale(vol)
+    if kind != "scalar":
+        rgb = arr[..., :3].astype(np.float32)
+        if scale is not None:
+            rgb = rgb * np.float32(scale)
+        how_scale = f"{vol.array.dtype} display image: values / {1 / scale:g}" if scale else "RGB values as they are"
+        if kind == "grey":
+            y = np.clip(rgb[..., 0], 0.0, 1.0)
+            if mask is not None:
+                y = np.where(mask, y, 0.0)
+            return np.ascontiguousarray(y, np.float32), None, how_scale + " (grey: R = G = B)"
+        ycc = rgb_to_ycbcr(torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.clip(rgb, 0.0, 1.0), -1, 0))))
+        y = ycc[0].numpy()
+        if mask is not None:
+            y = np.where(mask, y, 0.0)
+        return np.ascontiguousarray(y, np.float32), ycc[1:].numpy(), how_scale + "; colour: luminance Y fused (YCbCr)"
+    if scale is not None and normalization == "auto":
+        out = np.clip(arr.astype(np.float32) * np.float32(scale), 0.0, 1.0)
+        if mask is not None:
+            out = np.where(mask, out, 0.0)
+        return np.ascontiguousarray(out, np.float32), None, f"{vol.array.dtype} display image: values / {1 / scale:g}"
+    out, how = prepare_intensity(arr, modality, normalization, ct_window, lo_p, hi_p, mask=mask)  # type: ignore[arg-type]
+    return out, None, how
 
 
 def fuse_volumes(
@@ -156,6 +228,7 @@ def fuse_volumes(
     assume_aligned: bool = False,
     metrics: str | None = None,
     mi_unit: str = "bits",
+    metric_set: str = "medtorch",
     device: str | torch.device | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -173,7 +246,9 @@ def fuse_volumes(
         color_map: colour map for a functional source (hot, jet, rainbow, gray), or None.
         functional: which source is the PET/SPECT: 'fixed', 'moving'/True, or None (modalities).
         assume_aligned: resample volumes on different grids without a transform.
-        metrics: None, ``'3d'`` or ``'slices'``: score the result.
+        metrics: None, ``'3d'`` or ``'slices'``: score the result (2D images: always in 2D).
+        metric_set: ``'medtorch'`` or ``'cddfuse'`` (the evaluator's definitions,
+            :func:`medtorch.fusion.metrics.fusion_metrics`).
         device: torch device (auto: ``$MEDTORCH_DEVICE``, CUDA, MPS, CPU).
 
     Raises:
@@ -183,26 +258,42 @@ def fuse_volumes(
     from medtorch.device import select_device
     from medtorch.fusion.color import apply_color_map, rgb_to_ycbcr, ycbcr_to_rgb
     from medtorch.fusion.methods import check_params, fuse_tensors
-    from medtorch.fusion.prepare import modality_of, prepare_intensity
+    from medtorch.fusion.prepare import modality_of
 
     t0 = time.perf_counter()
-    check_volume(fixed, "fixed volume")
-    check_volume(moving, "moving volume")
+    check_volume(fixed, "fixed volume", allow_2d=True, allow_vector=True)
+    check_volume(moving, "moving volume", allow_2d=True, allow_vector=True)
+    two_d = is_single_slice(fixed.geometry)
+    if two_d != is_single_slice(moving.geometry):
+        raise MedTorchInputError(
+            f"one input is a 2D image and the other a 3D volume (fixed size {fixed.size}, moving {moving.size})",
+            "fuse two 2D images or two volumes (pick the matching slice of the volume first)")
+    kind_f, kind_m = _colour_kind(fixed, "fixed volume"), _colour_kind(moving, "moving volume")
+    if kind_f == "colour" and kind_m == "colour":
+        raise MedTorchInputError("both inputs are colour (RGB) images",
+                                 "fuse a colour functional image (PET/SPECT) with a grey anatomical one")
     key = str(method).strip().lower()
     p = check_params(key, params)
     if normalization == "none" and key != "average":
         raise MedTorchInputError(f"raw intensities (normalization 'none') only make sense for 'average', not {key}",
                                  "use normalization 'auto' or 'percentile'")
+    if normalization == "none" and "colour" in (kind_f, kind_m):
+        raise MedTorchInputError("raw intensities (normalization 'none') cannot be used with a colour image",
+                                 "use normalization 'auto'")
     mod_f, mod_m = modality_of(fixed, fixed_modality), modality_of(moving, moving_modality)
-    side = resolve_functional(mod_f, mod_m, functional, color_map)
+    own_colour: FunctionalSide | None = "fixed" if kind_f == "colour" else ("moving" if kind_m == "colour" else None)
+    side = own_colour if own_colour is not None else resolve_functional(mod_f, mod_m, functional, color_map)
     dev = select_device(device)
     from medtorch.memory import check_fits
 
     check_fits(estimate_fusion_bytes(fixed.geometry.num_voxels, key, side is not None), f"fusing with {key}", dev)
 
     report(progress, cancel, 0.0, f"bringing the moving volume onto the fixed grid ({dev})")
-    moving_arr, inside, how = _resample_moving(fixed, moving, transform, assume_aligned, dev,
-                                               SubProgress(progress, 0.0, 0.25, "resampling"), cancel)
+    from medtorch.fusion.methods import cpu_threads
+
+    with cpu_threads(1 if dev.type == "cpu" else None):  # short memory-bound ops: see methods.FUSION_THREADS_ENV
+        moving_arr, inside, how = _resample_moving(fixed, moving, transform, assume_aligned, dev,
+                                                   SubProgress(progress, 0.0, 0.25, "resampling"), cancel)
     overlap = float(inside.mean())
     if overlap == 0.0:
         raise MedTorchInputError(
@@ -212,14 +303,16 @@ def fuse_volumes(
     t_resample = time.perf_counter() - t0
 
     report(progress, cancel, 0.27, "preparing intensities")
-    a_np, how_a = prepare_intensity(fixed.array, mod_f, normalization, ct_window,  # type: ignore[arg-type]
-                                    lower_percentile, upper_percentile)
-    b_np, how_b = prepare_intensity(moving_arr, mod_m, normalization, ct_window,  # type: ignore[arg-type]
-                                    lower_percentile, upper_percentile, mask=inside)
+    a_np, chroma_a, how_a = _prepare_source(fixed, np.asarray(fixed.array), kind_f, mod_f, normalization, ct_window,
+                                            lower_percentile, upper_percentile, None)
+    b_np, chroma_b, how_b = _prepare_source(moving, moving_arr, kind_m, mod_m, normalization, ct_window,
+                                            lower_percentile, upper_percentile, inside)
     a = torch.from_numpy(a_np).to(dev)
     b = torch.from_numpy(b_np).to(dev)
     chroma = None
-    if side is not None:
+    if own_colour is not None:
+        chroma = torch.from_numpy(chroma_a if own_colour == "fixed" else chroma_b).to(dev)  # type: ignore[arg-type]
+    elif side is not None:
         func = b if side == "moving" else a
         ycc = rgb_to_ycbcr(apply_color_map(func, str(color_map)))
         chroma = ycc[1:]
@@ -240,11 +333,14 @@ def fuse_volumes(
         "normalization": normalization, "moving_placement": how, "overlap_fraction": overlap, "device": str(dev),
         "output_range": "[0, 1]" if normalization != "none" else "input units",
     }
+    if two_d:
+        info["spatial_dims"] = 2
     if chroma is not None:
-        rgb = ycbcr_to_rgb(torch.cat([fused_t.unsqueeze(0), chroma], dim=0)).clamp_(0.0, 1.0)
+        rgb = ycbcr_to_rgb(torch.cat([fused_t.unsqueeze(0), chroma.to(fused_t.dtype)], dim=0)).clamp_(0.0, 1.0)
         rgb_u8 = (rgb * 255.0).round_().to(torch.uint8).movedim(0, -1).cpu().numpy()
-        info.update({"color_map": str(color_map), "functional": side,
-                     "rgb_range": "uint8 0..255 per channel (RGB)", "fused_is": "luminance Y of the colour fusion"})
+        info.update({"color_map": str(color_map) if own_colour is None else "the input's own colours (RGB image)",
+                     "functional": side, "rgb_range": "uint8 0..255 per channel (RGB)",
+                     "fused_is": "luminance Y of the colour fusion (Cb, Cr of the colour source kept)"})
         rgb_vol = Volume(np.ascontiguousarray(rgb_u8), fixed.geometry, "vector", _meta(info, "rgb"))
     fused_np = fused_t.detach().cpu().numpy().astype(np.float32)
     a_out = a.detach().cpu().numpy().astype(np.float32)
@@ -256,9 +352,11 @@ def fuse_volumes(
         report(progress, cancel, 0.92, f"scoring ({metrics})")
         rng = (0.0, 1.0) if normalization != "none" else (float(min(a_out.min(), b_out.min())),
                                                           float(max(a_out.max(), b_out.max(), 1e-6)))
-        scores = fusion_metrics(a_out, b_out, fused_np, mode=metrics, mi_unit=mi_unit,  # type: ignore[arg-type]
-                                data_range=rng)
-        info["metrics_mode"] = metrics
+        mode = "2d" if two_d else metrics
+        scores = fusion_metrics(a_out, b_out, fused_np, mode=mode, mi_unit=mi_unit,  # type: ignore[arg-type]
+                                data_range=rng, metric_set=metric_set)
+        info["metrics_mode"] = mode
+        info["metric_set"] = metric_set
         info["mi_unit"] = mi_unit
     info["seconds"] = {"resample": round(t_resample, 4), "fuse": round(t_fuse, 4),
                        "total": round(time.perf_counter() - t0, 4)}
@@ -268,7 +366,8 @@ def fuse_volumes(
         fixed_prepared=Volume(a_out, fixed.geometry, "scalar", {"operation": "fusion source (fixed)", "how": how_a}),
         moving_prepared=Volume(b_out, fixed.geometry, "scalar", {"operation": "fusion source (moving)", "how": how_b}),
         overlap_fraction=overlap,
-        moving_resampled=Volume(moving_arr, fixed.geometry, "scalar", {"operation": "resample", "how": how}),
+        moving_resampled=Volume(moving_arr, fixed.geometry, "vector" if moving_arr.ndim == 4 else "scalar",
+                                {"operation": "resample", "how": how}),
         rgb=rgb_vol,
         info=info,
         metrics=scores,
@@ -284,4 +383,6 @@ def _meta(info: dict[str, Any], what: str) -> dict[str, Any]:
                             "parameters": json.dumps(info["params"], default=str, sort_keys=True)}
     if "seed" in info["params"]:
         meta["seed"] = str(info["params"]["seed"])
+    if info.get("spatial_dims") == 2:
+        meta["spatial_dims"] = "2"
     return meta

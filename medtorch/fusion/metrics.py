@@ -1,8 +1,10 @@
 """Image-fusion quality metrics, on 2D images, 3D volumes and slice by slice.
 
-Definitions follow the fusion literature's common evaluator (the Python ``Evaluator`` that
-CDDFuse, MetaFusion and many later papers publish their tables with, itself a port of the
-MATLAB toolkits), so numbers compare with published tables:
+MedTorch's own set (``metric_set='medtorch'``, the default) follows the papers' definitions
+as the MATLAB toolkits implement them, in 2D and 3D. It is *not* numerically the Python
+``Evaluator`` that CDDFuse and many later papers publish their tables with (SSIM window and
+constants, MI unit, a QAB/F quirk differ; ``docs/fusion-metrics.md``): for numbers to put
+beside a published table use ``metric_set='cddfuse'`` (:mod:`medtorch.fusion.evaluator`).
 
 * Every image is first brought to the 8-bit scale the evaluators assume (they read PNG
   files): ``round(255 * (x - lo) / (hi - lo))`` clipped to [0, 255], with ``data_range =
@@ -36,6 +38,11 @@ MATLAB toolkits), so numbers compare with published tables:
   in the evaluator and the MATLAB ``vifp_mscale``): four scales, Gaussian windows of
   ``N = 17, 9, 5, 3`` samples with ``sd = N / 5``, 'valid' filtering, downsampling by two
   between scales, ``sigma_n^2 = 2``.
+
+**Named metric sets.** ``fusion_metrics(..., metric_set='cddfuse')`` computes instead the
+CDDFuse/VIFB evaluator's table (EN, SD, SF, MI in nats, SCD, VIF, Qabf, SSIM) exactly as that
+evaluator does (:mod:`medtorch.fusion.evaluator`, where the differences from the definitions
+above are listed): use it to put a number beside a published one.
 
 3D versions (``mode='3d'``): the same definitions with 3D windows and differences; QABF
 uses the 3x3x3 Sobel operator and, as orientation agreement, the angle ``theta`` in
@@ -361,6 +368,14 @@ def vif(ref: torch.Tensor, dist: torch.Tensor, nd: int) -> torch.Tensor:
 # -- all metrics ------------------------------------------------------------------------------------
 
 
+def _squeeze_single_slice(x: Any) -> Any:
+    """A one-slice volume ``[1, y, x]`` (how 2D images are stored) as the image ``[y, x]``."""
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(np.shape(x))
+    if len(shape) == 3 and shape[0] == 1 and min(shape[1:]) > 1:
+        return x[0]
+    return x
+
+
 def _check_inputs(a: Any, b: Any, f: Any) -> tuple[tuple[int, ...], int]:
     shapes = [tuple(np.shape(x)) if not isinstance(x, torch.Tensor) else tuple(x.shape) for x in (a, b, f)]
     if len(set(shapes)) != 1:
@@ -433,16 +448,23 @@ def fusion_metrics(
     quantize: bool = True,
     metrics: Sequence[str] | None = None,
     device: torch.device | str | None = None,
+    metric_set: str = "medtorch",
 ) -> dict[str, float]:
     """Every metric of fused ``f`` against sources ``a`` and ``b`` (see the module docstring).
 
     Args:
         a, b, f: images ``[y, x]`` or volumes ``[z, y, x]`` of one shape, in ``data_range``.
+            A one-slice volume ``[1, y, x]`` (a 2D image as MedTorch stores it) is scored
+            as the image ``[y, x]``, whatever ``mode`` says.
         mode: ``'2d'`` for images, ``'3d'`` for volumes, ``'slices'`` for the mean of the 2D
             metrics over the axial slices of a volume that hold a non-zero source voxel;
             ``'auto'`` picks 2d or 3d from the number of axes.
-        mi_unit: ``'bits'`` or ``'nats'`` for MI.
-        metrics: a subset of :data:`METRICS` (default all).
+        mi_unit: ``'bits'`` or ``'nats'`` for MI (MedTorch's set; the cddfuse set is in nats).
+        metrics: a subset of the set's names (default all).
+        metric_set: ``'medtorch'`` (:data:`METRICS`, this module's definitions) or
+            ``'cddfuse'`` (:data:`medtorch.fusion.evaluator.EVALUATOR_METRICS`: EN, SD, SF,
+            MI, SCD, VIF, Qabf, SSIM exactly as the CDDFuse/VIFB evaluator computes them, on
+            the 8-bit values; 2D images, or volumes with ``mode='slices'``).
 
     Returns:
         ``{name: value}``; in ``'slices'`` mode also ``'slices_scored'`` (how many).
@@ -451,6 +473,14 @@ def fusion_metrics(
         MedTorchInputError: shapes that differ, images that are not 2D/3D, NaN values,
             windows larger than the image.
     """
+    squeezed = [_squeeze_single_slice(x) for x in (a, b, f)]
+    if any(x is not y for x, y in zip(squeezed, (a, b, f))):
+        mode = "2d"  # one-slice volumes are 2D images: '3d' and 'slices' both mean the image itself
+    a, b, f = squeezed
+    if str(metric_set).strip().lower() not in ("medtorch", "cddfuse"):
+        raise MedTorchInputError(f"unknown metric set {metric_set!r}", "use 'medtorch' or 'cddfuse'")
+    if str(metric_set).strip().lower() == "cddfuse":
+        return _evaluator_set(a, b, f, mode, data_range, quantize, metrics, device)
     shape, ndim = _check_inputs(a, b, f)
     names = _names(metrics)
     log = _log_base(mi_unit)
@@ -474,6 +504,32 @@ def fusion_metrics(
     ta, tb, tf = (to_8bit(x, data_range, quantize, device).unsqueeze(0) for x in (a, b, f))
     vals = _all_metrics(ta, tb, tf, nd, log, names)
     return {k: float(v[0]) for k, v in vals.items()}
+
+
+def _evaluator_set(a: Any, b: Any, f: Any, mode: str, data_range: Sequence[float], quantize: bool,
+                   metrics: Sequence[str] | None, device: Any) -> dict[str, float]:
+    """The cddfuse metric set (:mod:`medtorch.fusion.evaluator`) on 8-bit-scaled images."""
+    from medtorch.fusion.evaluator import EVALUATOR_METRICS, evaluator_metrics
+
+    shape, ndim = _check_inputs(a, b, f)
+    names = list(EVALUATOR_METRICS) if metrics is None else [str(m).strip() for m in metrics]
+    lookup = {m.upper(): m for m in EVALUATOR_METRICS}
+    bad = [m for m in names if m.upper() not in lookup]
+    if bad:
+        raise MedTorchInputError(f"unknown metric(s) {', '.join(bad)} of the cddfuse set",
+                                 "use any of " + ", ".join(EVALUATOR_METRICS))
+    names = [lookup[m.upper()] for m in names]
+    ta, tb, tf = (to_8bit(x, data_range, quantize, device) for x in (a, b, f))
+    if ndim == 2 and mode in ("auto", "2d"):
+        return evaluator_metrics(ta, tb, tf, names)
+    if ndim == 3 and mode == "slices":
+        keep = [z for z in range(shape[0]) if bool((ta[z] > 0).any() or (tb[z] > 0).any())]
+        per = [evaluator_metrics(ta[z], tb[z], tf[z], names) for z in keep]
+        out = {k: float(np.mean([p[k] for p in per])) if per else float("nan") for k in names}
+        out["slices_scored"] = len(keep)
+        return out
+    raise MedTorchInputError(f"the cddfuse metric set is defined on 2D images (got {ndim}D, mode {mode!r})",
+                             "score 2D images, or volumes slice by slice (mode 'slices')")
 
 
 def slice_metrics(

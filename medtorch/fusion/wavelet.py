@@ -1,4 +1,4 @@
-"""Separable n-D discrete wavelet transform in torch, and the seeds' wavelet fusion rule.
+"""Separable n-D discrete wavelet transform in torch, and DWT fusion (mean approximation, max-abs details).
 
 The transform follows PyWavelets exactly (``pywt.dwt``/``idwt``, ``dwtn``/``idwtn``,
 ``wavedecn``/``waverecn`` with the boundary modes ``symmetric`` -- PyWavelets' default --,
@@ -20,7 +20,8 @@ without it, the built-in table :data:`BUILTIN_WAVELETS` (Haar, Daubechies 2-5, S
 4-5, Coiflets 1-2; orthogonal, so the other three filters follow from the decomposition
 low-pass) is used.
 
-Fusion rule (:func:`fuse_dwt`, the seeds' rule): the coarsest approximations are
+Fusion rule (:func:`fuse_dwt`, "DWT: mean approximation, max-abs details"; Li, Manjunath
+& Mitra 1995): the coarsest approximations are
 averaged, and every detail coefficient is taken from the source whose coefficient has the
 larger magnitude (max-abs). Axes of length 1 (a 2D image stored as one slice) are not
 transformed.
@@ -256,7 +257,7 @@ def fuse_dwt(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> tuple[torch.Tensor, dict[str, object]]:
-    """The seeds' wavelet fusion: mean of the approximations, max-abs of every detail.
+    """DWT fusion: mean of the approximations, max-abs of every detail.
 
     ``a`` and ``b`` are images or volumes of one shape (axes of length 1 are not
     transformed). ``levels`` is capped at the deepest level the size and wavelet allow

@@ -1,7 +1,14 @@
-"""Reading and writing volumes: NIfTI, NRRD, MHA/MHD and DICOM series.
+"""Reading and writing volumes: NIfTI, NRRD, MHA/MHD, DICOM series, and 2D images.
 
 ``read_volume(path)`` opens a file or a DICOM folder as a :class:`~medtorch.volume.Volume`;
 ``write_volume(volume, path)`` writes atomically, choosing the format by extension.
+
+2D images (PNG, JPEG, TIFF, BMP; :mod:`medtorch.io.images`) are read as one-slice volumes
+flagged 2D (:attr:`~medtorch.volume.Volume.is_2d`); grey images are scalar, colour ones RGB
+vector volumes. A 2D NIfTI/NRRD/MHA file is read the same way with ``allow_2d=True`` and
+refused otherwise (in those formats one slice is usually a mistake where a volume was meant).
+Operations that need 3D refuse 2D volumes themselves (:func:`medtorch.volume.check_volume`).
+A one-slice volume is written to ``.png``/``.jpg``/``.bmp``/``.tif`` as a 2D image.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 
 from medtorch.errors import MedTorchInputError
 from medtorch.io.atomic import _os_error, atomic_path, check_writable, write_text_atomic
+from medtorch.io.images import IMAGE_EXTENSIONS, has_image_extension, read_image, volume_from_2d_sitk, write_image
 from medtorch.volume import Volume, VolumeKind
 
 __all__ = [
@@ -29,6 +37,9 @@ __all__ = [
     "check_writable",
     "write_text_atomic",
     "VOLUME_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "read_image",
+    "write_image",
 ]
 
 #: File name endings that ``read_volume``/``write_volume`` handle with SimpleITK.
@@ -147,8 +158,13 @@ def _read_sitk(path: Path) -> Any:
         ) from exc
 
 
-def _volume_from_image(img: Any, p: Path, kind: VolumeKind | None) -> Volume:
+def _volume_from_image(img: Any, p: Path, kind: VolumeKind | None, allow_2d: bool = False) -> Volume:
     if img.GetDimension() == 2:
+        if allow_2d:
+            vol = volume_from_2d_sitk(img, {"source": str(p)})
+            if kind is not None and kind != vol.kind:
+                vol = Volume(vol.array, vol.geometry, kind, vol.metadata)
+            return vol
         raise MedTorchInputError(
             f"{p.name} is a 2D image (size {img.GetSize()}): a 3D volume is needed",
             "load the whole series (a DICOM folder or a 3D file) rather than one slice",
@@ -182,15 +198,24 @@ def read_frames(path: str | os.PathLike[str], kind: VolumeKind | None = None) ->
     return [_volume_from_image(img, p, kind)]
 
 
-def read_volume(path: str | os.PathLike[str], kind: VolumeKind | None = None, series_uid: str | None = None) -> Volume:
-    """Open a 3D volume from a NIfTI/NRRD/MHA file, a DICOM file or a DICOM series folder.
+def read_volume(path: str | os.PathLike[str], kind: VolumeKind | None = None, series_uid: str | None = None,
+                allow_2d: bool = False) -> Volume:
+    """Open a 3D volume from a NIfTI/NRRD/MHA file, a DICOM file or a DICOM series folder,
+    or a 2D image (PNG, JPEG, TIFF, BMP) as a one-slice volume.
 
     Args:
         path: file or folder.
         kind: force ``"label"`` for label maps; by default scalar, or vector for multi-component files.
         series_uid: for a DICOM folder holding several series, which one to read.
+        allow_2d: read a 2D NIfTI/NRRD/MHA file as a one-slice volume (refused by default).
+            Image files (PNG, ...) are always 2D and always read.
     """
     p = Path(path)
+    if has_image_extension(p) and not p.is_dir():
+        vol = read_image(p)
+        if kind is not None and kind != vol.kind:
+            vol = Volume(vol.array, vol.geometry, kind, vol.metadata)
+        return vol
     if p.is_dir() or (p.exists() and not _has_volume_extension(p) and _looks_like_dicom(p)):
         from medtorch.io.dicom import read_dicom_series
 
@@ -198,7 +223,7 @@ def read_volume(path: str | os.PathLike[str], kind: VolumeKind | None = None, se
         if kind is not None and kind != vol.kind:
             vol = Volume(vol.array, vol.geometry, kind, vol.metadata)
         return vol
-    return _volume_from_image(_read_sitk(p), p, kind)
+    return _volume_from_image(_read_sitk(p), p, kind, allow_2d)
 
 
 def _looks_like_dicom(p: Path) -> bool:
@@ -242,12 +267,16 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = 
     import SimpleITK as sitk
 
     p = Path(path)
+    if has_image_extension(p):
+        return write_image(volume, p)
     if not _has_volume_extension(p):
         raise MedTorchInputError(
             f"unknown output format for {p.name}",
-            "use one of " + ", ".join(VOLUME_EXTENSIONS),
+            "use one of " + ", ".join(VOLUME_EXTENSIONS) + " (or, for one slice, " + ", ".join(IMAGE_EXTENSIONS) + ")",
         )
     img = volume.to_sitk()
+    if str(volume.metadata.get("spatial_dims", "")) == "2" and volume.geometry.size[2] == 1:
+        img = img[:, :, 0]  # a 2D image stays 2D in NIfTI/NRRD/MHA
     if volume.kind == "label" and volume.array.dtype.kind == "f":
         img = sitk.Cast(img, sitk.sitkInt16 if np.abs(volume.array).max() < 32767 else sitk.sitkInt32)
     nbytes = int(volume.array.nbytes)

@@ -35,7 +35,7 @@ from medtorch.progress import CancelToken, ProgressCallback
 from medtorch.volume import Volume
 
 #: Fusion methods, in the order the command line and the module offer them.
-FusionMethod = Literal["average", "dwt", "laplacian", "gff", "pca", "cnn", "max"]
+FusionMethod = Literal["average", "dwt", "laplacian", "gff", "gradient", "pca", "cnn", "max"]
 #: How each source is brought to [0, 1] before fusion (``none``: raw intensities).
 Normalization = Literal["auto", "percentile", "none"]
 BlendNormalization = Literal["percentile", "none"]
@@ -46,10 +46,13 @@ FunctionalSide = Literal["fixed", "moving"]
 #: How fusion metrics are taken (:func:`medtorch.fusion.metrics.fusion_metrics`).
 MetricMode = Literal["auto", "2d", "3d", "slices"]
 MiUnit = Literal["bits", "nats"]
+#: Which definitions the metrics follow: MedTorch's own, or the CDDFuse/VIFB evaluator's
+#: (8-bit grey/Y inputs, MI in nats, SSIM as skimage's with data range 2; docs/fusion-metrics.md).
+MetricSet = Literal["medtorch", "cddfuse"]
 #: A CT window preset (:data:`medtorch.intensity.CT_WINDOWS`) or (width, level) in HU.
 CtWindow = str | tuple[float, float]
 
-DEFAULT_METHODS: tuple[FusionMethod, ...] = ("average", "dwt", "laplacian", "gff", "pca")
+DEFAULT_METHODS: tuple[FusionMethod, ...] = ("average", "dwt", "laplacian", "gff", "gradient", "pca")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class FuseRequest(Request):
     assume_aligned: bool = False
     metrics: MetricMode | None = None
     mi_unit: MiUnit = "bits"
+    metric_set: MetricSet = "medtorch"
     device: str | None = None
     matrix: Matrix | None = None
 
@@ -120,6 +124,7 @@ class FusionMetricsRequest(Request):
     mode: MetricMode = "3d"
     data_range: tuple[float, float] = (0.0, 1.0)
     mi_unit: MiUnit = "bits"
+    metric_set: MetricSet = "medtorch"
     per_slice: bool = False
 
 
@@ -137,6 +142,7 @@ class FuseEvalRequest(Request):
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics_mode: MetricMode = "3d"
     mi_unit: MiUnit = "bits"
+    metric_set: MetricSet = "medtorch"
     color_map: ColorMap = "hot"
     assume_aligned: bool = False
     device: str | None = None
@@ -196,6 +202,7 @@ def run_fuse(request: FuseRequest, inputs: dict[str, Volume], progress: Progress
         assume_aligned=request.assume_aligned,
         metrics=request.metrics,
         mi_unit=request.mi_unit,
+        metric_set=request.metric_set,
         device=request.device,
         progress=progress,
         cancel=cancel,
@@ -247,7 +254,8 @@ def run_fusion_metrics(request: FusionMetricsRequest, inputs: dict[str, Volume],
                                      "score volumes on one grid (the fused volume's)")
     mode, rng, unit = request.mode, request.data_range, request.mi_unit
     report(progress, cancel, 0.1, f"scoring ({mode})")
-    values: dict[str, Any] = dict(fusion_metrics(a.array, b.array, f.array, mode=mode, data_range=rng, mi_unit=unit))
+    values: dict[str, Any] = dict(fusion_metrics(a.array, b.array, f.array, mode=mode, data_range=rng, mi_unit=unit,
+                                                         metric_set=request.metric_set))
     if request.per_slice:
         report(progress, cancel, 0.6, "scoring every slice")
         per = slice_metrics(a.array, b.array, f.array, data_range=rng, mi_unit=unit)
@@ -267,7 +275,8 @@ def run_fuse_eval(request: FuseEvalRequest, inputs: dict[str, Volume], progress:
             raise MedTorchInputError(f"the evaluation needs '{key}'", "give the pairs (list or folder) and an output folder")
     res = evaluate(request.pairs, list(request.methods or DEFAULT_METHODS), request.out_dir, baseline=request.baseline,
                    method_params=_method_params(request.method_params), metrics_mode=request.metrics_mode,
-                   mi_unit=request.mi_unit, color_map=request.color_map, assume_aligned=request.assume_aligned,
+                   mi_unit=request.mi_unit, metric_set=request.metric_set, color_map=request.color_map,
+                   assume_aligned=request.assume_aligned,
                    device=request.device, progress=progress, cancel=cancel)
     return OperationResult({}, {"rows": res.rows, "stats": res.stats, "files": {k: str(v) for k, v in res.files.items()}},
                            res)

@@ -70,6 +70,7 @@ class SeededRequest(Request):
     method: SeededMethod = "geodesic"
     margin_mm: float = 5.0
     margin_fraction: float = 0.2
+    region_aspect: float = 1.0
     smoothing_mm: float = 1.0
     radius_mm: float = 2.0
     smoothness: float = 0.3

@@ -17,7 +17,7 @@ from medtorch.errors import MedTorchInputError
 from medtorch.ops.registration import Engine, Init, Metric, Mode
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.registration.result import RegistrationResult
-from medtorch.volume import Volume, check_volume
+from medtorch.volume import Volume, check_volume, is_single_slice
 
 __all__ = ["ENGINES", "INITS", "METRICS", "MODES", "register", "check_inputs", "target_registration_error"]
 
@@ -81,6 +81,12 @@ def check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None, movin
     for vol, name in ((fixed, "fixed volume"), (moving, "moving volume")):
         if not isinstance(vol, Volume):
             raise MedTorchInputError(f"the {name} is a {type(vol).__name__}, not a Volume", "load it with medtorch.io.read_volume")
+        if isinstance(vol, Volume) and (is_single_slice(vol.geometry) or vol.is_2d):
+            raise MedTorchInputError(
+                f"the {name} is a 2D image (size {vol.size}): MedTorch registers 3D volumes only",
+                "fuse 2D pairs that are already aligned (pixel for pixel, as published 2D fusion pairs are): "
+                "run the fusion without registration, with --assume-aligned for two images of one size; "
+                "register the 3D volumes the slices come from instead")
         check_volume(vol, name)
         if min(vol.size) < 4:
             raise MedTorchInputError(

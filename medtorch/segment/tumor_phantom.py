@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -43,6 +43,10 @@ __all__ = [
     "make_tumor_phantom",
     "stroke_seeds",
     "SAMPLE_DATA",
+    "FAMILY_RANGES",
+    "random_tumor_phantom",
+    "family_phantom",
+    "phantom_family",
 ]
 
 #: Where the MNI template lives in a checkout.
@@ -90,7 +94,7 @@ class TumorPhantom:
     truth: Volume
     compartments: Volume
     center_lps: np.ndarray
-    parameters: dict[str, float | int | str] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     def crop(self, lo: Sequence[int], hi: Sequence[int]) -> "TumorPhantom":
         """The phantom inside voxel box ``[lo, hi)`` (``z, y, x``), on the matching sub-grid."""
@@ -396,3 +400,337 @@ def stroke_seeds(
         out[tuple(sl)] = np.expand_dims(seeds2d, axis)
     return Volume(out, truth.geometry, "label",
                   {"seeds": "strokes on three orthogonal slices", "background_value": bg_value, "seed": seed})
+
+
+# -- a varied family of phantoms -------------------------------------------------------------------
+
+#: The ranges :func:`random_tumor_phantom` draws from (see its docstring). They are chosen NOT to be
+#: the setting the seeded method was tuned on (:func:`make_tumor_phantom` with its defaults:
+#: one 24 mm-radius tumour, 4-10 % Rician noise, a +-15 % polynomial bias).
+FAMILY_RANGES: dict[str, Any] = {
+    "n_lesions": (1, 3),  # 1 (70 %), 2 (20 %) or 3 (10 %)
+    "diameter_mm": (5.0, 40.0),  # equivalent diameter of each lesion's whole tumour, log-uniform
+    "shape": ("ellipsoid", "lobes", "field"),
+    "noise": (0.02, 0.12),  # of the brightest intensity
+    "noise_kind": ("gaussian", "rician"),
+    "bias": (0.0, 0.35),
+    "bias_kind": ("polynomial", "smooth"),
+    "flair_contrast_bright": (1.15, 1.9),  # the lesion's FLAIR over its surroundings'
+    "flair_contrast_dark": (0.45, 0.8),  # dark lesions (20 %)
+    "oedema_mm": (1.5, 8.0),  # oedema thickness (50 % of the phantoms)
+    "rim_mm": (1.0, 3.0),  # a thin rim around a near-isointense interior (30 %)
+    "near_csf_flair": (0.2, 1.6),  # CSF's FLAIR level over white matter's next to a near-CSF lesion
+    "slice_mm": 5.0,  # anisotropic phantoms (25 %): thick slices along the k axis
+    "psf_mm": (0.5, 1.0),
+    "texture": (0.02, 0.10),
+}
+_FAMILY_P = {"dark": 0.2, "oedema": 0.5, "rim": 0.3, "necrosis": 0.25, "near_csf": 0.3, "anisotropic": 0.25}
+_TISSUE_MAPS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # the last tissue's maps
+
+
+def _tissue_maps(tissue: Tissue) -> tuple[np.ndarray, np.ndarray]:
+    """Depth inside the brain (mm) and distance to inner CSF (mm) on the tissue grid (cached)."""
+    from scipy import ndimage
+
+    key = id(tissue)
+    hit = _TISSUE_MAPS.get(key)
+    if hit is not None and hit[0] is tissue:
+        return hit[1], hit[2]
+    sp = np.asarray(tissue.geometry.spacing, float)[::-1]
+    brain = tissue.brain
+    depth = ndimage.distance_transform_edt(brain, sampling=sp).astype(np.float32)
+    inner_csf = (tissue.csf > 0.5) & (depth >= 6.0)  # ventricles and deep sulci, not the outer CSF rim
+    dist_csf = (ndimage.distance_transform_edt(~inner_csf, sampling=sp).astype(np.float32) if inner_csf.any()
+                else np.full(brain.shape, np.inf, np.float32))
+    _TISSUE_MAPS.clear()
+    _TISSUE_MAPS[key] = (tissue, depth, dist_csf)
+    return depth, dist_csf
+
+
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _shape_field(p: np.ndarray, kind: str, radius: float, rng: np.random.Generator, spacing_zyx: np.ndarray) -> np.ndarray:
+    """A shape function of the LPS offsets ``p`` from a lesion's centre: about ``|p| / radius``
+    for a ball, < 1 inside. Rescaled later to the lesion's volume."""
+    if kind == "ellipsoid":
+        semi = radius * rng.uniform(0.6, 1.4, 3)
+        semi *= radius / np.prod(semi) ** (1 / 3)
+        return np.linalg.norm((p @ _random_rotation(rng)) / semi, axis=-1).astype(np.float32)
+    if kind == "lobes":
+        s = np.full(p.shape[:-1], np.inf, np.float32)
+        for i in range(int(rng.integers(2, 6))):
+            off = np.zeros(3) if i == 0 else _random_rotation(rng)[:, 0] * radius * rng.uniform(0.35, 0.75)
+            semi = radius * (0.75 if i == 0 else rng.uniform(0.35, 0.6)) * rng.uniform(0.7, 1.3, 3)
+            s = np.minimum(s, np.linalg.norm(((p - off) @ _random_rotation(rng)) / semi, axis=-1))
+        return s
+    amp = rng.uniform(0.15, 0.45)
+    f = np.clip(_smooth_field(p.shape[:-1], rng.uniform(2.5, 6.0) / spacing_zyx, rng), -2.5, 2.5)
+    return (np.linalg.norm(p, axis=-1) / radius / np.maximum(1.0 + amp * f, 0.3)).astype(np.float32)
+
+
+def _slab_mean(a: np.ndarray, k: int) -> np.ndarray:
+    n = a.shape[0] // k
+    return a[: n * k].reshape((n, k) + a.shape[1:]).mean(axis=1)
+
+
+def random_tumor_phantom(rng: np.random.Generator | int, tissue: Tissue | None = None,
+                         channels: Sequence[str] = CHANNELS, margin_mm: float = 24.0) -> TumorPhantom:
+    """A brain-tumour phantom drawn from wide ranges (:data:`FAMILY_RANGES`), on a crop of ``tissue``.
+
+    Drawn, and recorded in ``parameters``:
+
+    * 1-3 lesions (the others 3-25 mm from the first), each with an equivalent whole-tumour
+      diameter of 5-40 mm (log-uniform) and a shape: a random ellipsoid, a union of 2-5
+      ellipsoids (multi-lobed) or a ball deformed by a smooth random field;
+    * the lesion's FLAIR contrast against its surroundings (the mean of the tissue 2-6 mm
+      around it): brighter (x1.15-1.9) or, in 20 % of the phantoms, DARKER (x0.45-0.8); T1
+      darker, T2 brighter, T1c enhancing where there is a rim;
+    * optional oedema (1.5-8 mm, fading towards its edge, in parenchyma only), a thin rim
+      (1-3 mm) around a near-isointense interior, or a necrotic core;
+    * placement deep in the brain or (30 %) touching inner CSF (ventricles, deep sulci), whose
+      FLAIR is then drawn from poorly suppressed to bright (0.2-1.6 x white matter);
+    * Gaussian or Rician noise of 2-12 % of the brightest intensity, a polynomial or smooth
+      random bias field of strength 0-0.35, a Gaussian PSF of 0.5-1 mm, texture 2-10 %;
+    * 25 % anisotropic: slabs of 5 mm along the grid's k axis (1x1x5 mm on the 1 mm template),
+      made by averaging the fine grid's slices (partial volume) before bias and noise.
+
+    Args:
+        rng: a generator or a seed.
+        tissue: the brain (default: :func:`mni_tissue`).
+        channels: the channels to make (subset of :data:`CHANNELS`).
+        margin_mm: the crop around the lesions.
+
+    Returns:
+        A :class:`TumorPhantom` on the crop (1 core/necrosis and solid tumour, 2 oedema, 3 rim:
+        BraTS-like values; the whole tumour is ``truth > 0``); ``parameters`` holds every draw and
+        the subgroup flags ``small`` (largest lesion < 15 mm), ``dark``, ``anisotropic``,
+        ``multi_lesion`` and ``near_csf``.
+    """
+    from scipy import ndimage
+
+    from medtorch.phantoms import physical_grid
+
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(int(rng))
+    bad = [c for c in channels if c not in CHANNELS]
+    if bad or not channels:
+        raise MedTorchInputError(f"unknown channel(s) {bad}", "use " + ", ".join(CHANNELS))
+    tissue = tissue if tissue is not None else _default_tissue()
+    g = tissue.geometry
+    sp = np.asarray(g.spacing, float)[::-1]
+    R = FAMILY_RANGES
+    n_les = int(rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1]))
+    diam = [_loguniform(rng, *R["diameter_mm"]) for _ in range(n_les)]
+    shape_kind = str(rng.choice(R["shape"], p=[0.2, 0.4, 0.4]))
+    dark = bool(rng.random() < _FAMILY_P["dark"])
+    oedema = bool(rng.random() < _FAMILY_P["oedema"]) and not dark
+    rim = bool(rng.random() < _FAMILY_P["rim"])
+    necrosis = (not rim) and bool(rng.random() < _FAMILY_P["necrosis"])
+    near_csf = bool(rng.random() < _FAMILY_P["near_csf"])
+    aniso = bool(rng.random() < _FAMILY_P["anisotropic"])
+    noise = float(rng.uniform(*R["noise"]))
+    noise_kind = str(rng.choice(R["noise_kind"]))
+    bias = float(rng.uniform(*R["bias"]))
+    bias_kind = str(rng.choice(R["bias_kind"]))
+    psf = float(rng.uniform(*R["psf_mm"]))
+    tex = float(rng.uniform(*R["texture"]))
+    flair_c = float(rng.uniform(*(R["flair_contrast_dark"] if dark else R["flair_contrast_bright"])))
+    oed_mm = float(rng.uniform(*R["oedema_mm"])) if oedema else 0.0
+    rim_mm = float(max(rng.uniform(*R["rim_mm"]), 1.01 * sp.min())) if rim else 0.0
+    csf_flair = float(rng.uniform(*R["near_csf_flair"])) if near_csf else _TISSUE["FLAIR"][0] / _TISSUE["FLAIR"][2]
+    contrast = {"FLAIR": flair_c, "T1": float(rng.uniform(0.55, 0.95)), "T2": float(rng.uniform(1.2, 1.9)),
+                "T1c": float(rng.uniform(0.6, 1.0))}
+    rim_c = {"FLAIR": flair_c * float(rng.uniform(1.05, 1.3)), "T1": contrast["T1"], "T2": contrast["T2"],
+             "T1c": float(rng.uniform(1.4, 1.9))}
+    interior_c = {k: float(rng.uniform(0.9, 1.25)) if rim else float(rng.uniform(0.55, 0.9))
+                  for k in CHANNELS}  # rim interior: near-isointense; necrosis: darker than the solid part
+
+    # -- placement (on the tissue grid) ---------------------------------------------------------
+    depth, dist_csf = _tissue_maps(tissue)
+    parenchyma = (tissue.gm + tissue.wm) > 0.5
+    r0 = diam[0] / 2.0
+    ok = parenchyma & (depth >= r0 + 3.0)
+    if near_csf:
+        ok_near = ok & (dist_csf >= max(r0 - 2.0, 0.5)) & (dist_csf <= r0 + 1.5)
+        if ok_near.any():
+            ok = ok_near
+        else:
+            near_csf = False
+    cand = np.argwhere(ok)
+    if len(cand) == 0:  # the lesion is too big for the brain here: its deepest voxels
+        cand = np.argwhere(depth >= np.percentile(depth[depth > 0], 99.5))
+    centres = [cand[rng.integers(len(cand))].astype(float)]
+    for d in diam[1:]:
+        for _ in range(60):
+            u = _random_rotation(rng)[:, 0]
+            dist = r0 + d / 2.0 + rng.uniform(3.0, 25.0)
+            c = centres[0] + u * dist / sp
+            ci = np.round(c).astype(int)
+            if np.all(ci >= 0) and np.all(ci < depth.shape) and parenchyma[tuple(ci)] and depth[tuple(ci)] >= d / 2 + 2:
+                centres.append(c)
+                break
+    diam = diam[: len(centres)]
+    # -- the crop -------------------------------------------------------------------------------
+    reach = np.array([(d / 2.0) * 1.6 + oed_mm + margin_mm for d in diam])
+    lo = np.min([c - r / sp for c, r in zip(centres, reach)], axis=0)
+    hi = np.max([c + r / sp for c, r in zip(centres, reach)], axis=0)
+    lo = np.clip(np.floor(lo).astype(int), 0, np.asarray(depth.shape) - 1)
+    hi = np.clip(np.ceil(hi).astype(int) + 1, lo + 1, np.asarray(depth.shape))
+    slab = max(2, int(round(R["slice_mm"] / sp[0]))) if aniso else 1
+    if slab > 1:
+        n = hi[0] - lo[0]
+        n_up = int(np.ceil(n / slab)) * slab
+        grow = n_up - n
+        lo[0] = max(0, lo[0] - grow // 2)
+        hi[0] = min(depth.shape[0], lo[0] + n_up)
+        hi[0] = lo[0] + ((hi[0] - lo[0]) // slab) * slab
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sub = Geometry(tuple(int(v) for v in (hi - lo)[::-1]), g.index_to_physical(lo[::-1][None].astype(float))[0],
+                   g.spacing, g.direction)
+    pts = physical_grid(sub)
+    gm, wm, csf = tissue.gm[box], tissue.wm[box], tissue.csf[box]
+    brain = (gm + wm + csf) > 0.5
+    paren = (gm + wm) > 0.5
+    # -- shapes ---------------------------------------------------------------------------------
+    voxel = float(np.prod(sp))
+    comp = np.zeros(sub.shape_zyx, np.uint8)  # 1 interior, 2 oedema, 3 rim, 4 solid
+    fade = np.zeros(sub.shape_zyx, np.float32)
+    for c, d in zip(centres, diam):
+        c_lps = g.index_to_physical(c[::-1][None])[0]
+        s = _shape_field(pts - c_lps, shape_kind, d / 2.0, rng, sp)
+        target = int(round(np.pi / 6.0 * d ** 3 / voxel))
+        flat = np.sort(s[brain].ravel())
+        if len(flat) == 0:
+            continue
+        s = s / max(float(flat[min(max(target, 1), len(flat)) - 1]), 1e-6) * (1.0 + 1e-6)
+        radius = d / 2.0
+        o = oed_mm / radius
+        w = rim_mm / radius
+        inside = (s < 1.0) & brain
+        les = np.zeros(sub.shape_zyx, np.uint8)
+        les[inside] = 4
+        if oedema:
+            oz = inside & (s >= 1.0 - o)
+            les[oz] = 2
+            les[oz & ~paren] = 0  # oedema spreads through parenchyma, not CSF
+            fade = np.maximum(fade, np.where(oz, np.clip((1.0 - s) / max(o, 1e-6), 0, 1), 0).astype(np.float32))
+        if rim:
+            rz = inside & (s < 1.0 - o) & (s >= 1.0 - o - w)
+            les[rz] = 3
+            les[inside & (s < 1.0 - o - w)] = 1
+        elif necrosis:
+            les[inside & (s < (1.0 - o) * float(rng.uniform(0.3, 0.6)))] = 1
+        put = (les > 0) & ((comp == 0) | (comp == 2))
+        comp[put] = les[put]
+    # keep each lesion one piece: oedema islands not touching a solid part are dropped
+    lab, n = ndimage.label(comp > 0)
+    if n > 1:
+        keep = np.bincount(lab[(comp != 2) & (comp > 0)].ravel(), minlength=n + 1)
+        keep[0] = 0
+        comp[(lab > 0) & (keep[lab] == 0)] = 0
+    truth = np.zeros(comp.shape, np.uint8)
+    truth[(comp == 1) | (comp == 4)] = 1
+    truth[comp == 2] = 2
+    truth[comp == 3] = 3
+    tumour = truth > 0
+    # -- images ---------------------------------------------------------------------------------
+    dist_out = ndimage.distance_transform_edt(~tumour, sampling=sp) if tumour.any() else np.full(comp.shape, np.inf)
+    shell = (dist_out >= 2.0) & (dist_out <= 6.0) & brain
+    tex_f = 1.0 + tex * np.clip(_smooth_field(sub.shape_zyx, 2.0 / sp, rng), -2.5, 2.5)
+    if bias_kind == "polynomial":
+        bias_f = _bias_field(sub, bias, rng)
+    else:
+        sm = _smooth_field(sub.shape_zyx, rng.uniform(30.0, 60.0) / sp, rng)
+        bias_f = (1.0 + bias * sm / (np.abs(sm).max() + 1e-12)).astype(np.float32)
+    t1 = tissue.t1[box] if tissue.t1 is not None else None
+    out: dict[str, Volume] = {}
+    out_geom = sub
+    if slab > 1:
+        origin = sub.index_to_physical(np.array([[0.0, 0.0, (slab - 1) / 2.0]]))[0]
+        out_geom = Geometry((sub.size[0], sub.size[1], sub.size[2] // slab), origin,
+                            (g.spacing[0], g.spacing[1], g.spacing[2] * slab), g.direction)
+        fr = [_slab_mean((truth == v).astype(np.float32), slab) for v in (1, 2, 3)]
+        tot = fr[0] + fr[1] + fr[2]
+        truth = np.where(tot >= 0.5, np.argmax(np.stack(fr), axis=0) + 1, 0).astype(np.uint8)
+        bias_f = _slab_mean(bias_f, slab)
+    for name in channels:
+        csf_v, gm_v, wm_v = _TISSUE[name]
+        if name == "FLAIR":
+            csf_v = csf_flair * wm_v
+        if name in ("T1", "T1c") and t1 is not None:
+            img = t1.astype(np.float32).copy()
+        else:
+            img = (csf_v * csf + gm_v * gm + wm_v * wm).astype(np.float32)
+        ref = float(img[shell].mean()) if shell.any() else wm_v
+        level = contrast[name] * ref
+        img[comp == 4] = level
+        img[comp == 1] = interior_c[name] * (ref if rim else level)
+        img[comp == 3] = rim_c[name] * ref
+        oz = comp == 2
+        if oz.any():
+            oed_level = ref + 0.7 * (level - ref)
+            img[oz] = img[oz] + (oed_level - img[oz]) * (0.35 + 0.65 * fade[oz])
+        img[tumour] *= tex_f[tumour]
+        if psf > 0:
+            img = ndimage.gaussian_filter(img, psf / sp)
+        if slab > 1:
+            img = _slab_mean(img, slab)
+        img = img * bias_f
+        brightest = float(np.percentile(img[img > 0.05], 99.5)) if (img > 0.05).any() else 1.0
+        sd = noise * brightest
+        if noise_kind == "rician":
+            a = img + rng.normal(0.0, sd, img.shape).astype(np.float32)
+            b = rng.normal(0.0, sd, img.shape).astype(np.float32)
+            img = np.sqrt(a * a + b * b)
+        else:
+            img = img + rng.normal(0.0, sd, img.shape).astype(np.float32)
+        out[name] = Volume(img.astype(np.float32), out_geom, "scalar",
+                           {"phantom": "tumour family", "channel": name, "noise": noise})
+    comp_out = comp if slab == 1 else np.where(truth > 0, 1, 0).astype(np.uint8)
+    centre_lps = g.index_to_physical(centres[0][::-1][None])[0]
+    eq_d = [float(v) for v in diam]
+    params: dict[str, Any] = {
+        "family": "random_tumor_phantom", "n_lesions": len(centres), "diameters_mm": eq_d,
+        "max_diameter_mm": max(eq_d), "shape": shape_kind, "dark": dark, "flair_contrast": flair_c,
+        "contrast": contrast, "oedema": oedema, "oedema_mm": oed_mm, "rim": rim, "rim_mm": rim_mm,
+        "necrosis": necrosis, "near_csf": near_csf, "csf_flair_over_wm": csf_flair, "anisotropic": slab > 1,
+        "slice_mm": float(out_geom.spacing[2]), "spacing_mm": [float(v) for v in out_geom.spacing],
+        "noise": noise, "noise_kind": noise_kind, "bias": bias, "bias_kind": bias_kind, "psf_mm": psf,
+        "texture": tex, "truth_voxels": int((truth > 0).sum()),
+        "small": max(eq_d) < 15.0, "multi_lesion": len(centres) > 1,
+    }
+    return TumorPhantom(out, Volume(truth, out_geom, "label", {"labels": "1 core/necrosis, 2 oedema, 3 rim"}),
+                        Volume(comp_out, out_geom, "label"), centre_lps, params)
+
+
+_DEFAULT_TISSUE: list[Tissue] = []
+
+
+def _default_tissue() -> Tissue:
+    if not _DEFAULT_TISSUE:
+        _DEFAULT_TISSUE.append(mni_tissue())
+    return _DEFAULT_TISSUE[0]
+
+
+def family_phantom(index: int, seed: int = 0, tissue: Tissue | None = None,
+                   channels: Sequence[str] = CHANNELS) -> TumorPhantom:
+    """Phantom ``index`` of the family ``seed``: :func:`random_tumor_phantom` with the generator
+    ``default_rng([seed, index])``; ``parameters`` also hold ``family_seed`` and ``index``."""
+    ph = random_tumor_phantom(np.random.default_rng([int(seed), int(index)]), tissue, channels)
+    ph.parameters["family_seed"] = int(seed)
+    ph.parameters["index"] = int(index)
+    return ph
+
+
+def phantom_family(n: int, seed: int = 0, tissue: Tissue | None = None,
+                   channels: Sequence[str] = CHANNELS) -> Iterator[TumorPhantom]:
+    """``n`` phantoms (:func:`family_phantom` 0 to n-1), made one at a time; a family's first
+    phantoms do not depend on ``n``."""
+    for i in range(int(n)):
+        yield family_phantom(i, seed, tissue, channels)

@@ -67,7 +67,7 @@ def build() -> str:
     fusion = section("blendCollapsibleButton", "Fusion", "How the two volumes are combined into one", [
         (label("fusionMethodLabel", "Method:", "Fusion method"),
          widget("QComboBox", "fusionMethodComboBox",
-                "average: weighted average; dwt: wavelet rule (mean approximation, max-abs details; the seeds' rule); "
+                "average: weighted average; dwt: DWT, mean approximation, max-abs details; "
                 "laplacian: Laplacian pyramid; gff: guided-filter fusion (Li 2013, training-free, usually the highest "
                 "QAB/F); pca: PCA weights; cnn: a two-branch CNN trained on this pair (unsupervised, seeded; slower)",
                 "fusionMethod", items=FUSION_METHODS)),
@@ -155,7 +155,7 @@ def build() -> str:
                 "evaluationMethods", text="average,dwt,laplacian,gff,pca")),
         (label("evaluationBaselineLabel", "Baseline:", "Method the others are tested against"),
          widget("QComboBox", "evaluationBaselineComboBox", "The method every other is compared with, slice by slice "
-                "(Wilcoxon signed-rank and paired t-test); dwt is the seeds' rule", "evaluationBaseline",
+                "(Wilcoxon signed-rank and paired t-test); dwt: mean approximation, max-abs details", "evaluationBaseline",
                 items=FUSION_METHODS)),
         (label("boxPlotMetricLabel", "Box plot metric:", "Metric shown in the box plot"),
          widget("QComboBox", "boxPlotMetricComboBox", "Metric whose per-slice values the box plot shows, one box per "
