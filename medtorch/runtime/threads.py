@@ -29,7 +29,8 @@ Where it applies: the background worker (:mod:`medtorch.runtime.worker`), the co
 (:func:`medtorch.cli.main`), the pipeline (:func:`medtorch.pipeline.run.run_pipeline`) and each
 case of a batch (:mod:`medtorch.pipeline.batch`, which shares the CPUs among its workers).
 Algorithms that pin their own count inside (the torch registration engine's one thread on
-the CPU, the seeded segmentation's single thread) keep doing so. Thread counts can change the
+the CPU, the seeded segmentation's single thread, the training-free fusion methods' one thread,
+``MEDTORCH_FUSION_THREADS``) keep doing so. Thread counts can change the
 order of floating-point sums, and so the last bits of a result; the policy only chooses the
 count once per job, so a job's results do not change while it runs.
 """
