@@ -120,6 +120,37 @@ def test_inside_slicer_jobs_start_with_launch_console_process(tmp_path, helpers_
     assert job._proc.medtorch_group is False
 
 
+@pytest.mark.skipif(not POSIX, reason="uses sh, sleep and /proc")
+def test_older_launch_console_process_without_update_environment(tmp_path, helpers_on_path, monkeypatch):
+    """A Slicer whose launchConsoleProcess has no updateEnvironment: the worker still gets the
+    job's variables (through Slicer's current environment during the call), this process's
+    environment is as it was afterwards, and a cancel still stops the whole tree."""
+    import types
+
+    from medtorch.runtime import process
+
+    seen = []
+    real_popen = process.subprocess.Popen
+
+    def launch_console_process(args, useStartupEnvironment=True, cwd=None):
+        seen.append((useStartupEnvironment, dict(os.environ)))
+        return real_popen(args, env=dict(os.environ), stdout=process.subprocess.PIPE,
+                          stderr=process.subprocess.STDOUT, universal_newlines=True, cwd=cwd)
+
+    fake = types.ModuleType("slicer")
+    fake.app = object()  # type: ignore[attr-defined]
+    fake.util = types.SimpleNamespace(launchConsoleProcess=launch_console_process)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "slicer", fake)
+    monkeypatch.setenv("MEDTORCH_PYTHON", _launcher(tmp_path))
+    monkeypatch.delenv("MEDTORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    _hang_and_cancel(tmp_path)
+    assert len(seen) == 1 and seen[0][0] is False
+    assert seen[0][1].get("OMP_NUM_THREADS") and seen[0][1].get("MEDTORCH_THREADS")
+    assert dict(os.environ) == before
+
+
 def test_input_errors_cross_as_problem_and_fix():
     task = BackgroundJob("threshold", {"input": blob_phantom(oblique_geometry())}, {"lower": 9000.0}).start()
     with pytest.raises(MedTorchInputError) as exc:

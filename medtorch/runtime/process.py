@@ -63,8 +63,7 @@ def launch(argv: Sequence[str], env_updates: Mapping[str, str], cwd: str | None 
     if in_slicer():
         import slicer
 
-        proc: subprocess.Popen[str] = slicer.util.launchConsoleProcess(
-            args, useStartupEnvironment=False, updateEnvironment=updates, cwd=cwd)
+        proc: subprocess.Popen[str] = _launch_console_process(slicer.util.launchConsoleProcess, args, updates, cwd)
         proc.medtorch_group = False  # type: ignore[attr-defined]
         return proc
     env = dict(os.environ)
@@ -78,6 +77,33 @@ def launch(argv: Sequence[str], env_updates: Mapping[str, str], cwd: str | None 
                             **kwargs)
     proc.medtorch_group = True  # type: ignore[attr-defined]
     return proc
+
+
+def _launch_console_process(launch_console: Any, args: list[str], updates: dict[str, str],
+                            cwd: str | None) -> subprocess.Popen[str]:
+    """``slicer.util.launchConsoleProcess`` with Slicer's environment plus ``updates``.
+
+    Slicer versions whose ``launchConsoleProcess`` has no ``updateEnvironment`` start the
+    process in Slicer's current environment (``useStartupEnvironment=False``): ``updates`` are
+    put into this process's environment for the call, then taken out again."""
+    import inspect
+
+    try:
+        takes_updates = "updateEnvironment" in inspect.signature(launch_console).parameters
+    except (TypeError, ValueError):
+        takes_updates = True
+    if takes_updates:
+        return launch_console(args, useStartupEnvironment=False, updateEnvironment=updates, cwd=cwd)
+    saved = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        return launch_console(args, useStartupEnvironment=False, cwd=cwd)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # -- the process tree -------------------------------------------------------------------------
