@@ -272,8 +272,18 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         volumeMl = float(segmentationNode.GetAttribute("MedTorch.volumeMl") or 0.0)
         self.ui.volumeValueLabel.text = f"{volumeMl:.2f} mL"
         seconds = segmentationNode.GetAttribute("MedTorch.seconds") or "0"
-        self.ui.statusLabel.text = _("Segmented into {name} ({seconds} s)").format(
-            name=segmentationNode.GetName(), seconds=seconds)
+        text = _("Segmented into {name} ({seconds} s)").format(name=segmentationNode.GetName(), seconds=seconds)
+        verdict = json.loads(segmentationNode.GetAttribute("MedTorch.verdict") or "null")
+        style = ""
+        if verdict and verdict.get("status") in ("warn", "fail"):
+            # a result that may be wrong says so: the checks' sentences, worst first
+            reasons = [c for c in verdict.get("checks", []) if c.get("status") in ("warn", "fail")]
+            reasons.sort(key=lambda c: c["status"] != "fail")
+            label = _("Check this result") if verdict["status"] == "warn" else _("This result is probably wrong")
+            text += "\n" + label + ": " + " ".join(c["message"] + "." for c in reasons)
+            style = "color: #b36b00;" if verdict["status"] == "warn" else "color: #c00000; font-weight: bold;"
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.setStyleSheet(style)
 
     def onModelDone(self, segmentationNode) -> None:
         volumes = json.loads(segmentationNode.GetAttribute("MedTorch.volumesMl") or "{}")
@@ -545,7 +555,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         if minSizeMm3 > 0 or fillHoles:
             label = postprocess_label(label, float(minSizeMm3), False, bool(fillHoles))
         values = {"classes": res.classes, "background": res.background, "seconds": res.seconds,
-                  "iterations": res.iterations, "seed": int(res.options.get("seed", 0)), "incremental": res.incremental}
+                  "iterations": res.iterations, "seed": int(res.options.get("seed", 0)), "incremental": res.incremental,
+                  "verdict": None if res.verdict is None else res.verdict.to_dict()}
         with scene_transaction(slicer.mrmlScene):
             return self._applySeeded(label, values, names, colors, vols[0], outputSegmentation, volumetryTable,
                                      referenceSegmentation, metricsTable)
@@ -596,6 +607,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         seg.SetAttribute("MedTorch.seed", str(values.get("seed", 0)))
         seg.SetAttribute("MedTorch.seconds", f"{float(values.get('seconds', {}).get('total', 0.0)):.2f}")
         seg.SetAttribute("MedTorch.incremental", str(bool(values.get("incremental", False))).lower())
+        verdict = values.get("verdict")
+        seg.SetAttribute("MedTorch.verdict", json.dumps(verdict) if verdict else "")
         if referenceSegmentation is not None:
             metrics = self.scoreAgainstReference(seg, referenceSegmentation, referenceVolume, metricsTable)
             seg.SetAttribute("MedTorch.metricsTableID", metrics.GetID())

@@ -113,7 +113,7 @@ def test_batch_on_local_cluster_isolates_failures_and_resumes(tmp_path):
     out = tmp_path / "cohort"
     args = ["batch", "--manifest", str(tmp_path / "cases.csv"), "--config", str(cfg), "--out", str(out),
             "--workers", "2", "-q"]
-    assert main(args) == 1  # one case failed, the others went on
+    assert main(args) == 4  # one case failed, the others went on: the batch's own exit status
     summary = {r["case_id"]: r for r in _csv(out / "summary.csv")}
     assert [summary[c]["status"] for c in ("c0", "c1", "c2")] == ["done"] * 3
     assert summary["bad"]["status"] == "failed" and "could not be read" in summary["bad"]["error"]
@@ -122,7 +122,7 @@ def test_batch_on_local_cluster_isolates_failures_and_resumes(tmp_path):
 
     # an interrupted run: case c1 never finished
     (out / "c1" / "run.json").unlink()
-    assert main(args) == 1
+    assert main(args) == 4
     summary = {r["case_id"]: r for r in _csv(out / "summary.csv")}
     assert summary["c0"]["status"] == summary["c2"]["status"] == "skipped (done)"
     assert summary["c1"]["status"] == "done"
@@ -176,3 +176,36 @@ def test_pipeline_runs_every_step_register_fuse_denoise_superres_seeded(tmp_path
     assert sr.geometry.spacing[2] == pytest.approx(geom.spacing[2] / 2)
     seg = read_volume(rec["outputs"]["segmentation"]["path"]).array > 0
     assert 2 * np.logical_and(seg, lesion).sum() / (seg.sum() + lesion.sum()) > 0.8
+
+
+def test_a_study_whose_output_is_its_input_is_refused_and_the_input_kept(tmp_path, nifti_pair):
+    """The command line's rule in the pipeline too: an output never replaces an input."""
+    (tmp_path / "out" / "enhance").mkdir(parents=True)
+    src = tmp_path / "out" / "enhance" / "denoised_gaussian.nrrd"
+    write_volume(read_volume(tmp_path / "fixed.nii.gz"), src)
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    path = _study(tmp_path, {"denoise": {"input": "fixed", "method": "gaussian", "strength": 1.0}},
+                  fixed="out/enhance/denoised_gaussian.nrrd", moving=None)
+    assert main(["pipeline", "--config", str(path), "-q"]) != 0
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+    rec = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert rec["status"] != "done" and "would replace the input" in json.dumps(rec)
+
+
+def test_batch_quiet_silences_dask_too(tmp_path):
+    """``-q`` in a real process: Dask's INFO lines (33 of them before) are gone, the summary is written."""
+    import subprocess
+    import sys
+
+    geom = oblique_geometry(size=(16, 14, 12))
+    write_volume(blob_phantom(geom, noise=3.0, seed=0), tmp_path / "f0.nrrd")
+    write_volume(blob_phantom(geom, noise=3.0, seed=1), tmp_path / "m0.nrrd")
+    (tmp_path / "cases.csv").write_text("case_id,fixed,moving\nc0,f0.nrrd,m0.nrrd\n")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"inputs": {"fixed": "f0.nrrd", "moving": "m0.nrrd"},
+                                                     "steps": {"fuse": {"method": "average"}}}))
+    r = subprocess.run([sys.executable, "-m", "medtorch", "batch", "--manifest", "cases.csv", "--config", "s.yaml",
+                        "--out", "o", "--workers", "1", "-q"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "" and r.stdout.strip() == "", r.stderr
+    assert (tmp_path / "o" / "summary.csv").exists()

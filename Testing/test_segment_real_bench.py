@@ -115,7 +115,7 @@ def test_real_bench_end_to_end_on_a_fake_folder(fake_dir, tmp_path):
     assert "NOT in this repository" in md and "Synthetic test cases made by the test." in md
     assert "Per-case provenance" not in md  # quoted up to the per-case part only
     assert "held-out: Brats18_FAKE_B_1" in md and "development: Brats18_FAKE_A_1" in md
-    assert "DEVELOPMENT cases" in md and "## Targets" in md
+    assert "DEVELOPMENT cases" in md and "## Targets" in md and "does the verdict catch" in md
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     got = {(r["case"], r["protocol"], r["method"], r.get("round")): r for r in rows}
     for case in ("Brats18_FAKE_A_1", "Brats18_FAKE_B_1"):
@@ -126,6 +126,7 @@ def test_real_bench_end_to_end_on_a_fake_folder(fake_dir, tmp_path):
             assert "itk" in got[(case, "three_slice", GROWCUT, None)]["error"]
         assert 0.0 <= got[(case, "three_slice", "medtorch", None)]["dice"] <= 1.0
         assert got[(case, "three_slice", "medtorch", None)]["seconds"] > 0
+        assert got[(case, "three_slice", "medtorch", None)]["verdict"] in ("pass", "warn", "fail")
         # click-and-box: the peers got the box boundary as background; MedTorch gets no background seed
         # (a row either way: a Dice, or the method's error)
         # (on the box plus 2 voxels: FastGrowCut ignores seeds on its image's outermost layer, a box boundary

@@ -3,6 +3,8 @@ named and coded segments with closed surfaces, volumetry and metrics tables, the
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -227,3 +229,15 @@ def test_widget_seeded_in_background_then_update(scene, phantom):
     assert p.outputSegmentation is seg
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == n_tables
     assert "Segmented into" in w.ui.statusLabel.text
+    assert json.loads(seg.GetAttribute("MedTorch.verdict"))["status"] == "pass"
+    assert w.ui.statusLabel.styleSheet == ""
+    # a result whose verdict failed says so in the panel, with what to do
+    from medtorch.verdict import Verdict, grade
+
+    bad = Verdict.of([grade("region_border", 0.2, warn_at=0.02, fail_at=0.05,
+                            messages={"fail": "the tumour covers {value} of the region's border: draw a larger box"})],
+                     "segmentation")
+    seg.SetAttribute("MedTorch.verdict", bad.to_json())
+    w.onSeededDone(seg)
+    assert "probably wrong" in w.ui.statusLabel.text and "draw a larger box" in w.ui.statusLabel.text
+    assert "c00000" in w.ui.statusLabel.styleSheet

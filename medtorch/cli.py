@@ -7,7 +7,8 @@ error as one clear message, not a traceback. Every command runs with the runtime
 policy (:mod:`medtorch.runtime.threads`: threads from the free CPUs, OpenMP not spinning;
 ``MEDTORCH_THREADS`` overrides it).
 
-Exit codes: 0 success, 2 bad input or usage, 130 cancelled, 1 unexpected error.
+Exit codes: 0 success, 2 bad input or usage, 130 cancelled, 1 unexpected error, 4 a batch
+with failed cases (``medtorch batch``), 141 the output pipe was closed (quietly).
 """
 
 from __future__ import annotations
@@ -23,15 +24,34 @@ from typing import Any, Sequence
 
 from medtorch import __version__
 from medtorch.commands import Command
+from medtorch.commands.paths import PATH_OPTIONS, add_series_arguments, check_outputs, series_choices_of
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.progress import CancelToken
 from medtorch.runtime.threads import applied, plan_threads
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+#: 128 + SIGPIPE: the conventional status of a command whose output pipe was closed.
+EXIT_BROKEN_PIPE = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Help with each option's default, once: not where the help already states it, and not for
+    options whose default means "not given" (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def discover_commands() -> dict[str, Command]:
@@ -46,8 +66,11 @@ def discover_commands() -> dict[str, Command]:
     return found
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, writes_files: bool = False) -> None:
     g = parser.add_argument_group("general options")
+    if writes_files:
+        g.add_argument("--overwrite-input", action="store_true",
+                       help="let an output path be one of the input files and replace it (refused otherwise)")
     g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: $MEDTORCH_DEVICE, else auto: cuda, then mps, then cpu)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
@@ -69,7 +92,8 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         p = sub.add_parser(name, help=command.help, description=command.help,
                            epilog="examples:\n" + command.examples, formatter_class=_Formatter)
         command.add_arguments(p)
-        _add_common(p)
+        add_series_arguments(name, p)
+        _add_common(p, writes_files=name in PATH_OPTIONS)
     return parser
 
 
@@ -101,10 +125,20 @@ def _main(argv: Sequence[str] | None) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     try:
-        return commands[args.command].run(args, cancel)
+        check_outputs(args.command, args)  # before any work: an output never replaces an input
+        from medtorch.io import series_choices
+
+        with series_choices(series_choices_of(args.command, args)):  # each input's DICOM series
+            rc = commands[args.command].run(args, cancel)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return rc
     except MedTorchInputError as exc:
         sys.stderr.write(f"medtorch {args.command}: error: {exc}\n")
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the reader went away (``medtorch info ... | head``): end quietly, as Unix tools do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (Cancelled, KeyboardInterrupt):
         sys.stderr.write(f"medtorch {args.command}: cancelled; no partial output was written\n")
         return EXIT_CANCELLED

@@ -92,5 +92,6 @@ class GrowFromSeedsLogic:
         if bg != top:  # back to the effect's label values
             out[lab == top] = bg
             out[lab == bg] = top
-        self.last = {"seconds": res.seconds, "incremental": res.incremental, "region": res.region}
+        self.last = {"seconds": res.seconds, "incremental": res.incremental, "region": res.region,
+                     "verdict": res.verdict}
         return bridge.fill_oriented_image(outputLabelmap, mergedSeeds, out)

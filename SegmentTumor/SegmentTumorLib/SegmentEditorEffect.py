@@ -10,10 +10,10 @@ volume's features between strokes. This file needs the Slicer application (Qt); 
 tested headlessly.
 """
 
+import logging
 import os
 
 import qt
-
 import slicer
 from slicer.i18n import tr as _
 
@@ -78,3 +78,13 @@ leave them as they were.</li>
         except MedTorchError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("Grow from seeds (MedTorch)"))
             raise
+        verdict = self.logic.last.get("verdict")
+        if verdict is not None and not verdict.passed:
+            # a preview that may be wrong says so (status bar and log), without interrupting the painting
+            message = _("Grow from seeds (MedTorch): check the preview. ") + " ".join(
+                c.message + "." for c in verdict.reasons)
+            logging.warning(message)
+            try:
+                slicer.util.showStatusMessage(message, 8000)
+            except Exception:  # noqa: BLE001 - no main window (headless)
+                pass

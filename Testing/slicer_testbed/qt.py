@@ -119,6 +119,7 @@ class QWidget(QObject):
         self.enabled = True
         self.visible = True
         self.toolTip = ""
+        self.styleSheet = ""
         self._layout: Any = None
 
     def setEnabled(self, value: bool) -> None:
@@ -138,6 +139,9 @@ class QWidget(QObject):
 
     def setToolTip(self, text: str) -> None:
         self.toolTip = text
+
+    def setStyleSheet(self, sheet: str) -> None:
+        self.styleSheet = sheet
 
     def layout(self) -> Any:
         return self._layout

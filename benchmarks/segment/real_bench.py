@@ -89,6 +89,7 @@ CORRECTION_ROUNDS = 3
 MEDTORCH_VARIANTS: dict[str, dict[str, Any]] = {
     "medtorch": {},
     "medtorch (region competition)": {"method": "competition"},
+    "medtorch (region not deepened)": {"region_aspect": 0.0},
 }
 GROWCUT = "FastGrowCut"
 RW = "random walker"
@@ -338,6 +339,40 @@ def protocol_seeds(case: Case, key: str) -> Any:
     return sp.make_protocol_seeds(protocol, case.truth, background=background, seed=seed, within=case.brain)
 
 
+def _verdict_of(res: Any) -> dict[str, Any]:
+    """The result's verdict (status and the checks that warned or failed), where the method gives one."""
+    v = getattr(res, "verdict", None)
+    if v is None:
+        return {}
+    return {"verdict": v.status, "verdict_reasons": [c.name for c in v.reasons],
+            "verdict_values": {c.name: c.value for c in v.checks}}
+
+
+def _verdict_table(rows: list[dict[str, Any]], split: str) -> list[str]:
+    """MedTorch's verdict against the truth's Dice: every MedTorch run of the split (first runs of every
+    protocol and option row, and correction rounds)."""
+    runs = [r for r in rows if r.get("split") == split and "verdict" in r and "dice" in r]
+    if not runs:
+        return ["No MedTorch run carried a verdict."]
+    out = ["| verdict | runs | mean Dice | worst Dice | runs with Dice < 0.80 |", "| --- | ---: | ---: | ---: | ---: |"]
+    for status in ("pass", "warn", "fail"):
+        d = [r["dice"] for r in runs if r["verdict"] == status]
+        out.append(f"| {status} | {len(d)} | {_fmt(float(np.mean(d)) if d else None)} | "
+                   f"{_fmt(float(np.min(d)) if d else None)} | {sum(x < 0.8 for x in d)} |")
+    bad = [r for r in runs if r["dice"] < 0.8]
+    missed = [r for r in bad if r["verdict"] == "pass"]
+    alarms = [r for r in runs if r["dice"] >= 0.85 and r["verdict"] != "pass"]
+    out += ["", f"* Runs with Dice < 0.80: {len(bad)}, of which the verdict flagged {len(bad) - len(missed)} "
+            f"(warn or fail) and passed {len(missed)}"
+            + (": " + ", ".join(f"{r['case']} / {r['protocol']} / {r['method']} ({r['dice']:.3f})" for r in missed)
+               if missed else "") + ".",
+            f"* False alarms (Dice >= 0.85, yet warn or fail): {len(alarms)} of "
+            f"{sum(r['dice'] >= 0.85 for r in runs)}"
+            + (": " + ", ".join(f"{r['case']} / {r['protocol']} / {r['method']} ({r['dice']:.3f}; "
+                                f"{', '.join(r.get('verdict_reasons', []))})" for r in alarms) if alarms else "") + "."]
+    return out
+
+
 def run_case(case: Case, protocols: Sequence[str], methods: Sequence[str], rw_beta: float | None,
              rounds: int = CORRECTION_ROUNDS, log: Any = print,
              rw_protocols: Sequence[str] = RW_PROTOCOLS) -> list[dict[str, Any]]:
@@ -374,7 +409,8 @@ def run_case(case: Case, protocols: Sequence[str], methods: Sequence[str], rw_be
                 lab = res.label.array
                 rows.append(_row(case, key, name, dice=dice(lab, truth), seconds=float(res.seconds.get("total", np.nan)),
                                  wall=wall, steps={k: round(float(v), 3) for k, v in res.seconds.items()},
-                                 region_voxels=int(np.prod(np.asarray(res.region[1]) - np.asarray(res.region[0])))))
+                                 region_voxels=int(np.prod(np.asarray(res.region[1]) - np.asarray(res.region[0]))),
+                                 **_verdict_of(res)))
                 if key == "three_slice":
                     state[name] = (segm, lab)
             except Exception as e:  # noqa: BLE001
@@ -424,7 +460,8 @@ def run_case(case: Case, protocols: Sequence[str], methods: Sequence[str], rw_be
                         lab = res.label.array
                         rows.append(_row(case, "corrections", name, round=k, dice=dice(lab, truth),
                                          seconds=float(res.seconds.get("total", np.nan)), wall=wall,
-                                         incremental=bool(res.incremental), correction=seeds.metadata.get("correction")))
+                                         incremental=bool(res.incremental), correction=seeds.metadata.get("correction"),
+                                         **_verdict_of(res)))
                 except Exception as e:  # noqa: BLE001
                     rows.append(_row(case, "corrections", name, round=k, error=_err(e)))
                     break
@@ -750,11 +787,18 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
     lines += _protocol_table(rows, "held-out")[0]
     lines += ["", "## Held-out cases: correction rounds from the 3-slice seeds (WT Dice after each round)", ""]
     lines += _corrections_table(rows, "held-out")
+    lines += ["", "## Held-out cases: does the verdict catch the poor results?", "",
+              "Every MedTorch run carries a verdict (`medtorch.segment.seeded_verdict`: tumour on the segmented "
+              "region's border, tumour apart from the strokes, nothing beyond the strokes); its thresholds were "
+              "chosen on the development cases. The option rows (e.g. a region not deepened for one-slice strokes) "
+              "are there to make poor results to catch.", ""]
+    lines += _verdict_table(rows, "held-out")
     lines += ["", "## DEVELOPMENT cases (used to choose parameters: NOT the result)", "",
               "### 3-slice strokes (WT Dice)", ""]
     lines += _dice_table(rows, "dev")[0]
     lines += ["", "### Every protocol", ""] + _protocol_table(rows, "dev")[0]
     lines += ["", "### Correction rounds", ""] + _corrections_table(rows, "dev")
+    lines += ["", "### The verdict", ""] + _verdict_table(rows, "dev")
     if meta.get("rw", {}).get("scores"):
         lines += ["", "### Random walker beta (development cases, 3-slice seeds)", "",
                   "| beta | mean Dice | cases |", "| ---: | ---: | ---: |"]

@@ -34,9 +34,32 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (CPU)")
 
 
+#: ``medtorch batch``'s exit status when the cohort ran but some cases failed (their errors are in
+#: summary.csv); 1 stays "internal error".
+EXIT_CASES_FAILED = 4
+
+
+def _quiet_dask() -> None:
+    """``-q``: Dask's own INFO logging silenced too, here and in the worker processes it starts."""
+    import logging
+    import os
+
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "error"  # read by the worker processes' dask config
+    for name in ("distributed", "dask"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import dask
+
+        dask.config.set({"logging.distributed": "error"})
+    except ImportError:
+        pass
+
+
 def run_batch_command(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch.pipeline.batch import run_batch
 
+    if args.quiet:
+        _quiet_dask()
     rows = run_batch(args.manifest, args.config, args.out, scheduler=args.scheduler, n_workers=args.workers,
                      progress=progress_bar(args), cancel=cancel)
     failed = [r for r in rows if r["status"] == "failed"]
@@ -46,7 +69,7 @@ def run_batch_command(args: argparse.Namespace, cancel: CancelToken) -> int:
         print(f"{done} done, {skipped} skipped (already done), {len(failed)} failed; summary in {args.out}/summary.csv")
         for r in failed:
             print(f"  {r['case_id']}: {r.get('error', '')}")
-    return 1 if failed else 0
+    return EXIT_CASES_FAILED if failed else 0
 
 
 COMMANDS = [
@@ -55,6 +78,7 @@ COMMANDS = [
             add_pipeline_arguments, run_pipeline_command),
     Command("batch", "run the study pipeline over a cohort on Dask (LocalCluster or a scheduler); resumable",
             "  medtorch batch --manifest cases.csv --config study.yaml --out cohort-out\n"
-            "  medtorch batch --manifest cases.csv --config study.yaml --scheduler tcp://10.0.0.5:8786",
+            "  medtorch batch --manifest cases.csv --config study.yaml --scheduler tcp://10.0.0.5:8786\n"
+            f"exit status {EXIT_CASES_FAILED}: the cohort ran, but some cases failed (see summary.csv)",
             add_batch_arguments, run_batch_command),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,6 @@ def _input_path(value: str) -> str:
 
 def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
     """The ``--seeds`` form: read, segment, post-process, write the label map (and CSV/JSON)."""
-    import json
-
     from medtorch import __version__, ops
     from medtorch.io import read_volume, write_text_atomic, write_volume
     from medtorch.ops import Roi
@@ -264,11 +263,17 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
                 "options": res.options, "seed": res.options.get("seed"), "region_zyx": [list(res.region[0]),
                                                                                      list(res.region[1])],
                 "iterations": res.iterations, "seconds": res.seconds,
-                "volumes_ml": {r.name: r.volume_ml for r in rows}}
+                "volumes_ml": {r.name: r.volume_ml for r in rows},
+                "verdict": None if res.verdict is None else res.verdict.to_dict()}
         write_text_atomic(args.info, json_dumps(info, indent=2))
     if not args.quiet:
         parts = ", ".join(f"{r.name}: {r.volume_ml:.2f} mL" for r in rows)
         print(f"Segmented {len(tumour)} class(es) in {res.seconds['total']:.1f} s: {parts}")
+    if res.verdict is not None and not res.verdict.passed:
+        # a result that may be wrong says so, on stderr, whatever --quiet says
+        print(f"medtorch segment: {res.verdict.summary()}", file=sys.stderr)
+        for line in res.verdict.explain():
+            print(f"  {line}", file=sys.stderr)
     return 0
 
 

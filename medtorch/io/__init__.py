@@ -13,6 +13,8 @@ A one-slice volume is written to ``.png``/``.jpg``/``.bmp``/``.tif`` as a 2D ima
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import os
 import shutil
@@ -20,7 +22,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -198,6 +200,26 @@ def read_frames(path: str | os.PathLike[str], kind: VolumeKind | None = None) ->
     return [_volume_from_image(img, p, kind)]
 
 
+#: Series choices a front end made for its input paths (see :func:`series_choices`).
+_SERIES_CHOICES: contextvars.ContextVar[dict[Path, tuple[str | None, str]]] = contextvars.ContextVar(
+    "medtorch_series_choices", default={})
+
+
+@contextlib.contextmanager
+def series_choices(choices: Mapping[str, tuple[str | None, str]] | Mapping[os.PathLike[str], tuple[str | None, str]]
+                   ) -> Iterator[None]:
+    """While active, :func:`read_volume` of a DICOM folder in ``choices`` reads the series chosen for
+    it, and a folder of several series with none chosen is refused with a hint that names the front
+    end's own option (``{path: (series_uid or None, "--moving-series-uid")}``). The command line
+    uses it so that every command's every input can name its series with a flag of that command."""
+    resolved = {Path(k).expanduser().resolve(): v for k, v in choices.items()}
+    token = _SERIES_CHOICES.set({**_SERIES_CHOICES.get(), **resolved})
+    try:
+        yield
+    finally:
+        _SERIES_CHOICES.reset(token)
+
+
 def read_volume(path: str | os.PathLike[str], kind: VolumeKind | None = None, series_uid: str | None = None,
                 allow_2d: bool = False) -> Volume:
     """Open a 3D volume from a NIfTI/NRRD/MHA file, a DICOM file or a DICOM series folder,
@@ -217,9 +239,15 @@ def read_volume(path: str | os.PathLike[str], kind: VolumeKind | None = None, se
             vol = Volume(vol.array, vol.geometry, kind, vol.metadata)
         return vol
     if p.is_dir() or (p.exists() and not _has_volume_extension(p) and _looks_like_dicom(p)):
-        from medtorch.io.dicom import read_dicom_series
+        from medtorch.io.dicom import read_dicom_series, series_hint
 
-        vol = read_dicom_series(p, series_uid=series_uid)
+        chosen = _SERIES_CHOICES.get().get(p.expanduser().resolve())
+        if chosen is not None:
+            uid, flag = chosen
+            with series_hint(flag):
+                vol = read_dicom_series(p, series_uid=series_uid if series_uid is not None else uid)
+        else:
+            vol = read_dicom_series(p, series_uid=series_uid)
         if kind is not None and kind != vol.kind:
             vol = Volume(vol.array, vol.geometry, kind, vol.metadata)
         return vol

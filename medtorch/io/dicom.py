@@ -21,6 +21,8 @@ orientations or image sizes, several images at one position) raise
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import warnings
@@ -62,7 +64,22 @@ ORIENTATION_TOL = 1e-3
 #: Two frames closer than this along the normal (mm) are at the same position.
 DUPLICATE_TOL_MM = 0.01
 
-_OPTIONS_HINT = "series_uid=... (command line: --series-uid UID)"
+_HINT_FLAG: contextvars.ContextVar[str | None] = contextvars.ContextVar("medtorch_series_flag", default=None)
+
+
+@contextlib.contextmanager
+def series_hint(flag: str) -> Iterator[None]:
+    """While active, a series choice is hinted as the front end's option ``flag`` (``--fixed-series-uid``)."""
+    token = _HINT_FLAG.set(flag)
+    try:
+        yield
+    finally:
+        _HINT_FLAG.reset(token)
+
+
+def _options_hint() -> str:
+    flag = _HINT_FLAG.get()
+    return f"{flag} UID" if flag else "series_uid=... (command line: --series-uid UID)"
 _IMAGE_LIKE_SOP_CLASSES = ("Segmentation Storage", "RT Dose Storage", "Parametric Map Storage")
 
 
@@ -945,13 +962,14 @@ def _choose_series(folder: Path, scan: _Scan, series_uid: str | None) -> list[_H
         if wanted not in groups:
             raise MedTorchInputError(
                 f"series {wanted} is not in {folder}; it holds:\n{listing}",
-                f"pass one of the UIDs above as {_OPTIONS_HINT}",
+                f"pass one of the UIDs above as {_options_hint()}",
             )
         return groups[wanted]
     if len(groups) > 1:
         raise MedTorchInputError(
             f"{folder} holds {len(groups)} DICOM series and none was chosen:\n{listing}",
-            f"choose one with {_OPTIONS_HINT}; medtorch.io.dicom.list_series(folder) lists them",
+            f"choose one with {_options_hint()}" + ("" if _HINT_FLAG.get() else
+                                                   "; medtorch.io.dicom.list_series(folder) lists them"),
         )
     return next(iter(groups.values()))
 

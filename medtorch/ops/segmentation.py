@@ -6,7 +6,8 @@
   (label map: 0 unlabelled, classes 1..., the largest value the background). Result: volume
   ``label`` (classes keep their values, background 0) and values ``classes``, ``background``,
   ``volumes_ml`` (``{"value": mL}``), ``voxel_counts``, ``regions_ml``, ``seconds``,
-  ``iterations``, ``seed``, ``region``; ``native`` is the
+  ``iterations``, ``seed``, ``region``, ``verdict`` (whether the result stayed with the seeds:
+  :mod:`medtorch.segment.seeded_verdict`, as a dict); ``native`` is the
   :class:`~medtorch.segment.seeded.SeededResult`.
 * ``seg_metrics``: inputs ``pred`` and ``ref`` (label maps on one grid). Result: values
   ``report`` (see :meth:`~medtorch.segment.metrics.SegmentationReport.to_dict`); ``native``
@@ -193,6 +194,7 @@ def run_seeded(request: SeededRequest, inputs: dict[str, Volume], progress: Prog
         "regions_ml": {r.name: r.volume_ml for r in rows if r.kind == "region"},
         "seconds": res.seconds, "iterations": res.iterations, "seed": int(res.options.get("seed", 0)),
         "region": [list(res.region[0]), list(res.region[1])],
+        "verdict": None if res.verdict is None else res.verdict.to_dict(),
     }
     report(progress, None, 1.0, "segmented")
     return OperationResult({"label": label}, values, res)

@@ -49,6 +49,14 @@ class StepContext:
 
     def out(self, relative: str) -> Path:
         path = self.config.output_dir / relative
+        # an output never replaces an input (the same rule as the command line's)
+        target = path.resolve()
+        for name, src in self.config.inputs.items():
+            s = Path(src).resolve()
+            if target == s or (target.exists() and s.exists() and s.is_file() and target.samefile(s)):
+                raise MedTorchInputError(f"the study's output {relative} in {self.config.output_dir} is its input "
+                                         f"{name!r} ({src}): writing it would replace the input",
+                                         "choose another output_dir for the study, or move the input out of it")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -69,6 +69,8 @@ import torch.nn.functional as F
 
 from medtorch.errors import MedTorchInputError
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
+from medtorch.segment.seeded_verdict import region_verdict
+from medtorch.verdict import Verdict
 from medtorch.volume import Geometry, Volume, check_volume
 
 __all__ = [
@@ -201,6 +203,8 @@ class SeededResult:
         incremental: whether the run reused a previous run's features (and, for the
             competition, its labelling as the start).
         options: the settings used (the k-means seed among them).
+        verdict: whether the result stayed with the seeds (``pass``/``warn``/``fail`` with the
+            checks that decided it; :func:`medtorch.segment.seeded_verdict.seeded_verdict`).
     """
 
     label: Volume
@@ -214,6 +218,7 @@ class SeededResult:
     seconds: dict[str, float]
     incremental: bool
     options: dict[str, Any] = field(default_factory=dict)
+    verdict: Verdict | None = None
 
 
 # -- input checks ------------------------------------------------------------------------------------
@@ -1148,6 +1153,10 @@ class SeededSegmenter:
         times["total"] = time.perf_counter() - t0
         vox_ml = self.geometry.voxel_volume_mm3 / 1000.0
         counts = {int(c): int(np.count_nonzero(out == c)) for c in classes if c != background}
+        t4 = time.perf_counter()
+        verdict = region_verdict(out[sl] > 0, sub, background, (lo, hi), out.shape)
+        times["verdict"] = time.perf_counter() - t4
+        times["total"] = time.perf_counter() - t0
         meta = {"operation": "seeded", "classes": classes, "background": background,
                 "seed": int(opts.seed), "options": asdict(opts)}
         report(progress, cancel, 1.0, "done")
@@ -1155,7 +1164,8 @@ class SeededSegmenter:
             label=Volume(out, self.geometry, "label", meta), classes=classes, background=background,
             region=(tuple(int(v) for v in lo), tuple(int(v) for v in hi)),  # type: ignore[arg-type]
             voxel_counts=counts, volumes_ml={c: n * vox_ml for c, n in counts.items()},
-            iterations=iters, changed=changed, seconds=times, incremental=warm, options=asdict(opts))
+            iterations=iters, changed=changed, seconds=times, incremental=warm, options=asdict(opts),
+            verdict=verdict)
 
 
 def seeded_segment(channels: Sequence[Volume] | Volume, seeds: Volume, options: SeededOptions | None = None,
