@@ -163,3 +163,54 @@ def test_segment_series_uids_follow_the_in_order():
     with pytest.raises(Exception, match="at most one --series-uid per --in"):
         series_choices_of("segment", argparse.Namespace(input=["a"], series_uid=["1", "2"], seeds=None,
                                                         seeds_series_uid=None))
+
+
+def test_json_outputs_are_strict_json(tmp_path):
+    import json
+
+    from medtorch.io import write_json_atomic
+
+    p = write_json_atomic(tmp_path / "x.json", {"a": float("inf"), "b": [1.0, np.float32("nan")], "c": np.int64(3),
+                                                "d": (1, 2), "e": np.arange(2)})
+    text = p.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    doc = json.loads(text)
+    assert doc["a"] is None and doc["b"] == [1.0, None] and doc["c"] == 3 and doc["d"] == [1, 2] and doc["e"] == [0, 1]
+    assert doc["nonfinite_as_null"] == ["$.a = inf", "$.b[1] = nan"]
+
+
+def test_info_on_an_empty_or_non_dicom_folder_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("not an image")
+    for name, what in (("empty", "it is empty"), ("text", "non-DICOM file")):
+        assert main(["info", str(tmp_path / name)]) == 2
+        assert what in capsys.readouterr().err
+
+
+def test_info_describes_a_single_dicom_slice(capsys):
+    import json
+
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    assert main(["info", get_testdata_file("CT_small.dcm")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["size_ijk"] == [128, 128, 1] and doc["spacing_mm"][0] == pytest.approx(0.661468)
+
+
+@pytest.mark.parametrize("argv", [
+    ["denoise", "--in", "{in}", "--out", "{dir}/o.nii.gz"],
+    ["enhance", "--in", "{in}", "--out", "{dir}/o.nii.gz", "--window", "0,200"],
+    ["threshold-seg", "--in", "{in}", "--out", "{dir}/o.nii.gz", "--lower", "150"],
+    ["register", "--fixed", "{in}", "--moving", "{in}", "--out-transform", "{dir}/t.tfm"],
+    ["superres", "--in", "{in}", "--factor", "2", "--out", "{dir}/o.nii.gz"],
+])
+def test_a_device_this_machine_lacks_is_refused_by_every_command(argv, vol, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rc = main([a.format(**{"in": str(vol), "dir": str(tmp_path)}) for a in argv] + ["--device", "cuda", "-q"])
+    assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not list(tmp_path.glob("o.*")) and not (tmp_path / "t.tfm").exists()

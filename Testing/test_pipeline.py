@@ -43,7 +43,12 @@ def test_pipeline_on_nifti_writes_outputs_and_run_record(tmp_path, nifti_pair):
     before = hashlib.sha256((tmp_path / "fixed.nii.gz").read_bytes()).hexdigest()
     assert main(["pipeline", "--config", str(path), "-q"]) == 0
     out = tmp_path / "out"
-    rec = json.loads((out / "run.json").read_text())
+    text = (out / "run.json").read_text()
+
+    def no_constants(c):
+        raise AssertionError(f"run.json is not strict JSON: {c}")
+
+    rec = json.loads(text, parse_constant=no_constants)
     assert rec["status"] == "done" and rec["seed"] == 3 and rec["study"] == "p001"
     assert {"medtorch", "torch", "SimpleITK", "numpy"} <= set(rec["versions"])
     assert rec["device"]["device"] == "cpu"

@@ -162,7 +162,7 @@ def test_oblique_anisotropic_grid_and_seeds_on_another_grid():
     assert dice(res2.label.array > 0, res.label.array > 0) > 0.95
 
 
-def test_channels_on_other_grids_are_resampled_or_refused(case):
+def test_channels_on_other_grids_are_resampled_or_refused(case, caplog):
     ph, seeds = case
     flair, t1c = ph.channels["FLAIR"], ph.channels["T1c"]
     from medtorch.resample import resample
@@ -171,7 +171,9 @@ def test_channels_on_other_grids_are_resampled_or_refused(case):
     g = flair.geometry
     coarse = Geometry((48, 48, 42), g.origin, np.asarray(g.spacing) * 2.0 * 64 / 48 / 2.0, g.direction)
     t1c_coarse = resample(t1c, coarse, interpolation="linear")
-    res = seeded_segment([flair, t1c_coarse], seeds)
+    with caplog.at_level("WARNING", logger="medtorch"):
+        res = seeded_segment([flair, t1c_coarse], seeds)
+    assert "input volume 2 is on another grid" in caplog.text and "resampled (linear)" in caplog.text  # said so
     assert res.label.geometry == g
     assert _wt(res.label.array, ph.truth.array) > 0.9
     # a channel elsewhere in space: refused with a clear message

@@ -126,6 +126,10 @@ def _main(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGINT, on_interrupt)
     try:
         check_outputs(args.command, args)  # before any work: an output never replaces an input
+        if args.device not in (None, "auto"):
+            from medtorch.device import select_device
+
+            select_device(args.device)  # a device this machine lacks is refused the same way by every command
         from medtorch.io import series_choices
 
         with series_choices(series_choices_of(args.command, args)):  # each input's DICOM series

@@ -4,9 +4,10 @@
 the lists, dicts, floats, ints, bools and strings that :mod:`json` writes (and that
 ``torch.load(weights_only=True)`` reads back); :func:`dumps` is :func:`json.dumps` through it.
 
-Everything that writes numpy values as JSON goes through here: the background runtime's job
-and result files (:mod:`medtorch.runtime.serialize`), a request's params
-(:func:`medtorch.ops.request_to_params`), reports and run records, saved model metadata.
+Used for the background runtime's job and result files (:mod:`medtorch.runtime.serialize`),
+a request's params (:func:`medtorch.ops.request_to_params`) and saved model metadata. The
+output files of the commands and the pipeline (reports, metrics, ``run.json``) are written as
+strict JSON by :func:`medtorch.io.write_json_atomic` instead (NaN and infinities as null).
 It imports numpy only, so every layer may use it.
 """
 

@@ -11,7 +11,6 @@ import argparse
 import time
 
 from medtorch.commands import Command, device_of, progress_bar
-from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import DenoiseRequest
 from medtorch.progress import CancelToken
@@ -46,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
     from medtorch.device import seed_everything
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_volume, write_json_atomic
 
     seed = seed_everything(args.seed)
     vol = read_volume(args.input)
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if args.metrics:
         info = {k: out.metadata.get(k) for k in ("method", "strength", "noise_model", "noise_sigma", "noise_estimator")}
         info.update(seed=seed, seconds=round(seconds, 3), input=args.input, output=args.out)
-        write_text_atomic(args.metrics, json_dumps(info, indent=2))
+        write_json_atomic(args.metrics, info)
     if not args.quiet:
         extra = f", noise sigma {out.metadata['noise_sigma']:.4g} ({out.metadata['noise_model']})" if "noise_sigma" in out.metadata else ""
         print(f"Denoised ({args.method}{extra}) into {args.out} in {seconds:.1f} s")

@@ -16,7 +16,6 @@ from typing import Any
 
 from medtorch.commands import Command, ct_window_arg, device_of, progress_bar
 from medtorch.errors import MedTorchInputError
-from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.fusion import FuseRequest
 from medtorch.progress import CancelToken
@@ -114,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import __version__, ops
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_volume, write_json_atomic
     from medtorch.transform_io import read_transform
     from medtorch.volume import Volume
 
@@ -167,7 +166,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         figures.update({"metrics": res.metrics, "metrics_mode": args.metrics_mode, "mi_unit": args.mi_unit,
                         "metrics_scale": "8-bit (0..255) as the fusion evaluators assume"})
     if args.metrics:
-        write_text_atomic(args.metrics, json_dumps(figures, indent=2))
+        write_json_atomic(args.metrics, figures)
     if not args.quiet:
         line = f"Fused ({args.method}); the moving volume covers {res.overlap_fraction:.1%} of the fixed grid"
         if res.metrics:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medtorch.commands import Command, device_of, progress_bar
-from medtorch.jsonvalue import dumps as json_dumps, plain
+from medtorch.jsonvalue import plain
 from medtorch.errors import MedTorchInputError
 from medtorch.ops import choices, default_of
 from medtorch.ops.registration import RegisterRequest
@@ -95,7 +95,7 @@ def _rows(array: Any) -> Any:
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_volume, write_json_atomic
     from medtorch.registration.landmarks import read_landmarks
 
     _check_outputs(args)  # before the long part: a bad output path fails at once
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     report.update({"fixed": str(args.fixed), "moving": str(args.moving), "transform": str(args.out_transform),
                    "affine_lps": plain(res.affine), "total_seconds": round(time.perf_counter() - start, 3),
                    "convention": "ITK: fixed point -> moving point, p_moving = A(p + d(p)), LPS mm"})
-    write_text_atomic(_report_path(args), json_dumps(report, indent=2))
+    write_json_atomic(_report_path(args), report)
     if not args.quiet:
         line = (f"Registered ({args.engine} {args.mode}, {report['metric']}) in {report['runtime_s']:.2f} s on "
                 f"{report['device']}: transform in {args.out_transform}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from medtorch.commands import Command, progress_bar
-from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.segmentation import SegMetricsRequest
 from medtorch.progress import CancelToken
@@ -26,17 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
-    import json
 
     from medtorch import ops
-    from medtorch.io import read_volume, write_text_atomic
+    from medtorch.io import read_volume, write_text_atomic, write_json_atomic
 
     inputs = {"pred": read_volume(args.pred, kind="label"), "ref": read_volume(args.ref, kind="label")}
     request = SegMetricsRequest(structures=args.structures, tolerance_mm=args.tolerance,
                                 lesion_wise=not args.no_lesion_wise)
     rep = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
     if args.json:
-        write_text_atomic(args.json, json_dumps(rep.to_dict(), indent=2))
+        write_json_atomic(args.json, rep.to_dict())
     if args.csv:
         write_text_atomic(args.csv, rep.to_csv())
     if not args.quiet:

@@ -10,7 +10,6 @@ from typing import Any
 
 from medtorch.commands import Command, progress_bar, vec3
 from medtorch.errors import MedTorchInputError
-from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.segmentation import SeededRequest
 from medtorch.progress import CancelToken
@@ -148,7 +147,7 @@ def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
     ``volumes_csv``: mL per label and, for BraTS models, per region TC / WT / ET),
     ``info`` (a JSON file for the run's details), ``device``, ``quiet``.
     """
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_json_atomic, write_text_atomic, write_volume
     from medtorch.segment.inference import segment_with_model
     from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS
 
@@ -208,7 +207,7 @@ def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
         write_text_atomic(csv_path, "\n".join(lines) + "\n")
     info_path = _arg(args, "info", "info_json")
     if info_path:
-        write_text_atomic(info_path, json_dumps(info, indent=2))
+        write_json_atomic(info_path, info)
     if not getattr(args, "quiet", False):
         parts = ", ".join(f"{k}: {v:.2f} mL" for k, v in info["volumes_ml"].items()) or "no voxel labelled"
         print(f"Segmented with {info['model']['source']} model in {info['seconds']['total']:.1f} s: {parts}")
@@ -226,7 +225,7 @@ def _input_path(value: str) -> str:
 def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
     """The ``--seeds`` form: read, segment, post-process, write the label map (and CSV/JSON)."""
     from medtorch import __version__, ops
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_json_atomic, write_text_atomic, write_volume
     from medtorch.ops import Roi
     from medtorch.segment.metrics import volumetry
     from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS
@@ -265,7 +264,7 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
                 "iterations": res.iterations, "seconds": res.seconds,
                 "volumes_ml": {r.name: r.volume_ml for r in rows},
                 "verdict": None if res.verdict is None else res.verdict.to_dict()}
-        write_text_atomic(args.info, json_dumps(info, indent=2))
+        write_json_atomic(args.info, info)
     if not args.quiet:
         parts = ", ".join(f"{r.name}: {r.volume_ml:.2f} mL" for r in rows)
         print(f"Segmented {len(tumour)} class(es) in {res.seconds['total']:.1f} s: {parts}")

@@ -12,7 +12,6 @@ import argparse
 import time
 
 from medtorch.commands import Command, device_of, progress_bar, vec3
-from medtorch.jsonvalue import dumps as json_dumps
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import SuperresRequest
 from medtorch.progress import CancelToken
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch.device import seed_everything
     from medtorch.enhance.weights import export_onnx, save_model
     from medtorch.errors import MedTorchInputError
-    from medtorch.io import read_volume, write_text_atomic, write_volume
+    from medtorch.io import read_volume, write_volume, write_json_atomic
 
     if args.method != "selfsup" and (args.model or args.save_model or args.export_onnx):
         raise MedTorchInputError("--model, --save-model and --export-onnx apply to --method selfsup only",
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                 "output_spacing": [float(v) for v in out.spacing]}
         if trained is not None:
             info.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "factor", "log")})
-        write_text_atomic(args.metrics, json_dumps(info, indent=2))
+        write_json_atomic(args.metrics, info)
     if not args.quiet:
         sp = ", ".join(f"{v:.4g}" for v in out.spacing)
         print(f"Super-resolved ({args.method}) {tuple(vol.size)} -> {tuple(out.size)} voxels, spacing {sp} mm, "

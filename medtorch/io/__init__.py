@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
-from medtorch.io.atomic import _os_error, atomic_path, check_writable, write_text_atomic
+from medtorch.io.atomic import _os_error, atomic_path, check_writable, write_json_atomic, write_text_atomic
 from medtorch.io.images import IMAGE_EXTENSIONS, has_image_extension, read_image, volume_from_2d_sitk, write_image
 from medtorch.volume import Volume, VolumeKind
 
@@ -37,6 +37,7 @@ __all__ = [
     "write_volume",
     "atomic_path",
     "check_writable",
+    "write_json_atomic",
     "write_text_atomic",
     "VOLUME_EXTENSIONS",
     "IMAGE_EXTENSIONS",

@@ -11,7 +11,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from medtorch.errors import MedTorchInputError
 
@@ -129,3 +129,50 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def strict_json_value(value: Any, where: str = "$", replaced: list[str] | None = None) -> Any:
+    """``value`` as strict JSON types: numpy scalars and arrays made plain, tuples made lists, and
+    every NaN or infinity replaced by ``None`` (strict JSON has no such numbers; Python's
+    ``json`` would write ``NaN``/``Infinity``, which other readers refuse). The JSON paths of the
+    replaced values are appended to ``replaced``. Anything else that JSON cannot hold becomes its
+    ``str``."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): strict_json_value(v, f"{where}.{k}", replaced) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json_value(v, f"{where}[{i}]", replaced) for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return strict_json_value(value.tolist(), where, replaced)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        if math.isfinite(f):
+            return f
+        if replaced is not None:
+            replaced.append(f"{where} = {f}")
+        return None
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any, indent: int | None = 2) -> Path:
+    """Write ``value`` as strict JSON (:func:`strict_json_value`), atomically. Where NaN or
+    infinite numbers were replaced by ``null``, a top-level object gets a ``"nonfinite_as_null"``
+    note listing them, so that a reader knows ``null`` there means "not a finite number"."""
+    import json
+
+    replaced: list[str] = []
+    doc = strict_json_value(value, "$", replaced)
+    if replaced and isinstance(doc, dict):
+        doc["nonfinite_as_null"] = replaced
+    return write_text_atomic(path, json.dumps(doc, indent=indent, allow_nan=False) + "\n")

@@ -166,9 +166,10 @@ def run_batch(manifest: str | os.PathLike[str], config_path: str | os.PathLike[s
         client = Client(scheduler)
     else:
         workers = gpu_count or max(1, int(n_workers))
-        # OpenMP must not spin in workers that share the cores (set before they load torch)
+        # OpenMP must not spin in workers that share the cores (set before they load torch); the
+        # dashboard on a free port (":0"): a fixed 8787 taken by another cluster made Dask warn
         env = {k: v for k, v in WAIT_POLICY.items() if k not in os.environ}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                resources={"GPU": 1} if gpu_count else None, env=env)
         client = Client(cluster)
     try:

@@ -28,7 +28,6 @@ import numpy as np
 from medtorch import ops
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.pipeline.config import StudyConfig
-from medtorch.jsonvalue import dumps
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.runtime.threads import ThreadPlan, applied, plan_threads
 from medtorch.volume import Volume
@@ -246,7 +245,7 @@ def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
 def _run_pipeline(config: StudyConfig, progress: ProgressCallback | None, cancel: CancelToken | None,
                   plan: ThreadPlan) -> RunRecord:
     from medtorch.device import device_summary, seed_everything, select_device
-    from medtorch.io import read_volume, write_text_atomic
+    from medtorch.io import read_volume, write_json_atomic
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
@@ -284,7 +283,7 @@ def _run_pipeline(config: StudyConfig, progress: ProgressCallback | None, cancel
         record["values"] = ctx.values
         record["outputs"] = {k: {"path": v, "sha256": _sha256(v)} for k, v in ctx.outputs.items() if Path(v).exists()}
         record["finished"] = datetime.now(timezone.utc).isoformat()
-        write_text_atomic(config.output_dir / RUN_RECORD, dumps(record, indent=2))
+        write_json_atomic(config.output_dir / RUN_RECORD, record)
     report(progress, cancel, 1.0, "done")
     return RunRecord(record["status"], config.study, config.output_dir, record)
 

@@ -58,6 +58,7 @@ All steps report progress and honour cancel between iterations.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -295,6 +296,12 @@ def align_channels(channels: Sequence[Volume], progress: ProgressCallback | None
                 "give co-registered volumes of one study (register them first, e.g. with FusionRegistration)")
         res = resample(vol, first.geometry, None, interpolation="linear", default_value=0.0, cancel=cancel)
         res.metadata["resampled_onto"] = "input volume 1"
+        # never silently: say what was done (shown by the command line and Slicer's log)
+        logging.getLogger("medtorch").warning(
+            "input volume %d is on another grid (size %s, spacing %s mm): resampled (linear) onto input volume 1's "
+            "grid (size %s, spacing %s mm), covering %.0f%% of it", n, vol.size,
+            tuple(round(float(v), 3) for v in vol.spacing), first.size,
+            tuple(round(float(v), 3) for v in first.spacing), 100.0 * min(cover, 1.0))
         # interpolation smooths the noise: keep the native grid's noise level for the weighting
         res.metadata["noise_sd"] = native_noise_sd(vol)
         out.append(res)
