@@ -336,3 +336,21 @@ def test_cli_applies_the_policy_and_restores_threads(tmp_path, monkeypatch, caps
     assert main(["denoise", "--in", str(tmp_path / "in.nrrd"), "--out", str(tmp_path / "out.nrrd"),
                  "--method", "gaussian", "-q"]) == 0
     assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_cli_puts_the_device_back(tmp_path, monkeypatch, capsys):
+    """--device sets MEDTORCH_DEVICE for the command only: a refused --device cuda (or any
+    --device) leaves the environment of the calling process as it was."""
+    from medtorch.cli import main
+    from medtorch.io import write_volume
+
+    monkeypatch.delenv("MEDTORCH_DEVICE", raising=False)
+    write_volume(blob_phantom(oblique_geometry()), tmp_path / "in.nrrd")
+    for device in ("cpu", "cuda"):
+        main(["denoise", "--in", str(tmp_path / "in.nrrd"), "--out", str(tmp_path / "out.nrrd"),
+              "--method", "gaussian", "--device", device, "-q"])
+        assert "MEDTORCH_DEVICE" not in os.environ
+    monkeypatch.setenv("MEDTORCH_DEVICE", "cpu")
+    main(["denoise", "--in", str(tmp_path / "in.nrrd"), "--out", str(tmp_path / "out2.nrrd"),
+          "--method", "gaussian", "--device", "auto", "-q"])
+    assert os.environ["MEDTORCH_DEVICE"] == "cpu"

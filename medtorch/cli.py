@@ -98,9 +98,18 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # chosen before any command imports torch, so that OpenMP starts with it; put back on return
-    with applied(plan_threads()):
-        return _main(argv)
+    # threads chosen before any command imports torch, so that OpenMP starts with them; the
+    # threads and --device's MEDTORCH_DEVICE put back on return (a command run inside a script
+    # or a test must not change the device of what runs after it)
+    device = os.environ.get("MEDTORCH_DEVICE")
+    try:
+        with applied(plan_threads()):
+            return _main(argv)
+    finally:
+        if device is None:
+            os.environ.pop("MEDTORCH_DEVICE", None)
+        else:
+            os.environ["MEDTORCH_DEVICE"] = device
 
 
 def _main(argv: Sequence[str] | None) -> int:
