@@ -165,7 +165,7 @@ def _quiet_cancel_tracebacks() -> Iterator[None]:
 
 
 def run_sitk_filter(filt: object, *images: object, progress: ProgressCallback | None = None,
-                    cancel: CancelToken | None = None, message: str = "") -> object:
+                    cancel: CancelToken | None = None, message: str = "") -> Any:
     """Execute a SimpleITK filter with progress and a working cancel."""
     if cancel is not None:
         cancel.raise_if_cancelled()

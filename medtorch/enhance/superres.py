@@ -58,7 +58,7 @@ _AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "x": 0, "y": 1, "z": 2, "0": 0, "1": 1, "
 # -- grids --------------------------------------------------------------------------------------
 
 
-def output_geometry(geometry: Geometry, factors: Sequence[float]) -> Geometry:
+def output_geometry(geometry: Geometry, factors: Sequence[float] | np.ndarray) -> Geometry:
     """The super-resolved grid: see the module docstring. ``factors`` per axis (i, j, k), >= 1."""
     f = np.asarray([float(v) for v in factors], dtype=np.float64)
     if f.shape != (3,) or not np.all(np.isfinite(f)):
@@ -374,7 +374,7 @@ def superres(volume: Volume, method: str = "bspline", factor: float | None = Non
         changed = [a for a in range(3) if factors[a] > 1.0 + 1e-6]
         if not changed:
             raise MedTorchInputError("the target spacing equals the input spacing", "give a finer spacing")
-        axes: list[int] | None = changed
+        axes: list[int] = changed
     else:
         if factor is None:
             factor = float(model.factor) if model is not None else 1.0

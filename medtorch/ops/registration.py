@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from medtorch.jsonvalue import plain
 from medtorch.ops.base import Matrix, OperationResult, Points, Request, need
 from medtorch.progress import CancelToken, ProgressCallback
 from medtorch.volume import Volume
@@ -87,4 +88,4 @@ def run_register(request: RegisterRequest, inputs: dict[str, Volume], progress: 
         volumes["resampled"] = res.resampled
     if res.displacement is not None:
         volumes["displacement"] = res.control_field if res.control_field is not None else res.displacement
-    return OperationResult(volumes, {"affine": np.asarray(res.affine).tolist(), "report": res.report}, res)
+    return OperationResult(volumes, {"affine": plain(np.asarray(res.affine)), "report": res.report}, res)
