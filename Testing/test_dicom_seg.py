@@ -28,9 +28,9 @@ from pydicom.uid import generate_uid  # noqa: E402
 from medtorch.cli import main  # noqa: E402
 from medtorch.errors import MedTorchInputError  # noqa: E402
 from medtorch.io import write_volume  # noqa: E402
-from medtorch.io import dicom_seg  # noqa: E402
+from medtorch.segment import dicom_seg  # noqa: E402
 from medtorch.io.dicom import read_dicom_series  # noqa: E402
-from medtorch.io.dicom_seg import DicomGeometryError, parse_names, write_dicom_seg  # noqa: E402
+from medtorch.segment.dicom_seg import DicomGeometryError, parse_names, write_dicom_seg  # noqa: E402
 from medtorch.volume import Volume  # noqa: E402
 
 STEP = 2.5

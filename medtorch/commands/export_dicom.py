@@ -2,7 +2,7 @@
 
 The SEG is checked after it is written (each segment's centroid and volume in patient space,
 read back from the file, within half a voxel of the segmentation's); a file that fails is not
-kept (see :mod:`medtorch.io.dicom_seg`).
+kept (see :mod:`medtorch.segment.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _output_file(seg: str, folder: str) -> Path:
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch.io import read_volume
     from medtorch.io.dicom import series_hint
-    from medtorch.io.dicom_seg import parse_names, write_dicom_seg
+    from medtorch.segment.dicom_seg import parse_names, write_dicom_seg
 
     names = parse_names(args.names)
     target = _output_file(args.seg, args.out)
