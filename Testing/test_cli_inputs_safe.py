@@ -232,3 +232,20 @@ def test_convert_a_series_of_a_multi_series_folder_keeps_the_geometry(two_series
     write_volume(Volume((ref.array > 250).astype(np.uint8) * 3, ref.geometry, "label"), tmp_path / "l.nii.gz")
     assert main(["convert", "--in", str(tmp_path / "l.nii.gz"), "--kind", "label", "--out", str(lab), "-q"]) == 0
     assert set(np.unique(read_volume(lab).array)) == {0, 3}
+
+
+def test_the_progress_bar_shows_the_time_left():
+    import io
+    import time as _time
+
+    from medtorch.progress import ConsoleProgressBar
+
+    out = io.StringIO()
+    bar = ConsoleProgressBar(stream=out)
+    bar._started = _time.monotonic() - 30.0  # 30 s spent
+    bar(0.25, "registering")  # a quarter done: about 90 s left
+    bar(0.5, "registering")   # half done: about 30 s left
+    lines = out.getvalue().splitlines()
+    assert "~2 min left" in lines[0] and "~30 s left" in lines[1], lines
+    bar(1.0, "done")
+    assert "left" not in out.getvalue().splitlines()[-1]
