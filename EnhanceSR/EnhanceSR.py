@@ -380,15 +380,15 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
         logic = EnhanceSRLogic()
         job = logic.denoiseJob(node, "anisotropic", 1.0, iterations=100)
         before = scene_node_ids(slicer.mrmlScene)
-        task = job.start()
+        background = job.start()
         deadline = time.time() + 60
-        while task.poll().status == "running" and task.poll().fraction <= 0.0 and time.time() < deadline:
+        while background.poll().status == "running" and background.poll().fraction <= 0.0 and time.time() < deadline:
             time.sleep(0.05)  # wait until the worker is really computing
-        self.assertEqual(task.poll().status, "running")
+        self.assertEqual(background.poll().status, "running")
         started = time.time()
-        task.cancel()
+        background.cancel()
         with self.assertRaises(Cancelled):
-            task.wait(timeout=10)
+            background.wait(timeout=10)
         self.assertLess(time.time() - started, 2.0)
         self.assertEqual(scene_node_ids(slicer.mrmlScene), before)
         self.delayDisplay("Test passed")

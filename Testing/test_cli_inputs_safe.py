@@ -214,3 +214,38 @@ def test_a_device_this_machine_lacks_is_refused_by_every_command(argv, vol, tmp_
     rc = main([a.format(**{"in": str(vol), "dir": str(tmp_path)}) for a in argv] + ["--device", "cuda", "-q"])
     assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
     assert not list(tmp_path.glob("o.*")) and not (tmp_path / "t.tfm").exists()
+
+
+def test_convert_a_series_of_a_multi_series_folder_keeps_the_geometry(two_series, tmp_path):
+    from medtorch.io import read_volume
+    from medtorch.io.dicom import read_dicom_series
+
+    folder, uids = two_series
+    out = tmp_path / "one.nii.gz"
+    assert main(["convert", "--in", str(folder), "--out", str(out), "-q"]) == 2  # two series, none chosen
+    assert main(["convert", "--in", str(folder), "--series-uid", uids[1], "--out", str(out), "-q"]) == 0
+    got, ref = read_volume(out), read_dicom_series(folder, series_uid=uids[1])
+    assert got.geometry.isclose(ref.geometry, atol=1e-4)
+    np.testing.assert_allclose(got.array, ref.array, rtol=1e-5, atol=1e-3)
+    # and on to NRRD as a label map, values kept
+    lab = tmp_path / "lab.nrrd"
+    write_volume(Volume((ref.array > 250).astype(np.uint8) * 3, ref.geometry, "label"), tmp_path / "l.nii.gz")
+    assert main(["convert", "--in", str(tmp_path / "l.nii.gz"), "--kind", "label", "--out", str(lab), "-q"]) == 0
+    assert set(np.unique(read_volume(lab).array)) == {0, 3}
+
+
+def test_the_progress_bar_shows_the_time_left():
+    import io
+    import time as _time
+
+    from medtorch.progress import ConsoleProgressBar
+
+    out = io.StringIO()
+    bar = ConsoleProgressBar(stream=out)
+    bar._started = _time.monotonic() - 30.0  # 30 s spent
+    bar(0.25, "registering")  # a quarter done: about 90 s left
+    bar(0.5, "registering")   # half done: about 30 s left
+    lines = out.getvalue().splitlines()
+    assert "~2 min left" in lines[0] and "~30 s left" in lines[1], lines
+    bar(1.0, "done")
+    assert "left" not in out.getvalue().splitlines()[-1]

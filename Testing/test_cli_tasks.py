@@ -16,7 +16,7 @@ from medtorch.errors import Cancelled, MedTorchInputError
 from medtorch.io import read_volume, write_volume
 from medtorch.phantoms import blob_phantom, lesion_mask, oblique_geometry
 from medtorch.progress import CancelToken
-from medtorch.tasks import BackgroundTask, run_operation
+from medtorch.runtime import BackgroundJob, run_operation
 from medtorch.transform_io import read_transform, write_affine
 
 
@@ -178,7 +178,7 @@ def test_in_process_cancel_raises():
 
 def test_background_task_reports_input_errors_as_such():
     geom = oblique_geometry()
-    task = BackgroundTask("threshold", {"input": blob_phantom(geom)}, {"lower": 9000.0}).start()
+    task = BackgroundJob("threshold", {"input": blob_phantom(geom)}, {"lower": 9000.0}).start()
     with pytest.raises(MedTorchInputError) as exc:
         task.wait(timeout=120)
     assert "no voxel lies between" in str(exc.value)
@@ -188,7 +188,7 @@ def test_background_task_result_matches_in_process():
     geom = oblique_geometry()
     vol = blob_phantom(geom, noise=5.0, seed=9)
     seen = []
-    task = BackgroundTask("denoise", {"input": vol}, {"method": "gaussian", "strength": 1.2},
+    task = BackgroundJob("denoise", {"input": vol}, {"method": "gaussian", "strength": 1.2},
                           progress=lambda f, m="": seen.append(f)).start()
     res = task.wait(timeout=120)
     ref = run_operation("denoise", {"input": vol}, {"method": "gaussian", "strength": 1.2})

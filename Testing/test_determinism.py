@@ -9,7 +9,7 @@ import pytest
 
 from medtorch.ops import OPERATIONS, default_of
 from medtorch.phantoms import blob_phantom, oblique_geometry
-from medtorch.tasks import run_operation
+from medtorch.runtime import run_operation
 
 CASES = [
     ("blend", lambda v, w: {"fixed": v, "moving": w}, {"weight": 0.3}, "fused"),

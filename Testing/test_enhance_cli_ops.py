@@ -16,7 +16,7 @@ from medtorch.enhance.metrics import compare, per_slice, psnr, sharpness, ssim
 from medtorch.errors import MedTorchInputError
 from medtorch.io import read_volume, write_volume
 from medtorch.phantoms import blob_phantom, oblique_geometry
-from medtorch.tasks import run_operation
+from medtorch.runtime import run_operation
 from medtorch.volume import Volume
 
 

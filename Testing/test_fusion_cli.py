@@ -125,7 +125,7 @@ def test_fuse_eval_writes_the_report_folder(tmp_path):
     html = (out / "report.html").read_text()
     assert "Paired tests against the baseline (dwt)" in html and "figures/boxplots.png" in html
     # the same as an operation (what Slicer runs in the background): rows for a table and a box plot
-    from medtorch.tasks import run_operation
+    from medtorch.runtime import run_operation
 
     res = run_operation("fuse_eval", {}, {"pairs": str(tmp_path / "pairs" / "CT-MRI"), "methods": "average",
                                           "out_dir": str(tmp_path / "op"), "device": "cpu"})
@@ -163,13 +163,13 @@ def test_fuse_eval_refuses_pairs_of_different_shapes(tmp_path, capsys):
 
 
 def test_fuse_and_metrics_operations_in_a_background_process(files):
-    from medtorch.tasks import BackgroundTask, run_operation
+    from medtorch.runtime import BackgroundJob, run_operation
 
     d, fixed = files
     moving = read_volume(d / "moving.nii.gz")
     params = {"method": "laplacian", "metrics": "3d", "device": "cpu"}
     blocking = run_operation("fuse", {"fixed": fixed, "moving": moving}, params)
-    background = BackgroundTask("fuse", {"fixed": fixed, "moving": moving}, params).start().wait(timeout=300)
+    background = BackgroundJob("fuse", {"fixed": fixed, "moving": moving}, params).start().wait(timeout=300)
     np.testing.assert_allclose(background.volumes["fused"].array, blocking.volumes["fused"].array, atol=1e-6)
     assert background.values["metrics"]["QABF"] == pytest.approx(blocking.values["metrics"]["QABF"], abs=1e-9)
     scores = run_operation("fusion_metrics", {"a": blocking.volumes["fixed_prepared"],

@@ -120,7 +120,7 @@ def test_rgb_node_metrics_table_and_box_plot(scene, pair):
 def test_fuse_operation_result_into_the_scene(scene, pair):
     from medtorch.integration import slicer_bridge as bridge
     from medtorch.integration import slicer_fusion as sf
-    from medtorch.tasks import run_operation
+    from medtorch.runtime import run_operation
 
     fixed, moving, fixed_node, moving_node = pair
     res = run_operation("fuse", {"fixed": fixed, "moving": moving},

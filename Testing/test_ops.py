@@ -86,10 +86,10 @@ def test_bad_choices_are_refused_with_the_allowed_values():
     # a directly built request is checked the same way before it runs (and before a process starts)
     with pytest.raises(MedTorchInputError, match="gaussian, median"):
         ops.run(DenoiseRequest(method="wiener"), {})  # type: ignore[arg-type]
-    from medtorch.tasks import BackgroundTask
+    from medtorch.runtime import BackgroundJob
 
     with pytest.raises(MedTorchInputError, match="bspline"):
-        BackgroundTask("superres", {}, {"method": "cubic"})
+        BackgroundJob("superres", {}, {"method": "cubic"})
 
 
 def test_wrong_kinds_and_missing_required_values_are_refused():
@@ -174,9 +174,9 @@ def test_importing_ops_imports_no_algorithm():
 
 
 def test_no_registry_filled_by_import_side_effects():
-    import medtorch.tasks as tasks
+    import medtorch.runtime as runtime
 
-    assert not hasattr(tasks, "register") and not hasattr(tasks, "discover_operations")
+    assert not hasattr(runtime, "register") and not hasattr(runtime, "discover_operations")
     for area in ("registration", "segment", "fusion", "enhance"):
         assert not (REPO / "medtorch" / area / "ops.py").exists()
     assert not (REPO / "medtorch" / "segment" / "dl_ops.py").exists()

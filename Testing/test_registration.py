@@ -437,7 +437,7 @@ def test_landmark_files(tmp_path):
 
 
 def test_register_operation(rigid_pair):
-    from medtorch.tasks import run_operation
+    from medtorch.runtime import run_operation
 
     out = run_operation("register", {"fixed": rigid_pair.fixed, "moving": rigid_pair.moving},
                         {"mode": "rigid", "seed": 0, "options": FAST})

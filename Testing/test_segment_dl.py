@@ -529,7 +529,8 @@ def test_tta_crop_and_cancel(study, softmax_bundle):
 def test_cli_segment_with_model(study, softmax_bundle, tmp_path, capsys):
     import argparse
 
-    from medtorch.segment.inference import run_model_cli, segment_with_model
+    from medtorch.commands.segment import run_model_cli
+    from medtorch.segment.inference import segment_with_model
 
     vols, files = study
     args = argparse.Namespace(model=str(softmax_bundle), input=[f"FLAIR={files[1]}", f"T1c={files[0]}"],

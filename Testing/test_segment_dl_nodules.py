@@ -74,10 +74,10 @@ def test_nodule_bad_input():
 
 def test_detect_nodules_runs_in_a_background_worker(phantom):
     """The operation is registered where the worker discovers operations (as Slicer runs it)."""
-    from medtorch.tasks import BackgroundTask
+    from medtorch.runtime import BackgroundJob
 
     ct, truth = phantom
-    res = BackgroundTask("detect_nodules", {"input": ct}, {"min_diameter_mm": 4.0, "max_diameter_mm": 20.0}).start()
+    res = BackgroundJob("detect_nodules", {"input": ct}, {"min_diameter_mm": 4.0, "max_diameter_mm": 20.0}).start()
     out = res.wait(timeout=600)
     assert len(out.values["nodules"]) == len(truth)
     assert out.volumes["lung_mask"].geometry.isclose(ct.geometry, atol=1e-5)

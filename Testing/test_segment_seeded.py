@@ -291,7 +291,7 @@ def test_region_of_an_oblique_box_matches_its_mask():
 
 
 def test_seeded_operation_reports_volumes(case):
-    from medtorch.tasks import run_operation
+    from medtorch.runtime import run_operation
 
     ph, seeds = case
     res = run_operation("seeded", {"channel0": ph.channels["FLAIR"], "channel1": ph.channels["T1c"], "seeds": seeds},

@@ -3,7 +3,9 @@
 Sub-commands live in :mod:`medtorch.commands`, one module each, and are discovered here.
 Every command shows progress on stderr (``--quiet`` hides it), can be stopped with Ctrl-C
 (outputs are written atomically, so nothing half-written is left), and reports a user
-error as one clear message, not a traceback.
+error as one clear message, not a traceback. Every command runs with the runtime's thread
+policy (:mod:`medtorch.runtime.threads`: threads from the free CPUs, OpenMP not spinning;
+``MEDTORCH_THREADS`` overrides it).
 
 Exit codes: 0 success, 2 bad input or usage, 3 finished but the result failed its verdict
 (``medtorch register``: the outputs are written unless ``--strict``), 4 a batch with failed
@@ -27,6 +29,7 @@ from medtorch.commands import Command
 from medtorch.commands.paths import PATH_OPTIONS, add_series_arguments, check_outputs, series_choices_of
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.progress import CancelToken
+from medtorch.runtime.threads import applied, plan_threads
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 #: The command finished, but its result failed its verdict (e.g. a registration that cannot be trusted).
@@ -99,6 +102,21 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # threads chosen before any command imports torch, so that OpenMP starts with them; the
+    # threads and --device's MEDTORCH_DEVICE put back on return (a command run inside a script
+    # or a test must not change the device of what runs after it)
+    device = os.environ.get("MEDTORCH_DEVICE")
+    try:
+        with applied(plan_threads()):
+            return _main(argv)
+    finally:
+        if device is None:
+            os.environ.pop("MEDTORCH_DEVICE", None)
+        else:
+            os.environ["MEDTORCH_DEVICE"] = device
+
+
+def _main(argv: Sequence[str] | None) -> int:
     commands = discover_commands()
     parser = build_parser(commands)
     args = parser.parse_args(argv)

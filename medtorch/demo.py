@@ -56,6 +56,7 @@ from medtorch import ops
 from medtorch.errors import MedTorchInputError
 from medtorch.io import read_volume, write_text_atomic, write_volume
 from medtorch.io.atomic import atomic_path
+from medtorch.jsonvalue import plain
 from medtorch.ops import Roi
 from medtorch.ops.enhance import DenoiseRequest
 from medtorch.ops.fusion import FuseRequest, FusionMethod
@@ -742,25 +743,6 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(v.mean()), "median": float(np.median(v)), "max": float(v.max())}
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else str(f)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 class _Timer:
     def __init__(self, store: dict[str, float], name: str) -> None:
         self.store, self.name = store, name
@@ -1064,7 +1046,7 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
         "sample_data": {"files": {k: str(v) for k, v in data.files.items()},
                         "description": "MNI ICBM152 2009a nonlinear symmetric template (1 mm), see NOTICE.md"},
         "grid": {"size_ijk": list(geom.size), "spacing_mm": list(geom.spacing), "origin_lps_mm": list(geom.origin),
-                 "direction": geom.direction.ravel().tolist()},
+                 "direction": geom.direction.ravel()},
         "truth": truth_info,
         "registration": registration,
         "fusion": fusion,
@@ -1075,7 +1057,7 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
     }
     summary["report"] = str((out / "report.html").resolve())
     summary["summary_json"] = str((out / "summary.json").resolve())
-    summary = _jsonable(summary)
+    summary = plain(summary, nonfinite="str")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     report(sp, cancel, 0.9, "writing report.html")
     _write_html(out, summary, figures)

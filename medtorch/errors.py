@@ -24,12 +24,6 @@ class MedTorchInputError(MedTorchError, ValueError):
         self.fix = fix
         super().__init__(f"{problem}. What to do: {fix}.")
 
-    @classmethod
-    def from_message(cls, message: str) -> "MedTorchInputError":
-        """Rebuild an error from its message (e.g. one reported by a background process)."""
-        problem, sep, fix = message.partition(". What to do: ")
-        return cls(problem, fix[:-1] if sep and fix.endswith(".") else (fix if sep else "see the message above"))
-
 
 class Cancelled(MedTorchError):
     """Raised inside an algorithm when its :class:`~medtorch.progress.CancelToken` is set."""

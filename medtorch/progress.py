@@ -73,7 +73,7 @@ class SubProgress:
 
 
 class ConsoleProgressBar:
-    """A text progress bar for the command line: ``[#####.....]  50% message``.
+    """A text progress bar for the command line: ``[#####.....]  50% ~3 min left message``.
 
     Redraws at most every ``min_interval`` seconds; writes nothing when ``quiet``.
     On a non-terminal stream it prints one line per 10 % step instead of redrawing.
@@ -89,6 +89,19 @@ class ConsoleProgressBar:
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._started = time.monotonic()
 
+    def _eta(self, now: float, fraction: float) -> str:
+        """``~2 min left``: the time left at the rate so far, once there is a rate to go by (5 % done
+        and 2 s spent); empty before that and at the end."""
+        elapsed = now - self._started
+        if fraction < 0.05 or fraction >= 1.0 or elapsed < 2.0:
+            return ""
+        left = elapsed * (1.0 - fraction) / fraction
+        if left < 60:
+            return f"~{max(1, round(left))} s left"
+        if left < 3600:
+            return f"~{round(left / 60)} min left"
+        return f"~{left / 3600:.1f} h left"
+
     def __call__(self, fraction: float, message: str = "") -> None:
         if self.quiet:
             return
@@ -100,7 +113,7 @@ class ConsoleProgressBar:
             self._last_draw = now
             filled = int(round(self.width * fraction))
             bar = "#" * filled + "." * (self.width - filled)
-            line = f"\r[{bar}] {fraction * 100:5.1f}% {message[:60]:<60}"
+            line = f"\r[{bar}] {fraction * 100:5.1f}% {self._eta(now, fraction):>11} {message[:60]:<60}"
             self.stream.write(line)
             if fraction >= 1.0:
                 self.stream.write("\n")
@@ -109,7 +122,9 @@ class ConsoleProgressBar:
             decile = int(fraction * 10)
             if decile != self._last_decile:
                 self._last_decile = decile
-                self.stream.write(f"[{fraction * 100:5.1f}%] {message}  ({now - self._started:.1f} s)\n")
+                eta = self._eta(now, fraction)
+                self.stream.write(f"[{fraction * 100:5.1f}%] {message}  ({now - self._started:.1f} s"
+                                  + (f", {eta}" if eta else "") + ")\n")
                 self.stream.flush()
 
 
@@ -165,7 +180,7 @@ def _quiet_cancel_tracebacks() -> Iterator[None]:
 
 
 def run_sitk_filter(filt: object, *images: object, progress: ProgressCallback | None = None,
-                    cancel: CancelToken | None = None, message: str = "") -> object:
+                    cancel: CancelToken | None = None, message: str = "") -> Any:
     """Execute a SimpleITK filter with progress and a working cancel."""
     if cancel is not None:
         cancel.raise_if_cancelled()

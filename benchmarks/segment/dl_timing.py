@@ -217,7 +217,7 @@ def run_one(kind: str, bundle: Path, files: list[Path], out_dir: Path, threads: 
         os.replace(found[0], label_path)
     elif kind == "medtorch-cli":
         from medtorch.progress import CancelToken
-        from medtorch.segment.inference import run_model_cli
+        from medtorch.commands.segment import run_model_cli
 
         args = argparse.Namespace(model=str(bundle), input=[str(f) for f in files], out=str(label_path), overlap=None,
                                   tta=False, roi_size=None, device="cpu", quiet=True, label_convention="brats2021")

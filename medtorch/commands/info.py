@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medtorch.commands import Command
 from medtorch.errors import MedTorchInputError
+from medtorch.jsonvalue import plain
 from medtorch.progress import CancelToken
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         vol = _volume_from_image(_read_sitk(path), path, None, True)
     info = {
         "size_ijk": list(vol.size), "spacing_mm": [float(v) for v in vol.spacing],
-        "origin_lps_mm": [float(v) for v in vol.origin], "direction": np.round(vol.direction, 6).tolist(),
+        "origin_lps_mm": [float(v) for v in vol.origin], "direction": plain(np.round(vol.direction, 6)),
         "kind": vol.kind, "dtype": str(vol.array.dtype),
         "min": float(np.min(vol.array)), "max": float(np.max(vol.array)),
         "metadata": strict_json_value(dict(vol.metadata)),  # numbers stay numbers

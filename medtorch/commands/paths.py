@@ -23,8 +23,10 @@ __all__ = ["PATH_OPTIONS", "SERIES_OPTIONS", "add_series_arguments", "check_outp
 #: A command not listed reads and writes folders only (demo, fuse-eval, pipeline, batch, train-seg)
 #: or nothing it could overwrite (info).
 PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "convert": (("input",), ("out",)),
     "denoise": (("input",), ("out", "metrics")),
     "enhance": (("input", "match"), ("out", "bias_field")),
+    "export-dicom": (("seg", "source"), ("out",)),
     "fuse": (("fixed", "moving", "transform", "checkpoint"),
              ("out", "out_luminance", "out_resampled", "metrics", "save_checkpoint")),
     "register": (("fixed", "moving", "fixed_mask", "moving_mask", "initial_transform", "fixed_landmarks",
@@ -99,8 +101,10 @@ def check_outputs(command: str, args: argparse.Namespace) -> None:
 #: reads volumes lets each input name its series; a folder of several series with none chosen is
 #: refused with a hint naming this option. ``segment``'s ``--series-uid`` repeats, one per ``--in``.
 SERIES_OPTIONS: dict[str, dict[str, str]] = {
+    "convert": {"input": "--series-uid"},
     "denoise": {"input": "--series-uid"},
     "enhance": {"input": "--series-uid", "match": "--match-series-uid"},
+    "export-dicom": {"source": "--source-series-uid"},
     "superres": {"input": "--series-uid"},
     "threshold-seg": {"input": "--series-uid"},
     "fuse": {"fixed": "--fixed-series-uid", "moving": "--moving-series-uid"},

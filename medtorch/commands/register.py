@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medtorch.commands import Command, device_of, progress_bar
+from medtorch.jsonvalue import plain
 from medtorch.errors import MedTorchInputError
 from medtorch.ops import choices, default_of
 from medtorch.ops.registration import RegisterRequest
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         write_volume(res.resampled, args.out_volume)
     report = dict(res.report)
     report.update({"fixed": str(args.fixed), "moving": str(args.moving), "transform": str(args.out_transform),
-                   "affine_lps": res.affine.tolist(), "total_seconds": round(time.perf_counter() - start, 3),
+                   "affine_lps": plain(res.affine), "total_seconds": round(time.perf_counter() - start, 3),
                    "convention": "ITK: fixed point -> moving point, p_moving = A(p + d(p)), LPS mm"})
     if verdict is not None:
         report["verdict"] = verdict.to_dict()

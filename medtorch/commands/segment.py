@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medtorch.commands import Command, progress_bar, vec3
 from medtorch.errors import MedTorchInputError
@@ -97,12 +99,119 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                                  "give a seed label map (--seeds S.nrrd) or a trained model (--model DIR_OR_FILE)")
     if args.model:
         try:
-            from medtorch.segment.inference import run_model_cli
+            import medtorch.segment.inference  # noqa: F401 - MONAI and the model code
         except ImportError as exc:
             raise MedTorchInputError(f"segmentation with a trained model is not available in this installation ({exc})",
                                      "update MedTorch, or use seeded segmentation (--seeds)") from None
         return int(run_model_cli(args, cancel))
     return run_seeded(args, cancel)
+
+
+# -- --model: a trained model -------------------------------------------------------------------
+
+
+def _parse_inputs(values: Sequence[str]) -> tuple[list[str], list[str | None]]:
+    """``--in`` values: ``path`` or ``NAME=path`` (a channel name of the model)."""
+    paths: list[str] = []
+    names: list[str | None] = []
+    for v in values:
+        name, sep, rest = str(v).partition("=")
+        if sep and name and not Path(v).exists() and "/" not in name and "\\" not in name:
+            names.append(name)
+            paths.append(rest)
+        else:
+            names.append(None)
+            paths.append(str(v))
+    if any(n is not None for n in names) and any(n is None for n in names):
+        raise MedTorchInputError("some --in values name their channel (NAME=path) and some do not",
+                                 "name every channel, or none (then they are taken in the model's order)")
+    return paths, names
+
+
+def _arg(args: argparse.Namespace, *names: str, default: Any = None) -> Any:
+    for n in names:
+        if hasattr(args, n) and getattr(args, n) is not None:
+            return getattr(args, n)
+    return default
+
+
+def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
+    """``medtorch segment --model DIR_OR_FILE --in V [--in V2 ...] --out seg.nrrd``.
+
+    Reads the ``--in`` volumes (``path`` or ``NAME=path``), runs :func:`~medtorch.segment.inference.segment_with_model`
+    and writes the label map atomically to ``--out``. Options read from ``args`` when the
+    command defines them: ``overlap``, ``tta``, ``roi_size``, ``sw_batch_size``,
+    ``label_convention``, ``threshold``, ``crop_foreground``, ``output_interpolation``,
+    ``cpu_bf16``, ``trust_bundle_code``, and the post-processing and volumetry options of the
+    seeded form (``min_size`` mm^3, ``largest``, ``fill_holes``, ``names``, ``regions``,
+    ``volumes_csv``: mL per label and, for BraTS models, per region TC / WT / ET),
+    ``info`` (a JSON file for the run's details), ``device``, ``quiet``.
+    """
+    from medtorch.io import read_volume, write_json_atomic, write_text_atomic, write_volume
+    from medtorch.segment.inference import segment_with_model
+    from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS
+
+    model_path = _arg(args, "model")
+    out = _arg(args, "out", "output")
+    raw_inputs = _arg(args, "input", "inputs", "in_", "volumes", default=[])
+    if isinstance(raw_inputs, str):
+        raw_inputs = [raw_inputs]
+    if not model_path or not out or not raw_inputs:
+        raise MedTorchInputError("--model, --in and --out are all needed", "give the model, the input volume(s) and the output file")
+    paths, names = _parse_inputs(raw_inputs)
+    vols = [read_volume(p) for p in paths]
+    for p, v in zip(paths, vols):
+        v.metadata.setdefault("path", p)
+    inputs: Any = dict(zip(names, vols)) if names and names[0] is not None else vols
+    roi = _arg(args, "roi_size")
+    label, info = segment_with_model(
+        model_path, inputs,
+        overlap=_arg(args, "overlap"),
+        tta=bool(_arg(args, "tta", default=False)),
+        device=_arg(args, "device"),
+        roi_size=[int(round(v)) for v in roi] if roi is not None else None,
+        sw_batch_size=_arg(args, "sw_batch_size"),
+        threshold=float(_arg(args, "threshold", default=0.5)),
+        label_convention=str(_arg(args, "label_convention", "brats", default="auto")),
+        crop_foreground=bool(_arg(args, "crop_foreground", default=False)),
+        output_interpolation=str(_arg(args, "output_interpolation", default="nearest")),  # type: ignore[arg-type]
+        cpu_bf16=bool(_arg(args, "cpu_bf16", default=False)),
+        channels_last=_arg(args, "channels_last", default=None),
+        trust_code=bool(_arg(args, "trust_bundle_code", "trust_code", default=False)),
+        progress=progress_bar(args), cancel=cancel,
+    )
+    min_size = float(_arg(args, "min_size", default=0.0))
+    largest = bool(_arg(args, "largest", default=False))
+    fill = bool(_arg(args, "fill_holes", default=False))
+    if min_size > 0 or largest or fill:
+        from medtorch.segment.postprocess import postprocess_label
+
+        label = postprocess_label(label, min_size, largest, fill)  # type: ignore[assignment]
+        info["postprocessing"] = {"min_size_mm3": min_size, "largest": largest, "fill_holes": fill}
+    write_volume(label, out)
+    from medtorch.segment.metrics import volumetry
+
+    label_names = dict(info["labels"])
+    label_names.update(_arg(args, "names", default={}) or {})
+    convention = _arg(args, "regions", default=None) or info.get("label_convention")
+    regions = None
+    if convention in BRATS_LABELS:
+        lab = BRATS_LABELS[convention]
+        regions = {r: [lab[c] for c in classes] for r, classes in BRATS_REGIONS.items()}
+    rows = volumetry(label, {int(k): str(v) for k, v in label_names.items()}, regions)
+    info["volumes_ml"] = {r.name: r.volume_ml for r in rows}
+    csv_path = _arg(args, "volumes_csv")
+    if csv_path:
+        lines = ["name,values,voxels,volume_ml"] + [
+            f"{r.name},{' '.join(str(v) for v in r.values)},{r.voxels},{r.volume_ml:.6f}" for r in rows]
+        write_text_atomic(csv_path, "\n".join(lines) + "\n")
+    info_path = _arg(args, "info", "info_json")
+    if info_path:
+        write_json_atomic(info_path, info)
+    if not getattr(args, "quiet", False):
+        parts = ", ".join(f"{k}: {v:.2f} mL" for k, v in info["volumes_ml"].items()) or "no voxel labelled"
+        print(f"Segmented with {info['model']['source']} model in {info['seconds']['total']:.1f} s: {parts}")
+    return 0
 
 
 def _input_path(value: str) -> str:
@@ -115,9 +224,8 @@ def _input_path(value: str) -> str:
 
 def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
     """The ``--seeds`` form: read, segment, post-process, write the label map (and CSV/JSON)."""
-
     from medtorch import __version__, ops
-    from medtorch.io import read_volume, write_text_atomic, write_volume, write_json_atomic
+    from medtorch.io import read_volume, write_json_atomic, write_text_atomic, write_volume
     from medtorch.ops import Roi
     from medtorch.segment.metrics import volumetry
     from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS

@@ -45,7 +45,7 @@ def checkerboard(before: Volume, after: Volume, squares: int = 8) -> Volume:
         raise MedTorchInputError(f"a checkerboard of {squares} squares", "use at least 1 square per axis")
     b = _on_grid(before, after)
     a = after.array.astype(np.float32)
-    idx = np.indices(a.shape, sparse=True)
+    idx: tuple[np.ndarray, ...] = tuple(np.indices(a.shape, sparse=True))
     parity = sum((ix * int(squares)) // n for ix, n in zip(idx, a.shape)) % 2
     out = np.where(parity == 0, b, a).astype(np.float32)
     return Volume(out, after.geometry, "scalar", {"comparison": f"checkerboard ({squares} squares per axis)"})

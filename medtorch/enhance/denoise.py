@@ -52,6 +52,11 @@ __all__ = ["DENOISE_METHODS", "NOISE_AWARE", "anisotropic", "denoise", "gaussian
 
 #: The methods (defined by the ``denoise`` operation's request, :data:`medtorch.ops.enhance.DenoiseMethod`).
 DENOISE_METHODS: tuple[str, ...] = get_args(DenoiseMethod)
+#: The extra options each method takes (see :func:`denoise`); the pipeline's schema uses it too.
+METHOD_OPTIONS: dict[str, set[str]] = {
+    "anisotropic": {"iterations", "time_step"}, "bilateral": {"domain_sigma_mm"},
+    "nlm": {"search_radius", "patch_radius"}, "patch": {"iterations", "patch_radius"},
+    "dct": {"block", "step"}, "collab": {"h"}, "selfsup": {"config", "iterations"}}
 #: Methods whose ``strength`` scales the estimated noise level.
 NOISE_AWARE = ("bilateral", "nlm", "patch", "dct", "collab", "selfsup")
 #: Default strength (when ``None``) per method.
@@ -95,7 +100,7 @@ def median(volume: Volume, radius_mm: float = 1.0, progress: ProgressCallback | 
     radius = [int(round(radius_mm / s)) for s in volume.spacing]
     if max(radius) < 1:
         raise MedTorchInputError(
-            f"a median radius of {radius_mm} mm is less than half a voxel (spacing {tuple(np.round(volume.spacing, 3))} mm)",
+            f"a median radius of {radius_mm} mm is less than half a voxel (spacing {tuple(round(float(v), 3) for v in volume.spacing)} mm)",
             f"use a radius of at least {0.5 * float(volume.spacing.min()):.3g} mm")
     filt = sitk.MedianImageFilter()
     filt.SetRadius(radius)
@@ -244,9 +249,7 @@ def denoise(volume: Volume, method: str = "gaussian", strength: float | None = N
     check_volume(volume, "input volume")
     if method not in DENOISE_METHODS:
         raise MedTorchInputError(f"unknown denoising method {method!r}", "use one of " + ", ".join(DENOISE_METHODS))
-    allowed = {"anisotropic": {"iterations", "time_step"}, "bilateral": {"domain_sigma_mm"},
-               "nlm": {"search_radius", "patch_radius"}, "patch": {"iterations", "patch_radius"},
-               "dct": {"block", "step"}, "collab": {"h"}, "selfsup": {"config", "iterations"}}.get(method, set())
+    allowed = METHOD_OPTIONS.get(method, set())
     unknown = set(options) - allowed
     if unknown:
         raise MedTorchInputError(f"option(s) {sorted(unknown)} do not apply to the {method} method",

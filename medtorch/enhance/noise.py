@@ -238,7 +238,7 @@ def estimate_poisson_gaussian(array: np.ndarray, mask: np.ndarray | None = None,
     d = haar_detail(a) ** 2
     z, y, x = (s - s % 2 for s in a.shape)
     b = a[:z, :y, :x]
-    level = sum(b[i::2, j::2, k::2] for i in (0, 1) for j in (0, 1) for k in (0, 1)) / 8.0
+    level = np.asarray(sum(b[i::2, j::2, k::2] for i in (0, 1) for j in (0, 1) for k in (0, 1)) / 8.0)
     keep = np.ones(level.shape, dtype=bool) if mask is None else _block_mask(np.asarray(mask, dtype=bool))
     lv, dv = level[keep].ravel(), d[keep].ravel()
     offset = float(np.percentile(lv, 0.5))

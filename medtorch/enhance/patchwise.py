@@ -188,7 +188,7 @@ def nonlocal_means(
         raise MedTorchInputError(f"non-local means needs a 3D tensor, got shape {tuple(values.shape)}",
                                  "give the voxels [z, y, x]")
     if not h > 0:
-        raise MedTorchInputError(f"the NLM filtering parameter h={h} is not positive", "use h > 0")
+        raise MedTorchInputError(f"the NLM filtering parameter h={h} is not positive", "give a positive h (a study's denoise step: h: 0.8), or leave h out and it is chosen from the data")
     r, pr = int(search_radius), int(patch_radius)
     if not 1 <= r <= 10 or not 0 <= pr <= 5:
         raise MedTorchInputError(f"search radius {r} / patch radius {pr} are not usable",

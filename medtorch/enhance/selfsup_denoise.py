@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -186,7 +186,7 @@ class _Refiner(torch.nn.Module):
         from monai.networks.nets import BasicUNet
 
         self.unet = BasicUNet(spatial_dims=3, in_channels=2, out_channels=1, features=tuple(features),
-                              norm=None, act=("LeakyReLU", {"negative_slope": 0.1, "inplace": True}))
+                              norm=None, act=("LeakyReLU", {"negative_slope": 0.1, "inplace": True}))  # type: ignore[arg-type]  # None: no normalisation
         for p in self.unet.final_conv.parameters():
             torch.nn.init.zeros_(p)
 
@@ -259,7 +259,7 @@ def _infer(net: torch.nn.Module, y: torch.Tensor, pilot: torch.Tensor, device: A
         return net(batch)
 
     out = sliding_window_inference(x, roi, 1, predictor, overlap=0.25, mode="gaussian")
-    return out[0, 0].cpu()
+    return cast(torch.Tensor, out)[0, 0].cpu()
 
 
 def _collab_estimate(y: torch.Tensor, sigma: float, rician: bool, progress: ProgressCallback | None,

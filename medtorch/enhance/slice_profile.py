@@ -125,9 +125,9 @@ def estimate_slice_fwhm(array: np.ndarray, axis: int, factor: int, noise_sigma: 
         sum_w2 = float((w**2).sum())
         shifted = float((w[f:] * w[:-f]).sum()) if len(w) > f else 0.0
         gap = 0.0
-        for a in in_plane:
-            decimated = _diff_energy(degrade_along(t, a, f, float(fwhm)), a) - 2.0 * s2 * (sum_w2 - shifted)
-            blurred = _diff_energy(_blur_along(t, a, w), axis) - 2.0 * s2 * sum_w2
+        for along in in_plane:
+            decimated = _diff_energy(degrade_along(t, along, f, float(fwhm)), along) - 2.0 * s2 * (sum_w2 - shifted)
+            blurred = _diff_energy(_blur_along(t, along, w), axis) - 2.0 * s2 * sum_w2
             gap += decimated - blurred
         gaps.append(gap / len(in_plane))
     g = np.asarray(gaps)  # positive for too narrow a profile, negative for too wide

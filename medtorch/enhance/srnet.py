@@ -174,6 +174,7 @@ def fit_linear_branch(net: AxisSRNet, pairs: TrainingPairs, max_samples: int = 4
     sol = torch.linalg.solve(gram, x1.T @ y)  # [(kh*kw)+1, f]
     with torch.no_grad():
         net.linear.weight.copy_(sol[:-1].T.reshape(f, 1, kh, kw).float())
+        assert net.linear.bias is not None  # the layer is built with a bias
         net.linear.bias.copy_(sol[-1].float())
     return float(((x1 @ sol - y) ** 2).mean().sqrt())
 

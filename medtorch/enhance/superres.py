@@ -58,14 +58,14 @@ _AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "x": 0, "y": 1, "z": 2, "0": 0, "1": 1, "
 # -- grids --------------------------------------------------------------------------------------
 
 
-def output_geometry(geometry: Geometry, factors: Sequence[float]) -> Geometry:
+def output_geometry(geometry: Geometry, factors: Sequence[float] | np.ndarray) -> Geometry:
     """The super-resolved grid: see the module docstring. ``factors`` per axis (i, j, k), >= 1."""
     f = np.asarray([float(v) for v in factors], dtype=np.float64)
     if f.shape != (3,) or not np.all(np.isfinite(f)):
         raise MedTorchInputError(f"give one finite factor per axis (i, j, k), got {tuple(factors)}",
                                  "use e.g. (1, 1, 4)")
     if np.any(f < 1.0 - 1e-9):
-        raise MedTorchInputError(f"an upsampling factor below 1 was asked for ({tuple(np.round(f, 4))})",
+        raise MedTorchInputError(f"an upsampling factor below 1 was asked for ({tuple(round(float(v), 4) for v in f)})",
                                  "super-resolution only refines: use factors >= 1 (downsample with a resampling tool)")
     size_in = np.asarray(geometry.size, dtype=np.float64)
     size_out = np.maximum(np.round(size_in * f), 1).astype(int)
@@ -117,9 +117,11 @@ def resolve_axis(geometry: Geometry, axis: str | int = "auto") -> int | None:
     sp = geometry.spacing
     if sp.max() / sp.min() < ISOTROPIC_RATIO:
         raise MedTorchInputError(
-            f"the volume is (nearly) isotropic (spacing {tuple(np.round(sp, 3))} mm): it has no thick-slice axis "
+            f"the volume is (nearly) isotropic (spacing {tuple(round(float(v), 3) for v in sp)} mm): it has no "
+            "thick-slice axis "
             "for through-plane super-resolution",
-            "for isotropic upsampling use axis 'all' (--axis all), or name the axis to refine (i, j or k)",
+            "for isotropic upsampling choose the axis all (command line: --axis all; a study's superres step: "
+            "axis: all), or name the axis to refine (i, j or k)",
         )
     return int(np.argmax(sp))
 
@@ -366,13 +368,13 @@ def superres(volume: Volume, method: str = "bspline", factor: float | None = Non
         factors = factors_from_spacing(geom, spacing)
         if np.any(factors < 1.0 - 1e-6):
             raise MedTorchInputError(
-                f"the target spacing {tuple(spacing)} is coarser than the input's {tuple(np.round(geom.spacing, 4))} "
+                f"the target spacing {tuple(spacing)} is coarser than the input's {tuple(round(float(v), 4) for v in geom.spacing)} "
                 "along some axis (a factor below 1)",
                 "give a spacing no larger than the input's on every axis")
         changed = [a for a in range(3) if factors[a] > 1.0 + 1e-6]
         if not changed:
             raise MedTorchInputError("the target spacing equals the input spacing", "give a finer spacing")
-        axes: list[int] | None = changed
+        axes: list[int] = changed
     else:
         if factor is None:
             factor = float(model.factor) if model is not None else 1.0
@@ -392,7 +394,7 @@ def superres(volume: Volume, method: str = "bspline", factor: float | None = Non
     # self-supervised: integer factor per refined axis, all refined axes alike
     fs = {float(factors[a]) for a in axes}
     if len(fs) != 1:
-        raise MedTorchInputError(f"selfsup refines all chosen axes by one factor, got {tuple(np.round(factors, 4))}",
+        raise MedTorchInputError(f"selfsup refines all chosen axes by one factor, got {tuple(round(float(v), 4) for v in factors)}",
                                  "give one factor, or the same refinement on every axis")
     f_req = fs.pop()
     f_int = int(math.ceil(f_req - 1e-6))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.jsonvalue import plain
 
 __all__ = ["ONNX_TOLERANCE", "OnnxRunner", "export_onnx", "load_model", "quantize_onnx", "save_model"]
 
@@ -36,17 +37,7 @@ ONNX_TOLERANCE = 1e-4
 
 def _plain(value: Any) -> Any:
     """Metadata reduced to what ``torch.load(weights_only=True)`` accepts."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
+    return plain(value, other="str")
 
 
 def save_model(model: Any, path: str | Path) -> Path:
@@ -98,7 +89,8 @@ def export_onnx(net: torch.nn.Module, path: str | Path, opset: int = 17) -> Path
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "constant folding not applied" for the replicate padding: harmless
-        torch.onnx.export(net, (dummy,), buffer, dynamo=False, opset_version=opset, input_names=["low"],
+        torch.onnx.export(net, (dummy,), buffer,  # type: ignore[arg-type]  # a file object is accepted
+                          dynamo=False, opset_version=opset, input_names=["low"],
                           output_names=["high"], dynamic_axes={"low": {0: "n", 2: "h", 3: "w"},
                                                                "high": {0: "n", 2: "h", 3: "wf"}})
     with atomic_path(target) as tmp:

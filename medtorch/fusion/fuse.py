@@ -141,7 +141,7 @@ def _resample_moving(fixed: Volume, moving: Volume, transform: Any, assume_align
     if transform is None and not assume_aligned:
         raise MedTorchInputError(
             f"the fixed and moving volumes have different geometry (size {fixed.size} vs {moving.size}, spacing "
-            f"{tuple(np.round(fixed.spacing, 4))} vs {tuple(np.round(moving.spacing, 4))}) and no transform was given",
+            f"{tuple(round(float(v), 4) for v in fixed.spacing)} vs {tuple(round(float(v), 4) for v in moving.spacing)}) and no transform was given",
             "give the transform between them (e.g. from registration: --transform), or say that they already share "
             "physical space (--assume-aligned) to resample the moving volume as it lies",
         )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.jsonvalue import plain
 from medtorch.volume import LPS_TO_RAS, Geometry, Volume
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -335,9 +336,9 @@ def box_from_roi_node(roi_node: Any) -> dict[str, Any]:
     axes_ras = axes_ras / np.linalg.norm(axes_ras, axis=0)
     flip = np.diag([-1.0, -1.0, 1.0])
     return {
-        "center": (flip @ np.asarray(center_ras)).tolist(),
-        "half_size": (np.asarray(size) / 2.0).tolist(),
-        "axes": (flip @ axes_ras).tolist(),
+        "center": plain(flip @ np.asarray(center_ras)),
+        "half_size": plain(np.asarray(size) / 2.0),
+        "axes": plain(flip @ axes_ras),
     }
 
 

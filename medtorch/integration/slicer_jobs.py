@@ -1,11 +1,13 @@
 """Running MedTorch operations from Slicer module logic: blocking or in the background.
 
 A :class:`LogicJob` ties an operation's request (:mod:`medtorch.ops`) to the function that
-turns its result into MRML nodes. Nothing touches the scene until the operation has finished,
+turns its result into MRML nodes, and runs it blocking or as a background job of
+:mod:`medtorch.runtime` (a worker process started with ``slicer.util.launchConsoleProcess``,
+whose whole process tree a cancel stops). Nothing touches the scene until the operation has finished,
 and :func:`scene_transaction` removes every node an ``apply`` step added if it fails, so a
 cancel or an error leaves the scene as it was.
 
-:class:`QtTaskRunner` drives a background task from a widget: a progress dialog with a
+:class:`QtJobRunner` drives a background job from a widget: a progress dialog with a
 Cancel button, polled from a ``QTimer`` so the GUI never freezes. It is the only piece
 here that needs Qt, and it imports ``qt`` lazily.
 """
@@ -22,7 +24,7 @@ from medtorch import ops
 from medtorch.errors import Cancelled
 from medtorch.ops.base import OperationResult, Request
 from medtorch.progress import CancelToken, ProgressCallback
-from medtorch.tasks import BackgroundTask
+from medtorch.runtime import BackgroundJob
 from medtorch.volume import Volume
 
 
@@ -60,7 +62,7 @@ class LogicJob:
         self.inputs = inputs
         self.apply = apply
         self.scene = scene
-        self.task: BackgroundTask | None = None
+        self.background: BackgroundJob | None = None
 
     @classmethod
     def from_params(cls, operation: str, inputs: dict[str, Volume], params: Mapping[str, Any],
@@ -77,27 +79,27 @@ class LogicJob:
         logging.info(f"{self.operation} completed in {time.time() - start:.2f} seconds")
         return output
 
-    def start(self, progress: ProgressCallback | None = None) -> BackgroundTask:
-        """Start in a background process; call :meth:`finish` once it is done."""
-        self.task = BackgroundTask(self.request, self.inputs, progress=progress).start()
-        return self.task
+    def start(self, progress: ProgressCallback | None = None) -> BackgroundJob:
+        """Start in a worker process; call :meth:`finish` once it is done."""
+        self.background = BackgroundJob(self.request, self.inputs, progress=progress).start()
+        return self.background
 
     def finish(self, result: OperationResult | None = None) -> Any:
         if result is None:
-            if self.task is None or self.task.result is None:
-                raise Cancelled("the task has no result (it was cancelled or failed)")
-            result = self.task.result
+            if self.background is None or self.background.result is None:
+                raise Cancelled("the job has no result (it was cancelled or failed)")
+            result = self.background.result
         with scene_transaction(self.scene):
             return self.apply(result)
 
     def run_background_blocking(self, timeout: float | None = None) -> Any:
         """Background process, waited for here (the same path the GUI takes, without Qt)."""
-        task = self.start()
-        result = task.wait(timeout=timeout)
+        background = self.start()
+        result = background.wait(timeout=timeout)
         return self.finish(result)
 
 
-class QtTaskRunner:
+class QtJobRunner:
     """Show a background :class:`LogicJob` in Slicer: progress dialog, Cancel, no freeze."""
 
     def __init__(self, job: LogicJob, title: str, on_done: Callable[[Any], None] | None = None,
@@ -119,7 +121,7 @@ class QtTaskRunner:
         self.timer.setInterval(interval_ms)
         self.timer.connect("timeout()", self._poll)
 
-    def start(self) -> "QtTaskRunner":
+    def start(self) -> "QtJobRunner":
         self.job.start()
         self.status = "running"
         self.dialog.show()
@@ -127,16 +129,16 @@ class QtTaskRunner:
         return self
 
     def cancel(self) -> None:
-        if self.job.task is not None:
-            self.job.task.cancel()
+        if self.job.background is not None:
+            self.job.background.cancel()
 
     def _poll(self) -> None:
-        task = self.job.task
-        if task is None:
+        background = self.job.background
+        if background is None:
             return
         if self.dialog.wasCanceled:
-            task.cancel()
-        state = task.poll()
+            background.cancel()
+        state = background.poll()
         self.dialog.setValue(int(round(state.fraction * 100)))
         self.dialog.setLabelText(state.message or "working")
         if state.status == "running":

@@ -110,7 +110,7 @@ def segmentation_from_model_result(label: Volume, labels: Mapping[Any, str], nam
                                    closed_surface: bool = True) -> Any:
     """A new segmentation node with one named, coloured segment per label value.
 
-    ``labels`` maps label values (ints, or their strings as a background task returns
+    ``labels`` maps label values (ints, or their strings as a background job returns
     them) to segment names. Attributes: ``MedTorch.operation`` = ``segment_model``,
     ``MedTorch.volumesMl`` (JSON name -> mL), ``MedTorch.info`` (JSON details of the run).
     """

@@ -111,13 +111,13 @@ class ModuleWidgetMixin:
 
     def runJob(self, job: Any, title: str, on_done: Callable[[Any], None]) -> Any:
         """Run ``job`` in the background: progress dialog, Cancel, GUI stays responsive."""
-        from medtorch.integration.slicer_jobs import QtTaskRunner
+        from medtorch.integration.slicer_jobs import QtJobRunner
 
         def done(output: Any) -> None:
             on_done(output)
             self._checkCanApply()
 
-        self.runner = QtTaskRunner(job, title, on_done=done, on_error=self.onJobError, on_cancelled=self.onJobCancelled)
+        self.runner = QtJobRunner(job, title, on_done=done, on_error=self.onJobError, on_cancelled=self.onJobCancelled)
         self.runner.start()
         self.ui.statusLabel.text = "Running..."
         self._checkCanApply()

@@ -22,7 +22,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -207,7 +207,8 @@ _SERIES_CHOICES: contextvars.ContextVar[dict[Path, tuple[str | None, str]]] = co
 
 
 @contextlib.contextmanager
-def series_choices(choices: dict[str | os.PathLike[str], tuple[str | None, str]]) -> Iterator[None]:
+def series_choices(choices: Mapping[str, tuple[str | None, str]] | Mapping[os.PathLike[str], tuple[str | None, str]]
+                   ) -> Iterator[None]:
     """While active, :func:`read_volume` of a DICOM folder in ``choices`` reads the series chosen for
     it, and a folder of several series with none chosen is refused with a hint that names the front
     end's own option (``{path: (series_uid or None, "--moving-series-uid")}``). The command line

@@ -543,7 +543,7 @@ def _orthonormal_axes(orientation: np.ndarray, series: str) -> tuple[np.ndarray,
     nr, nc = np.linalg.norm(r), np.linalg.norm(c)
     if nr < 1e-6 or nc < 1e-6 or abs(float(r @ c)) / (nr * nc) > ORIENTATION_TOL:
         raise MedTorchInputError(
-            f"series {series} has an invalid ImageOrientationPatient {tuple(np.round(orientation, 6))} "
+            f"series {series} has an invalid ImageOrientationPatient {tuple(round(float(v), 6) for v in orientation)} "
             "(the row and column directions are not unit vectors at right angles)",
             "fix the orientation in the DICOM header, or export the series again from the scanner or PACS",
         )
@@ -589,7 +589,7 @@ def _check_and_sort(
         raise MedTorchInputError(
             f"series {series} mixes image sizes: {_describe_counts(sizes)}",
             "keep only the images of one size (move the others out of the folder), or choose another "
-            "series (medtorch.io.dicom.list_series lists them)",
+            "series ('medtorch info FOLDER' lists them)",
         )
     unplaced = [f for f in frames if f.position is None or f.orientation is None]
     if unplaced:
@@ -607,7 +607,7 @@ def _check_and_sort(
             f"series {series} mixes {len(set(labels))} image orientations (e.g. a localizer in several planes): "
             f"{_describe_counts(labels)}",
             "keep only the images of one orientation (move the others out of the folder), or choose another "
-            "series (medtorch.io.dicom.list_series lists them)",
+            "series ('medtorch info FOLDER' lists them)",
         )
     spacings = [f.pixel_spacing for f in frames if f.pixel_spacing is not None]
     if len(spacings) < len(frames):
@@ -969,7 +969,7 @@ def _choose_series(folder: Path, scan: _Scan, series_uid: str | None) -> list[_H
         raise MedTorchInputError(
             f"{folder} holds {len(groups)} DICOM series and none was chosen:\n{listing}",
             f"choose one with {_options_hint()}" + ("" if _HINT_FLAG.get() else
-                                                   "; medtorch.io.dicom.list_series(folder) lists them"),
+                                                   "; 'medtorch info FOLDER' lists them"),
         )
     return next(iter(groups.values()))
 

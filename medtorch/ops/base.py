@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.jsonvalue import plain
 from medtorch.progress import CancelToken, ProgressCallback
 from medtorch.volume import Volume
 
@@ -49,7 +50,7 @@ class OperationResult:
     ``native`` is the algorithm's own result object (e.g. a
     :class:`~medtorch.registration.result.RegistrationResult`) when the operation ran in this
     process, for callers that write files with it; it never crosses a process boundary, so
-    it is ``None`` for a background task's result.
+    it is ``None`` for a background job's result.
     """
 
     volumes: dict[str, Volume] = field(default_factory=dict)
@@ -322,27 +323,11 @@ def request_from_params(cls: type[R], params: Mapping[str, Any]) -> R:
     return cls(**values)
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return request_to_params(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (np.bool_, np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
 def request_to_params(request: Any) -> dict[str, Any]:
     """The request as a JSON-safe mapping (tuples as lists); :func:`request_from_params` inverts it."""
     if not dataclasses.is_dataclass(request) or isinstance(request, type):
         raise TypeError(f"{request!r} is not a request")
-    return {f.name: _plain(getattr(request, f.name)) for f in dataclasses.fields(request)}
+    return {f.name: plain(getattr(request, f.name)) for f in dataclasses.fields(request)}
 
 
 def normalized(request: R) -> R:

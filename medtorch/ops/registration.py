@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from medtorch.jsonvalue import plain
 from medtorch.ops.base import Matrix, OperationResult, Points, Request, need
 from medtorch.progress import CancelToken, ProgressCallback
 from medtorch.volume import Volume
@@ -99,6 +100,6 @@ def run_register(request: RegisterRequest, inputs: dict[str, Volume], progress: 
         volumes["displacement"] = res.control_field if res.control_field is not None else res.displacement
     if res.similarity_map is not None:
         volumes["similarity_map"] = res.similarity_map
-    values = {"affine": np.asarray(res.affine).tolist(), "report": res.report,
+    values = {"affine": plain(np.asarray(res.affine)), "report": res.report,
               "verdict": res.verdict.to_dict() if res.verdict is not None else None}
     return OperationResult(volumes, values, res)

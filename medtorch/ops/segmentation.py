@@ -19,7 +19,7 @@
   values ``nodules`` (a list of dicts: ``center_lps``, ``diameter_mm``, ``score``, features),
   ``num_candidates`` and ``info``.
 
-Values are plain JSON types (string keys), as a background task returns them.
+Values are plain JSON types (string keys), as a background job returns them.
 """
 
 from __future__ import annotations

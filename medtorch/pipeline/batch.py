@@ -14,7 +14,9 @@ and runs :func:`medtorch.pipeline.run.run_pipeline` for each case on a Dask clus
 * ``summary.csv`` (one row per case: status, the verdict -- ``pass``/``warn``/``fail``, the
   worst of the case's steps, and ``verdict_reasons``, the checks that did not pass --, time,
   error, key values) is written atomically at the end, and after every finished case, so an
-  interrupted batch leaves an accurate summary.
+  interrupted batch leaves an accurate summary;
+* the runtime's thread policy (:mod:`medtorch.runtime.threads`) in each case, the local
+  workers sharing this machine's CPUs, with OpenMP told not to spin.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from medtorch.errors import Cancelled, MedTorchInputError
 from medtorch.pipeline.config import load_config
 from medtorch.pipeline.run import read_run_record
 from medtorch.progress import CancelToken, ProgressCallback, report
+from medtorch.runtime.threads import WAIT_POLICY
 
 SUMMARY_FIELDS = ["case_id", "status", "verdict", "verdict_reasons", "seconds", "output_dir", "error", "worker",
                   "device"]
@@ -79,9 +82,11 @@ def read_manifest(manifest: str | os.PathLike[str], out_root: Path) -> list[Case
     return cases
 
 
-def _run_case(config_path: str, overrides: dict[str, Any], gpu_count: int = 0) -> dict[str, Any]:
-    """Run one case on a worker; never raises (the error is returned and recorded)."""
+def _run_case(config_path: str, overrides: dict[str, Any], gpu_count: int = 0, share: int = 1) -> dict[str, Any]:
+    """Run one case on a worker; never raises (the error is returned and recorded). The case
+    runs with the thread policy for one of ``share`` workers that divide the CPUs."""
     from medtorch.pipeline.run import run_pipeline
+    from medtorch.runtime.threads import plan_threads
 
     start = time.perf_counter()
     row: dict[str, Any] = {"case_id": overrides["study"], "output_dir": overrides["output_dir"]}
@@ -97,7 +102,7 @@ def _run_case(config_path: str, overrides: dict[str, Any], gpu_count: int = 0) -
             index = int(str(worker.name).split("-")[-1]) % gpu_count if str(worker.name).split("-")[-1].isdigit() else 0
             overrides = {**overrides, "device": f"cuda:{index}"}
         config = load_config(config_path, overrides)
-        rec = run_pipeline(config)
+        rec = run_pipeline(config, threads=plan_threads(share=share, in_this_process=False))
         row.update(status=rec.status, device=rec.record.get("device", {}).get("device", ""))
         if rec.record.get("verdict"):
             row["verdict"] = rec.record["verdict"]
@@ -167,13 +172,17 @@ def run_batch(manifest: str | os.PathLike[str], config_path: str | os.PathLike[s
         client = Client(scheduler)
     else:
         workers = gpu_count or max(1, int(n_workers))
+        # OpenMP must not spin in workers that share the cores (set before they load torch); the
         # dashboard on a free port (":0"): a fixed 8787 taken by another cluster made Dask warn
+        env = {k: v for k, v in WAIT_POLICY.items() if k not in os.environ}
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               resources={"GPU": 1} if gpu_count else None)
+                               resources={"GPU": 1} if gpu_count else None, env=env)
         client = Client(cluster)
     try:
         submit_opts = {"resources": {"GPU": 1}} if gpu_count else {}
-        futures = [client.submit(_run_case, str(Path(config_path).resolve()), case.overrides, gpu_count,
+        # the local workers divide this machine's CPUs; a remote worker plans from its own machine's load
+        share = 1 if cluster is None else len(cluster.workers) or 1
+        futures = [client.submit(_run_case, str(Path(config_path).resolve()), case.overrides, gpu_count, share,
                                  key=f"medtorch-case-{case.case_id}-{time.time_ns()}", pure=False, **submit_opts)
                    for case in todo]
         done = 0

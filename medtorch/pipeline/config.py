@@ -15,10 +15,11 @@ Example ``study.yaml`` (every step optional; paths relative to the YAML file)::
       register: {mode: rigid, metric: mi, engine: torch}
       fuse: {method: average, weight: 0.5}
       denoise: {input: fixed, method: anisotropic, strength: 1.0, iterations: 5}
-      superres: {input: fixed, factor: 2, method: bspline}
+      superres: {input: fixed, factor: 2, axis: k, method: bspline}   # axis auto: the thick axis
       segment: {input: fixed, method: threshold, lower: 150, upper: .inf}
 
-A step is run when it is present and not ``enabled: false``.
+A step is run when it is present and not ``enabled: false``. Every key of every step is
+checked before anything runs (:mod:`medtorch.pipeline.schema`); ``docs/pipeline.md`` lists them.
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = Non
         seed = int(data.get("seed", 0))
     except (TypeError, ValueError) as exc:
         raise _err(f"seed {data.get('seed')!r} is not an integer", "use e.g. seed: 0") from exc
+    # every step's every key, checked before anything runs (not when the step's turn comes)
+    from medtorch.pipeline.schema import check_steps
+
+    check_steps(steps, inputs, base_dir)
+    seg = steps.get("segment")
+    if seg is not None:  # file keys are relative to the YAML's folder, as the inputs are
+        for key in ("seeds", "model"):
+            if key in seg and not Path(os.path.expanduser(str(seg[key]))).is_absolute():
+                seg[key] = str((base_dir / os.path.expanduser(str(seg[key]))).resolve())
     return StudyConfig(study, out_dir.resolve(), inputs, uids, steps, device, seed, source, data)
 
 

@@ -32,6 +32,7 @@ from medtorch import ops
 from medtorch.errors import Cancelled, MedTorchError, MedTorchInputError
 from medtorch.pipeline.config import StudyConfig
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
+from medtorch.runtime.threads import ThreadPlan, applied, plan_threads
 from medtorch.volume import Volume
 
 RUN_RECORD = "run.json"
@@ -235,13 +236,21 @@ class RunRecord:
 
 
 def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
-                 cancel: CancelToken | None = None) -> RunRecord:
+                 cancel: CancelToken | None = None, threads: ThreadPlan | None = None) -> RunRecord:
     """Run ``config``'s steps; write every output and ``run.json`` under ``config.output_dir``.
 
     A failing step stops the run: ``run.json`` then has ``status: "failed"`` and the error,
     outputs already written stay (each is complete: writes are atomic), and the error is
-    raised again for the caller.
+    raised again for the caller. The steps run with the runtime's thread policy (``threads``,
+    default :func:`~medtorch.runtime.threads.plan_threads`), which ``run.json`` records.
     """
+    plan = plan_threads() if threads is None else threads
+    with applied(plan):
+        return _run_pipeline(config, progress, cancel, plan)
+
+
+def _run_pipeline(config: StudyConfig, progress: ProgressCallback | None, cancel: CancelToken | None,
+                  plan: ThreadPlan) -> RunRecord:
     from medtorch.device import device_summary, seed_everything, select_device
     from medtorch.io import read_volume, write_json_atomic
 
@@ -253,7 +262,8 @@ def run_pipeline(config: StudyConfig, progress: ProgressCallback | None = None,
     timings: dict[str, float] = {}
     record: dict[str, Any] = {
         "study": config.study, "status": "running", "started": started.isoformat(), "seed": seed,
-        "device": device_summary(device), "versions": versions(), "config": config.to_dict(),
+        "device": device_summary(device), "threads": plan.as_dict(), "versions": versions(),
+        "config": config.to_dict(),
     }
     steps = config.enabled_steps()
     n = len(steps) + 1

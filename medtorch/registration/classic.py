@@ -46,16 +46,13 @@ map keeps elastix's defaults, with ``RandomSeed`` set from ``seed``, the result 
 written, and the first map starting from the images' geometric centres
 (``AutomaticTransformInitialization``). elastix cannot be interrupted from Python and
 reports no progress events, so when a ``cancel`` token is given (or ``isolate=True``) it
-runs in a child process: progress is read from its log and a cancel ends the process.
+runs as a job of :mod:`medtorch.runtime` (a worker process): progress is read from its log
+and a cancel ends the worker.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -782,8 +779,9 @@ def register_elastix(fixed: Volume, moving: Volume, mode: str, fixed_mask: Volum
     Args: as :func:`register_sitk`, plus
         parameter_maps: elastix parameter maps to use instead of the defaults
             (:func:`elastix_parameter_maps` gives them as dicts to edit).
-        isolate: run elastix in a child process (progress from its log, a cancel ends it
-            within a fraction of a second). Default: when ``cancel`` is given.
+        isolate: run elastix in a worker process of :mod:`medtorch.runtime` (progress from
+            its log, a cancel ends it within a fraction of a second). Default: when
+            ``cancel`` is given.
 
     Raises:
         MedTorchInputError: itk-elastix is not installed (``pip install itk-elastix``).
@@ -805,72 +803,55 @@ def register_elastix(fixed: Volume, moving: Volume, mode: str, fixed_mask: Volum
     return _elastix_child(fixed, moving, mode, fixed_mask, moving_mask, init_m, seed, maps, progress, cancel)
 
 
-# -- elastix in a child process ---------------------------------------------------------------
+# -- elastix in a worker process --------------------------------------------------------------
+
+#: The function the worker runs for an isolated elastix registration (a ``call`` job).
+_ELASTIX_JOB = "medtorch.registration.classic:_elastix_job"
 
 
 def _elastix_child(fixed: Volume, moving: Volume, mode: str, fixed_mask: Volume | None, moving_mask: Volume | None,
                    initial: np.ndarray | None, seed: int, maps: list[dict[str, list[str]]],
                    progress: ProgressCallback | None, cancel: CancelToken | None) -> ClassicResult:
-    from medtorch.tasks import python_executable
+    """elastix as a job of the runtime (:func:`medtorch.runtime.call_in_worker`, running
+    :func:`_elastix_job`): volumes as NRRD files, the rest as JSON; a cancel stops the worker."""
+    from medtorch.runtime.jobs import call_in_worker
 
-    with tempfile.TemporaryDirectory(prefix="medtorch-elastix-") as tmp:
-        job = Path(tmp)
-        with open(job / "job.pkl", "wb") as fh:
-            pickle.dump({"fixed": fixed, "moving": moving, "mode": mode, "fixed_mask": fixed_mask,
-                         "moving_mask": moving_mask, "initial": initial, "seed": seed, "maps": maps}, fh,
-                        protocol=pickle.HIGHEST_PROTOCOL)
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        proc = subprocess.Popen([python_executable(), "-m", "medtorch.registration.classic", str(job)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        log = job / "elastix.log"
-        try:
-            while proc.poll() is None:
-                if cancel is not None and cancel.cancelled:
-                    raise Cancelled()
+    volumes = {"fixed": fixed, "moving": moving}
+    if fixed_mask is not None:
+        volumes["fixed_mask"] = fixed_mask
+    if moving_mask is not None:
+        volumes["moving_mask"] = moving_mask
+    params = {"mode": mode, "seed": int(seed), "maps": maps,
+              "initial": None if initial is None else np.asarray(initial, dtype=np.float64)}
+    out, values = call_in_worker(_ELASTIX_JOB, volumes, params, progress, cancel)
+    report(progress, cancel, 1.0, "elastix: done")
+    return np.asarray(values["matrix"], dtype=np.float64), out.get("displacement"), dict(values["info"])
+
+
+def _elastix_job(volumes: dict[str, Volume], params: dict[str, Any], progress: ProgressCallback | None,
+                 cancel: CancelToken | None) -> tuple[dict[str, Volume], dict[str, Any]]:
+    """The worker's side of :func:`_elastix_child`: elastix in this process, its progress
+    read from its log by a thread (elastix reports none itself and cannot be interrupted)."""
+    import threading
+
+    maps = params["maps"]
+    initial = None if params["initial"] is None else np.asarray(params["initial"], dtype=np.float64)
+    with tempfile.TemporaryDirectory(prefix="medtorch-elastix-") as log_dir:
+        done = threading.Event()
+
+        def follow_log() -> None:
+            log = Path(log_dir, "elastix.log")
+            while not done.wait(0.1):
                 if progress is not None and log.exists():
-                    text = log.read_text(errors="replace")
-                    progress(0.05 + 0.85 * _count_progress(text, maps), "elastix: registering")
-                time.sleep(0.05)
+                    progress(0.05 + 0.85 * _count_progress(log.read_text(errors="replace"), maps), "elastix: registering")
+
+        follower = threading.Thread(target=follow_log, daemon=True)
+        follower.start()
+        try:
+            matrix, disp, info = _elastix_in_process(volumes["fixed"], volumes["moving"], params["mode"],
+                                                     volumes.get("fixed_mask"), volumes.get("moving_mask"), initial,
+                                                     int(params["seed"]), maps, log_dir, None, None)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr is not None else ""
-        if proc.stderr is not None:
-            proc.stderr.close()
-        result_path = job / "result.pkl"
-        if not result_path.exists():
-            raise RuntimeError(f"elastix ended with code {proc.returncode}: {err[-2000:]}")
-        with open(result_path, "rb") as fh:
-            out = pickle.load(fh)
-        if "error" in out:
-            if out.get("kind") == "input":
-                raise MedTorchInputError.from_message(out["error"])
-            raise RuntimeError(out["error"])
-        report(progress, cancel, 1.0, "elastix: done")
-        return out["matrix"], out["displacement"], out["info"]
-
-
-def _child_main(job_dir: str) -> int:
-    job = Path(job_dir)
-    with open(job / "job.pkl", "rb") as fh:
-        a = pickle.load(fh)
-    try:
-        matrix, disp, info = _elastix_in_process(a["fixed"], a["moving"], a["mode"], a["fixed_mask"], a["moving_mask"],
-                                                 a["initial"], a["seed"], a["maps"], str(job), None, None)
-        out: dict[str, Any] = {"matrix": matrix, "displacement": disp, "info": info}
-    except MedTorchInputError as exc:
-        out = {"error": str(exc), "kind": "input"}
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
-        out = {"error": f"{type(exc).__name__}: {exc}", "kind": "error"}
-    tmp = job / "result.pkl.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, job / "result.pkl")
-    return 0
-
-
-if __name__ == "__main__":  # the child process of register_elastix(isolate=True)
-    sys.exit(_child_main(sys.argv[1]))
+            done.set()
+            follower.join()
+    return ({} if disp is None else {"displacement": disp}), {"matrix": matrix, "info": info}

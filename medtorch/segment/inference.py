@@ -37,7 +37,6 @@ ET, else NCR where TC, else ED where WT).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -57,6 +56,7 @@ from medtorch.segment.models import (
     load_model,
     map_channels,
 )
+from medtorch.segment.orientation import orientation_transform
 from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS, LabelConvention
 from medtorch.volume import Geometry, Volume, check_volume
 
@@ -71,7 +71,6 @@ __all__ = [
     "label_volume_from_network_grid",
     "metatensor_from_volumes",
     "orientation_transform",
-    "run_model_cli",
     "segment_with_model",
 ]
 
@@ -195,68 +194,6 @@ def metatensor_from_volumes(volumes: Sequence[Volume]) -> Any:
 
 
 _metatensor = metatensor_from_volumes
-
-
-_AXCODE = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
-
-
-def orientation_transform(affine_ras: np.ndarray, shape: Sequence[int], axcodes: str = "RAS") -> tuple[list[int], list[bool], np.ndarray]:
-    """How to reorder and flip the axes of an array ``[i, j, k]`` so that they point to ``axcodes``.
-
-    Each array axis goes to the world (RAS) axis its direction is closest to, as
-    ``nibabel.io_orientation`` decides for grids that are not exactly 45 degrees oblique.
-    Returns ``(order, flips, new_affine)``: output axis ``o`` is input axis ``order[o]``,
-    flipped where ``flips[o]``.
-    """
-    codes = str(axcodes).upper()
-    if len(codes) != 3 or any(c not in _AXCODE for c in codes) or len({_AXCODE[c][0] for c in codes}) != 3:
-        raise MedTorchInputError(f"unknown orientation {axcodes!r}", "use three axis codes such as RAS or LPS")
-    a = np.asarray(affine_ras, dtype=np.float64)
-    lin = a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0)
-    world_of_axis = np.argmax(np.abs(lin), axis=0)
-    if len(set(world_of_axis.tolist())) != 3:
-        raise MedTorchInputError("the volume's axes are too oblique to tell which points where (about 45 degrees)",
-                                 "resample the volume onto an axis-aligned grid first")
-    order: list[int] = []
-    flips: list[bool] = []
-    t = np.zeros((4, 4))
-    t[3, 3] = 1.0
-    for o, c in enumerate(codes):
-        w, sign = _AXCODE[c]
-        src = int(np.nonzero(world_of_axis == w)[0][0])
-        flip = bool(np.sign(lin[w, src]) != sign)
-        order.append(src)
-        flips.append(flip)
-        t[src, o] = -1.0 if flip else 1.0
-        if flip:
-            t[src, 3] = shape[src] - 1
-    return order, flips, a @ t
-
-
-def _orient_to_axcodes_transform(keys: Any, axcodes: str) -> Any:
-    """A MONAI dictionary transform equivalent to ``Orientationd(keys, axcodes)`` that needs
-    no nibabel (MONAI's own calls ``nibabel.io_orientation``)."""
-    from monai.data import MetaTensor
-    from monai.transforms import MapTransform
-
-    class OrientToAxcodesd(MapTransform):
-        def __call__(self, data: Any) -> Any:
-            d = dict(data)
-            for key in self.key_iterator(d):
-                img = d[key]
-                shape = tuple(int(v) for v in img.shape[1:])
-                order, flips, new_affine = orientation_transform(np.asarray(img.affine, dtype=np.float64), shape, axcodes)
-                out = torch.as_tensor(img.as_tensor() if hasattr(img, "as_tensor") else img).permute(0, *[1 + o for o in order])
-                dims = [1 + o for o, f in enumerate(flips) if f]
-                if dims:
-                    out = torch.flip(out, dims)
-                meta = dict(getattr(img, "meta", {}))
-                d[key] = MetaTensor(out.contiguous(), affine=torch.as_tensor(new_affine, dtype=torch.float64), meta=meta)
-            return d
-
-    t = OrientToAxcodesd(keys)
-    t.axcodes = axcodes  # type: ignore[attr-defined]
-    return t
 
 
 def _network_grid(affine_ras: Any, spatial_shape: Sequence[int]) -> Geometry:
@@ -829,110 +766,3 @@ def _run_nnunet(model: LoadedModel, volumes: list[Volume], overlap: float | None
     dtype = np.uint8 if seg.max(initial=0) <= 255 else np.int16
     labels = {v: n for v, n in model.output_names.items() if v > 0}
     return np.ascontiguousarray(seg.astype(dtype)), labels
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def _parse_inputs(values: Sequence[str]) -> tuple[list[str], list[str | None]]:
-    """``--in`` values: ``path`` or ``NAME=path`` (a channel name of the model)."""
-    paths: list[str] = []
-    names: list[str | None] = []
-    for v in values:
-        name, sep, rest = str(v).partition("=")
-        if sep and name and not Path(v).exists() and "/" not in name and "\\" not in name:
-            names.append(name)
-            paths.append(rest)
-        else:
-            names.append(None)
-            paths.append(str(v))
-    if any(n is not None for n in names) and any(n is None for n in names):
-        raise MedTorchInputError("some --in values name their channel (NAME=path) and some do not",
-                                 "name every channel, or none (then they are taken in the model's order)")
-    return paths, names
-
-
-def _arg(args: argparse.Namespace, *names: str, default: Any = None) -> Any:
-    for n in names:
-        if hasattr(args, n) and getattr(args, n) is not None:
-            return getattr(args, n)
-    return default
-
-
-def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
-    """``medtorch segment --model DIR_OR_FILE --in V [--in V2 ...] --out seg.nrrd``.
-
-    Reads the ``--in`` volumes (``path`` or ``NAME=path``), runs :func:`segment_with_model`
-    and writes the label map atomically to ``--out``. Options read from ``args`` when the
-    command defines them: ``overlap``, ``tta``, ``roi_size``, ``sw_batch_size``,
-    ``label_convention``, ``threshold``, ``crop_foreground``, ``output_interpolation``,
-    ``cpu_bf16``, ``trust_bundle_code``, and the post-processing and volumetry options of the
-    seeded form (``min_size`` mm^3, ``largest``, ``fill_holes``, ``names``, ``regions``,
-    ``volumes_csv``: mL per label and, for BraTS models, per region TC / WT / ET),
-    ``info`` (a JSON file for the run's details), ``device``, ``quiet``.
-    """
-
-    from medtorch.commands import progress_bar
-    from medtorch.io import read_volume, write_text_atomic, write_volume, write_json_atomic
-
-    model_path = _arg(args, "model")
-    out = _arg(args, "out", "output")
-    raw_inputs = _arg(args, "input", "inputs", "in_", "volumes", default=[])
-    if isinstance(raw_inputs, str):
-        raw_inputs = [raw_inputs]
-    if not model_path or not out or not raw_inputs:
-        raise MedTorchInputError("--model, --in and --out are all needed", "give the model, the input volume(s) and the output file")
-    paths, names = _parse_inputs(raw_inputs)
-    vols = [read_volume(p) for p in paths]
-    for p, v in zip(paths, vols):
-        v.metadata.setdefault("path", p)
-    inputs: Any = dict(zip(names, vols)) if names and names[0] is not None else vols
-    roi = _arg(args, "roi_size")
-    label, info = segment_with_model(
-        model_path, inputs,
-        overlap=_arg(args, "overlap"),
-        tta=bool(_arg(args, "tta", default=False)),
-        device=_arg(args, "device"),
-        roi_size=[int(round(v)) for v in roi] if roi is not None else None,
-        sw_batch_size=_arg(args, "sw_batch_size"),
-        threshold=float(_arg(args, "threshold", default=0.5)),
-        label_convention=str(_arg(args, "label_convention", "brats", default="auto")),
-        crop_foreground=bool(_arg(args, "crop_foreground", default=False)),
-        output_interpolation=str(_arg(args, "output_interpolation", default="nearest")),  # type: ignore[arg-type]
-        cpu_bf16=bool(_arg(args, "cpu_bf16", default=False)),
-        channels_last=_arg(args, "channels_last", default=None),
-        trust_code=bool(_arg(args, "trust_bundle_code", "trust_code", default=False)),
-        progress=progress_bar(args), cancel=cancel,
-    )
-    min_size = float(_arg(args, "min_size", default=0.0))
-    largest = bool(_arg(args, "largest", default=False))
-    fill = bool(_arg(args, "fill_holes", default=False))
-    if min_size > 0 or largest or fill:
-        from medtorch.segment.postprocess import postprocess_label
-
-        label = postprocess_label(label, min_size, largest, fill)  # type: ignore[assignment]
-        info["postprocessing"] = {"min_size_mm3": min_size, "largest": largest, "fill_holes": fill}
-    write_volume(label, out)
-    from medtorch.segment.metrics import volumetry
-
-    names = dict(info["labels"])
-    names.update(_arg(args, "names", default={}) or {})
-    convention = _arg(args, "regions", default=None) or info.get("label_convention")
-    regions = None
-    if convention in BRATS_LABELS:
-        lab = BRATS_LABELS[convention]
-        regions = {r: [lab[c] for c in classes] for r, classes in BRATS_REGIONS.items()}
-    rows = volumetry(label, {int(k): str(v) for k, v in names.items()}, regions)
-    info["volumes_ml"] = {r.name: r.volume_ml for r in rows}
-    csv_path = _arg(args, "volumes_csv")
-    if csv_path:
-        lines = ["name,values,voxels,volume_ml"] + [
-            f"{r.name},{' '.join(str(v) for v in r.values)},{r.voxels},{r.volume_ml:.6f}" for r in rows]
-        write_text_atomic(csv_path, "\n".join(lines) + "\n")
-    info_path = _arg(args, "info", "info_json")
-    if info_path:
-        write_json_atomic(info_path, info)
-    if not getattr(args, "quiet", False):
-        parts = ", ".join(f"{k}: {v:.2f} mL" for k, v in info["volumes_ml"].items()) or "no voxel labelled"
-        print(f"Segmented with {info['model']['source']} model in {info['seconds']['total']:.1f} s: {parts}")
-    return 0

@@ -94,8 +94,10 @@ def _pair(pred: MaskLike, ref: MaskLike) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(pred, Volume) and isinstance(ref, Volume) and not pred.geometry.isclose(ref.geometry, atol=1e-3):
         raise MedTorchInputError(
             f"the prediction and the reference have different grids (size {pred.size} vs {ref.size}, "
-            f"spacing {tuple(np.round(pred.spacing, 3))} vs {tuple(np.round(ref.spacing, 3))})",
-            "resample the prediction onto the reference grid (nearest neighbour) first")
+            f"spacing {tuple(round(float(v), 3) for v in pred.spacing)} vs "
+            f"{tuple(round(float(v), 3) for v in ref.spacing)})",
+            "bring the prediction onto the reference's grid first (in Slicer: Resample Scalar/Vector/DWI Volume, "
+            "nearest neighbour, the reference as reference volume), or score it against a reference on its own grid")
     p, r = _mask(pred, "prediction"), _mask(ref, "reference")
     if p.shape != r.shape:
         raise MedTorchInputError(f"the prediction ({p.shape}) and the reference ({r.shape}) differ in shape",

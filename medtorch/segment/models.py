@@ -451,7 +451,7 @@ def _preprocessing_from_config(parser: Any, trust_code: bool) -> tuple[list[Any]
         check_config_safe(parser, [item_id], {item_id: Transform}, trust_code)
         if name in ("Orientationd", "OrientationD", "OrientationDict") and not cfg.get("labels"):
             # the same reorientation without nibabel, which MONAI's Orientation calls
-            from medtorch.segment.inference import _orient_to_axcodes_transform
+            from medtorch.segment.orientation import orient_to_axcodes_transform as _orient_to_axcodes_transform
 
             keys = parser.get_parsed_content(f"{item_id}#keys", instantiate=False) if "keys" in cfg else image_key
             axcodes = parser.get_parsed_content(f"{item_id}#axcodes", instantiate=False) if "axcodes" in cfg else None

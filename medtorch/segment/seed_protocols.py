@@ -211,7 +211,7 @@ def _scattered_strokes(plane_band: np.ndarray, plane_ok: np.ndarray, plane_sp: n
     return out & plane_ok
 
 
-def _strokes(truth: Volume, classes: Sequence[int] | None, background: str, seed: int, within: np.ndarray | None,
+def _strokes(truth: Volume, classes: Sequence[int] | None, background: str, seed: int, within: np.ndarray | Volume | None,
              axes: tuple[int, ...], strokes_per_class: int, background_margin_mm: tuple[float, float],
              erode_mm: float, width: float, scattered_per_slice: int, protocol: str) -> ProtocolSeeds:
     if background not in BACKGROUNDS:

@@ -70,7 +70,8 @@ def seeded_verdict(label: np.ndarray, seeds: np.ndarray, region: tuple[Sequence[
                           np.asarray(label).shape, thresholds)
 
 
-def region_verdict(tumour: np.ndarray, s: np.ndarray, background: int, region: tuple[Sequence[int], Sequence[int]],
+def region_verdict(tumour: np.ndarray, s: np.ndarray, background: int,
+                   region: tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray],
                    shape: Sequence[int], thresholds: dict[str, tuple[float | None, float | None]] | None = None
                    ) -> Verdict:
     """:func:`seeded_verdict` on arrays already cropped to the region (``tumour``: bool, ``s``: the

@@ -429,7 +429,7 @@ def _transforms(target_spacing: Sequence[float] | None, roi: Sequence[int], labe
 
     pre_cfg = [c for c in _preprocessing_def(target_spacing, ["image", "label"])
                if c["_target_"] not in ("LoadImaged", "EnsureChannelFirstd")]
-    from medtorch.segment.inference import _orient_to_axcodes_transform
+    from medtorch.segment.orientation import orient_to_axcodes_transform as _orient_to_axcodes_transform
 
     pre = [_load_volumes_transform(["image", "label"])]
     for c in pre_cfg:  # Orientationd needs nibabel; this equivalent does not

@@ -318,7 +318,7 @@ def _disk_line_mask(shape: tuple[int, int], p0: np.ndarray, p1: np.ndarray, widt
 def stroke_seeds(
     truth: Volume,
     classes: Sequence[int] | None = None,
-    center_zyx: Sequence[int] | None = None,
+    center_zyx: Sequence[int] | np.ndarray | None = None,
     strokes_per_class: int = 3,
     background_margin_mm: tuple[float, float] = (4.0, 8.0),
     erode_mm: float = 1.5,
