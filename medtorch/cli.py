@@ -32,8 +32,6 @@ from medtorch.progress import CancelToken
 from medtorch.runtime.threads import applied, plan_threads
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
-#: The command finished, but its result failed its verdict (e.g. a registration that cannot be trusted).
-EXIT_VERDICT = 3
 #: 128 + SIGPIPE: the conventional status of a command whose output pipe was closed.
 EXIT_BROKEN_PIPE = 141
 

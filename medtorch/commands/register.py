@@ -16,6 +16,10 @@ from medtorch.ops import choices, default_of
 from medtorch.ops.registration import RegisterRequest
 from medtorch.progress import CancelToken
 
+#: Exit status of ``medtorch register`` when it finished but the result failed its verdict
+#: (the outputs are written unless ``--strict``; see :mod:`medtorch.cli` for the others).
+EXIT_VERDICT = 3
+
 
 def _option(text: str) -> tuple[str, object]:
     """argparse type: ``key=value`` with a JSON value (or a plain string)."""
@@ -118,7 +122,6 @@ def _rows(array: Any) -> Any:
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
-    from medtorch.cli import EXIT_VERDICT
     from medtorch.io import read_volume, write_json_atomic, write_volume
     from medtorch.registration.landmarks import read_landmarks
 
