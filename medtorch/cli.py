@@ -123,8 +123,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.ERROR if args.quiet else logging.WARNING),
                         format="%(levelname)s: %(message)s")
-    previous_device = os.environ.get("MEDTORCH_DEVICE")
-    if args.device:
+    if args.device:  # put back by main() on return
         os.environ["MEDTORCH_DEVICE"] = args.device
     cancel = CancelToken()
     previous = signal.getsignal(signal.SIGINT)
@@ -169,11 +168,6 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_ERROR
     finally:
         signal.signal(signal.SIGINT, previous)
-        if args.device:  # an in-process caller (a test, a notebook) gets its environment back
-            if previous_device is None:
-                os.environ.pop("MEDTORCH_DEVICE", None)
-            else:
-                os.environ["MEDTORCH_DEVICE"] = previous_device
 
 
 if __name__ == "__main__":
