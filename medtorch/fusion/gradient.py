@@ -10,22 +10,37 @@ edge-transfer metric Q^{AB/F} (Xydeas & Petrovic 2000), which it therefore favou
 
 * ``S_k``: the normalised 3-tap Sobel derivative along axis ``k`` (``[-1, 0, 1] / 2`` along
   ``k``, ``[1, 2, 1] / 4`` along every other axis): the 3x3 Sobel of 2D images, 3x3x3 in 3D;
-* ``T_k = S_k A`` where ``sum_k (S_k A)^2 >= sum_k (S_k B)^2`` summed over a ``(2 r + 1)``
+* ``T_k = S_k A`` where ``E_A = sum_k (S_k A)^2 >= w E_B = w sum_k (S_k B)^2`` summed over a ``(2 r + 1)``
   window (``window`` r: neighbours choose together, edges stay whole), else ``S_k B``;
-* ``F_0 = max(A, B)``, the pixel maximum (for PET/SPECT and CT-MRI pairs, whose bright
-  structures do not overlap, it keeps each source's bright structures at full intensity);
+* ``F_0``: the base, by default ``max(A, B)``, the pixel maximum (for PET/SPECT and CT-MRI
+  pairs, whose bright structures do not overlap, it keeps each source's bright structures at
+  full intensity), or (``base="gff"``) the guided-filter fusion of :mod:`.gff`, a smooth
+  saliency-weighted blend that keeps the functional image's coarse distribution;
 * ``lam`` weighs the base against the gradients: it sets the length over which the
-  reconstruction may drift from ``F_0`` (``~ 1 / sqrt(lam)`` samples).
+  reconstruction may drift from ``F_0`` (``~ 1 / sqrt(lam)`` samples);
+* ``second_weight`` ``w`` weighs ``B``'s energy in the choice (``A`` where ``E_A >= w E_B``):
+  below 1 favours ``A``'s (the MRI's) edges over a blurred functional image's.
 
 The normal equations ``(sum_k S_k^T S_k + lam) F = sum_k S_k^T T_k + lam F_0`` are diagonal
 in the Fourier domain: one FFT solve, on the volume extended by mirroring (``pad`` samples per
 side; the screened Poisson kernel decays within a few ``1 / sqrt(lam)``, so the mirror
 extension gives the reflecting boundary of the unpadded problem). Axes of length 1 (a 2D
-image stored as one slice) are left alone. The result is clipped to [0, 1] by the caller.
+image stored as one slice) are left alone.
 
-Parameters (chosen on the Harvard training pairs, see ``docs/benchmarks/fusion.md``):
-``lam = 1/32`` (with the unnormalised 3x3 Sobel of the metric this is ``lam = 2``),
-``window = 2``.
+**The [0, 1] constraint** (``box_iterations`` > 0). The target field of two sources is not a
+gradient field, and where they disagree the least-squares solution overshoots: on MRI-CT
+pairs the CT's bone is white next to the MRI's bright scalp, the solution rises above 1 there
+and clipping flattens the very edges the gradients were chosen for. With ``box_iterations``
+the problem is solved under ``0 <= F <= 1`` by ADMM (Boyd et al. 2011, splitting ``F = Z``,
+``Z`` in the box, penalty ``rho``): each iteration is one FFT solve with ``lam + rho`` and a
+clip. Without it the caller clips the unconstrained solution.
+
+Parameters: ``lam = 1/32`` (with the unnormalised 3x3 Sobel of the metric this is
+``lam = 2``), ``window = 2``; ``box_iterations = 20``, ``rho = 0.5`` for images (the method's
+default; volumes default to 0, where every iteration is a 3D FFT), chosen on the Harvard
+training pairs (``benchmarks/fusion/select_gradient.py``); the Harvard benchmark chooses
+``base``, ``second_weight`` and ``window`` per task on the training split
+(``docs/benchmarks/fusion.md``).
 """
 
 from __future__ import annotations

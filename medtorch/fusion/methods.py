@@ -10,7 +10,8 @@ dwt        DWT: mean approximation, max-abs details (:mod:`.wavelet`)
 laplacian  Laplacian pyramid, area-based max selection (:mod:`.pyramid`)
 gff        guided-filter fusion (Li, Kang & Hu 2013) (:mod:`.gff`)
 gradient   gradient-domain fusion: max-magnitude Sobel gradients, screened Poisson
-           reconstruction over the pixel maximum (:mod:`.gradient`)
+           reconstruction over a base (the pixel maximum or the guided-filter fusion),
+           kept in [0, 1] by ADMM on images (:mod:`.gradient`)
 cnn        two-branch CNN trained on the pair itself (:mod:`.cnn`)
 ========== ==================================================================================
 
@@ -59,7 +60,7 @@ METHODS: dict[str, MethodSpec] = {
     "gradient": MethodSpec("gradient", {"lam": 1.0 / 32.0, "window": 2, "pad": 32, "base": "max",
                                         "second_weight": 1.0, "box_iterations": None, "rho": 0.5},
                            "gradient-domain fusion: max-magnitude Sobel gradients, screened Poisson "
-                           "reconstruction over the pixel maximum"),
+                           "reconstruction over a base (pixel maximum or guided-filter fusion)"),
     "cnn": MethodSpec("cnn", {"iterations": None, "features": 8, "patch_size": 32, "batch_size": 2,
                               "learning_rate": 2e-3, "seed": 0, "w_ssim": 1.0, "w_grad": 4.0, "w_int": 1.0,
                               "checkpoint": None, "save_checkpoint": None},
