@@ -124,8 +124,8 @@ def _run(method: str, a: torch.Tensor, b: torch.Tensor, p: dict[str, Any], spaci
 
         base = str(p["base"]).strip().lower()
         if base not in GRADIENT_BASES:
-            raise MedTorchInputError(f"the gradient method's base must be one of {', '.join(GRADIENT_BASES)}, got {base!r}",
-                                     "use base 'max' (the pixel maximum) or 'gff' (guided-filter fusion)")
+            raise MedTorchInputError(f"the gradient method's base must be one of {', '.join(GRADIENT_BASES)}, "
+                                     f"got {base!r}", "use base 'max' (the pixel maximum) or 'gff' (guided-filter fusion)")
         # the [0, 1] constraint costs one FFT solve per ADMM iteration: on by default for images (a 2D image
         # or a one-slice volume), off for volumes, where it would take seconds
         box = p["box_iterations"]
