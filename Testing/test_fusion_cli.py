@@ -122,8 +122,31 @@ def test_fuse_eval_writes_the_report_folder(tmp_path):
     gff_q = next(s for s in stats if s["method"] == "gff" and s["metric"] == "QABF")
     assert gff_q["baseline"] == "dwt" and int(gff_q["n"]) == 4
     assert 0.0 < float(gff_q["wilcoxon_p"]) <= 1.0 and 0.0 <= float(gff_q["ttest_p"]) <= 1.0
+    # Holm-Bonferroni over the methods x metrics of each test: adjusted >= raw, named in the CSV
+    from medtorch.fusion.evaluate import GRID_HEADER, GRID_TILE, holm
+
+    for kind in ("wilcoxon_p", "ttest_p"):
+        raw = np.array([float(s[kind]) for s in stats])
+        adj = np.array([float(s[f"{kind}_holm"]) for s in stats])
+        np.testing.assert_allclose(adj, holm(raw), rtol=1e-5)  # the CSV holds 6 significant digits
+        ok = np.isfinite(raw)
+        assert ok.sum() > 1 and np.all(adj[ok] >= raw[ok]) and np.all(adj[ok] <= 1.0)
+    assert gff_q["correction"].startswith("Holm-Bonferroni over ")
     html = (out / "report.html").read_text()
     assert "Paired tests against the baseline (dwt)" in html and "figures/boxplots.png" in html
+    assert "Holm-Bonferroni" in html and "Holm-Bonferroni" in (out / "report.md").read_text()
+    # the figure grid: 3 example pairs (one per pair type first), columns = 2 sources + 4 methods
+    import SimpleITK as sitk
+
+    assert "figures/example_grid.png" in html
+    grid = sitk.ReadImage(str(out / "figures" / "example_grid.png"))
+    assert grid.GetSize() == ((2 + 4) * GRID_TILE, GRID_HEADER + 3 * GRID_TILE)
+    arr = sitk.GetArrayFromImage(grid)
+    # every tile holds an image (not a blank canvas)
+    for i in range(3):
+        for j in range(6):
+            tile = arr[GRID_HEADER + i * GRID_TILE:GRID_HEADER + (i + 1) * GRID_TILE, j * GRID_TILE:(j + 1) * GRID_TILE]
+            assert tile[..., :3].max() > 50, (i, j)
     # the same as an operation (what Slicer runs in the background): rows for a table and a box plot
     from medtorch.runtime import run_operation
 
@@ -131,6 +154,21 @@ def test_fuse_eval_writes_the_report_folder(tmp_path):
                                           "out_dir": str(tmp_path / "op"), "device": "cpu"})
     assert [r["method"] for r in res.values["rows"]] == ["dwt", "average"] * 2
     assert Path(res.values["files"]["report_html"]).is_file()
+
+
+def test_holm_bonferroni_against_a_hand_worked_example():
+    from medtorch.fusion.evaluate import example_cases, holm, Case
+
+    # p = (0.01, 0.04, 0.03, 0.005), m = 4: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06,
+    # 0.04 x 1 = 0.04 -> raised to the running maximum 0.06; NaN is outside the family
+    np.testing.assert_allclose(holm([0.01, 0.04, float("nan"), 0.03, 0.005]),
+                               [0.03, 0.06, np.nan, 0.06, 0.02])
+    # capped at 1, ties keep their order
+    np.testing.assert_allclose(holm([0.5, 0.5, 0.2]), [1.0, 1.0, 0.6])
+    assert np.isnan(holm([float("nan")])).all() and holm([]).size == 0
+    cases = [Case(f"{p}{i}", Path("a"), Path("b"), p) for p in ("CT", "PT") for i in range(3)]
+    assert [c.name for c in example_cases(cases, 3)] == ["CT0", "PT0", "CT1"]
+    assert len(example_cases(cases, 10)) == 6
 
 
 def test_fuse_eval_from_a_csv_list_of_volumes(tmp_path, capsys):

@@ -1,14 +1,18 @@
 """Evaluation report over many cases: every method on every pair, metrics, plots and paired tests.
 
-As the seed documents describe it: several methods over several cases, a CSV of every
-metric, box plots, paired tests of each method against a baseline, and a figure of the two
-sources and each fused result side by side -- written to one folder::
+Several methods over several cases, a CSV of every metric, box plots, paired tests of each
+method against a baseline, and figures of the two sources and each fused result side by
+side -- written to one folder::
 
-    out/metrics.csv          one row per case and method: every metric, seconds
-    out/stats.csv            per metric and method: n, means, mean difference to the baseline,
-                             Wilcoxon signed-rank p and paired t-test p (scipy.stats)
-    out/figures/boxplots.png one panel per metric, one box per method
-    out/figures/<case>.png   sources and fused images side by side (middle axial slice of a volume)
+    out/metrics.csv              one row per case and method: every metric, seconds
+    out/stats.csv                per metric and method: n, means, mean difference to the baseline,
+                                 Wilcoxon signed-rank p and paired t-test p (scipy.stats), raw
+                                 and Holm-Bonferroni adjusted (``*_p_holm``; the family is every
+                                 method x metric test of one kind, named in ``correction``)
+    out/figures/boxplots.png     one panel per metric, one box per method
+    out/figures/example_grid.png rows = a few example pairs (one per pair type first), columns =
+                                 the two sources and each method's fused image
+    out/figures/case_<case>.png  sources and fused images side by side (middle axial slice of a volume)
     out/report.html, out/report.md
 
 Pairs (:func:`discover_pairs`):
@@ -50,7 +54,8 @@ from medtorch.errors import MedTorchInputError
 from medtorch.fusion.metrics import METRICS
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 
-__all__ = ["Case", "EvaluationResult", "discover_pairs", "evaluate", "load_pair", "paired_tests"]
+__all__ = ["Case", "EvaluationResult", "discover_pairs", "evaluate", "example_cases", "example_grid", "holm",
+           "load_pair", "paired_tests"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -257,6 +262,32 @@ def load_pair(case: Case) -> LoadedPair:
 
 # -- statistics ------------------------------------------------------------------------------------
 
+CORRECTION = "Holm-Bonferroni"
+STATS_COLUMNS = ["metric", "method", "baseline", "n", "mean", "baseline_mean", "mean_difference", "wins",
+                 "wilcoxon_p", "wilcoxon_p_holm", "ttest_p", "ttest_p_holm", "correction"]
+GRID_ROWS = 3
+GRID_TILE = 160  # pixels per image of the example grid
+GRID_HEADER = 24  # pixels of the column-title strip
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, family-wise error rate), in the input order.
+
+    The family is the finite p-values given; NaN stays NaN and is not counted. With the
+    ``m`` finite p-values sorted ascending, ``p_(i)`` gets ``max_{j<=i} min(1, (m - j + 1) p_(j))``
+    (Holm 1979; the same as ``statsmodels.stats.multitest.multipletests(method="holm")``).
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
 
 def paired_tests(rows: list[dict[str, Any]], methods: Sequence[str], baseline: str,
                  metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
@@ -264,7 +295,9 @@ def paired_tests(rows: list[dict[str, Any]], methods: Sequence[str], baseline: s
 
     Cases are paired by name; p-values are two-sided (``scipy.stats.wilcoxon``,
     ``scipy.stats.ttest_rel``); NaN where fewer than two paired cases exist or all
-    differences are zero.
+    differences are zero. Each kind of test is corrected for multiple comparisons with
+    :func:`holm` over all its method x metric tests (``wilcoxon_p_holm``, ``ttest_p_holm``;
+    ``correction`` names the correction and the family size).
     """
     from scipy import stats
 
@@ -290,6 +323,14 @@ def paired_tests(rows: list[dict[str, Any]], methods: Sequence[str], baseline: s
                         "baseline_mean": float(y.mean()) if n else float("nan"),
                         "mean_difference": float((x - y).mean()) if n else float("nan"),
                         "wins": int((x > y).sum()), "wilcoxon_p": w_p, "ttest_p": t_p})
+    for key in ("wilcoxon_p", "ttest_p"):
+        adjusted = holm([r[key] for r in out])
+        for r, v in zip(out, adjusted):
+            r[f"{key}_holm"] = float(v)
+    family = {key: int(np.isfinite([r[key] for r in out]).sum()) for key in ("wilcoxon_p", "ttest_p")}
+    for r in out:
+        r["correction"] = (f"{CORRECTION} over {family['wilcoxon_p']} Wilcoxon and {family['ttest_p']} "
+                           "t tests (methods x metrics)")
     return out
 
 
@@ -363,6 +404,7 @@ def evaluate(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    grid_rows: int = GRID_ROWS,
 ) -> EvaluationResult:
     """Run ``methods`` on every case of ``source`` and write the report folder ``out_dir``.
 
@@ -377,6 +419,8 @@ def evaluate(
             EN, SD, SF, MI, SCD, VIF, Qabf, SSIM: numbers comparable with published tables).
         color_map: colour map for functional volumes (2D RGB images carry their colours).
         save_fused: also write every fused image (``fused/<case>_<method>.nrrd`` or ``.png``).
+        grid_rows: how many example pairs the figure grid ``figures/example_grid.png`` shows
+            (:func:`example_cases`).
     """
     from medtorch.fusion.methods import METHODS
     from medtorch.io import write_text_atomic
@@ -395,6 +439,8 @@ def evaluate(
     opts = {"device": device, "color_map": color_map, "ct_window": ct_window, "assume_aligned": assume_aligned}
     rows: list[dict[str, Any]] = []
     case_figures: list[Path] = []
+    examples = {c.name for c in example_cases(cases, grid_rows)}
+    grid_images: list[tuple[Case, list[np.ndarray]]] = []
     total = len(cases) * len(names)
     step = 0
     for case in cases:
@@ -417,19 +463,27 @@ def evaluate(
             if save_fused:
                 _save_fused(out, case, m, res)
             step += 1
-        case_figures.append(_case_figure(out, case, names, shown))
+        images = _views(names, shown)
+        case_figures.append(_case_figure(out, case, names, images))
+        if case.name in examples:
+            grid_images.append((case, images))
     report(progress, cancel, 0.95, "statistics and plots")
     cols = metric_names(metric_set)
     stats = paired_tests(rows, names, baseline, cols)
     files = {
         "metrics_csv": _write_csv(out / "metrics.csv", rows, ["case", "pair", "method", "seconds", *cols, "seed"]),
-        "stats_csv": _write_csv(out / "stats.csv", stats, ["metric", "method", "baseline", "n", "mean", "baseline_mean",
-                                                            "mean_difference", "wins", "wilcoxon_p", "ttest_p"]),
+        "stats_csv": _write_csv(out / "stats.csv", stats, STATS_COLUMNS),
         "boxplots": _boxplots(out / "figures" / "boxplots.png", rows, names, cols),
     }
-    files["report_html"] = _write_html(out, rows, stats, names, baseline, mi_unit, metrics_mode, case_figures, cols)
+    if grid_images:
+        order = [c.name for c in example_cases(cases, grid_rows)]
+        grid_images.sort(key=lambda item: order.index(item[0].name))
+        files["example_grid"] = example_grid(out / "figures" / "example_grid.png", grid_images, names)
+    grid = files.get("example_grid")
+    files["report_html"] = _write_html(out, rows, stats, names, baseline, mi_unit, metrics_mode, case_figures, cols,
+                                       grid)
     files["report_md"] = write_text_atomic(out / "report.md", _markdown(rows, stats, names, baseline, mi_unit,
-                                                                         metrics_mode, case_figures, out, cols))
+                                                                         metrics_mode, case_figures, out, cols, grid))
     report(progress, cancel, 1.0, "report written")
     return EvaluationResult(out, rows, stats, files)
 
@@ -490,8 +544,82 @@ def _boxplots(path: Path, rows: list[dict[str, Any]], methods: list[str], cols: 
     return save_figure(fig, path)
 
 
-def _case_figure(out: Path, case: Case, methods: list[str], shown: dict[str, Any]) -> Path:
-    from medtorch.report import Panel, display_volume, panel_figure
+
+
+def example_cases(cases: Sequence[Case], rows: int = GRID_ROWS) -> list[Case]:
+    """The example pairs of the figure grid: up to ``rows`` cases, taken in turn from each pair type
+    (CT-MRI, PET-MRI, SPECT-MRI, ...) in the order the types first appear, each type's cases in order."""
+    groups: dict[str, list[Case]] = {}
+    for c in cases:
+        groups.setdefault(c.pair, []).append(c)
+    picked: list[Case] = []
+    depth = 0
+    while len(picked) < max(0, int(rows)) and any(depth < len(g) for g in groups.values()):
+        for g in groups.values():
+            if depth < len(g) and len(picked) < rows:
+                picked.append(g[depth])
+        depth += 1
+    return picked
+
+
+def _fit_tile(img: np.ndarray, tile: int) -> np.ndarray:
+    """``img`` (grey [H, W] or RGB [H, W, 3], values in [0, 1]) resized to fit ``tile`` x ``tile``
+    (aspect kept, bilinear) and centred on black, as RGB."""
+    from scipy import ndimage
+
+    arr = np.clip(np.nan_to_num(np.asarray(img, dtype=np.float32)), 0.0, 1.0)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    h, w = arr.shape[:2]
+    scale = tile / max(h, w)
+    nh, nw = max(1, min(tile, round(h * scale))), max(1, min(tile, round(w * scale)))
+    res = ndimage.zoom(arr, (nh / h, nw / w, 1), order=1, grid_mode=True, mode="nearest")[:nh, :nw]
+    canvas = np.zeros((tile, tile, 3), np.float32)
+    y0, x0 = (tile - res.shape[0]) // 2, (tile - res.shape[1]) // 2
+    canvas[y0:y0 + res.shape[0], x0:x0 + res.shape[1]] = np.clip(res, 0.0, 1.0)
+    return canvas
+
+
+def example_grid(path: str | os.PathLike[str], examples: Sequence[tuple[Case, Sequence[np.ndarray]]],
+                 methods: Sequence[str], tile: int = GRID_TILE) -> Path:
+    """A figure grid of example pairs: one row per ``(case, images)`` (images = the fixed source,
+    the moving source, then one fused image per method), one column per image.
+
+    The PNG is exactly ``(2 + len(methods)) * tile`` pixels wide and
+    ``GRID_HEADER + len(examples) * tile`` high: column titles on top, the case name in each
+    row's first image, every image fitted into a ``tile`` x ``tile`` square.
+    """
+    from medtorch.report import save_figure
+
+    if not examples:
+        raise MedTorchInputError("the example grid needs at least one pair", "evaluate at least one case")
+    plt = _pyplot()
+    ncols = 2 + len(methods)
+    width, height = ncols * tile, GRID_HEADER + len(examples) * tile
+    dpi = 100
+    fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    fig.patch.set_facecolor("black")
+    titles = ["fixed (anatomical)", "moving", *methods]
+    for j, t in enumerate(titles):
+        fig.text((j + 0.5) * tile / width, 1.0 - 0.5 * GRID_HEADER / height, t, color="white", ha="center",
+                 va="center", fontsize=8)
+    for i, (case, images) in enumerate(examples):
+        if len(images) != ncols:
+            raise ValueError(f"case {case.name}: {len(images)} images for {ncols} columns")
+        for j, img in enumerate(images):
+            ax = fig.add_axes((j * tile / width, 1.0 - (GRID_HEADER + (i + 1) * tile) / height, tile / width,
+                               tile / height))
+            ax.imshow(_fit_tile(img, tile), interpolation="nearest", aspect="auto")
+            ax.set_axis_off()
+            if j == 0:
+                ax.text(3, 3, f"{case.name} ({case.pair})", color="yellow", fontsize=7, va="top", ha="left")
+    return save_figure(fig, path, dpi=dpi)
+
+
+def _views(methods: Sequence[str], shown: dict[str, Any]) -> list[np.ndarray]:
+    """The 2D images drawn for one case: fixed, moving, then each method's fused image (its colour
+    image where there is one); the middle axial slice of a volume, as a viewer shows it."""
+    from medtorch.report import display_volume
     from medtorch.volume import Volume
 
     first = shown[methods[0]]
@@ -506,12 +634,18 @@ def _case_figure(out: Path, case: Case, methods: list[str], shown: dict[str, Any
         dv = display_volume(Volume(arr.astype(np.float32), geom))
         return dv.slice("axial", geom.center())
 
-    panels = [Panel(view(first["a"]), f"{case.fixed_modality} (fixed)", 0.0, 1.0),
-              Panel(view(first["b"]), f"{case.pair.split('-')[0]} (moving)", 0.0, 1.0)]
+    images = [view(first["a"]), view(first["b"])]
     for m in methods:
         r = shown[m]
-        img = r["rgb"] if r["rgb"] is not None else r["fused"]
-        panels.append(Panel(view(img), m, 0.0, 1.0))
+        images.append(view(r["rgb"] if r["rgb"] is not None else r["fused"]))
+    return images
+
+
+def _case_figure(out: Path, case: Case, methods: list[str], images: list[np.ndarray]) -> Path:
+    from medtorch.report import Panel, panel_figure
+
+    titles = [f"{case.fixed_modality} (fixed)", f"{case.pair.split('-')[0]} (moving)", *methods]
+    panels = [Panel(img, t, 0.0, 1.0) for img, t in zip(images, titles)]
     safe = case.name.replace("/", "_")
     return panel_figure(out / "figures" / f"case_{safe}.png", panels, ncols=min(len(panels), 5),
                         title=f"{case.name} ({case.pair})", panel_size=2.6)
@@ -527,7 +661,8 @@ def _summary_rows(rows: list[dict[str, Any]], methods: list[str], cols: Sequence
 
 
 def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: list[str], baseline: str,
-                mi_unit: str, mode: str, case_figures: list[Path], cols: Sequence[str] = METRICS) -> Path:
+                mi_unit: str, mode: str, case_figures: list[Path], cols: Sequence[str] = METRICS,
+                grid: Path | None = None) -> Path:
     from medtorch import __version__
     from medtorch.report import Figure, Section, Table, write_report
 
@@ -535,11 +670,11 @@ def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any
                     _summary_rows(rows, methods, cols),
                     note=f"MI in {mi_unit}; volumes scored {mode}, 2D images in 2D; images on the 8-bit scale.")
     stat_rows = [[s["metric"], s["method"], s["n"], s["mean"], s["baseline_mean"], s["mean_difference"], s["wins"],
-                  s["wilcoxon_p"], s["ttest_p"]] for s in stats]
+                  s["wilcoxon_p"], s["wilcoxon_p_holm"], s["ttest_p"], s["ttest_p_holm"]] for s in stats]
     tests = Table(f"Paired tests against the baseline ({baseline})",
                   ["metric", "method", "n", "mean", "baseline mean", "mean difference", "cases better", "Wilcoxon p",
-                   "paired t p"], stat_rows,
-                  note="Two-sided p-values; NaN where fewer than two paired cases differ.")
+                   f"Wilcoxon p ({CORRECTION})", "paired t p", f"paired t p ({CORRECTION})"], stat_rows,
+                  note=_correction_note(stats))
     per_case = Table("Every case and method", ["case", "pair", "method", *cols, "seconds"],
                      [[r["case"], r["pair"], r["method"], *[r[k] for k in cols], r["seconds"]] for r in rows])
     sections = [
@@ -547,6 +682,9 @@ def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any
                 [summary]),
         Section("Box plots", figures=[Figure("figures/boxplots.png", "Each metric per method over the cases")]),
         Section("Paired tests", tables=[tests]),
+        *([Section("Example pairs", figures=[Figure(grid.relative_to(out).as_posix(),
+                                                    "Rows: example pairs; columns: the two sources and each "
+                                                    "method's fused image")])] if grid is not None else []),
         Section("Sources and fused images", figures=[Figure(p.relative_to(out).as_posix(), p.stem) for p in case_figures]),
         Section("All values", tables=[per_case], paragraphs=["Also in metrics.csv and stats.csv."]),
     ]
@@ -563,8 +701,16 @@ def _fmt(v: Any) -> str:
     return format_value(v)
 
 
+def _correction_note(stats: list[dict[str, Any]]) -> str:
+    family = stats[0]["correction"] if stats else f"{CORRECTION} (no tests)"
+    return ("Two-sided p-values, raw and adjusted for multiple comparisons: " + family + ", each kind of test "
+            "its own family (Holm's step-down adjustment controls the family-wise error rate). "
+            "NaN where fewer than two paired cases differ.")
+
+
 def _markdown(rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: list[str], baseline: str, mi_unit: str,
-              mode: str, case_figures: list[Path], out: Path, cols: Sequence[str] = METRICS) -> str:
+              mode: str, case_figures: list[Path], out: Path, cols: Sequence[str] = METRICS,
+              grid: Path | None = None) -> str:
     lines = ["# Fusion evaluation", "",
              f"{len({r['case'] for r in rows})} cases, {len(methods)} methods; baseline **{baseline}**. "
              f"MI in {mi_unit}; volumes scored {mode}.", "",
@@ -574,11 +720,16 @@ def _markdown(rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: 
     for row in _summary_rows(rows, methods, cols):
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
     lines += ["", "![box plots](figures/boxplots.png)", "", f"## Paired tests against {baseline}", "",
-              "| metric | method | n | mean | baseline mean | difference | cases better | Wilcoxon p | paired t p |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              _correction_note(stats), "",
+              "| metric | method | n | mean | baseline mean | difference | cases better | Wilcoxon p | "
+              f"Wilcoxon p ({CORRECTION}) | paired t p | paired t p ({CORRECTION}) |",
+              "|---" * 11 + "|"]
     for s in stats:
         lines.append("| " + " | ".join(_fmt(s[k]) for k in ("metric", "method", "n", "mean", "baseline_mean",
-                                                            "mean_difference", "wins", "wilcoxon_p", "ttest_p")) + " |")
+                                                            "mean_difference", "wins", "wilcoxon_p",
+                                                            "wilcoxon_p_holm", "ttest_p", "ttest_p_holm")) + " |")
+    if grid is not None:
+        lines += ["", "## Example pairs", "", f"![example pairs]({grid.relative_to(out).as_posix()})"]
     lines += ["", "## Sources and fused images", ""]
     lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in case_figures]
     lines += ["", "Every value: metrics.csv; tests: stats.csv.", ""]

@@ -10,7 +10,8 @@ dwt        DWT: mean approximation, max-abs details (:mod:`.wavelet`)
 laplacian  Laplacian pyramid, area-based max selection (:mod:`.pyramid`)
 gff        guided-filter fusion (Li, Kang & Hu 2013) (:mod:`.gff`)
 gradient   gradient-domain fusion: max-magnitude Sobel gradients, screened Poisson
-           reconstruction over the pixel maximum (:mod:`.gradient`)
+           reconstruction over a base (the pixel maximum or the guided-filter fusion),
+           kept in [0, 1] by ADMM on images (:mod:`.gradient`)
 cnn        two-branch CNN trained on the pair itself (:mod:`.cnn`)
 ========== ==================================================================================
 
@@ -56,9 +57,10 @@ METHODS: dict[str, MethodSpec] = {
     "gff": MethodSpec("gff", {"base_radius": 15, "saliency_radius": 5, "saliency_sigma": 5.0, "r1": 45, "eps1": 0.3,
                               "r2": 7, "eps2": 1e-6, "subsample": None},
                       "guided-filter fusion (Li, Kang & Hu 2013)"),
-    "gradient": MethodSpec("gradient", {"lam": 1.0 / 32.0, "window": 2, "pad": 32},
+    "gradient": MethodSpec("gradient", {"lam": 1.0 / 32.0, "window": 2, "pad": 32, "base": "max",
+                                        "second_weight": 1.0, "box_iterations": None, "rho": 0.5},
                            "gradient-domain fusion: max-magnitude Sobel gradients, screened Poisson "
-                           "reconstruction over the pixel maximum"),
+                           "reconstruction over a base (pixel maximum or guided-filter fusion)"),
     "cnn": MethodSpec("cnn", {"iterations": None, "features": 8, "patch_size": 32, "batch_size": 2,
                               "learning_rate": 2e-3, "seed": 0, "w_ssim": 1.0, "w_grad": 4.0, "w_int": 1.0,
                               "checkpoint": None, "save_checkpoint": None},
@@ -118,9 +120,27 @@ def _run(method: str, a: torch.Tensor, b: torch.Tensor, p: dict[str, Any], spaci
                         float(p["r1"]), float(p["eps1"]), float(p["r2"]), float(p["eps2"]),
                         None if sub is None else int(sub), progress, cancel)
     if method == "gradient":
-        from medtorch.fusion.gradient import fuse_gradient
+        from medtorch.fusion.gradient import GRADIENT_BASES, fuse_gradient
 
-        return fuse_gradient(a, b, float(p["lam"]), int(p["window"]), int(p["pad"]), progress, cancel)
+        base = str(p["base"]).strip().lower()
+        if base not in GRADIENT_BASES:
+            raise MedTorchInputError(f"the gradient method's base must be one of {', '.join(GRADIENT_BASES)}, "
+                                     f"got {base!r}", "use base 'max' (the pixel maximum) or 'gff' (guided-filter fusion)")
+        # the [0, 1] constraint costs one FFT solve per ADMM iteration: on by default for images (a 2D image
+        # or a one-slice volume), off for volumes, where it would take seconds
+        box = p["box_iterations"]
+        box = (GRADIENT_BOX_ITERATIONS if sum(n > 1 for n in a.shape) <= 2 else 0) if box is None else int(box)
+        base_image = None
+        if base == "gff":
+            from medtorch.fusion.gff import fuse_gff
+
+            g = METHODS["gff"].params
+            base_image, _ = fuse_gff(a, b, spacing, float(g["base_radius"]), float(g["saliency_radius"]),
+                                     float(g["saliency_sigma"]), float(g["r1"]), float(g["eps1"]), float(g["r2"]),
+                                     float(g["eps2"]), None, None, cancel)
+        out, info = fuse_gradient(a, b, float(p["lam"]), int(p["window"]), int(p["pad"]), progress, cancel,
+                                  box, float(p["rho"]), base_image, float(p["second_weight"]))
+        return out, {**info, "base": base}
     if method == "cnn":
         from medtorch.fusion.cnn import fuse_cnn
 
@@ -130,6 +150,9 @@ def _run(method: str, a: torch.Tensor, b: torch.Tensor, p: dict[str, Any], spaci
                         float(p["w_grad"]), float(p["w_int"]), p["checkpoint"], p["save_checkpoint"], progress, cancel)
     raise MedTorchInputError(f"unknown fusion method {method!r}", "use one of " + ", ".join(METHODS))
 
+
+#: ADMM iterations of the gradient method's [0, 1] constraint on images (``box_iterations`` None).
+GRADIENT_BOX_ITERATIONS = 20
 
 #: Intra-op CPU threads for the training-free methods (``MEDTORCH_FUSION_THREADS`` overrides).
 #: They are chains of many short, memory-bound tensor operations (narrow, add, where, small
