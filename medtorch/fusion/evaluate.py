@@ -303,7 +303,7 @@ def paired_tests(rows: list[dict[str, Any]], methods: Sequence[str], baseline: s
 
     by = {(r["case"], r["method"]): r for r in rows}
     cases = sorted({r["case"] for r in rows})
-    out = []
+    out: list[dict[str, Any]] = []
     for metric in metrics:
         for m in methods:
             if m == baseline:
@@ -324,10 +324,10 @@ def paired_tests(rows: list[dict[str, Any]], methods: Sequence[str], baseline: s
                         "mean_difference": float((x - y).mean()) if n else float("nan"),
                         "wins": int((x > y).sum()), "wilcoxon_p": w_p, "ttest_p": t_p})
     for key in ("wilcoxon_p", "ttest_p"):
-        adjusted = holm([r[key] for r in out])
+        adjusted = holm([float(r[key]) for r in out])
         for r, v in zip(out, adjusted):
             r[f"{key}_holm"] = float(v)
-    family = {key: int(np.isfinite([r[key] for r in out]).sum()) for key in ("wilcoxon_p", "ttest_p")}
+    family = {key: int(np.isfinite(np.array([float(r[key]) for r in out])).sum()) for key in ("wilcoxon_p", "ttest_p")}
     for r in out:
         r["correction"] = (f"{CORRECTION} over {family['wilcoxon_p']} Wilcoxon and {family['ttest_p']} "
                            "t tests (methods x metrics)")
