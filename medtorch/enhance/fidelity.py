@@ -43,7 +43,8 @@ from medtorch.errors import MedTorchInputError
 from medtorch.progress import CancelToken, ProgressCallback, report
 from medtorch.volume import Volume, check_volume
 
-__all__ = ["RICIAN_UNBIASED", "denoise_fidelity", "format_summary", "profile_weights", "superres_fidelity"]
+__all__ = ["RICIAN_UNBIASED", "denoise_fidelity", "format_summary", "noise_used", "profile_weights",
+           "superres_fidelity"]
 
 #: Denoising methods whose output is the Rician-unbiased amplitude (the others estimate ``E[M]``).
 RICIAN_UNBIASED = ("nlm", "dct", "collab", "selfsup")
@@ -216,6 +217,23 @@ def _gradient_magnitude(volume: Volume) -> np.ndarray:
     filt.SetSigma(float(volume.spacing.max()))
     img = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
     return sitk.GetArrayFromImage(filt.Execute(img)).astype(np.float64)
+
+
+def noise_used(input_volume: Volume, output: Volume, noise_model: str = "auto",
+               noise_sigma: float | None = None) -> NoiseEstimate:
+    """The noise model and level a denoiser used: those recorded in the output's metadata (the
+    noise-aware methods record them), else estimated from the input (``noise_sigma`` when given)."""
+    meta = output.metadata
+    if meta.get("noise_model") in ("rician", "gaussian", "poisson") and meta.get("noise_sigma") is not None:
+        return NoiseEstimate(meta["noise_model"], float(meta["noise_sigma"]), str(meta.get("noise_estimator", "recorded")),
+                             float(meta.get("noise_gain", 0.0)), float(meta.get("noise_offset", 0.0)))
+    est = estimate_noise(input_volume.array, noise_model)
+    if noise_sigma is not None:
+        if not noise_sigma > 0:
+            raise MedTorchInputError(f"the noise sigma {noise_sigma} is not positive",
+                                     "give the noise standard deviation in intensity units, or leave it estimated")
+        return NoiseEstimate(est.model, float(noise_sigma), "given", est.gain, est.offset)
+    return est
 
 
 def denoise_fidelity(input_volume: Volume, output: Volume, noise: NoiseEstimate | None = None,
