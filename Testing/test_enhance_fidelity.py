@@ -191,3 +191,29 @@ def test_cli_writes_the_map_and_never_over_the_input(sr_case, noisy, tmp_path, c
         assert "--fidelity-map" in err and "replace your input" in err
     assert (tmp_path / "thick.nrrd").read_bytes() == before
     assert not (tmp_path / "x.nrrd").exists()
+
+
+def test_slicer_logic_adds_the_fidelity_volume(scene, sr_case, noisy):
+    import slicer
+    import slicer_testbed
+
+    from medtorch.integration import slicer_bridge as bridge
+
+    thick, _ = sr_case
+    node = bridge.node_from_volume(thick, "thick")
+    mod = slicer_testbed.load_module("EnhanceSR")
+    widget = mod.EnhanceSRWidget()
+    widget.setup()
+    widget.ui.fidelityMapCheckBox.setChecked(True)
+    assert widget._parameterNode.fidelityMap is True
+    logic = mod.EnhanceSRLogic()
+    out = logic.superres(node, "linear", 4.0, "auto", fwhm=FWHM_MM, fidelityMap=True)
+    fid = slicer.mrmlScene.GetNodeByID(out.GetAttribute("MedTorch.fidelityNodeID"))
+    assert fid is not None and "fidelity" in fid.GetName()
+    assert bridge.volume_from_node(fid).geometry.isclose(thick.geometry, atol=1e-5)
+    assert "residual RMS" in out.GetAttribute("MedTorch.fidelitySummary")
+    dn = logic.denoise(bridge.node_from_volume(noisy, "noisy"), "gaussian", 1.0, fidelityMap=True)
+    fid = slicer.mrmlScene.GetNodeByID(dn.GetAttribute("MedTorch.fidelityNodeID"))
+    assert bridge.volume_from_node(fid).geometry.isclose(noisy.geometry, atol=1e-5)
+    plain = logic.denoise(bridge.node_from_volume(noisy, "noisy2"), "gaussian", 1.0)
+    assert not plain.GetAttribute("MedTorch.fidelityNodeID")
