@@ -14,7 +14,7 @@ import torch
 from medtorch.cli import main
 from medtorch.enhance.denoise import denoise
 from medtorch.enhance.fidelity import denoise_fidelity, profile_weights, superres_fidelity
-from medtorch.enhance.noise import NoiseEstimate
+from medtorch.enhance.noise import NoiseEstimate, rician_mean
 from medtorch.enhance.slice_profile import degrade_along, gaussian_profile_kernel
 from medtorch.enhance.superres import output_geometry, superres
 from medtorch.errors import MedTorchInputError
@@ -92,6 +92,10 @@ def test_perfect_superres_has_a_small_residual_and_invented_detail_shows(sr_case
     # only the input's noise remains: RMS about one noise sigma, a tiny fraction of the range
     assert s_perfect["rms_relative_to_range"] < 0.01, s_perfect
     assert abs(s_perfect["rms"] - NOISE) < 0.2 and s_perfect["fraction_above_3_sigma"] < 0.01, s_perfect
+    # without noise the perfect output explains the input to float precision
+    clean_thick = thick.with_array(degrade_along(torch.from_numpy(fine.array), 0, FACTOR, FWHM_MM).numpy())
+    _, s_exact = superres_fidelity(clean_thick, fine, FWHM_MM, noise=NoiseEstimate("gaussian", NOISE, "given"))
+    assert s_exact["rms_relative_to_range"] < 1e-4, s_exact
     # invent a bright blob (radius 3 mm, +80) in the output: the residual shows it, there
     centre = fine.geometry.center() + fine.geometry.direction @ np.array([-6.0, 5.0, -5.0])
     dist = np.linalg.norm(physical_grid(fine.geometry) - centre, axis=-1)
@@ -105,7 +109,8 @@ def test_perfect_superres_has_a_small_residual_and_invented_detail_shows(sr_case
     assert near[peak] < 3.0 and fmap.array[peak] > 20.0
     far = near > 3.0 + 2 * FWHM_MM
     np.testing.assert_allclose(fmap.array[far], perfect.array[far], atol=1e-3)
-    print(f"\nSR fidelity: perfect RMS {s_perfect['rms']:.3f} ({s_perfect['rms_relative_to_range']:.3%} of range), "
+    print(f"\nSR fidelity: noise-free perfect RMS {s_exact['rms_relative_to_range']:.2e} of range; "
+          f"perfect RMS {s_perfect['rms']:.3f} ({s_perfect['rms_relative_to_range']:.3%} of range), "
           f"invented blob RMS {s_inv['rms']:.3f} ({s_inv['rms_relative_to_range']:.3%}), max {s_inv['max_abs']:.1f}")
 
 
@@ -146,7 +151,12 @@ def test_denoise_residual_of_a_rician_aware_method_is_centred():
     rng = np.random.default_rng(3)
     mag = np.hypot(clean.array + rng.normal(0, 8.0, clean.array.shape), rng.normal(0, 8.0, clean.array.shape))
     y = clean.with_array(mag.astype(np.float32))
-    _, s = denoise_fidelity(y, clean, NoiseEstimate("rician", 8.0, "given"), method="dct")
+    rician = NoiseEstimate("rician", 8.0, "given")
+    _, s = denoise_fidelity(y, clean, rician, method="dct")
+    assert abs(s["mean"]) < 0.1 and abs(s["sd"] - 1.0) < 0.1, s
+    # a plain filter's ideal output is the mean magnitude E[M], not the amplitude: read as such, also ~ N(0, 1)
+    mean_mag = clean.with_array(rician_mean(clean.array, 8.0).astype(np.float32))
+    _, s = denoise_fidelity(y, mean_mag, rician, method="gaussian")
     assert abs(s["mean"]) < 0.1 and abs(s["sd"] - 1.0) < 0.1, s
     with pytest.raises(MedTorchInputError, match="not on the input's grid"):
         denoise_fidelity(y, Volume(clean.array, oblique_geometry(size=(32, 32, 24))))
