@@ -169,6 +169,12 @@ def test_requests_carry_the_map_and_its_summary(sr_case, noisy):
     assert _same_geometry(res.volumes["fidelity"].geometry, thick.geometry)
     assert res.values["fidelity"]["fwhm_mm"] == {"k": FWHM_MM}
     assert "fidelity" not in run_operation(SuperresRequest(factor=2.0), {"input": thick}).volumes
+    # selfsup: the map uses the profile the model was trained with (estimated here), and says so
+    res = run_operation(SuperresRequest(method="selfsup", factor=4.0, train_iterations=3, fidelity_map=True),
+                        {"input": thick})
+    assert res.values["fidelity"]["fwhm_source"] == "estimated"
+    assert res.values["fidelity"]["fwhm_mm"] == {"k": res.values["fwhm_mm"]}
+    assert _same_geometry(res.volumes["fidelity"].geometry, thick.geometry)
     res = run_operation(DenoiseRequest(method="nlm", fidelity_map=True), {"input": noisy})
     assert res.values["fidelity"]["noise_sigma"] == pytest.approx(res.values["noise_sigma"])
     assert _same_geometry(res.volumes["fidelity"].geometry, noisy.geometry)

@@ -40,7 +40,7 @@ import torch
 from medtorch.enhance.noise import NoiseEstimate, estimate_noise, rician_mean, rician_unbias_mean
 from medtorch.enhance.slice_profile import FWHM_TO_SIGMA, estimate_slice_fwhm
 from medtorch.errors import MedTorchInputError
-from medtorch.progress import CancelToken, ProgressCallback, report
+from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.volume import Volume, check_volume
 
 __all__ = ["RICIAN_UNBIASED", "denoise_fidelity", "format_summary", "noise_used", "profile_weights",
@@ -139,7 +139,8 @@ def _fwhm_per_axis(volume: Volume, refined: list[int], factors: np.ndarray, fwhm
 
 
 def superres_fidelity(input_volume: Volume, output: Volume, fwhm_mm: float | Sequence[float] | None = None,
-                      noise: NoiseEstimate | None = None, progress: ProgressCallback | None = None,
+                      noise: NoiseEstimate | None = None, fwhm_source: str | None = None,
+                      progress: ProgressCallback | None = None,
                       cancel: CancelToken | None = None) -> tuple[Volume, dict[str, Any]]:
     """The super-resolution fidelity map (see the module docstring) and its summary.
 
@@ -152,6 +153,8 @@ def superres_fidelity(input_volume: Volume, output: Volume, fwhm_mm: float | Seq
             (:func:`~medtorch.enhance.slice_profile.estimate_slice_fwhm`) for one refined axis,
             else the input spacing.
         noise: the input's noise estimate (estimated when ``None``).
+        fwhm_source: where a given ``fwhm_mm`` came from, for the summary (default "given"; a
+            self-supervised model's own estimate says "estimated").
 
     Returns:
         ``(map, summary)``: ``map`` on the input's grid, ``re-degraded output - input``.
@@ -170,7 +173,8 @@ def superres_fidelity(input_volume: Volume, output: Volume, fwhm_mm: float | Seq
                                  "give the super-resolved output of this input")
     noise = noise or estimate_noise(input_volume.array)
     sigma = float(noise.sigma)
-    fwhm, source = _fwhm_per_axis(input_volume, refined, factors, fwhm_mm, sigma, None, cancel)
+    fwhm, source = _fwhm_per_axis(input_volume, refined, factors, fwhm_mm, sigma,
+                                  SubProgress(progress, 0.0, 0.5, "slice profile"), cancel)
     # the output's continuous index of each input voxel centre, axis by axis (the grids are aligned)
     offset = gi.direction.T @ (gi.origin - go.origin)
     x = torch.from_numpy(np.ascontiguousarray(output.array, dtype=np.float32))  # float32: half the memory of float64
@@ -184,7 +188,7 @@ def superres_fidelity(input_volume: Volume, output: Volume, fwhm_mm: float | Seq
             W = _linear_weights(centres, go.size[a])
         dim = 2 - a
         x = torch.movedim(torch.tensordot(torch.from_numpy(W.astype(np.float32)), x, dims=([1], [dim])), 0, dim)
-        report(progress, cancel, (a + 1) / 4.0, "fidelity map")
+        report(progress, cancel, 0.5 + (a + 1) / 8.0, "fidelity map")
     redegraded = x.numpy()
     inp = np.asarray(input_volume.array, dtype=np.float64)
     residual = redegraded - inp
@@ -200,7 +204,8 @@ def superres_fidelity(input_volume: Volume, output: Volume, fwhm_mm: float | Seq
         "max_abs": float(absr.max()),
         "max_abs_over_noise_sigma": float(absr.max()) / sigma if sigma > 0 else None,
         "noise_sigma": sigma, "noise_model": noise.model, "intensity_range": [lo, hi],
-        "fwhm_mm": {"ijk"[a]: round(float(v), 4) for a, v in fwhm.items()}, "fwhm_source": source,
+        "fwhm_mm": {"ijk"[a]: round(float(v), 4) for a, v in fwhm.items()},
+        "fwhm_source": fwhm_source if fwhm_source and fwhm_mm is not None else source,
     }
     meta = {**input_volume.metadata, "operation": "fidelity", "fidelity": "superres residual (re-degraded output - input)"}
     report(progress, cancel, 1.0, "fidelity map")
@@ -304,10 +309,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         return "n/a" if v is None else format(v, fmt)
 
     if summary.get("kind") == "superres":
+        fwhm = ", ".join(f"{axis} {float(v):.3g}" for axis, v in dict(summary.get("fwhm_mm") or {}).items())
         return (f"fidelity: residual RMS {g('rms_relative_to_range', '.2%')} of the intensity range "
                 f"({g('rms_over_noise_sigma')} noise sigma), {g('fraction_above_3_sigma', '.2%')} of voxels beyond "
-                f"3 sigma, max |residual| {g('max_abs')} (profile FWHM {summary.get('fwhm_mm')} mm, "
-                f"{summary.get('fwhm_source')})")
+                f"3 sigma, max |residual| {g('max_abs')} (slice profile FWHM {fwhm} mm, {summary.get('fwhm_source')})")
     return (f"fidelity: removed component mean {g('mean', '.3f')}, SD {g('sd', '.3f')} noise sd "
             f"(0 and 1 when only noise was removed), {g('fraction_above_3', '.2%')} beyond 3, "
             f"edge correlation {g('edge_correlation', '.3f')}, edge/rest RMS {g('edge_rms_ratio', '.2f')}")

@@ -164,8 +164,11 @@ def run_superres(request: SuperresRequest, inputs: dict[str, Volume], progress: 
     if request.fidelity_map:  # on the float output, before any cast
         from medtorch.enhance.fidelity import superres_fidelity
 
-        fwhm = trained.metadata.get("fwhm_mm") if trained is not None else request.fwhm_mm
-        volumes["fidelity"], values["fidelity"] = superres_fidelity(vol, out, fwhm, cancel=cancel)
+        fwhm, source = request.fwhm_mm, None
+        if trained is not None:  # the profile the model was trained with, given or estimated
+            fwhm, source = trained.metadata.get("fwhm_mm"), trained.metadata.get("fwhm_source")
+        volumes["fidelity"], values["fidelity"] = superres_fidelity(vol, out, fwhm, fwhm_source=source,
+                                                                    cancel=cancel)
     return _with_comparison(OperationResult(volumes, values, trained), request.comparison, vol)
 
 
