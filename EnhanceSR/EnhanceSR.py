@@ -52,7 +52,11 @@ for MRI). <b>Super-resolve</b> thick slices (through-plane) or upsample isotropi
 (linear, cubic B-spline, windowed sinc) or <i>self-supervised</i> SR learnt from the volume's own
 in-plane slices. <b>Enhance</b>: N4 bias correction, CLAHE, histogram matching, unsharp masking,
 CT windows. The input is never modified; long runs show progress and can be cancelled; an optional
-difference or checkerboard volume compares before and after (the views are linked).
+difference or checkerboard volume compares before and after (the views are linked). An optional
+<b>fidelity map</b> shows where the result departs from what the input supports: for super-resolution the
+output re-degraded by the slice profile minus the input (on the input's grid: invented detail shows up),
+for denoising the removed component in units of the noise (white noise when only noise was removed,
+edges when structure was); its summary is shown when the run is done.
 See the <a href="https://github.com/medtorch/SlicerMedTorch#enhancesr">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -87,6 +91,7 @@ class EnhanceSRParameterNode:
     ctWindow - CT window preset ("none" for no windowing).
     referenceVolume - histogram matching reference (none: no matching).
     comparison - "none", "difference" or "checkerboard": an extra before/after volume.
+    fidelityMap - also make the fidelity map (denoise and superres) as a new volume.
     outputVolume - where the result goes; a new volume is created when none is chosen.
     showResult - show the result in the slice views (linked), the input as a faded foreground.
     """
@@ -112,6 +117,7 @@ class EnhanceSRParameterNode:
     ctWindow: Annotated[str, Choice(CT_WINDOW_CHOICES)] = "none"
     referenceVolume: vtkMRMLScalarVolumeNode
     comparison: Annotated[str, Choice(["none", "difference", "checkerboard"])] = "none"
+    fidelityMap: bool = False
     outputVolume: vtkMRMLScalarVolumeNode
     showResult: bool = True
 
@@ -151,8 +157,12 @@ class EnhanceSRWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
     def onDone(self, outputNode) -> None:
         self._parameterNode.outputVolume = outputNode
         verb = {"denoise": _("Denoised"), "superres": _("Super-resolved"), "enhance": _("Enhanced")}
-        self.ui.statusLabel.text = _("{verb} into {name}").format(verb=verb.get(self._parameterNode.operation, ""),
-                                                                  name=outputNode.GetName())
+        text = _("{verb} into {name}").format(verb=verb.get(self._parameterNode.operation, ""),
+                                              name=outputNode.GetName())
+        summary = outputNode.GetAttribute("MedTorch.fidelitySummary")
+        if summary:
+            text += "\n" + summary
+        self.ui.statusLabel.text = text
 
 
 #
@@ -183,7 +193,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         train = int(p.trainIterations) or None
         if p.operation == "superres":
             return self.superresJob(p.inputVolume, p.srMethod, p.factor, p.axis, p.fwhm or None, p.outputVolume,
-                                    p.showResult, p.comparison, int(p.seed), train)
+                                    p.showResult, p.comparison, int(p.seed), train, fidelityMap=p.fidelityMap)
         if p.operation == "enhance":
             return self.enhanceJob(p.inputVolume, n4=p.n4, clahe=p.clahe, claheClip=p.claheClip, unsharp=p.unsharp,
                                    unsharpAmount=p.unsharpAmount,
@@ -192,7 +202,8 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                                    showResult=p.showResult, comparison=p.comparison)
         strength = {"gaussian": p.sigma, "median": p.sigma, "anisotropic": p.conductance}.get(p.method, p.strength)
         return self.denoiseJob(p.inputVolume, p.method, strength, p.iterations, p.outputVolume, p.showResult,
-                               comparison=p.comparison, seed=int(p.seed), trainIterations=train)
+                               comparison=p.comparison, seed=int(p.seed), trainIterations=train,
+                               fidelityMap=p.fidelityMap)
 
     def _checkInput(self, inputVolume, outputVolume, what: str) -> None:
         from medtorch.errors import MedTorchInputError
@@ -220,11 +231,15 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
             for key, value in result.values.items():
                 node.SetAttribute(f"MedTorch.{key}", str(value))
             extra = {}
-            for key in ("comparison", "bias_field"):
+            if "fidelity" in result.values:
+                from medtorch.enhance.fidelity import format_summary
+
+                node.SetAttribute("MedTorch.fidelitySummary", format_summary(result.values["fidelity"]))
+            for key in ("comparison", "bias_field", "fidelity"):
                 if key in result.volumes:
                     vol = result.volumes[key]
                     label = {"comparison": vol.metadata.get("comparison", "comparison").split(" ")[0],
-                             "bias_field": "bias field"}[key]
+                             "bias_field": "bias field", "fidelity": "fidelity"}[key]
                     extra[key] = bridge.node_from_volume(vol, slicer.mrmlScene.GenerateUniqueName(
                         f"{inputVolume.GetName()} {label}"))
                     extra[key].SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
@@ -238,11 +253,13 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
 
     def denoiseJob(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None,
                    iterations: int = 5, outputVolume=None, showResult: bool = True, comparison: str = "none",
-                   seed: int = 0, trainIterations: Optional[int] = None):
+                   seed: int = 0, trainIterations: Optional[int] = None, fidelityMap: bool = False):
         """Prepare denoising as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         ``strength`` is sigma in mm for ``gaussian``, the radius in mm for ``median``, the
         conductance for ``anisotropic``, and a multiple of the estimated noise level for the others.
+        ``fidelityMap``: also a new volume of the removed component in units of the noise (its node
+        ID in the output's ``MedTorch.fidelityNodeID`` attribute, its summary in ``MedTorch.fidelity``).
         """
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.ops.enhance import DenoiseRequest
@@ -251,15 +268,20 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
         request = DenoiseRequest(method=method, strength=strength, iterations=int(iterations), comparison=comparison,
-                                 seed=int(seed), train_iterations=trainIterations)
+                                 seed=int(seed), train_iterations=trainIterations, fidelity_map=bool(fidelityMap))
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} {method}")
         return self._job(request, inputVolume, inputs, outputVolume, showResult, name,
                          {"method": method, "strength": strength, "seed": seed})
 
     def superresJob(self, inputVolume, method: str = "bspline", factor: float = 2.0, axis: str = "auto",
                     fwhm: Optional[float] = None, outputVolume=None, showResult: bool = True,
-                    comparison: str = "none", seed: int = 0, trainIterations: Optional[int] = None):
-        """Prepare super-resolution as a job (through-plane, or isotropic with ``axis="all"``)."""
+                    comparison: str = "none", seed: int = 0, trainIterations: Optional[int] = None,
+                    fidelityMap: bool = False):
+        """Prepare super-resolution as a job (through-plane, or isotropic with ``axis="all"``).
+
+        ``fidelityMap``: also a new volume, on the input's grid, of the output re-degraded by the
+        slice profile minus the input (node ID in ``MedTorch.fidelityNodeID``).
+        """
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.ops.enhance import SuperresRequest
 
@@ -267,7 +289,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
         request = SuperresRequest(method=method, factor=float(factor), axis=axis, fwhm_mm=fwhm, comparison=comparison,
-                                  seed=int(seed), train_iterations=trainIterations)
+                                  seed=int(seed), train_iterations=trainIterations, fidelity_map=bool(fidelityMap))
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} SR x{factor:g}")
         return self._job(request, inputVolume, inputs, outputVolume, showResult, name,
                          {"method": method, "factor": factor, "axis": axis})

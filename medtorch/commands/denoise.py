@@ -39,12 +39,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="float32 (default), input (the input's type, widened if values do not fit), or a type name")
     p.add_argument("--seed", type=int, default=default_of(DenoiseRequest, "seed"),
                    help="random seed (recorded with the result)")
-    p.add_argument("--metrics", default=None, help="write the noise estimate, seed and time as JSON here")
+    p.add_argument("--fidelity-map", default=None, metavar="PATH",
+                   help="also write the fidelity map here: what was removed (input - output) in units of the noise "
+                        "sigma; white noise of SD 1 when only noise was removed, structure where edges or detail "
+                        "were removed (its summary is printed and in --metrics)")
+    p.add_argument("--metrics", default=None,
+                   help="write the noise estimate, seed, time (and the fidelity summary) as JSON here")
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
     from medtorch.device import seed_everything
+    from medtorch.enhance.fidelity import format_summary
     from medtorch.io import read_volume, write_volume, write_json_atomic
 
     seed = seed_everything(args.seed)
@@ -52,19 +58,28 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     request = DenoiseRequest(method=args.method, strength=args.strength, iterations=args.iterations,
                              train_iterations=args.train_iterations, noise_model=args.noise_model,
                              noise_sigma=args.noise_sigma, seed=seed, output_dtype=args.output_dtype,
-                             device=device_of(args) if args.method == "selfsup" else "cpu")
+                             device=device_of(args) if args.method == "selfsup" else "cpu",
+                             fidelity_map=bool(args.fidelity_map))
     start = time.perf_counter()
-    out = ops.run(request, {"input": vol}, progress=progress_bar(args), cancel=cancel).volumes["output"]
+    result = ops.run(request, {"input": vol}, progress=progress_bar(args), cancel=cancel)
     seconds = time.perf_counter() - start
+    out = result.volumes["output"]
     out.metadata["seed"] = seed
     write_volume(out, args.out)
+    fidelity = result.values.get("fidelity")
+    if args.fidelity_map:
+        write_volume(result.volumes["fidelity"], args.fidelity_map)
     if args.metrics:
         info = {k: out.metadata.get(k) for k in ("method", "strength", "noise_model", "noise_sigma", "noise_estimator")}
         info.update(seed=seed, seconds=round(seconds, 3), input=args.input, output=args.out)
+        if fidelity is not None:
+            info["fidelity"] = fidelity
         write_json_atomic(args.metrics, info)
     if not args.quiet:
         extra = f", noise sigma {out.metadata['noise_sigma']:.4g} ({out.metadata['noise_model']})" if "noise_sigma" in out.metadata else ""
         print(f"Denoised ({args.method}{extra}) into {args.out} in {seconds:.1f} s")
+        if fidelity is not None:
+            print(f"{format_summary(fidelity)}; map in {args.fidelity_map}")
     return 0
 
 

@@ -24,7 +24,7 @@ __all__ = ["PATH_OPTIONS", "SERIES_OPTIONS", "add_series_arguments", "check_outp
 #: or nothing it could overwrite (info).
 PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "convert": (("input",), ("out",)),
-    "denoise": (("input",), ("out", "metrics")),
+    "denoise": (("input",), ("out", "metrics", "fidelity_map")),
     "enhance": (("input", "match"), ("out", "bias_field")),
     "export-dicom": (("seg", "source"), ("out",)),
     "fuse": (("fixed", "moving", "transform", "checkpoint"),
@@ -33,7 +33,7 @@ PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                   "moving_landmarks"), ("out_transform", "out_volume", "report")),
     "seg-metrics": (("pred", "ref"), ("json", "csv")),
     "segment": (("input", "seeds", "model"), ("out", "volumes_csv", "info")),
-    "superres": (("input", "model"), ("out", "save_model", "export_onnx", "metrics")),
+    "superres": (("input", "model"), ("out", "save_model", "export_onnx", "metrics", "fidelity_map")),
     "threshold-seg": (("input",), ("out",)),
 }
 

@@ -48,12 +48,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="float32 (default), input (the input's type, widened if values do not fit), or a type name")
     p.add_argument("--seed", type=int, default=default_of(SuperresRequest, "seed"),
                    help="random seed (recorded with the result)")
-    p.add_argument("--metrics", default=None, help="write the factors, slice profile, seed and time as JSON here")
+    p.add_argument("--fidelity-map", default=None, metavar="PATH",
+                   help="also write the fidelity map here: the output re-degraded by the slice profile (--fwhm, "
+                        "else estimated) minus the input, on the input's grid; where it is far from zero the "
+                        "method put in detail the input does not support (its summary is printed and in --metrics)")
+    p.add_argument("--metrics", default=None,
+                   help="write the factors, slice profile, seed, time (and the fidelity summary) as JSON here")
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
     from medtorch.device import seed_everything
+    from medtorch.enhance.fidelity import format_summary
     from medtorch.enhance.weights import export_onnx, save_model
     from medtorch.errors import MedTorchInputError
     from medtorch.io import read_volume, write_volume, write_json_atomic
@@ -67,13 +73,17 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                               fwhm_mm=args.fwhm, seed=seed, train_iterations=args.train_iterations,
                               max_train_seconds=args.max_train_seconds, adversarial_weight=args.adversarial_weight,
                               model_in=args.model, output_dtype=args.output_dtype,
-                              device=device_of(args) if args.method == "selfsup" else "cpu")
+                              device=device_of(args) if args.method == "selfsup" else "cpu",
+                              fidelity_map=bool(args.fidelity_map))
     start = time.perf_counter()
     result = ops.run(request, {"input": vol}, progress=progress_bar(args), cancel=cancel)
     seconds = time.perf_counter() - start
     out, trained = result.volumes["output"], result.native
     out.metadata["seed"] = seed
     write_volume(out, args.out)
+    fidelity = result.values.get("fidelity")
+    if args.fidelity_map:
+        write_volume(result.volumes["fidelity"], args.fidelity_map)
     if trained is not None and args.save_model:
         save_model(trained, args.save_model)
     if trained is not None and args.export_onnx:
@@ -84,11 +94,15 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                 "output_spacing": [float(v) for v in out.spacing]}
         if trained is not None:
             info.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "factor", "log")})
+        if fidelity is not None:
+            info["fidelity"] = fidelity
         write_json_atomic(args.metrics, info)
     if not args.quiet:
         sp = ", ".join(f"{v:.4g}" for v in out.spacing)
         print(f"Super-resolved ({args.method}) {tuple(vol.size)} -> {tuple(out.size)} voxels, spacing {sp} mm, "
               f"into {args.out} in {seconds:.1f} s")
+        if fidelity is not None:
+            print(f"{format_summary(fidelity)}; map in {args.fidelity_map}")
     return 0
 
 

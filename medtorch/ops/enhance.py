@@ -1,10 +1,13 @@
 """Enhancement operations.
 
-* ``denoise``: input ``input``. Outputs ``output`` (and ``comparison``); values: the noise
-  estimate, the seed and the strength.
-* ``superres``: input ``input``. Outputs ``output`` (and ``comparison``); values: factors,
-  seed, slice profile of a trained model (and ``model_path`` when it was saved); ``native``
-  is the trained model (selfsup) or None.
+* ``denoise``: input ``input``. Outputs ``output`` (and ``comparison``; ``fidelity``, the
+  removed component in units of the noise, with ``fidelity_map``); values: the noise
+  estimate, the seed and the strength (and ``fidelity``, the map's summary).
+* ``superres``: input ``input``. Outputs ``output`` (and ``comparison``; ``fidelity``, the
+  output re-degraded by the slice profile minus the input, on the input's grid, with
+  ``fidelity_map``); values: factors, seed, slice profile of a trained model (and
+  ``model_path`` when it was saved; ``fidelity``, the map's summary); ``native`` is the
+  trained model (selfsup) or None.
 * ``enhance``: input ``input`` and optionally ``reference`` (histogram matching). Outputs
   ``output`` (and ``bias_field`` with N4, ``comparison``); values: ``steps``.
 
@@ -34,7 +37,9 @@ Comparison = Literal["none", "difference", "checkerboard"]
 class DenoiseRequest(Request):
     """Parameters of :func:`medtorch.enhance.denoise.denoise`. ``strength``: sigma (gaussian)
     or radius (median) in mm, conductance (anisotropic), else a multiple of the noise level;
-    ``iterations`` and ``time_step``: anisotropic diffusion; ``train_iterations``: selfsup."""
+    ``iterations`` and ``time_step``: anisotropic diffusion; ``train_iterations``: selfsup;
+    ``fidelity_map``: also the removed component in units of the noise
+    (:func:`medtorch.enhance.fidelity.denoise_fidelity`)."""
 
     operation: ClassVar[str] = "denoise"
 
@@ -49,6 +54,7 @@ class DenoiseRequest(Request):
     output_dtype: str = "float32"
     comparison: Comparison = "none"
     device: str = "cpu"
+    fidelity_map: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ class SuperresRequest(Request):
     """Parameters of :func:`medtorch.enhance.superres.superres`: ``factor`` or ``spacing``
     (mm, i j k); for selfsup the training (``train_iterations``: 0 or none for the default
     length, ``max_train_seconds``, ``adversarial_weight``) and a saved model to apply
-    (``model_in``) or to write (``model_out``)."""
+    (``model_in``) or to write (``model_out``); ``fidelity_map``: also the output re-degraded
+    by the slice profile minus the input (:func:`medtorch.enhance.fidelity.superres_fidelity`)."""
 
     operation: ClassVar[str] = "superres"
 
@@ -74,6 +81,7 @@ class SuperresRequest(Request):
     output_dtype: str = "float32"
     comparison: Comparison = "none"
     device: str = "cpu"
+    fidelity_map: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,14 @@ def run_denoise(request: DenoiseRequest, inputs: dict[str, Volume], progress: Pr
                   device=request.device, output_dtype=request.output_dtype, **options)
     values: dict[str, Any] = {k: out.metadata[k] for k in ("noise_model", "noise_sigma", "seed", "strength")
                               if k in out.metadata}
-    return _with_comparison(OperationResult({"output": out}, values), request.comparison, vol)
+    volumes = {"output": out}
+    if request.fidelity_map:
+        from medtorch.enhance.fidelity import denoise_fidelity, noise_used
+
+        noise = noise_used(vol, out, request.noise_model, request.noise_sigma)
+        volumes["fidelity"], values["fidelity"] = denoise_fidelity(vol, out, noise, method=request.method,
+                                                                   cancel=cancel)
+    return _with_comparison(OperationResult(volumes, values), request.comparison, vol)
 
 
 def run_superres(request: SuperresRequest, inputs: dict[str, Volume], progress: ProgressCallback | None,
@@ -145,8 +160,16 @@ def run_superres(request: SuperresRequest, inputs: dict[str, Volume], progress: 
         values.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "factor")})
         if request.model_out:
             values["model_path"] = str(save_model(trained, request.model_out))
-    out = cast_output(out, request.output_dtype, vol.array.dtype)
-    return _with_comparison(OperationResult({"output": out}, values, trained), request.comparison, vol)
+    volumes = {"output": cast_output(out, request.output_dtype, vol.array.dtype)}
+    if request.fidelity_map:  # on the float output, before any cast
+        from medtorch.enhance.fidelity import superres_fidelity
+
+        fwhm, source = request.fwhm_mm, None
+        if trained is not None:  # the profile the model was trained with, given or estimated
+            fwhm, source = trained.metadata.get("fwhm_mm"), trained.metadata.get("fwhm_source")
+        volumes["fidelity"], values["fidelity"] = superres_fidelity(vol, out, fwhm, fwhm_source=source,
+                                                                    cancel=cancel)
+    return _with_comparison(OperationResult(volumes, values, trained), request.comparison, vol)
 
 
 def run_enhance(request: EnhanceRequest, inputs: dict[str, Volume], progress: ProgressCallback | None,

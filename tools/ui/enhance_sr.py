@@ -102,6 +102,12 @@ def build() -> str:
          widget("QComboBox", "comparisonComboBox",
                 "none; difference: result minus input; checkerboard: alternating blocks of input and result "
                 "(on the result's grid)", "comparison", items=request_items(DenoiseRequest, "comparison"))),
+        (label("fidelityMapLabel", "Fidelity map:", "Also make a map of where the result departs from the input"),
+         widget("QCheckBox", "fidelityMapCheckBox",
+                "Denoise and super-resolution: also make the fidelity map as a new volume. Super-resolution: the "
+                "output re-degraded by the slice profile minus the input, on the input's grid (invented detail "
+                "shows up); denoising: what was removed in units of the noise (white noise when only noise was "
+                "removed, edges when structure was). Its summary is shown when done", "fidelityMap", text="")),
         (label("showResultLabel", "Show result:", "Show the result when done"),
          widget("QCheckBox", "showResultCheckBox", "Show the result in the linked slice views, with the input as a "
                 "foreground to fade in for before/after", "showResult", text="")),
