@@ -233,3 +233,18 @@ def test_slicer_logic_adds_the_fidelity_volume(scene, sr_case, noisy):
     assert bridge.volume_from_node(fid).geometry.isclose(noisy.geometry, atol=1e-5)
     plain = logic.denoise(bridge.node_from_volume(noisy, "noisy2"), "gaussian", 1.0)
     assert not plain.GetAttribute("MedTorch.fidelityNodeID")
+
+
+def test_superres_verdict_passes_a_faithful_output_and_flags_invented_detail(sr_case):
+    """issue 16, part 4: the fidelity summary becomes a pass/warn/fail with the number behind it."""
+    from medtorch.enhance.fidelity import superres_verdict
+
+    thick, fine = sr_case
+    _, s_perfect = superres_fidelity(thick, fine, FWHM_MM)
+    assert superres_verdict(s_perfect).status == "pass", superres_verdict(s_perfect).summary()
+    centre = fine.geometry.center() + fine.geometry.direction @ np.array([-6.0, 5.0, -5.0])
+    dist = np.linalg.norm(physical_grid(fine.geometry) - centre, axis=-1)
+    invented = fine.with_array((fine.array + 80.0 * (dist <= 3.0)).astype(np.float32))
+    v = superres_verdict(superres_fidelity(thick, invented, FWHM_MM)[1])
+    assert v.status in ("warn", "fail") and "fidelity_peak" in [c.name for c in v.reasons], v.summary()
+    assert v.check("fidelity_peak").value > 12.0

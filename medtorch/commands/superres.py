@@ -9,6 +9,7 @@ with slice centres placed symmetrically inside each thick slice.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from medtorch.commands import Command, device_of, progress_bar, vec3
@@ -96,13 +97,24 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
             info.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "factor", "log")})
         if fidelity is not None:
             info["fidelity"] = fidelity
+        if result.values.get("verdict") is not None:
+            info["verdict"] = result.values["verdict"]
         write_json_atomic(args.metrics, info)
     if not args.quiet:
         sp = ", ".join(f"{v:.4g}" for v in out.spacing)
         print(f"Super-resolved ({args.method}) {tuple(vol.size)} -> {tuple(out.size)} voxels, spacing {sp} mm, "
               f"into {args.out} in {seconds:.1f} s")
         if fidelity is not None:
-            print(f"{format_summary(fidelity)}; map in {args.fidelity_map}")
+            print(format_summary(fidelity) + (f"; map in {args.fidelity_map}" if args.fidelity_map else ""))
+    verdict = result.values.get("verdict")
+    if verdict is not None and verdict.get("status") in ("warn", "fail"):
+        # an output that may have invented detail says so, on stderr, whatever --quiet says
+        from medtorch.verdict import Verdict
+
+        v = Verdict.from_dict(verdict)
+        print(f"medtorch superres: {v.summary()}", file=sys.stderr)
+        for line in v.explain():
+            print(f"  {line}", file=sys.stderr)
     return 0
 
 

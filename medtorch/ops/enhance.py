@@ -161,14 +161,18 @@ def run_superres(request: SuperresRequest, inputs: dict[str, Volume], progress: 
         if request.model_out:
             values["model_path"] = str(save_model(trained, request.model_out))
     volumes = {"output": cast_output(out, request.output_dtype, vol.array.dtype)}
-    if request.fidelity_map:  # on the float output, before any cast
-        from medtorch.enhance.fidelity import superres_fidelity
+    # the fidelity check: always for the learned method (the one that can invent detail), and for any
+    # method when the map is asked for; on the float output, before any cast
+    if request.fidelity_map or request.method == "selfsup":
+        from medtorch.enhance.fidelity import superres_fidelity, superres_verdict
 
         fwhm, source = request.fwhm_mm, None
         if trained is not None:  # the profile the model was trained with, given or estimated
             fwhm, source = trained.metadata.get("fwhm_mm"), trained.metadata.get("fwhm_source")
-        volumes["fidelity"], values["fidelity"] = superres_fidelity(vol, out, fwhm, fwhm_source=source,
-                                                                    cancel=cancel)
+        fmap, values["fidelity"] = superres_fidelity(vol, out, fwhm, fwhm_source=source, cancel=cancel)
+        values["verdict"] = superres_verdict(values["fidelity"]).to_dict()
+        if request.fidelity_map:
+            volumes["fidelity"] = fmap
     return _with_comparison(OperationResult(volumes, values, trained), request.comparison, vol)
 
 
