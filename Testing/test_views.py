@@ -135,6 +135,13 @@ def test_segment_fill_and_outline_colour_show_in_the_slice(scene):
     assert (inside[..., 0] - inside[..., 1]).mean() > 30
     outside = pixels[:10, :10].astype(int)
     assert np.abs(outside[..., 0] - outside[..., 1]).max() <= 2
+    # zoomed in twice about the sphere's centre: the sphere's fill covers about 4 times the pixels
+    filled = ((pixels[..., 0].astype(int) - pixels[..., 1]) > 30).sum()
+    red.jump_to(scene.center_ras, centre=True).zoom(2.0)
+    zoomed = red.render()
+    zoomed_filled = ((zoomed[..., 0].astype(int) - zoomed[..., 1]) > 30).sum()
+    assert 3.0 < zoomed_filled / filled < 5.0, (filled, zoomed_filled)
+    red.fit()
     # the other slice views cut the same sphere
     for name in ("Yellow", "Green"):
         view = scene.views[name]

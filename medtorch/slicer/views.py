@@ -350,9 +350,19 @@ class SliceView(_View):
         self.logic.SnapSliceOffsetToIJK()
         return self
 
-    def jump_to(self, ras: Sequence[float]) -> SliceView:
-        """Move the slice through the RAS point ``ras`` (the field of view is kept)."""
-        self.node.JumpSliceByOffsetting(float(ras[0]), float(ras[1]), float(ras[2]))
+    def jump_to(self, ras: Sequence[float], centre: bool = False) -> SliceView:
+        """Move the slice through the RAS point ``ras``; with ``centre``, also pan it to the middle."""
+        x, y, z = (float(v) for v in ras[:3])
+        if centre:
+            self.node.JumpSliceByCentering(x, y, z)
+        else:
+            self.node.JumpSliceByOffsetting(x, y, z)
+        return self
+
+    def zoom(self, factor: float) -> SliceView:
+        """Zoom in by ``factor`` (the field of view divided by it) about the view's middle."""
+        fov = self.node.GetFieldOfView()
+        self.node.SetFieldOfView(fov[0] / factor, fov[1] / factor, fov[2])
         return self
 
     def render(self) -> np.ndarray:
@@ -522,13 +532,16 @@ class Views:
 
     def show(self, background: Any = None, foreground: Any = None, opacity: float | None = None,
              label: Any = None, label_opacity: float | None = None, center: Sequence[float] | None = None,
-             fit: bool = True) -> Views:
+             fit: bool = True, zoom: float = 1.0) -> Views:
         """The same layers in all three slice views (as Slicer's linked views), fitted to the
-        background and moved through ``center`` (RAS) when given."""
+        background and moved through ``center`` (RAS) when given; with ``zoom`` > 1 they are
+        zoomed in about ``center`` (or the middle)."""
         for view in self.slices():
             view.show(background, foreground, opacity, label, label_opacity, fit=fit)
             if center is not None:
-                view.jump_to(center)
+                view.jump_to(center, centre=zoom != 1.0)
+            if zoom != 1.0:
+                view.zoom(zoom)
         return self
 
     def render_layout(self, layout: Layout = "four-up", labels: bool = True) -> np.ndarray:
