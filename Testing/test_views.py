@@ -44,6 +44,17 @@ def _volume(hs, array, name, labelmap=False):
     return node
 
 
+@pytest.fixture
+def scene_of_test_bed(headless_slicer):
+    """The test bed's scene, cleared (this module's own ``scene`` fixture shadows conftest's)."""
+    import slicer
+    import slicer_testbed
+
+    slicer_testbed.reset_scene()
+    yield slicer.mrmlScene
+    slicer_testbed.reset_scene()
+
+
 @pytest.fixture(scope="module")
 def scene(rendering):
     hs = views.headless_scene()
@@ -78,6 +89,21 @@ def test_rendering_probe_is_cached_and_says_why():
     first = views.rendering_unavailable()
     assert views.rendering_unavailable() is first
     assert first is None or isinstance(first, str) and first
+
+
+def test_probe_says_why_when_egl_or_slicer_core_is_missing(monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+
+    # No EGL vendor library: the probe's child process dies in VTK; this one is told why.
+    monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent/egl_vendor.json")
+    reason = views._probe(sys.executable)
+    assert reason is not None and "no offscreen OpenGL through EGL" in reason and "\x1b" not in reason
+    monkeypatch.delenv("__EGL_VENDOR_LIBRARY_FILENAMES")
+    bare = shutil.which("python3")  # a Python without VTK, where there is one
+    if bare and subprocess.run([bare, "-c", "import vtk"], capture_output=True).returncode != 0:
+        assert "slicer-core is not installed" in (views._probe(bare) or "")
 
 
 def test_background_only_slice_shows_the_volume(scene):
@@ -245,3 +271,21 @@ def test_closed_view_refuses_to_render(rendering):
     view.close()
     with pytest.raises(RuntimeError, match="closed"):
         view.render()
+
+
+def test_views_of_the_test_bed_scene(rendering, scene_of_test_bed):
+    """The views work on the headless Slicer test bed's scene, its singleton slice nodes included."""
+    import slicer
+
+    hs = views.headless_scene(slicer.mrmlScene, slicer.app.applicationLogic())
+    red_node = slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+    z, y, x = np.mgrid[:16, :32, :32]
+    volume = _volume(hs, (100.0 * ((x - 16) ** 2 + (y - 16) ** 2 < 64)).astype(np.float32), "disc")
+    with views.SliceView(hs.scene, hs.app_logic, "Red", (64, 64)) as red:
+        assert red.node is red_node  # the module's Red view is the one rendered
+        assert red.composite is slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+        pixels = red.show(background=volume, fit=True).render()
+    assert pixels[28:36, 28:36].mean() > 200 and pixels[:4, :4].mean() < 10
+    with views.ThreeDView(hs.scene, hs.app_logic, "1", (64, 64)) as three_d:
+        assert three_d.node is slicer.mrmlScene.GetSingletonNode("1", "vtkMRMLViewNode")
+        assert three_d.render().shape == (64, 64, 3)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import re
 import subprocess
 import sys
 import weakref
@@ -91,14 +92,21 @@ def rendering_unavailable() -> str | None:
     Probes in a child process (about a second, once per process): a machine without EGL or
     OpenGL can abort the process that tries.
     """
+    return _probe(sys.executable)
+
+
+def _probe(python: str) -> str | None:
     try:
-        out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"the rendering probe did not run: {exc}"
     if out.returncode != 0 or "pixel 255" not in out.stdout:
-        tail = (out.stderr.strip().splitlines() or ["no message"])[-1]
-        if "No module named 'slicer'" in out.stderr:
-            return "slicer-core is not installed (pip install slicer-core)"
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in out.stderr.splitlines()]
+        tail = next((line for line in reversed(lines) if line), "no message")
+        if out.returncode < 0:
+            tail = f"killed by signal {-out.returncode}; {tail}"
+        if "No module named 'slicer'" in out.stderr or "No module named 'vtk" in out.stderr:
+            return f"slicer-core is not installed for {python} (pip install slicer-core)"
         return f"no offscreen OpenGL through EGL on this machine (exit {out.returncode}: {tail})"
     return None
 
@@ -238,6 +246,15 @@ def _read_pixels(window: Any) -> np.ndarray:
     return np.ascontiguousarray(pixels[::-1, :, :3])  # OpenGL rows run bottom-up
 
 
+def _find_view_node(scene: Any, cls: str, layout_name: str) -> Any:
+    """The scene's view node of class ``cls`` whose layout name is ``layout_name``, or None."""
+    for index in range(scene.GetNumberOfNodesByClass(cls)):
+        node = scene.GetNthNodeByClass(index, cls)
+        if node.GetLayoutName() == layout_name:
+            return node
+    return None
+
+
 _open_views: weakref.WeakSet[_View] = weakref.WeakSet()
 
 
@@ -307,7 +324,11 @@ class SliceView(_View):
         self.logic.SetMRMLScene(scene)
         self._app_logic = app_logic
         _collection(app_logic, "SliceLogics").AddItem(self.logic)
-        self.node = self.logic.AddSliceNode(name)
+        self.node = _find_view_node(scene, "vtkMRMLSliceNode", name)
+        if self.node is not None:  # the scene's own (as Slicer's layout made it): show what it shows
+            self.logic.SetSliceNode(self.node)
+        else:
+            self.node = self.logic.AddSliceNode(name)
         self.node.SetOrientation(orientation or ORIENTATIONS[name])
         self.group.SetMRMLDisplayableNode(self.node)
         # The blended slice image (RGBA, 0-255) drawn behind the managers' actors.
@@ -392,7 +413,11 @@ class ThreeDView(_View):
         self.logic.SetMRMLScene(scene)
         self._app_logic = app_logic
         _collection(app_logic, "ViewLogics").AddItem(self.logic)
-        self.node = self.logic.AddViewNode(name)
+        self.node = _find_view_node(scene, "vtkMRMLViewNode", name)
+        if self.node is not None:
+            self.logic.SetName(name)  # the logic finds its view node by layout name
+        else:
+            self.node = self.logic.AddViewNode(name)
         self.group.SetMRMLDisplayableNode(self.node)
 
     def camera_node(self) -> Any:
