@@ -1,8 +1,8 @@
 """medtorch.slicer.views: Slicer's slice and 3D views rendered offscreen (EGL), checked as a person would.
 
 A small synthetic scene: a background volume (a smooth blob), a foreground volume (a bright
-block off-centre), a label map and a segmentation (a red sphere). Skipped, with the reason,
-where slicer-core or offscreen OpenGL is missing.
+block off-centre), a label map, a segmentation (a red sphere) and a markups point. Skipped,
+with the reason, where slicer-core or offscreen OpenGL is missing.
 """
 
 from __future__ import annotations
@@ -197,6 +197,32 @@ def test_label_map_layer_is_coloured(scene):
     assert xs.mean() < SIZE / 2 and ys.mean() < SIZE / 2  # R, A >= 30: right and anterior
     tint = labelled[changed]
     assert (np.abs(tint[:, 0] - tint[:, 1]) + np.abs(tint[:, 1] - tint[:, 2])).mean() > 20  # coloured, not grey
+
+
+def test_markups_point_shows_where_it_is(scene):
+    import vtk
+
+    red = scene.views["Red"]
+    scene.segmentation.GetDisplayNode().SetVisibility(0)
+    point = scene.hs.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "P")
+    try:
+        red.composite.SetForegroundVolumeID(None)
+        red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+        before = red.render().astype(int)
+        point.CreateDefaultDisplayNodes()
+        # 8 mm right and 8 mm anterior of the centre: the screen's left and top
+        point.AddControlPoint(vtk.vtkVector3d(scene.center_ras[0] + 8, scene.center_ras[1] + 8, scene.center_ras[2]))
+        display = point.GetDisplayNode()
+        display.SetSelectedColor(0.1, 1.0, 0.1)
+        display.SetGlyphScale(4)
+        after = red.render().astype(int)
+    finally:
+        scene.hs.scene.RemoveNode(point)
+        scene.segmentation.GetDisplayNode().SetVisibility(1)
+    green = (after[..., 1] > 200) & (after[..., 1] > after[..., 0] + 80) & (np.abs(after - before).max(axis=2) > 30)
+    assert green.sum() > 10, green.sum()
+    ys, xs = np.nonzero(green)
+    assert xs.mean() < SIZE / 2 - 5 and ys.mean() < SIZE / 2 - 5, (xs.mean(), ys.mean())
 
 
 def test_3d_closed_surface_appears_in_the_middle(scene):

@@ -6,7 +6,7 @@ on a machine with no display that is Mesa's software OpenGL (llvmpipe), with no 
 
 * :class:`SliceView`: a Red, Yellow or Green slice view. Its image (background, foreground at an
   opacity, label map) is what Slicer's slice logic blends; segmentation outlines and fills,
-  models and markups are drawn by the slice displayable managers.
+  models and markups (points) are drawn by the slice displayable managers.
 * :class:`ThreeDView`: a 3D view with volume rendering (:func:`show_volume_rendering`) and
   closed surfaces of segmentations (:func:`show_segmentation`) and models.
 * :class:`Views` holds one of each and :meth:`Views.render_layout` lays them out as Slicer's
