@@ -2,12 +2,13 @@
 
     python tools/make_screenshots.py demo-out
 
-writes ``Resources/Screenshots/<Module>.png``: the demo's own figures of what each module
-does on the sample data (FusionRegistration: registration + fusion; EnhanceSR: denoising +
-super-resolution; SegmentTumor: the segmentation outlines), stacked into one picture each.
-They are rendered from the outputs (slices drawn with matplotlib), not captured from
-Slicer's window: this repository's machines have no Slicer application. Rerun after the
-demo changes; ``demo-fusion.png`` (the README picture) is the fusion figure.
+writes ``Resources/Screenshots/<Module>-figures.png``: the demo's own figures of what each
+module does on the sample data (FusionRegistration: registration + fusion; EnhanceSR:
+denoising + super-resolution; SegmentTumor: the segmentation outlines), stacked into one
+picture each. They are rendered from the outputs (slices drawn with matplotlib), not
+captured from Slicer's window. Rerun after the demo changes; ``demo-fusion.png`` is the
+fusion figure. The extension page's pictures, ``<Module>.png``, are Slicer-view renders
+made by ``tools/render_screenshots.py``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> int:
         parser.error(f"{figures} lacks {', '.join(missing)}: run `medtorch demo --out {args.demo_out}` first")
     OUT.mkdir(parents=True, exist_ok=True)
     for module, names in PICTURES.items():
-        print(stack([figures / n for n in names], OUT / f"{module}.png"))
+        print(stack([figures / n for n in names], OUT / f"{module}-figures.png"))
     shutil.copyfile(figures / "fusion.png", OUT / "demo-fusion.png")
     print(OUT / "demo-fusion.png")
     return 0

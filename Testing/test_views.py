@@ -1,0 +1,317 @@
+"""medtorch.slicer.views: Slicer's slice and 3D views rendered offscreen (EGL), checked as a person would.
+
+A small synthetic scene: a background volume (a smooth blob), a foreground volume (a bright
+block off-centre), a label map, a segmentation (a red sphere) and a markups point. Skipped,
+with the reason, where slicer-core or offscreen OpenGL is missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer_core")
+
+from medtorch.slicer import views  # noqa: E402
+
+SIZE = 128
+SHAPE = (24, 48, 48)  # z, y, x (1 mm voxels, origin 0, IJK-to-RAS the identity: R = x, A = y, S = z)
+RED = (1.0, 0.1, 0.1)
+
+
+@pytest.fixture(scope="module")
+def rendering():
+    reason = views.rendering_unavailable()
+    if reason:
+        pytest.skip(f"offscreen rendering unavailable: {reason}")
+
+
+def _volume(hs, array, name, labelmap=False):
+    import vtk
+    from vtk.util import numpy_support
+
+    cls = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = hs.scene.AddNewNodeByClass(cls, name)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    vtk_type = vtk.VTK_SHORT if labelmap else vtk.VTK_FLOAT
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True, array_type=vtk_type))
+    node.SetAndObserveImageData(image)
+    node.CreateDefaultDisplayNodes()
+    if not labelmap:
+        node.GetDisplayNode().AutoWindowLevelOff()
+        node.GetDisplayNode().SetWindowLevel(100, 50)
+    return node
+
+
+@pytest.fixture
+def scene_of_test_bed(headless_slicer):
+    """The test bed's scene, cleared (this module's own ``scene`` fixture shadows conftest's)."""
+    import slicer
+    import slicer_testbed
+
+    slicer_testbed.reset_scene()
+    yield slicer.mrmlScene
+    slicer_testbed.reset_scene()
+
+
+@pytest.fixture(scope="module")
+def scene(rendering):
+    hs = views.headless_scene()
+    z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]].astype(np.float32)
+    center = (SHAPE[0] / 2, SHAPE[1] / 2, SHAPE[2] / 2)
+    r2 = (z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2
+    with views.batch(hs.scene):
+        background = _volume(hs, (80 * np.exp(-r2 / 600.0)).astype(np.float32), "background")
+        block = np.zeros(SHAPE, np.float32)
+        block[:, 4:16, 4:16] = 100.0  # R, A in [4, 16): left and posterior of the centre
+        foreground = _volume(hs, block, "foreground")
+        sphere = (r2 < 64).astype(np.int16)
+        labelmap = _volume(hs, sphere, "sphere-label", labelmap=True)
+        segmentation = hs.segmentation_from_labelmap(labelmap, "tumour")
+        segment = segmentation.GetSegmentation().GetNthSegment(0)
+        segment.SetColor(*RED)
+        views.show_segmentation(segmentation, fill=0.4, outline=1.0, surface=True)
+    ns = type("Scene", (), {})()
+    ns.hs, ns.background, ns.foreground, ns.segmentation = hs, background, foreground, segmentation
+    ns.center_ras = (center[2], center[1], center[0])  # the volumes' IJK-to-RAS is the identity
+    with views.Views(hs.scene, hs.app_logic, size=SIZE) as v:
+        ns.views = v
+        yield ns
+
+
+def _reddish(pixels):
+    r, g, b = (pixels[..., i].astype(int) for i in range(3))
+    return (r > 150) & (r > g + 80) & (r > b + 80)
+
+
+def test_rendering_probe_is_cached_and_says_why():
+    first = views.rendering_unavailable()
+    assert views.rendering_unavailable() is first
+    assert first is None or isinstance(first, str) and first
+
+
+def test_probe_says_why_when_egl_or_slicer_core_is_missing(monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+
+    # No EGL vendor library: the probe's child process dies in VTK; this one is told why.
+    monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent/egl_vendor.json")
+    reason = views._probe(sys.executable)
+    assert reason is not None and "no offscreen OpenGL through EGL" in reason and "\x1b" not in reason
+    monkeypatch.delenv("__EGL_VENDOR_LIBRARY_FILENAMES")
+    bare = shutil.which("python3")  # a Python without VTK, where there is one
+    if bare and subprocess.run([bare, "-c", "import vtk"], capture_output=True).returncode != 0:
+        assert "slicer-core is not installed" in (views._probe(bare) or "")
+
+
+def test_background_only_slice_shows_the_volume(scene):
+    red = scene.views["Red"]
+    red.composite.SetForegroundVolumeID(None)
+    scene.segmentation.GetDisplayNode().SetVisibility(0)
+    try:
+        red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+        pixels = red.render()
+    finally:
+        scene.segmentation.GetDisplayNode().SetVisibility(1)
+    assert pixels.shape == (SIZE, SIZE, 3) and pixels.dtype == np.uint8
+    grey = pixels.astype(int)
+    centre = grey[SIZE // 2 - 4: SIZE // 2 + 4, SIZE // 2 - 4: SIZE // 2 + 4].mean()
+    corner = grey[:8, :8].mean()
+    assert centre > 150 > 60 > corner, (centre, corner)  # the blob is bright in the middle, dark outside
+    assert np.abs(grey[..., 0] - grey[..., 1]).max() <= 2  # a grey volume draws grey
+
+
+def test_foreground_changes_pixels_where_it_is(scene):
+    red = scene.views["Red"]
+    scene.segmentation.GetDisplayNode().SetVisibility(0)
+    try:
+        red.composite.SetForegroundVolumeID(None)
+        red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+        alone = red.render().astype(int)
+        red.show(foreground=scene.foreground, opacity=0.5)
+        fused = red.render().astype(int)
+    finally:
+        red.composite.SetForegroundVolumeID(None)
+        scene.segmentation.GetDisplayNode().SetVisibility(1)
+    changed = np.abs(fused - alone).max(axis=2) > 20
+    assert changed.mean() > 0.02, changed.mean()
+    # At 50 % the foreground's zeros darken the background everywhere; its block brightens it.
+    changed = (fused - alone).mean(axis=2) > 20
+    assert changed.mean() > 0.01, changed.mean()
+    # The block lies at R, A in [4, 16): left and posterior of the centre. Slicer's axial view
+    # shows the patient's right on the screen's left and anterior at the top.
+    ys, xs = np.nonzero(changed)
+    assert xs.mean() > SIZE / 2 and ys.mean() > SIZE / 2, (xs.mean(), ys.mean())
+    assert not changed[:SIZE // 2, :SIZE // 2].any()  # far from the block nothing moved
+
+
+def test_segment_fill_and_outline_colour_show_in_the_slice(scene):
+    red = scene.views["Red"]
+    red.composite.SetForegroundVolumeID(None)
+    red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+    pixels = red.render()
+    reddish = _reddish(pixels)
+    assert reddish.sum() > 50, reddish.sum()  # the outline (opaque) is drawn in the segment's colour
+    ys, xs = np.nonzero(reddish)
+    assert abs(xs.mean() - SIZE / 2) < SIZE / 10 and abs(ys.mean() - SIZE / 2) < SIZE / 10
+    # inside the sphere the fill tints the grey towards red; outside nothing is tinted
+    inside = pixels[SIZE // 2 - 3: SIZE // 2 + 3, SIZE // 2 - 3: SIZE // 2 + 3].astype(int)
+    assert (inside[..., 0] - inside[..., 1]).mean() > 30
+    outside = pixels[:10, :10].astype(int)
+    assert np.abs(outside[..., 0] - outside[..., 1]).max() <= 2
+    # zoomed in twice about the sphere's centre: the sphere's fill covers about 4 times the pixels
+    filled = ((pixels[..., 0].astype(int) - pixels[..., 1]) > 30).sum()
+    red.jump_to(scene.center_ras, centre=True).zoom(2.0)
+    zoomed = red.render()
+    zoomed_filled = ((zoomed[..., 0].astype(int) - zoomed[..., 1]) > 30).sum()
+    assert 3.0 < zoomed_filled / filled < 5.0, (filled, zoomed_filled)
+    red.fit()
+    # the other slice views cut the same sphere
+    for name in ("Yellow", "Green"):
+        view = scene.views[name]
+        view.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+        assert _reddish(view.render()).sum() > 50, name
+
+
+def test_label_map_layer_is_coloured(scene):
+    hs = scene.hs
+    label = np.zeros(SHAPE, np.int16)
+    label[:, 30:44, 30:44] = 1
+    node = _volume(hs, label, "label", labelmap=True)
+    red = scene.views["Red"]
+    scene.segmentation.GetDisplayNode().SetVisibility(0)
+    try:
+        red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+        alone = red.render().astype(int)
+        red.show(label=node, label_opacity=1.0)
+        labelled = red.render().astype(int)
+    finally:
+        red.composite.SetLabelVolumeID(None)
+        scene.segmentation.GetDisplayNode().SetVisibility(1)
+        hs.scene.RemoveNode(node)
+    changed = np.abs(labelled - alone).max(axis=2) > 20
+    assert changed.mean() > 0.02
+    ys, xs = np.nonzero(changed)
+    assert xs.mean() < SIZE / 2 and ys.mean() < SIZE / 2  # R, A >= 30: right and anterior
+    tint = labelled[changed]
+    assert (np.abs(tint[:, 0] - tint[:, 1]) + np.abs(tint[:, 1] - tint[:, 2])).mean() > 20  # coloured, not grey
+
+
+def test_markups_point_shows_where_it_is(scene):
+    import vtk
+
+    red = scene.views["Red"]
+    scene.segmentation.GetDisplayNode().SetVisibility(0)
+    point = scene.hs.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "P")
+    try:
+        red.composite.SetForegroundVolumeID(None)
+        red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+        before = red.render().astype(int)
+        point.CreateDefaultDisplayNodes()
+        # 8 mm right and 8 mm anterior of the centre: the screen's left and top
+        point.AddControlPoint(vtk.vtkVector3d(scene.center_ras[0] + 8, scene.center_ras[1] + 8, scene.center_ras[2]))
+        display = point.GetDisplayNode()
+        display.SetSelectedColor(0.1, 1.0, 0.1)
+        display.SetGlyphScale(4)
+        after = red.render().astype(int)
+    finally:
+        scene.hs.scene.RemoveNode(point)
+        scene.segmentation.GetDisplayNode().SetVisibility(1)
+    green = (after[..., 1] > 200) & (after[..., 1] > after[..., 0] + 80) & (np.abs(after - before).max(axis=2) > 30)
+    assert green.sum() > 10, green.sum()
+    ys, xs = np.nonzero(green)
+    assert xs.mean() < SIZE / 2 - 5 and ys.mean() < SIZE / 2 - 5, (xs.mean(), ys.mean())
+
+
+def test_3d_closed_surface_appears_in_the_middle(scene):
+    three_d = scene.views["3D"]
+    three_d.reset_camera("Anterior")
+    pixels = three_d.render()
+    assert pixels.shape == (SIZE, SIZE, 3)
+    reddish = _reddish(pixels)
+    assert reddish.mean() > 0.02, reddish.mean()
+    ys, xs = np.nonzero(reddish)
+    assert abs(xs.mean() - SIZE / 2) < SIZE / 8 and abs(ys.mean() - SIZE / 2) < SIZE / 8
+    assert not reddish[:8, :].any() and not reddish[-8:, :].any()  # the background is Slicer's blue gradient
+    corner = pixels[:4, :4].astype(int).mean(axis=(0, 1))
+    assert corner[2] > corner[0] + 20
+
+
+def test_volume_rendering_is_not_empty_and_surface_shows_through(scene):
+    three_d = scene.views["3D"]
+    display = scene.segmentation.GetDisplayNode()
+    display.SetVisibility(0)
+    try:
+        three_d.reset_camera("Anterior")
+        empty = three_d.render().astype(int)
+        vr = views.show_volume_rendering(scene.hs.app_logic, scene.background, max_opacity=0.5)
+        rendered = three_d.render().astype(int)
+    finally:
+        display.SetVisibility(1)
+    changed = np.abs(rendered - empty).max(axis=2) > 20
+    assert changed.mean() > 0.05, changed.mean()
+    ys, xs = np.nonzero(changed)
+    assert abs(xs.mean() - SIZE / 2) < SIZE / 8 and abs(ys.mean() - SIZE / 2) < SIZE / 8
+    vr.SetVisibility(0)
+
+
+def test_unknown_preset_says_what_to_do(scene):
+    with pytest.raises(ValueError, match="preset"):
+        views.show_volume_rendering(scene.hs.app_logic, scene.background, preset="No-Such-Preset")
+
+
+def test_layouts_put_the_views_together(scene, tmp_path):
+    v = scene.views
+    v.show(background=scene.background, center=scene.center_ras)
+    v["3D"].reset_camera("Anterior", azimuth=30, elevation=20)
+    four = v.render_layout("four-up")
+    bar = 6
+    assert four.shape == (2 * (SIZE + bar) + 2, 2 * SIZE + 2, 3)
+    assert tuple(four[0, 0]) == views.VIEW_COLORS["Red"] and tuple(four[0, -1]) == views.VIEW_COLORS["3D"]
+    one = v.render_layout("one-up", labels=False)
+    assert one.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(one, four[bar: bar + SIZE, :SIZE])  # the same Red view, unchanged by the layout
+    side = v.render_layout("side-by-side")
+    assert side.shape == (SIZE + bar, 2 * SIZE + 2, 3)
+    path = views.save_png(four, tmp_path / "four-up.png")
+    import vtk
+    from vtk.util import numpy_support
+
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    w, h, _ = reader.GetOutput().GetDimensions()
+    back = numpy_support.vtk_to_numpy(reader.GetOutput().GetPointData().GetScalars()).reshape(h, w, -1)[::-1]
+    assert np.array_equal(back[..., :3], four)
+    with pytest.raises(ValueError, match="layout"):
+        v.render_layout("nine-up")  # type: ignore[arg-type]
+
+
+def test_closed_view_refuses_to_render(rendering):
+    hs = views.headless_scene()
+    view = views.SliceView(hs.scene, hs.app_logic, "Red", (32, 32))
+    assert view.render().shape == (32, 32, 3)  # no volume: the empty view renders black
+    view.close()
+    view.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        view.render()
+
+
+def test_views_of_the_test_bed_scene(rendering, scene_of_test_bed):
+    """The views work on the headless Slicer test bed's scene, its singleton slice nodes included."""
+    import slicer
+
+    hs = views.headless_scene(slicer.mrmlScene, slicer.app.applicationLogic())
+    red_node = slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+    z, y, x = np.mgrid[:16, :32, :32]
+    volume = _volume(hs, (100.0 * ((x - 16) ** 2 + (y - 16) ** 2 < 64)).astype(np.float32), "disc")
+    with views.SliceView(hs.scene, hs.app_logic, "Red", (64, 64)) as red:
+        assert red.node is red_node  # the module's Red view is the one rendered
+        assert red.composite is slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+        pixels = red.show(background=volume, fit=True).render()
+    assert pixels[28:36, 28:36].mean() > 200 and pixels[:4, :4].mean() < 10
+    with views.ThreeDView(hs.scene, hs.app_logic, "1", (64, 64)) as three_d:
+        assert three_d.node is slicer.mrmlScene.GetSingletonNode("1", "vtkMRMLViewNode")
+        assert three_d.render().shape == (64, 64, 3)
