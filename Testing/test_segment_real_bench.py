@@ -175,3 +175,19 @@ def test_family_bench_runs_a_phantom_and_summarises():
     assert s["medtorch"]["all"]["mean"] == pytest.approx(0.824)
     assert s["medtorch"]["all"]["min"] == 0.5 and s["medtorch"]["small"]["n"] == 2
     assert s["targets"]["mean"][2] is False and sum(s["medtorch"]["all"]["hist"]) == 10
+
+
+def test_split_column_of_cases_csv_overrides_the_rule(tmp_path):
+    from benchmarks.segment.real_bench import read_fixed_split, split_cases
+    (tmp_path / "cases.csv").write_text("case,dataset,split\nBrats18_B,BraTS 2018,dev\nBrats18_C,BraTS 2018,held-out\n"
+                                        "Brats18_D,BraTS 2018,\n")
+    fixed = read_fixed_split(tmp_path)
+    assert fixed == {"Brats18_B": "dev", "Brats18_C": "held-out"}
+    # B would be held-out by the even/odd rule (A, B, C, D sorted); the column keeps it dev, and the
+    # cases without a split entry (A, D) are split by the rule among themselves
+    assert split_cases(["Brats18_A", "Brats18_B", "Brats18_C", "Brats18_D"], fixed) == {
+        "Brats18_A": "dev", "Brats18_B": "dev", "Brats18_C": "held-out", "Brats18_D": "held-out"}
+    assert read_fixed_split(tmp_path / "nowhere") == {}
+    (tmp_path / "cases.csv").write_text("case_id,split\nX_1,test\n")
+    with pytest.raises(ValueError, match="use 'dev' or 'held-out'"):
+        read_fixed_split(tmp_path)

@@ -16,9 +16,11 @@ Split (fixed, independent of any result)
 ----------------------------------------
 Within each source dataset (BraTS 2018 cases ``Brats18_*``, BRATS 2015 cases ``BRATS2015_*``; any
 other prefix before the first ``_`` is a dataset of its own) the case IDs are sorted; even
-positions (0, 2, 4, ...) are DEVELOPMENT, odd positions HELD-OUT (:func:`split_cases`). The
-development half was used to choose parameters (the random walker's beta is tuned on it in every
-run); the held-out half is the result.
+positions (0, 2, 4, ...) are DEVELOPMENT, odd positions HELD-OUT (:func:`split_cases`). A ``split``
+column in ``cases.csv`` (``dev``/``held-out``) overrides this per case: a data folder rebuilt with
+other cases keeps the cases that chose parameters on the development side, and cases added later,
+never seen while choosing, on the held-out side. The development half was used to choose parameters
+(the random walker's beta is tuned on it in every run); the held-out half is the result.
 
 Seed protocols (:mod:`medtorch.segment.seed_protocols`, seed = CRC-32 of the case ID)
 -----------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -118,16 +120,39 @@ def dataset_of(case_id: str) -> str:
     return case_id.split("_", 1)[0]
 
 
-def split_cases(case_ids: Sequence[str]) -> dict[str, str]:
-    """``{case: "dev" | "held-out"}``: within each dataset, sorted IDs at even positions are
-    development, at odd positions held-out."""
-    out: dict[str, str] = {}
+def split_cases(case_ids: Sequence[str], fixed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``{case: "dev" | "held-out"}``: a case named in ``fixed`` keeps the split given there (the
+    ``split`` column of the data folder's ``cases.csv``, :func:`read_fixed_split`); the others, within
+    each dataset, sorted, are development at even positions and held-out at odd positions."""
+    fixed = fixed or {}
+    out: dict[str, str] = {c: fixed[c] for c in case_ids if c in fixed}
     groups: dict[str, list[str]] = {}
     for c in case_ids:
-        groups.setdefault(dataset_of(c), []).append(c)
+        if c not in out:
+            groups.setdefault(dataset_of(c), []).append(c)
     for ids in groups.values():
         for i, c in enumerate(sorted(ids)):
             out[c] = "dev" if i % 2 == 0 else "held-out"
+    return out
+
+
+def read_fixed_split(real_dir: Path) -> dict[str, str]:
+    """The ``split`` column of ``real_dir/cases.csv`` (``dev`` or ``held-out`` per case; case column
+    ``case_id`` or ``case``), or ``{}`` when there is none. A folder rebuilt with other cases keeps
+    the cases that chose parameters on the development side this way, whatever their sorted position."""
+    cc = Path(real_dir) / "cases.csv"
+    if not cc.exists():
+        return {}
+    with open(cc, newline="", encoding="utf-8") as fh:
+        recs = list(csv.DictReader(fh))
+    out: dict[str, str] = {}
+    for r in recs:
+        case, split = (r.get("case_id") or r.get("case") or "").strip(), (r.get("split") or "").strip()
+        if not case or not split:
+            continue
+        if split not in ("dev", "held-out"):
+            raise ValueError(f"{cc}: case {case} has split {split!r}; use 'dev' or 'held-out'")
+        out[case] = split
     return out
 
 
@@ -633,9 +658,10 @@ def _quote_sources(real_dir: Path, used: Sequence[str]) -> list[str]:
     cc = real_dir / "cases.csv"
     if cc.exists():
         with open(cc, newline="", encoding="utf-8") as fh:
-            recs = [r for r in csv.DictReader(fh) if r.get("case_id") in set(used)]
+            recs = [dict(r, case_id=r.get("case_id") or r.get("case")) for r in csv.DictReader(fh)]
+            recs = [r for r in recs if r["case_id"] in set(used)]
         if recs:
-            keys = [k for k in ("case_id", "source_repo", "commit", "channels", "label_values", "wt_voxels", "dataset")
+            keys = [k for k in ("case_id", "split", "source_repo", "commit", "channels", "label_values", "wt_voxels", "dataset")
                     if k in recs[0]]
             lines += ["From `cases.csv` (the cases used):", "", "| " + " | ".join(keys) + " |",
                       "| " + " | ".join("---" for _ in keys) + " |"]
@@ -889,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all_ids:
         print(f"[real] no case (<CaseID>/flair.nii.gz + seg.nii.gz) in {real_dir}", file=sys.stderr)
         return 2
-    split = split_cases(all_ids)
+    split = split_cases(all_ids, read_fixed_split(real_dir))
     ids = args.cases or (quick_cases(split) if args.quick else all_ids)
     unknown = [c for c in ids if c not in split]
     if unknown:
