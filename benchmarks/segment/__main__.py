@@ -1,5 +1,5 @@
 """``python -m benchmarks.segment [--quick] [--parts seeded dl nodules family real] [--real-dir DIR]
-[--workdir DIR] [--out PATH]``.
+[--workdir DIR] [--out PATH] [--summary-only]``.
 
 Runs the parts (see :mod:`benchmarks.segment`) one after the other, each in its own processes,
 then writes ``docs/benchmarks/segment.md`` gathering their reports (``--quick``: every report
@@ -86,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="summary report (default: docs/benchmarks/segment.md; --quick: "
                                             "<workdir>/segment.md)")
     p.add_argument("--threads", type=int, default=2, help="threads per run (default 2)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="run no part: rewrite the summary from the parts' reports already in docs/benchmarks "
+                        "(after running a part alone, e.g. python -m benchmarks.segment.real_bench)")
     args = p.parse_args(argv)
+    if args.summary_only:
+        out = args.out or DOCS / "segment.md"
+        earlier = {n: DOCS / f for n, (_, f, _) in PARTS.items() if (DOCS / f).exists()}
+        write_summary(out, {}, False, {}, {}, earlier)
+        print(f"[segment] summary of {', '.join(earlier) or 'no report'} written to {out}", flush=True)
+        return 0
     parts = args.parts or [n for n in PARTS if n not in NEEDS or (n == "real" and args.real_dir is not None)]
     if "real" in parts and args.real_dir is None:
         p.error("the part 'real' needs --real-dir DIR (a folder of real cases)")
