@@ -138,6 +138,10 @@ def test_real_bench_end_to_end_on_a_fake_folder(fake_dir, tmp_path):
         for m in ("medtorch", GROWCUT) if HAS_GROWCUT else ("medtorch",):
             assert {0, 1} <= {k[3] for k in got if k[0] == case and k[1] == "corrections" and k[2] == m}
     assert got[("Brats18_FAKE_B_1", "three_slice", "medtorch", None)]["split"] == "held-out"
+    # the report is written again, the same, from the run's raw results alone
+    again = tmp_path / "again.md"
+    assert main(["--from-json", str(out.with_suffix(".json")), "--out", str(again)]) == 0
+    assert again.read_text() == md
 
 
 def test_real_bench_turns_a_failing_method_into_a_row(fake_dir, monkeypatch):

@@ -734,7 +734,12 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
         f"* Cases: {len(meta['cases'])} ({', '.join(f'{k}: {v}' for k, v in meta['datasets'].items())}); whole tumour "
         "(WT = label > 0) segmented from binary seeds (tumour 1, background 2). Channels: FLAIR and the second channel "
         "(T1 where the case has it, else T1ce).",
-        "* Split, fixed before any result and independent of them: within each source dataset the sorted case IDs at "
+        ("* Split, fixed before any result and independent of them: the `split` column of the data folder's "
+         "`cases.csv` (the cases on the development side when parameters were chosen stay development; cases added "
+         "to the folder later, never seen while choosing, are held-out), and for cases it does not list, "
+         if (meta.get("split_source") or ("cases.csv" if real_dir.is_dir() and read_fixed_split(real_dir) else ""))
+         == "cases.csv" else "* Split, fixed before any result and independent of them: ")
+        + "within each source dataset the sorted case IDs at "
         "even positions are DEVELOPMENT, at odd positions HELD-OUT. The development half was used to choose "
         "parameters (and tunes the random walker's beta in every run); **the held-out half is the result**.",
         f"  * development: {', '.join(dev_ids) or '–'}",
@@ -878,8 +883,11 @@ def quick_cases(split: dict[str, str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.segment.real_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--real-dir", type=Path, required=True,
-                   help="folder of cases DIR/<CaseID>/{flair,t1,t1ce,t2,seg}.nii.gz (never committed)")
+    p.add_argument("--real-dir", type=Path,
+                   help="folder of cases DIR/<CaseID>/{flair,t1,t1ce,t2,seg}.nii.gz (never committed); required "
+                        "unless --from-json")
+    p.add_argument("--from-json", type=Path,
+                   help="run nothing: write the report again from an earlier run's raw results (its .json)")
     p.add_argument("--quick", action="store_true", help="two cases (one development, one held-out), beta from 2 values")
     p.add_argument("--cases", nargs="+", help="only these case IDs (the split is still computed over all cases)")
     p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), help="only these protocols")
@@ -893,6 +901,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help=f"report (default: {DOC.relative_to(REPO)}; --quick: <workdir>/segment_real.md)")
     p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        raw = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        out = args.out or DOC
+        write_report(out, raw["rows"], raw["meta"], raw.get("cli"))
+        print(f"[real] report written again from {args.from_json} to {out}", flush=True)
+        return 0
+    if args.real_dir is None:
+        p.error("--real-dir DIR is required (or --from-json PATH)")
 
     import torch
 
@@ -915,7 +931,8 @@ def main(argv: list[str] | None = None) -> int:
     if not all_ids:
         print(f"[real] no case (<CaseID>/flair.nii.gz + seg.nii.gz) in {real_dir}", file=sys.stderr)
         return 2
-    split = split_cases(all_ids, read_fixed_split(real_dir))
+    fixed_split = read_fixed_split(real_dir)
+    split = split_cases(all_ids, fixed_split)
     ids = args.cases or (quick_cases(split) if args.quick else all_ids)
     unknown = [c for c in ids if c not in split]
     if unknown:
@@ -998,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets[dataset_of(c)] = datasets.get(dataset_of(c), 0) + 1
     meta = {"argv": _shown_argv(argv if argv is not None else sys.argv[1:]), "quick": args.quick,
             "real_dir": str(real_dir), "cases": ids, "split": {c: split[c] for c in ids}, "datasets": datasets,
+            "split_source": "cases.csv" if fixed_split else "even/odd rule",
             "all_split": split, "protocols": protocols, "methods": methods,
             "variants": {k: v for k, v in variants.items()}, "variants_skipped": skipped, "rw": rw,
             "rw_betas": list(betas),
