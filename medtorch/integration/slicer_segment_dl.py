@@ -29,7 +29,7 @@ from medtorch.errors import MedTorchInputError
 from medtorch.ops.segmentation import ModelConvention, OutputInterpolation
 from medtorch.volume import Volume
 
-#: Colours (RGB 0-1) by segment name (lower case) for names the standard tumour terms do not
+#: Colours (RGB 0-1) by segment name (lower case) for names the standard tumor terms do not
 #: cover; others get :data:`PALETTE`.
 DEFAULT_COLORS: dict[str, tuple[float, float, float]] = {
     "necrotic tumor core": (0.55, 0.35, 0.20),
@@ -69,7 +69,7 @@ def describe_model_path(model_path: str, trust_code: bool = False) -> dict[str, 
 
 
 def segment_colors(labels: Mapping[int, str]) -> dict[int, tuple[float, float, float]]:
-    """A colour per label value: the standard tumour terms' colours by name
+    """A colour per label value: the standard tumor terms' colours by name
     (:func:`medtorch.segment.terminology.class_terms`), else :data:`DEFAULT_COLORS`, else the
     :data:`PALETTE` in turn."""
     try:
