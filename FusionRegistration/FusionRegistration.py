@@ -402,19 +402,6 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return self.blendJob(fixedVolume, movingVolume, weight, normalization, outputVolume, showResult,
                              device).run_blocking()
 
-    def showFusedInViews(self, fixedVolume, movingVolume, opacity: float = 0.5, colorMap: Optional[str] = None):
-        """Fixed volume as background, moving as foreground at ``opacity`` (with ``colorMap``:
-        a core colour map name or a colour node ID), slice views linked. Returns the colour node."""
-        from medtorch.integration import slicer_fusion as sf
-
-        return sf.show_fusion_in_views(fixedVolume, movingVolume, opacity, self._colorMap(colorMap))
-
-    def showFusedIn3D(self, fusedVolume, visible: bool = True):
-        """Volume rendering of the fused volume in the 3D view. Returns its display node."""
-        from medtorch.integration import slicer_fusion as sf
-
-        return sf.show_volume_rendering(fusedVolume, visible=visible)
-
     # -- fusion --------------------------------------------------------------------------------
 
     @staticmethod

@@ -490,14 +490,3 @@ def check_volume(
                 "check that the right volume was selected and that it loaded completely",
             )
     return volume
-
-
-def require_same_geometry(a: Volume, b: Volume, names: tuple[str, str] = ("fixed", "moving"), atol: float = 1e-4) -> None:
-    """Raise unless ``a`` and ``b`` share one voxel grid."""
-    if not a.geometry.isclose(b.geometry, atol=atol):
-        raise MedTorchInputError(
-            f"the {names[0]} and {names[1]} volumes have different geometry "
-            f"(size {a.size} vs {b.size}, spacing {tuple(round(float(v), 4) for v in a.spacing)} vs "
-            f"{tuple(round(float(v), 4) for v in b.spacing)})",
-            f"resample the {names[1]} volume onto the {names[0]} grid first, or give the transform between them",
-        )

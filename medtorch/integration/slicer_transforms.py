@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
-from medtorch.volume import Geometry, Volume
+from medtorch.volume import Volume
 
 __all__ = [
     "grid_transform_node_from_lps",
@@ -139,10 +139,3 @@ def registration_transform_node(affine: np.ndarray, displacement: Volume | None,
         raise MedTorchInputError(f"the output transform {node.GetName()} is not a grid transform",
                                  "choose a grid transform node, or 'Create new', for deformable registration")
     return set_grid_transform_from_lps(node, total)
-
-
-def geometry_of(node: Any) -> Geometry:
-    """Local grid of a volume node (LPS); re-exported for module code."""
-    from medtorch.integration.slicer_bridge import geometry_from_node
-
-    return geometry_from_node(node)

@@ -138,11 +138,6 @@ def flip_axes_for_tta(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ..
     return flips or [()]
 
 
-def _same_grid(volumes: Sequence[Volume]) -> bool:
-    g0 = volumes[0].geometry
-    return all(v.geometry.isclose(g0, atol=1e-4) for v in volumes[1:])
-
-
 def _align_channels(volumes: Sequence[Volume], progress: ProgressCallback | None,
                     cancel: CancelToken | None) -> tuple[list[Volume], list[int]]:
     """Every channel on the first channel's grid (linear resampling where needed)."""
