@@ -23,6 +23,7 @@ try:
 except ImportError:  # developer checkout: the core sits beside the module folders
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from medtorch import coords
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
 #: Fusion methods offered in the module (medtorch.fusion.methods.METHODS, less the reference rule "max").
@@ -706,7 +707,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError(f"{volumeNode.GetName()} is under a non-linear transform",
                                      "harden that transform first, or remove the landmarks")
         ras = bridge.ras_matrix_between(None, parent)  # world -> the volume's parent space
-        lps = bridge.LPS_TO_RAS @ ras @ bridge.LPS_TO_RAS
+        lps = coords.flip_affine(ras)
         return world @ lps[:3, :3].T + lps[:3, 3]
 
     def registerJob(self, fixedVolume, movingVolume, mode: str = "rigid", metric: str = "mi", engine: str = "torch",
@@ -1001,7 +1002,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         movingNode = self._addVolume(moving, "moving")
         transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "undo shift")
         toParentRas = np.eye(4)
-        toParentRas[:3, 3] = -shiftLps * np.array([-1.0, -1.0, 1.0])
+        toParentRas[:3, 3] = coords.ras_from_lps(-shiftLps)
         transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParentRas))
 
         logic = FusionRegistrationLogic()
@@ -1045,7 +1046,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         movingNode = self._addVolume(moving, "moving")
         transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "undo shift")
         toParentRas = np.eye(4)
-        toParentRas[:3, 3] = -shiftLps * np.array([-1.0, -1.0, 1.0])
+        toParentRas[:3, 3] = coords.ras_from_lps(-shiftLps)
         transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParentRas))
         movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
         movingBefore = slicer.util.arrayFromVolume(movingNode).copy()

@@ -29,6 +29,7 @@ try:
 except ImportError:  # developer checkout: the core sits beside the module folders
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from medtorch import coords
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
 TUMOR_COLOR = (0.85, 0.2, 0.2)
@@ -423,7 +424,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             p = [0.0, 0.0, 0.0]
             seedMarkups.GetNthControlPointPositionWorld(i, p)
             labels.append(seedMarkups.GetNthControlPointLabel(i).strip() or "Class")
-            points.append((-p[0], -p[1], p[2]))
+            points.append(tuple(coords.lps_from_ras(p)))
         classes = list(dict.fromkeys(labels))
         if len(classes) < 2:
             raise MedTorchInputError(
@@ -754,7 +755,7 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         truth = lesion_mask(geom)
         centerLps = geom.center() + np.array([5.0, -3.0, 4.0])
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "ROI")
-        roi.SetCenter(*(centerLps * np.array([-1.0, -1.0, 1.0])))
+        roi.SetCenter(*coords.ras_from_lps(centerLps))
         roi.SetSize(16.0, 16.0, 16.0)
 
         logic = SegmentTumorLogic()

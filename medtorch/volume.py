@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,7 @@ VolumeKind = Literal["scalar", "label", "vector"]
 #: Largest deviation from orthonormal accepted in a direction matrix (``|D^T D - I|``).
 DIRECTION_TOLERANCE = 1e-4
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS = coords.LPS_TO_RAS
 
 
 def _as_vec3(values: Any, what: str) -> np.ndarray:

@@ -25,6 +25,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
 from medtorch.ops.segmentation import ModelConvention, OutputInterpolation
 from medtorch.volume import Volume
@@ -52,7 +53,8 @@ def _slicer() -> Any:
 
 
 def _ras(lps: Sequence[float]) -> tuple[float, float, float]:
-    return (-float(lps[0]), -float(lps[1]), float(lps[2]))
+    x, y, z = coords.ras_from_lps(lps)
+    return (float(x), float(y), float(z))
 
 
 def describe_model_path(model_path: str, trust_code: bool = False) -> dict[str, Any]:
