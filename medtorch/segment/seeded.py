@@ -824,9 +824,9 @@ def _seed_connected(labels: np.ndarray, seed_index: np.ndarray, background: int,
         holes = ~keep[comp]
         if holes.any():
             # nearest tumor label, computed in the holes' bounding box (plus one voxel)
-            where = np.argwhere(holes)
-            lo = np.maximum(where.min(0) - 1, 0)
-            hi = np.minimum(where.max(0) + 2, np.asarray(holes.shape))
+            first, last = _bounds(holes)
+            lo = np.maximum(first - 1, 0)
+            hi = np.minimum(last + 2, np.asarray(holes.shape))
             box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             sub_holes, sub_out = holes[box], out[box]
             _, idx = ndimage.distance_transform_edt(sub_holes | (sub_out == background), return_indices=True)
@@ -848,14 +848,26 @@ def _single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of ``mask``'s true voxels on each axis (``mask`` has one). The same as
+    ``argwhere(mask).min(0)`` / ``.max(0)``, from the per-axis projections: no index list of the
+    whole volume is built (on a 1 mm head that list cost more than the rest of the region search)."""
+    lo, hi = [], []
+    for a in range(mask.ndim):
+        along = np.flatnonzero(mask.any(axis=tuple(d for d in range(mask.ndim) if d != a)))
+        lo.append(along[0])
+        hi.append(along[-1])
+    return np.asarray(lo), np.asarray(hi)
+
+
 def _region_from_seeds(seeds: np.ndarray, geometry: Geometry, margin_mm: float,
                        margin_fraction: float = 0.0, region_aspect: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The seeds' bounding box grown on each side by ``margin_mm`` or by ``margin_fraction`` of
     its extent on that axis, whichever is larger, and on every axis to at least
     ``region_aspect`` times the box's largest extent in mm (``[z, y, x]`` voxel bounds, hi
     exclusive)."""
-    idx = np.argwhere(seeds > 0)
-    extent = idx.max(0) - idx.min(0) + 1
+    first, last = _bounds(seeds > 0)
+    extent = last - first + 1
     margin = np.maximum(np.ceil(margin_mm / np.asarray(geometry.spacing)[::-1]),
                         np.round(margin_fraction * extent)).astype(int)
     if region_aspect > 0:  # flat seeds (strokes on one slice): the region as deep as it is wide
@@ -863,8 +875,8 @@ def _region_from_seeds(seeds: np.ndarray, geometry: Geometry, margin_mm: float,
         ext_mm = extent * sp
         extra = np.ceil(np.maximum(region_aspect * ext_mm.max() - ext_mm, 0.0) / 2.0 / sp).astype(int)
         margin = np.maximum(margin, extra)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, np.asarray(seeds.shape))
+    lo = np.maximum(first - margin, 0)
+    hi = np.minimum(last + margin + 1, np.asarray(seeds.shape))
     # at least 3 voxels per axis (strokes on one slice only give a flat box)
     for a in range(3):
         while hi[a] - lo[a] < 3 and (lo[a] > 0 or hi[a] < seeds.shape[a]):
@@ -892,8 +904,8 @@ def _region_from_box(box: Any, geometry: Geometry) -> tuple[np.ndarray, np.ndarr
     if mask is None or not mask.any():
         raise MedTorchInputError("the region box does not contain any voxel of the volume",
                                  "move or enlarge the box over the tumor")
-    idx = np.argwhere(mask)
-    return idx.min(0) + lo[::-1], idx.max(0) + 1 + lo[::-1]
+    first, last = _bounds(mask)
+    return first + lo[::-1], last + 1 + lo[::-1]
 
 
 class SeededSegmenter:
