@@ -23,6 +23,7 @@ try:
 except ImportError:  # developer checkout: the core sits beside the module folders
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from medtorch import coords
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
 #: Fusion methods offered in the module (medtorch.fusion.methods.METHODS, less the reference rule "max").
@@ -402,19 +403,6 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return self.blendJob(fixedVolume, movingVolume, weight, normalization, outputVolume, showResult,
                              device).run_blocking()
 
-    def showFusedInViews(self, fixedVolume, movingVolume, opacity: float = 0.5, colorMap: Optional[str] = None):
-        """Fixed volume as background, moving as foreground at ``opacity`` (with ``colorMap``:
-        a core colour map name or a colour node ID), slice views linked. Returns the colour node."""
-        from medtorch.integration import slicer_fusion as sf
-
-        return sf.show_fusion_in_views(fixedVolume, movingVolume, opacity, self._colorMap(colorMap))
-
-    def showFusedIn3D(self, fusedVolume, visible: bool = True):
-        """Volume rendering of the fused volume in the 3D view. Returns its display node."""
-        from medtorch.integration import slicer_fusion as sf
-
-        return sf.show_volume_rendering(fusedVolume, visible=visible)
-
     # -- fusion --------------------------------------------------------------------------------
 
     @staticmethod
@@ -719,7 +707,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError(f"{volumeNode.GetName()} is under a non-linear transform",
                                      "harden that transform first, or remove the landmarks")
         ras = bridge.ras_matrix_between(None, parent)  # world -> the volume's parent space
-        lps = bridge.LPS_TO_RAS @ ras @ bridge.LPS_TO_RAS
+        lps = coords.flip_affine(ras)
         return world @ lps[:3, :3].T + lps[:3, 3]
 
     def registerJob(self, fixedVolume, movingVolume, mode: str = "rigid", metric: str = "mi", engine: str = "torch",
@@ -1014,7 +1002,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         movingNode = self._addVolume(moving, "moving")
         transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "undo shift")
         toParentRas = np.eye(4)
-        toParentRas[:3, 3] = -shiftLps * np.array([-1.0, -1.0, 1.0])
+        toParentRas[:3, 3] = coords.ras_from_lps(-shiftLps)
         transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParentRas))
 
         logic = FusionRegistrationLogic()
@@ -1058,7 +1046,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         movingNode = self._addVolume(moving, "moving")
         transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "undo shift")
         toParentRas = np.eye(4)
-        toParentRas[:3, 3] = -shiftLps * np.array([-1.0, -1.0, 1.0])
+        toParentRas[:3, 3] = coords.ras_from_lps(-shiftLps)
         transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParentRas))
         movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
         movingBefore = slicer.util.arrayFromVolume(movingNode).copy()

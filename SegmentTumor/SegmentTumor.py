@@ -29,6 +29,7 @@ try:
 except ImportError:  # developer checkout: the core sits beside the module folders
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from medtorch import coords
 from medtorch.integration.slicer_widgets import ModuleWidgetMixin
 
 TUMOR_COLOR = (0.85, 0.2, 0.2)
@@ -43,7 +44,7 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 class SegmentTumor(ScriptedLoadableModule):
-    """Segment a tumour and report its volume (MedTorch)."""
+    """Segment a tumor and report its volume (MedTorch)."""
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -52,8 +53,8 @@ class SegmentTumor(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedTorch developers"]
         self.parent.helpText = _("""
-Segment a tumour into a new segmentation with named, coloured segments, closed surfaces and a
-volumetry table (mL per segment and for the whole tumour):
+Segment a tumor into a new segmentation with named, coloured segments, closed surfaces and a
+volumetry table (mL per segment and for the whole tumor):
 <ul>
 <li><b>threshold</b>: an intensity range inside an optional ROI box, largest connected region;</li>
 <li><b>seeded</b>: paint seeds (Segment Editor segments, one per class, the background last or
@@ -113,7 +114,7 @@ class SegmentTumorParameterNode:
     smoothness - boundary smoothness of the region competition.
     marginMm - margin around the seeds that is segmented, mm.
     minSizeMm3 - pieces smaller than this are removed, mm^3 (0: keep all).
-    fillHoles - fill cavities enclosed in the tumour.
+    fillHoles - fill cavities enclosed in the tumor.
     autoUpdate - re-run the seeded segmentation when the seeds change.
     modelPath - trained model: MONAI bundle folder, TorchScript file or nnU-Net folder.
     testTimeAugmentation - flip test-time augmentation (model).
@@ -392,7 +393,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         if n < 2:
             raise MedTorchInputError(
                 f"the seed segmentation {seedSegmentation.GetName()} has {n} segment(s); the seeds are of one class only",
-                "add a segment per tumour class and a Background segment, and paint seeds in each")
+                "add a segment per tumor class and a Background segment, and paint seeds in each")
         ids = [segmentation.GetNthSegmentID(i) for i in range(n)]
         names = [segmentation.GetSegment(i).GetName() for i in ids]
         bg = next((i for i, name in zip(ids, names) if self._isBackgroundName(name)), ids[-1])
@@ -402,7 +403,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         if not (seeds.array == len(order)).any():
             raise MedTorchInputError(
                 f"the background segment {segmentation.GetSegment(bg).GetName()!r} has no seeds",
-                "paint background seeds around the tumour (or name another segment Background)")
+                "paint background seeds around the tumor (or name another segment Background)")
         namesByValue = {v: segmentation.GetSegment(sid).GetName() for v, sid in enumerate(order, start=1)}
         colors = {v: tuple(segmentation.GetSegment(sid).GetColor()) for v, sid in enumerate(order, start=1)}
         return seeds, namesByValue, colors
@@ -423,7 +424,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             p = [0.0, 0.0, 0.0]
             seedMarkups.GetNthControlPointPositionWorld(i, p)
             labels.append(seedMarkups.GetNthControlPointLabel(i).strip() or "Class")
-            points.append((-p[0], -p[1], p[2]))
+            points.append(tuple(coords.lps_from_ras(p)))
         classes = list(dict.fromkeys(labels))
         if len(classes) < 2:
             raise MedTorchInputError(
@@ -447,7 +448,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             seeds[kk, jj, ii] = value[lab]
         if not (seeds == value[bg]).any():
             raise MedTorchInputError("no background seed point lies inside the input volume",
-                                     "place background points inside the volume, around the tumour")
+                                     "place background points inside the volume, around the tumor")
         names = {v: c for c, v in value.items()}
         colors = {}
         return Volume(seeds, geom, "label"), names, colors
@@ -571,11 +572,11 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         from medtorch.segment.terminology import class_terms, slicer_terminology
 
         background = int(values["background"])
-        tumour = [int(c) for c in values["classes"] if int(c) != background]
-        segNames = {c: names.get(c, f"Class {c}") for c in tumour}
-        terms = class_terms(tumour, segNames)
+        tumor = [int(c) for c in values["classes"] if int(c) != background]
+        segNames = {c: names.get(c, f"Class {c}") for c in tumor}
+        terms = class_terms(tumor, segNames)
         segColors = {c: (terms[c].color if not terms[c].key.startswith("class_") else colors.get(c, terms[c].color))
-                     for c in tumour}
+                     for c in tumor}
         scene = slicer.mrmlScene
         name = scene.GenerateUniqueName(f"{referenceVolume.GetName()} tumor segmentation")
         built = bridge.segmentation_from_label(label, segNames, name, colors=segColors, reference_node=referenceVolume)
@@ -590,16 +591,16 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             seg = built
         seg.SetAndObserveTransformNodeID(referenceVolume.GetTransformNodeID())
         segmentation = seg.GetSegmentation()
-        byName = {segNames[c]: c for c in tumour}
+        byName = {segNames[c]: c for c in tumor}
         for i in range(segmentation.GetNumberOfSegments()):
             segment = segmentation.GetNthSegment(i)
             c = byName.get(segment.GetName())
             if c is not None:
                 segment.SetTag("TerminologyEntry", slicer_terminology(terms[c]))
         seg.CreateClosedSurfaceRepresentation()
-        rows = volumetry(label, segNames, {"Whole tumor": tumour} if len(tumour) > 1 else None)
+        rows = volumetry(label, segNames, {"Whole tumor": tumor} if len(tumor) > 1 else None)
         table = self.writeVolumetryTable(rows, volumetryTable, f"{seg.GetName()} volumes")
-        wholeMl = float(np.count_nonzero(np.isin(label.array, tumour))) * label.geometry.voxel_volume_mm3 / 1000.0
+        wholeMl = float(np.count_nonzero(np.isin(label.array, tumor))) * label.geometry.voxel_volume_mm3 / 1000.0
         seg.SetAttribute("MedTorch.operation", "seeded")
         seg.SetAttribute("MedTorch.volumeMl", f"{wholeMl:.6f}")
         seg.SetAttribute("MedTorch.volumesMl", json.dumps({r.name: r.volume_ml for r in rows}))
@@ -754,7 +755,7 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         truth = lesion_mask(geom)
         centerLps = geom.center() + np.array([5.0, -3.0, 4.0])
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "ROI")
-        roi.SetCenter(*(centerLps * np.array([-1.0, -1.0, 1.0])))
+        roi.SetCenter(*coords.ras_from_lps(centerLps))
         roi.SetSize(16.0, 16.0, 16.0)
 
         logic = SegmentTumorLogic()
@@ -798,7 +799,7 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         from medtorch.segment.tumor_phantom import make_tumor_phantom, stroke_seeds, synthetic_tissue
         from medtorch.volume import Geometry
 
-        self.delayDisplay("Seeded segmentation of a two-channel tumour phantom from painted seeds")
+        self.delayDisplay("Seeded segmentation of a two-channel tumor phantom from painted seeds")
         geom = Geometry((56, 56, 48), origin=(-40.0, -40.0, -35.0), spacing=(1.5, 1.5, 1.5))
         phantom = make_tumor_phantom(synthetic_tissue(geom, seed=1), noise=0.06, seed=2, core_radius_mm=8.0,
                                      rim_mm=4.0, oedema_radius_mm=17.0)
@@ -820,7 +821,7 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         dice = 2.0 * np.logical_and(label, truth).sum() / (label.sum() + truth.sum())
         self.assertGreater(dice, 0.9)
         table = slicer.mrmlScene.GetNodeByID(seg.GetAttribute("MedTorch.volumetryTableID"))
-        self.assertEqual(table.GetNumberOfRows(), 4)  # three classes and the whole tumour
+        self.assertEqual(table.GetNumberOfRows(), 4)  # three classes and the whole tumor
         wholeMl = float(table.GetTable().GetValue(3, 3).ToDouble())
         self.assertAlmostEqual(wholeMl, label.sum() * geom.voxel_volume_mm3 / 1000.0, places=3)
 

@@ -33,11 +33,11 @@ NRRD_OUTPUTS = [
     "t1_noisy.nrrd",
     "t1_denoised_gaussian.nrrd",
     "t1_denoised_anisotropic.nrrd",
-    "tumour_phantom.nrrd",
-    "tumour_truth.nrrd",
-    "tumour_segmentation.nrrd",
-    "tumour_seeds.nrrd",
-    "tumour_segmentation_seeded.nrrd",
+    "tumor_phantom.nrrd",
+    "tumor_truth.nrrd",
+    "tumor_segmentation.nrrd",
+    "tumor_seeds.nrrd",
+    "tumor_segmentation_seeded.nrrd",
 ]
 #: Super-resolution outputs: on the thick grid, or on the 2 mm grid cropped to a multiple of the factor.
 SR_OUTPUTS = ["t1_thick_slices.nrrd", "t1_sr_reference.nrrd", "t1_sr_bspline.nrrd", "t1_sr_selfsup.nrrd"]
@@ -90,7 +90,7 @@ def test_output_files(demo: dict[str, Any]) -> None:
         assert read_volume(out / name).geometry.isclose(ref.geometry, atol=1e-6), name
     thick = read_volume(out / "t1_thick_slices.nrrd")
     assert thick.geometry.size[2] * 3 == ref.geometry.size[2] and np.isclose(thick.spacing[2], 6.0)
-    for name in ("tumour_truth.nrrd", "tumour_segmentation.nrrd", "tumour_segmentation_seeded.nrrd"):
+    for name in ("tumor_truth.nrrd", "tumor_segmentation.nrrd", "tumor_segmentation_seeded.nrrd"):
         arr = read_volume(out / name).array
         assert set(np.unique(arr).tolist()) == {0, 1}, name
     # No temporary files are left behind by the atomic writes.
@@ -146,7 +146,7 @@ def test_summary_json_matches_and_metrics_are_sane(demo: dict[str, Any]) -> None
     assert seg["seeded"]["dice"] > 0.85
     assert seg["dice"] > 0.85
     assert abs(seg["volume_error_percent"]) < 15.0
-    assert seg["truth_volume_ml"] == pytest.approx(seg["tumour"]["analytic_volume_ml"], rel=0.05)
+    assert seg["truth_volume_ml"] == pytest.approx(seg["tumor"]["analytic_volume_ml"], rel=0.05)
 
 
 def test_truth_transform_files_agree_and_align(demo: dict[str, Any]) -> None:
@@ -188,7 +188,7 @@ def test_report_html(demo: dict[str, Any]) -> None:
 
 def test_deterministic_given_the_seed(demo: dict[str, Any]) -> None:
     """Same seed, same noise and segmentation (cheap: two steps rerun, not the whole demo)."""
-    from medtorch.demo import add_rician_noise, load_sample_data, segment_tumour
+    from medtorch.demo import add_rician_noise, load_sample_data, segment_tumor
 
     data = load_sample_data()
     saved_t1 = read_volume(demo["out"] / "t1.nrrd").array
@@ -199,14 +199,14 @@ def test_deterministic_given_the_seed(demo: dict[str, Any]) -> None:
     assert np.array_equal(a, read_volume(demo["out"] / "t1_noisy.nrrd").array)
     assert not np.array_equal(a, add_rician_noise(data.t1, seed=SEED + 1).array)
 
-    r1 = segment_tumour(data, seed=SEED)
-    r2 = segment_tumour(data, seed=SEED)
+    r1 = segment_tumor(data, seed=SEED)
+    r2 = segment_tumor(data, seed=SEED)
     assert np.array_equal(r1["phantom"].array, r2["phantom"].array)
     assert np.array_equal(r1["segmentation"].array, r2["segmentation"].array)
     seg = demo["summary"]["segment"]
     for key in ("dice", "segmented_volume_ml", "truth_volume_ml", "threshold"):
         assert r1["metrics"][key] == r2["metrics"][key] == pytest.approx(seg[key], rel=1e-12, abs=1e-12), key
-    assert np.array_equal(r1["segmentation"].array, read_volume(demo["out"] / "tumour_segmentation.nrrd").array)
+    assert np.array_equal(r1["segmentation"].array, read_volume(demo["out"] / "tumor_segmentation.nrrd").array)
 
 
 def test_cancel_stops_the_demo(tmp_path: Path) -> None:

@@ -428,7 +428,7 @@ def test_multi_segment_segmentation_is_refused(tmp_path: Path) -> None:
     second = Dataset()
     second.update(ds.SegmentSequence[0])
     second.SegmentNumber = 2
-    second.SegmentLabel = "Tumour"
+    second.SegmentLabel = "Tumor"
     ds.SegmentSequence.append(second)
     path = tmp_path / "two_segments.dcm"
     ds.save_as(path)

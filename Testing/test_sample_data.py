@@ -50,9 +50,9 @@ def test_misaligned_sample_is_aligned_by_its_truth_transform():
     assert abs(corr(t1.array, aligned.array)) > abs(corr(t1.array, unaligned.array)) + 0.2
 
 
-def test_tumour_truth_is_inside_the_bright_region():
-    phantom = read_volume(DATA / "MedTorchTumourPhantom.nrrd")
-    truth = read_volume(DATA / "MedTorchTumourTruth.seg.nrrd")
+def test_tumor_truth_is_inside_the_bright_region():
+    phantom = read_volume(DATA / "MedTorchTumorPhantom.nrrd")
+    truth = read_volume(DATA / "MedTorchTumorTruth.seg.nrrd")
     inside = phantom.array[truth.array > 0].mean()
     brain = phantom.array[(phantom.array > 20) & (truth.array == 0)].mean()
     assert inside > 1.3 * brain

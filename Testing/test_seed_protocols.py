@@ -1,5 +1,5 @@
 """Seed protocols (medtorch.segment.seed_protocols): every protocol puts its seeds where a user
-would (tumour seeds inside the truth with its class, background outside, on the protocol's
+would (tumor seeds inside the truth with its class, background outside, on the protocol's
 slices, inside the allowed mask), deterministically, and a correction stroke lands in the
 largest error component with the truth's label there."""
 
@@ -54,13 +54,13 @@ def _distance_out(truth: Volume) -> np.ndarray:
 
 @pytest.mark.parametrize("background", sp.BACKGROUNDS)
 @pytest.mark.parametrize("protocol", ["three_slice", "one_slice"])
-def test_stroke_protocols_put_tumour_seeds_inside_and_background_outside(phantom, protocol, background):
+def test_stroke_protocols_put_tumor_seeds_inside_and_background_outside(phantom, protocol, background):
     truth = phantom.truth
     ps = sp.make_protocol_seeds(protocol, truth, background=background, seed=5)
     s, t = ps.seeds.array, truth.array
     assert ps.box is None and ps.background == 4 == ps.seeds.metadata["background_value"]
     for c in (1, 2, 3):
-        assert np.all(t[s == c] == c)  # every tumour seed lies in its own class
+        assert np.all(t[s == c] == c)  # every tumor seed lies in its own class
     assert (s == 2).any() and (s == 4).any()
     assert np.all(t[s == 4] == 0) and _distance_out(truth)[s == 4].min() >= 3.0 - 1e-6
     planes = ps.seeds.metadata["planes_zyx_axis_index"]
@@ -131,7 +131,7 @@ def test_clicks_and_box(phantom, wt):
     assert np.all(wt.array[s == 1] == 1)
     assert ndimage.label(s > 0, structure=np.ones((3, 3, 3)))[1] == 4  # four separate balls
     inside = ps.box.mask(wt.geometry)
-    assert np.all(inside[wt.array > 0])  # the box contains the tumour
+    assert np.all(inside[wt.array > 0])  # the box contains the tumor
     # ... grown by the margin (7.5 mm = 5 voxels) on every side and no more
     lo, hi = np.argwhere(wt.array > 0).min(0), np.argwhere(wt.array > 0).max(0)
     blo, bhi = np.argwhere(inside).min(0), np.argwhere(inside).max(0)
@@ -168,7 +168,7 @@ def _correction_case():
     miss = np.zeros(t.shape, bool)
     miss[20:, 20:, :] = True
     miss &= t > 0
-    result[miss] = 0  # a big miss: a quarter of the tumour
+    result[miss] = 0  # a big miss: a quarter of the tumor
     fp = np.zeros(t.shape, bool)
     fp[2:6, 2:6, 2:6] = True  # a small false positive far away
     result[fp] = 1

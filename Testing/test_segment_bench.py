@@ -16,7 +16,7 @@ def case():
     geom = Geometry((48, 48, 40), origin=(-35.25, -35.25, -29.25), spacing=(1.5, 1.5, 1.5))
     ph = make_tumor_phantom(synthetic_tissue(geom, seed=1), noise=0.05, seed=2, core_radius_mm=6.0, rim_mm=3.0,
                             oedema_radius_mm=11.0)
-    idx = np.argwhere(ph.truth.array > 0)  # the tumour plus 4 voxels: small and fast for every method
+    idx = np.argwhere(ph.truth.array > 0)  # the tumor plus 4 voxels: small and fast for every method
     ph = ph.crop(np.maximum(idx.min(0) - 4, 0), np.minimum(idx.max(0) + 5, ph.truth.array.shape))
     seeds = stroke_seeds(ph.truth, seed=0).array
     g = ph.truth.geometry

@@ -86,7 +86,7 @@ def test_oriented_image_round_trip_keeps_lps_geometry(scene, phantom):
 
 
 @pytest.mark.parametrize("names", [{1: "Tumor", 2: "Background"}, {2: "Background", 1: "Tumor"}])
-def test_preview_segments_the_tumour_and_fills_the_background_segment(scene, phantom, names):
+def test_preview_segments_the_tumor_and_fills_the_background_segment(scene, phantom, names):
     from SegmentTumorLib.GrowFromSeeds import GrowFromSeedsLogic, background_label
 
     from medtorch.integration import slicer_bridge as bridge
@@ -104,8 +104,8 @@ def test_preview_segments_the_tumour_and_fills_the_background_segment(scene, pha
     logic.preview(source, merged, out, bg)
     preview = bridge.volume_from_oriented_image(out, "label")
     assert preview.geometry.isclose(bridge.geometry_from_oriented_image(merged), atol=1e-9)
-    tumour_value = order.index("Tumor") + 1
-    assert M.dice(preview.array == tumour_value, wt.array > 0) > 0.85
+    tumor_value = order.index("Tumor") + 1
+    assert M.dice(preview.array == tumor_value, wt.array > 0) > 0.85
     (z0, y0, x0), (z1, y1, x1) = logic.last["region"]
     region = preview.array[z0:z1, y0:y1, x0:x1]
     assert set(np.unique(region)) == {1, 2}  # every voxel of the region goes to a segment
@@ -127,7 +127,7 @@ def test_a_new_stroke_reuses_the_features_and_changes_the_preview(scene, phantom
     first = bridge.volume_from_oriented_image(logic.preview(source, merged, slicer.vtkOrientedImageData()), "label")
     assert not logic.last["incremental"]
     t_first = logic.last["seconds"]["total"]
-    # a background stroke painted over a block the first preview gave to the tumour
+    # a background stroke painted over a block the first preview gave to the tumor
     arr = bridge.volume_from_oriented_image(merged, "label").array.copy()
     where = np.argwhere((first.array == 1) & (arr == 0) & (wt.array > 0))
     z, y, x = where[len(where) // 2]

@@ -1,6 +1,6 @@
 """Geodesic competition (the default seeded method): its path distances against a plain Dijkstra,
 its invariance to intensity units, and the cases a user meets: a bright distractor away from the
-seeds, background missing on one side, a box instead of background strokes, darker tumours."""
+seeds, background missing on one side, a box instead of background strokes, darker tumors."""
 
 from __future__ import annotations
 
@@ -95,8 +95,8 @@ def test_intensity_units_do_not_matter(binary_case):
     assert dice(a, wt.array) > 0.85
 
 
-def test_a_darker_tumour_is_found(binary_case):
-    """Contrast inverted (the tumour darker than its surroundings): as good as the bright one."""
+def test_a_darker_tumor_is_found(binary_case):
+    """Contrast inverted (the tumor darker than its surroundings): as good as the bright one."""
     ph, wt, seeds = binary_case
     flair = ph.channels["FLAIR"]
     bright = seeded_segment([flair], seeds).label.array
@@ -106,7 +106,7 @@ def test_a_darker_tumour_is_found(binary_case):
 
 @pytest.mark.parametrize("connected_post", [True, False])
 def test_a_bright_distractor_away_from_the_seeds_is_not_taken(binary_case, connected_post):
-    """A blob as bright as the tumour, inside the segmented region but apart from the tumour (off
+    """A blob as bright as the tumor, inside the segmented region but apart from the tumor (off
     the seeded slices), stays background -- by the paths alone, without the connectivity rule too."""
     ph, wt, seeds = binary_case
     flair = ph.channels["FLAIR"].array.copy()
@@ -115,7 +115,7 @@ def test_a_bright_distractor_away_from_the_seeds_is_not_taken(binary_case, conne
     (z0, y0, x0), (z1, y1, x1) = res0.region
     dist = ndimage.distance_transform_edt(~t, sampling=ph.truth.geometry.spacing[::-1])
     centre = np.round(ndimage.center_of_mass(t)).astype(int)
-    # a ball 6 mm across where the region's corner lies 8-14 mm off the tumour, off the seeded planes
+    # a ball 6 mm across where the region's corner lies 8-14 mm off the tumor, off the seeded planes
     zz, yy, xx = np.meshgrid(np.arange(flair.shape[0]), np.arange(flair.shape[1]), np.arange(flair.shape[2]),
                              indexing="ij")
     inside = (zz >= z0) & (zz < z1) & (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
@@ -145,7 +145,7 @@ def test_background_missing_on_one_side_does_not_run_away(binary_case):
 
 
 def test_a_box_with_clicks_is_enough(binary_case):
-    """Clicks in the tumour and a box around it: the box's border is the background."""
+    """Clicks in the tumor and a box around it: the box's border is the background."""
     ph, wt, _ = binary_case
     t = wt.array > 0
     g = wt.geometry
@@ -172,7 +172,7 @@ def test_one_class_without_a_box_is_still_refused(binary_case):
 
 def test_strokes_on_one_slice_get_a_region_as_deep_as_it_is_wide(binary_case):
     """One-slice strokes give a flat seed box; region_aspect grows it across slices so the
-    tumour above and below the slice is segmented too (off: a slab a few slices thick)."""
+    tumor above and below the slice is segmented too (off: a slab a few slices thick)."""
     from medtorch.segment.seeded import SeededOptions, _region_from_seeds
 
     ph, wt, seeds = binary_case

@@ -236,7 +236,7 @@ def test_terms_and_slicer_terminology_strings():
     edema = term("oedema")
     assert edema is TERMS["edema"] and edema.type.value == "79654002" and edema.type.scheme == "SCT"
     assert find_term("Necrosis").type.value == "6574001"
-    assert find_term("ET").type.value == "C113842" and find_term("enhancing tumour").type.scheme == "NCIt"
+    assert find_term("ET").type.value == "C113842" and find_term("enhancing tumor").type.scheme == "NCIt"
     assert find_term("no such thing") is None
     s = slicer_terminology(edema)
     fields = s.split("~")
@@ -247,5 +247,5 @@ def test_terms_and_slicer_terminology_strings():
     assert named[1].type.value == "6574001" and named[1].name == "Necrosis"
     assert named[2].name == "my lesion" and named[2].type.value == "108369006"
     assert named[5].name == "Class 5" and named[2].color != named[5].color
-    with pytest.raises(MedTorchInputError, match="no standard tumour term"):
+    with pytest.raises(MedTorchInputError, match="no standard tumor term"):
         term("nonsense")

@@ -1,5 +1,5 @@
 """Seeded segmentation (geodesic competition, the default, and localized region competition) on
-small tumour phantoms, its CLI and its operation: accuracy, kept class values, several channels,
+small tumor phantoms, its CLI and its operation: accuracy, kept class values, several channels,
 incremental re-runs, geometry, bad input, distractors, missing background, a box as background."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _phantom(geom: Geometry, noise: float = 0.08, seed: int = 2):
 
 @pytest.fixture(scope="module")
 def case():
-    """A 2-channel tumour phantom (FLAIR, T1c) at 10 % noise with stroke seeds (1 NCR, 2 ED, 3 ET, 4 bg)."""
+    """A 2-channel tumor phantom (FLAIR, T1c) at 10 % noise with stroke seeds (1 NCR, 2 ED, 3 ET, 4 bg)."""
     geom = Geometry((64, 64, 56), origin=(-47.25, -47.25, -41.25), spacing=(1.5, 1.5, 1.5))
     ph = _phantom(geom, noise=0.10)
     seeds = stroke_seeds(ph.truth, seed=0)
@@ -47,7 +47,7 @@ def test_two_channel_phantom_is_segmented_with_class_values_kept(case):
     assert set(np.unique(lab)) == {0, 1, 2, 3}  # background written as 0
     assert _wt(lab, truth) > 0.93
     assert dice(lab == 3, truth == 3) > 0.85  # enhancing rim
-    assert dice(np.isin(lab, [1, 3]), np.isin(truth, [1, 3])) > 0.85  # tumour core
+    assert dice(np.isin(lab, [1, 3]), np.isin(truth, [1, 3])) > 0.85  # tumor core
     # outside the segmented region everything is 0
     (z0, y0, x0), (z1, y1, x1) = res.region
     outside = np.ones(lab.shape, bool)

@@ -1,5 +1,5 @@
 """The seeded segmentation's verdict (medtorch.segment.seeded_verdict): each check on made-up
-results, then on real runs: a good phantom run passes, a run whose region cuts the tumour off
+results, then on real runs: a good phantom run passes, a run whose region cuts the tumor off
 fails, and the CLI says so on stderr and in --info."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ def _ball(c, r):
     return (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r
 
 
-def _seeds(tumour: np.ndarray) -> np.ndarray:
+def _seeds(tumor: np.ndarray) -> np.ndarray:
     s = np.zeros(SHAPE, np.uint8)
-    s[ndimage.binary_erosion(tumour, iterations=3)] = 1
-    shell = ndimage.binary_dilation(tumour, iterations=4) & ~ndimage.binary_dilation(tumour, iterations=2)
+    s[ndimage.binary_erosion(tumor, iterations=3)] = 1
+    shell = ndimage.binary_dilation(tumor, iterations=4) & ~ndimage.binary_dilation(tumor, iterations=2)
     s[shell] = 2
     return s
 
@@ -34,7 +34,7 @@ def _seeds(tumour: np.ndarray) -> np.ndarray:
 REGION = ((5, 5, 5), (35, 35, 35))
 
 
-def test_a_tumour_inside_its_region_passes():
+def test_a_tumor_inside_its_region_passes():
     t = _ball((20, 20, 20), 7)
     v = seeded_verdict(t.astype(np.uint8), _seeds(t), REGION, 2)
     assert v.status == "pass", v.summary()
@@ -42,7 +42,7 @@ def test_a_tumour_inside_its_region_passes():
     assert v.check("region_border").value == 0.0
 
 
-def test_a_tumour_filling_the_region_fails_and_says_what_to_do():
+def test_a_tumor_filling_the_region_fails_and_says_what_to_do():
     t = np.zeros(SHAPE, bool)
     t[5:35, 5:35, 5:35] = True  # the whole region: ran into everything
     v = seeded_verdict(t.astype(np.uint8), _seeds(_ball((20, 20, 20), 7)), REGION, 2)
@@ -52,7 +52,7 @@ def test_a_tumour_filling_the_region_fails_and_says_what_to_do():
 
 
 def test_the_volume_edge_is_not_the_region_border():
-    """A region that reaches the volume's edge: a tumour touching the edge is no sign of anything."""
+    """A region that reaches the volume's edge: a tumor touching the edge is no sign of anything."""
     t = _ball((20, 20, 0), 7)
     v = seeded_verdict(t.astype(np.uint8), _seeds(t), ((5, 5, 0), (35, 35, 35)), 2)
     assert v.check("region_border").status == "pass"
@@ -60,7 +60,7 @@ def test_the_volume_edge_is_not_the_region_border():
     assert v.check("region_border").status != "pass"
 
 
-def test_tumour_away_from_the_strokes_warns():
+def test_tumor_away_from_the_strokes_warns():
     t = _ball((20, 20, 20), 6)
     far = _ball((10, 10, 30), 5)
     v = seeded_verdict((t | far).astype(np.uint8), _seeds(t), REGION, 2)
@@ -98,7 +98,7 @@ def test_real_runs_a_good_one_passes_a_cut_off_one_fails(phantom):
     ph, wt, seeds = phantom
     good = seeded_segment([ph.channels["FLAIR"]], seeds)
     assert good.verdict is not None and good.verdict.status == "pass", good.verdict.summary()
-    # strokes on one slice in a region a few slices thick: the region cuts the tumour off
+    # strokes on one slice in a region a few slices thick: the region cuts the tumor off
     cut = seeded_segment([ph.channels["FLAIR"]], _one_slice(wt, seeds), SeededOptions(region_aspect=0.0))
     assert cut.verdict.check("region_border").status in ("warn", "fail"), cut.verdict.summary()
     assert cut.verdict.status != "pass"

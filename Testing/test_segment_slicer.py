@@ -184,7 +184,7 @@ def test_incremental_update_after_a_seed_edit(scene, phantom):
     logic = mod.SegmentTumorLogic()
     seg = logic.updateSeeded([flair, t1c], seed_node)
     assert seg.GetAttribute("MedTorch.incremental") == "false"
-    # background painted over a block inside the oedema: that block leaves the tumour
+    # background painted over a block inside the oedema: that block leaves the tumor
     lab = bridge.label_from_segmentation(seg, flair).array
     oed = np.argwhere((lab == 2) & (ph.truth.array == 2))
     z, y, x = oed[len(oed) // 3]
@@ -235,7 +235,7 @@ def test_widget_seeded_in_background_then_update(scene, phantom):
     from medtorch.verdict import Verdict, grade
 
     bad = Verdict.of([grade("region_border", 0.2, warn_at=0.02, fail_at=0.05,
-                            messages={"fail": "the tumour covers {value} of the region's border: draw a larger box"})],
+                            messages={"fail": "the tumor covers {value} of the region's border: draw a larger box"})],
                      "segmentation")
     seg.SetAttribute("MedTorch.verdict", bad.to_json())
     w.onSeededDone(seg)

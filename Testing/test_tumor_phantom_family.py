@@ -54,7 +54,7 @@ def test_every_hard_case_occurs_and_the_family_is_not_the_tuned_one(family):
     d = [x for q in p for x in q["diameters_mm"]]
     assert min(d) < 10 and max(d) > 30
     assert min(q["noise"] for q in p) < 0.04 and max(q["noise"] for q in p) > 0.10
-    # the tuned phantoms: one 48 mm tumour (oedema radius 24 mm), bias 0.15: none here is that
+    # the tuned phantoms: one 48 mm tumor (oedema radius 24 mm), bias 0.15: none here is that
     assert all(not (q["n_lesions"] == 1 and abs(q["diameters_mm"][0] - 48) < 2 and abs(q["bias"] - 0.15) < 0.01)
                for q in p)
 
@@ -70,7 +70,7 @@ def test_images_show_what_the_parameters_say(family):
             assert ph.truth.geometry.spacing[2] >= 4.5 and ph.truth.geometry.spacing[0] == 1.5
         else:
             assert np.allclose(ph.truth.geometry.spacing, 1.5)
-        # the whole tumour's size is about the drawn one (a lesion may be clipped by the brain)
+        # the whole tumor's size is about the drawn one (a lesion may be clipped by the brain)
         vol = t.sum() * np.prod(sp)
         drawn = sum(np.pi / 6 * d ** 3 for d in p["diameters_mm"])
         assert 0.2 * drawn <= vol <= 1.6 * drawn, (vol, drawn, p)

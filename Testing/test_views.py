@@ -68,7 +68,7 @@ def scene(rendering):
         foreground = _volume(hs, block, "foreground")
         sphere = (r2 < 64).astype(np.int16)
         labelmap = _volume(hs, sphere, "sphere-label", labelmap=True)
-        segmentation = hs.segmentation_from_labelmap(labelmap, "tumour")
+        segmentation = hs.segmentation_from_labelmap(labelmap, "tumor")
         segment = segmentation.GetSegmentation().GetNthSegment(0)
         segment.SetColor(*RED)
         views.show_segmentation(segmentation, fill=0.4, outline=1.0, surface=True)

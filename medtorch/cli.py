@@ -83,7 +83,7 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
     commands = commands if commands is not None else discover_commands()
     parser = argparse.ArgumentParser(
         prog="medtorch",
-        description="MedTorch: registration, fusion, enhancement and tumour segmentation on torch "
+        description="MedTorch: registration, fusion, enhancement and tumor segmentation on torch "
                     "(the command line of the MedTorch 3D Slicer extension).",
         epilog="Run 'medtorch COMMAND --help' for a command's options and examples.",
         formatter_class=_Formatter,

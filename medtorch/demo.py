@@ -15,7 +15,7 @@ say how far each result is from it:
    the similarity of the two modalities measure the alignment.
 3. **Enhance** -- Rician noise on the T1, then Gaussian and anisotropic-diffusion
    denoising; PSNR and SSIM against the clean T1.
-4. **Segment** -- a bright ellipsoidal 'tumour' with a known outline inserted into the T1,
+4. **Segment** -- a bright ellipsoidal 'tumor' with a known outline inserted into the T1,
    segmented by threshold + largest component in an ROI box; Dice and volume error.
 5. **Report** -- ``report.html`` with figures and tables (:mod:`medtorch.report`) and
    ``summary.json`` with every number, the seed, versions, device and timings.
@@ -81,11 +81,11 @@ __all__ = [
     "run_demo",
     "sample_data_dir",
     "sample_data_files",
-    "segment_tumour",
+    "segment_tumor",
     "ssim3d",
     "synthesize_t2like",
     "target_registration_error",
-    "tumour_phantom",
+    "tumor_phantom",
 ]
 
 #: Environment variable that points at a folder holding the sample data.
@@ -127,17 +127,17 @@ FUSION_METHODS: tuple[FusionMethod, ...] = ("average", "dwt", "gff")
 #: restored by cubic B-spline interpolation and by self-supervised SR (iterations of training).
 SR_FACTOR = 3
 SR_SELFSUP_ITERATIONS = 150
-#: Tumour phantom: centre (LPS mm, right-hemisphere white matter), semi-axes (mm),
+#: Tumor phantom: centre (LPS mm, right-hemisphere white matter), semi-axes (mm),
 #: rotation of its axes (degrees), intensity relative to white matter, boundary width (mm)
 #: and noise (standard deviation as a fraction of the white-matter intensity).
-TUMOUR_CENTER_LPS = (-26.0, 6.0, 30.0)
-TUMOUR_SEMI_AXES_MM = (9.0, 7.0, 8.0)
-TUMOUR_ROTATION_DEG = (0.0, 0.0, 20.0)
-TUMOUR_CONTRAST = 1.6
-TUMOUR_EDGE_MM = 2.0
-TUMOUR_TEXTURE_FRACTION = 0.06
-TUMOUR_NOISE_FRACTION = 0.04
-#: The ROI box a user would draw: off-centre by this much, and this much larger than the tumour.
+TUMOR_CENTER_LPS = (-26.0, 6.0, 30.0)
+TUMOR_SEMI_AXES_MM = (9.0, 7.0, 8.0)
+TUMOR_ROTATION_DEG = (0.0, 0.0, 20.0)
+TUMOR_CONTRAST = 1.6
+TUMOR_EDGE_MM = 2.0
+TUMOR_TEXTURE_FRACTION = 0.06
+TUMOR_NOISE_FRACTION = 0.04
+#: The ROI box a user would draw: off-centre by this much, and this much larger than the tumor.
 ROI_OFFSET_MM = (2.0, -2.0, 1.0)
 ROI_MARGIN_MM = 8.0
 
@@ -145,7 +145,7 @@ ROI_MARGIN_MM = 8.0
 # do not depend on which other steps ran before it.
 _STREAM_LANDMARKS = 1
 _STREAM_RICIAN = 2
-_STREAM_TUMOUR = 3
+_STREAM_TUMOR = 3
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -543,16 +543,16 @@ def white_matter_intensity(data: SampleData) -> float:
     return float(np.median(data.t1.array[data.wm.array > 0.9]))
 
 
-def tumour_phantom(data: SampleData, seed: int = 0, center: Sequence[float] = TUMOUR_CENTER_LPS,
-                   semi_axes: Sequence[float] = TUMOUR_SEMI_AXES_MM,
-                   rotation_deg: Sequence[float] = TUMOUR_ROTATION_DEG, contrast: float = TUMOUR_CONTRAST,
-                   edge_mm: float = TUMOUR_EDGE_MM, texture_fraction: float = TUMOUR_TEXTURE_FRACTION,
-                   noise_fraction: float = TUMOUR_NOISE_FRACTION) -> tuple[Volume, Volume, dict[str, Any]]:
-    """Insert a bright ellipsoid 'tumour' into the T1; return (phantom, truth label, facts).
+def tumor_phantom(data: SampleData, seed: int = 0, center: Sequence[float] = TUMOR_CENTER_LPS,
+                   semi_axes: Sequence[float] = TUMOR_SEMI_AXES_MM,
+                   rotation_deg: Sequence[float] = TUMOR_ROTATION_DEG, contrast: float = TUMOR_CONTRAST,
+                   edge_mm: float = TUMOR_EDGE_MM, texture_fraction: float = TUMOR_TEXTURE_FRACTION,
+                   noise_fraction: float = TUMOR_NOISE_FRACTION) -> tuple[Volume, Volume, dict[str, Any]]:
+    """Insert a bright ellipsoid 'tumor' into the T1; return (phantom, truth label, facts).
 
-    The tumour's mean intensity is ``contrast`` times the white-matter intensity, with a
+    The tumor's mean intensity is ``contrast`` times the white-matter intensity, with a
     smooth random texture (a Gaussian random field of 3 mm correlation, standard deviation
-    ``texture_fraction`` of the tumour intensity). Its boundary is a logistic ramp across
+    ``texture_fraction`` of the tumor intensity). Its boundary is a logistic ramp across
     the ellipsoid surface (signed distance along the ray from its centre) rising from 12 %
     to 88 % over ``edge_mm``, like partial volume. Gaussian noise of ``noise_fraction``
     times the white-matter intensity is added everywhere inside the head. The truth label is
@@ -563,9 +563,9 @@ def tumour_phantom(data: SampleData, seed: int = 0, center: Sequence[float] = TU
 
     geom = data.geometry
     wm_int = white_matter_intensity(data)
-    tumour_int = float(contrast) * wm_int
+    tumor_int = float(contrast) * wm_int
     axes = rotation_matrix(tuple(float(a) for a in rotation_deg))  # type: ignore[arg-type]
-    local = (physical_grid(geom) - np.asarray(center, dtype=np.float64)) @ axes  # coordinates along the tumour axes
+    local = (physical_grid(geom) - np.asarray(center, dtype=np.float64)) @ axes  # coordinates along the tumor axes
     r = np.sqrt(((local / np.asarray(semi_axes, dtype=np.float64)) ** 2).sum(axis=-1))
     dist_from_centre = np.linalg.norm(local, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -573,11 +573,11 @@ def tumour_phantom(data: SampleData, seed: int = 0, center: Sequence[float] = TU
     signed = ray_radius * (1.0 - r)  # > 0 inside, mm along the ray
     weight = expit(signed / max(float(edge_mm) / 4.0, 1e-6))
     truth = r <= 1.0
-    rng = _rng(_check_seed(seed), _STREAM_TUMOUR)
+    rng = _rng(_check_seed(seed), _STREAM_TUMOR)
     field = gaussian_filter(rng.normal(0.0, 1.0, weight.shape), sigma=3.0 / geom.spacing[::-1], mode="nearest")
     field /= max(float(field[truth].std()), 1e-12) if truth.any() else 1.0
     t1 = data.t1.array.astype(np.float64)
-    img = t1 * (1.0 - weight) + tumour_int * (1.0 + float(texture_fraction) * field) * weight
+    img = t1 * (1.0 - weight) + tumor_int * (1.0 + float(texture_fraction) * field) * weight
     sigma = float(noise_fraction) * wm_int
     img = img + rng.normal(0.0, sigma, img.shape) * data.head_mask
     img = np.clip(img, 0.0, None)
@@ -587,7 +587,7 @@ def tumour_phantom(data: SampleData, seed: int = 0, center: Sequence[float] = TU
         "semi_axes_mm": [float(v) for v in semi_axes],
         "rotation_deg": [float(v) for v in rotation_deg],
         "white_matter_intensity": wm_int,
-        "tumour_intensity": tumour_int,
+        "tumor_intensity": tumor_int,
         "edge_width_mm": float(edge_mm),
         "texture_fraction": float(texture_fraction),
         "noise_sigma": sigma,
@@ -595,24 +595,24 @@ def tumour_phantom(data: SampleData, seed: int = 0, center: Sequence[float] = TU
         "analytic_volume_ml": 4.0 / 3.0 * math.pi * float(np.prod(semi_axes)) / 1000.0,
         "seed": int(seed),
     }
-    phantom = Volume(img.astype(np.float32), geom, "scalar", {"phantom": "tumour", "seed": int(seed)})
-    label = Volume(truth.astype(np.uint8), geom, "label", {"phantom": "tumour truth"})
+    phantom = Volume(img.astype(np.float32), geom, "scalar", {"phantom": "tumor", "seed": int(seed)})
+    label = Volume(truth.astype(np.uint8), geom, "label", {"phantom": "tumor truth"})
     return phantom, label, facts
 
 
-def segment_tumour(data: SampleData, seed: int = 0, progress: ProgressCallback | None = None,
+def segment_tumor(data: SampleData, seed: int = 0, progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None) -> dict[str, Any]:
-    """Make the tumour phantom and segment it by threshold + largest component in an ROI box.
+    """Make the tumor phantom and segment it by threshold + largest component in an ROI box.
 
-    The threshold is halfway between the white-matter and the tumour intensity; the ROI is
-    the box a user would draw around the tumour (off-centre by :data:`ROI_OFFSET_MM`, with
+    The threshold is halfway between the white-matter and the tumor intensity; the ROI is
+    the box a user would draw around the tumor (off-centre by :data:`ROI_OFFSET_MM`, with
     :data:`ROI_MARGIN_MM` margin). Returns the volumes and the metrics against the truth.
     """
-    report(progress, cancel, 0.0, "making the tumour phantom")
-    phantom, truth, facts = tumour_phantom(data, seed)
-    threshold = 0.5 * (facts["white_matter_intensity"] + facts["tumour_intensity"])
-    half = float(np.max(TUMOUR_SEMI_AXES_MM)) + ROI_MARGIN_MM
-    center = np.asarray(TUMOUR_CENTER_LPS) + np.asarray(ROI_OFFSET_MM)
+    report(progress, cancel, 0.0, "making the tumor phantom")
+    phantom, truth, facts = tumor_phantom(data, seed)
+    threshold = 0.5 * (facts["white_matter_intensity"] + facts["tumor_intensity"])
+    half = float(np.max(TUMOR_SEMI_AXES_MM)) + ROI_MARGIN_MM
+    center = np.asarray(TUMOR_CENTER_LPS) + np.asarray(ROI_OFFSET_MM)
     roi_request = Roi((float(center[0]), float(center[1]), float(center[2])), (half, half, half))
     roi = roi_request.box()
     report(progress, cancel, 0.3, "thresholding")
@@ -645,7 +645,7 @@ def segment_tumour(data: SampleData, seed: int = 0, progress: ProgressCallback |
 def seed_strokes(truth: np.ndarray, center_zyx: Sequence[int], inside_erosion: int = 1,
                  ring: tuple[int, int] = (2, 4)) -> np.ndarray:
     """Seed label map a user would paint: strokes on the three orthogonal slices through
-    ``center_zyx``: tumour (1) inside the truth shrunk by ``inside_erosion`` voxels, background
+    ``center_zyx``: tumor (1) inside the truth shrunk by ``inside_erosion`` voxels, background
     (2, the last class) in a ring ``ring`` voxels outside it. ``uint8`` ``[z, y, x]``."""
     from scipy import ndimage
 
@@ -660,9 +660,9 @@ def seed_strokes(truth: np.ndarray, center_zyx: Sequence[int], inside_erosion: i
     return seeds
 
 
-def segment_tumour_seeded(phantom: Volume, truth: Volume, progress: ProgressCallback | None = None,
+def segment_tumor_seeded(phantom: Volume, truth: Volume, progress: ProgressCallback | None = None,
                           cancel: CancelToken | None = None) -> dict[str, Any]:
-    """Seeded segmentation (the ``seeded`` operation, default settings) of the tumour phantom
+    """Seeded segmentation (the ``seeded`` operation, default settings) of the tumor phantom
     from :func:`seed_strokes` on the three orthogonal slices through its centre."""
     truth_mask = truth.array.astype(bool)
     center = np.round(np.argwhere(truth_mask).mean(axis=0)).astype(int)
@@ -678,7 +678,7 @@ def segment_tumour_seeded(phantom: Volume, truth: Volume, progress: ProgressCall
         "segmented_volume_ml": seg_ml,
         "volume_error_ml": seg_ml - truth_ml,
         "volume_error_percent": 100.0 * (seg_ml - truth_ml) / truth_ml,
-        "seed_voxels": {"tumour": int((seeds.array == 1).sum()), "background": int((seeds.array == 2).sum())},
+        "seed_voxels": {"tumor": int((seeds.array == 1).sum()), "background": int((seeds.array == 2).sum())},
         "seconds": seconds,
     }
     return {"seeds": seeds, "segmentation": Volume(seg.astype(np.uint8), phantom.geometry, "label"),
@@ -1015,18 +1015,18 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
     # 5. segment ----------------------------------------------------------------------------------
     with _Timer(timings, "segment"):
         sp = SubProgress(progress, 0.85, 0.9, "segmentation")
-        seg = segment_tumour(data, seed, progress=SubProgress(sp, 0.0, 0.5), cancel=cancel)
-        seeded = segment_tumour_seeded(seg["phantom"], seg["truth"], progress=SubProgress(sp, 0.5, 0.9),
+        seg = segment_tumor(data, seed, progress=SubProgress(sp, 0.0, 0.5), cancel=cancel)
+        seeded = segment_tumor_seeded(seg["phantom"], seg["truth"], progress=SubProgress(sp, 0.5, 0.9),
                                        cancel=cancel)
         seg["seeded"] = seeded
         report(sp, cancel, 0.9, "writing the segmentation")
-        save(seg["phantom"], "tumour_phantom.nrrd")
-        save(seg["truth"], "tumour_truth.nrrd")
-        save(seg["segmentation"], "tumour_segmentation.nrrd")
-        save(seeded["seeds"], "tumour_seeds.nrrd")
-        save(seeded["segmentation"], "tumour_segmentation_seeded.nrrd")
+        save(seg["phantom"], "tumor_phantom.nrrd")
+        save(seg["truth"], "tumor_truth.nrrd")
+        save(seg["segmentation"], "tumor_segmentation.nrrd")
+        save(seeded["seeds"], "tumor_seeds.nrrd")
+        save(seeded["segmentation"], "tumor_segmentation_seeded.nrrd")
         report(sp, cancel, 1.0, "segmentation done")
-    segment = {"tumour": seg["facts"], **seg["metrics"], "seeded": seeded["metrics"]}
+    segment = {"tumor": seg["facts"], **seg["metrics"], "seeded": seeded["metrics"]}
 
     # 5. report ----------------------------------------------------------------------------------------
     with _Timer(timings, "report"):
@@ -1181,13 +1181,13 @@ def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: di
 
     # -- segmentation -------------------------------------------------------------------------------------------
     report(progress, cancel, 0.75, "drawing the segmentation figure")
-    tc = np.asarray(TUMOUR_CENTER_LPS, dtype=np.float64)
+    tc = np.asarray(TUMOR_CENTER_LPS, dtype=np.float64)
     d_p = disp(seg["phantom"].array)
     d_t = disp(seg["truth"].array.astype(np.float32))
     d_s = disp(seg["segmentation"].array.astype(np.float32))
     d_sd = disp(seg["seeded"]["segmentation"].array.astype(np.float32)) if "seeded" in seg else None
     roi = seg["roi"]
-    vmax_p = 1.15 * float(seg["facts"]["tumour_intensity"])
+    vmax_p = 1.15 * float(seg["facts"]["tumor_intensity"])
     panels = []
     for plane in ("axial", "coronal", "sagittal"):
         lo_c = roi.center - roi.half_size
@@ -1200,12 +1200,12 @@ def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: di
         contours = [(truth_sl, "#00ff66", ""), (seg_sl, "#ff3030", "", "dashed")]
         if d_sd is not None:
             contours.append((d_sd.slice(plane, tc), "#30a0ff", "", "dotted"))
-        panels.append(Panel(img, f"tumour phantom, {plane}", 0, vmax_p, aspect=d_p.aspect(plane),
+        panels.append(Panel(img, f"tumor phantom, {plane}", 0, vmax_p, aspect=d_p.aspect(plane),
                             contours=contours, rectangles=[rect], orientation=d_p.labels(plane)))
     # zoom on the axial slice
     plane = "axial"
     px = d_p.to_pixels(plane, tc[None])[0]
-    half = int(round((float(np.max(TUMOUR_SEMI_AXES_MM)) + ROI_MARGIN_MM + 4.0) / float(d_p.spacing[0])))
+    half = int(round((float(np.max(TUMOR_SEMI_AXES_MM)) + ROI_MARGIN_MM + 4.0) / float(d_p.spacing[0])))
     c_lo, r_lo = max(int(px[0]) - half, 0), max(int(px[1]) - half, 0)
     img = d_p.slice(plane, tc)[r_lo:r_lo + 2 * half, c_lo:c_lo + 2 * half]
     tsl = d_t.slice(plane, tc)[r_lo:r_lo + 2 * half, c_lo:c_lo + 2 * half]
@@ -1219,7 +1219,7 @@ def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: di
         title += f", {seg['seeded']['metrics']['dice']:.3f} (seeded)"
     panels.append(Panel(img, title, 0, vmax_p, aspect=d_p.aspect(plane), contours=zoom_contours, orientation=orient))
     files["segmentation.png"] = panel_figure(fig_dir / "segmentation.png", panels, ncols=4,
-                                             title="Tumour phantom: truth (green), threshold segmentation (red, "
+                                             title="Tumor phantom: truth (green), threshold segmentation (red, "
                                                    "dashed), seeded segmentation (blue, dotted); ROI box (yellow)")
     report(progress, cancel, 0.85, "figures done")
     return files
@@ -1240,11 +1240,11 @@ _OUTPUT_DESCRIPTIONS = {
     "t1_noisy.nrrd": "T1 with Rician noise",
     "t1_denoised_gaussian.nrrd": "noisy T1 after Gaussian smoothing",
     "t1_denoised_anisotropic.nrrd": "noisy T1 after curvature anisotropic diffusion",
-    "tumour_phantom.nrrd": "T1 with the inserted tumour and noise",
-    "tumour_truth.nrrd": "label map of the inserted tumour (truth)",
-    "tumour_segmentation.nrrd": "label map from threshold + largest component",
-    "tumour_seeds.nrrd": "seed strokes on three orthogonal slices (1 tumour, 2 background)",
-    "tumour_segmentation_seeded.nrrd": "label map from seeded segmentation (region competition)",
+    "tumor_phantom.nrrd": "T1 with the inserted tumor and noise",
+    "tumor_truth.nrrd": "label map of the inserted tumor (truth)",
+    "tumor_segmentation.nrrd": "label map from threshold + largest component",
+    "tumor_seeds.nrrd": "seed strokes on three orthogonal slices (1 tumor, 2 background)",
+    "tumor_segmentation_seeded.nrrd": "label map from seeded segmentation (region competition)",
     "t1_thick_slices.nrrd": "the T1 with simulated 6 mm slices (Gaussian slice profile)",
     "t1_sr_reference.nrrd": "the 2 mm T1 on the super-resolved grid (truth for super-resolution)",
     "t1_sr_bspline.nrrd": "thick-slice T1 super-resolved by cubic B-spline interpolation",
@@ -1253,7 +1253,7 @@ _OUTPUT_DESCRIPTIONS = {
     "figures/registration.png": "alignment without and with the transform",
     "figures/fusion.png": "fused volumes",
     "figures/enhancement.png": "denoising",
-    "figures/segmentation.png": "tumour truth and segmentation outlines",
+    "figures/segmentation.png": "tumor truth and segmentation outlines",
 }
 
 
@@ -1307,8 +1307,8 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
              f"{srd['bspline']['psnr_db']:.2f} / {srd['bspline']['ssim']:.4f}", "the interpolation baseline"],
             ["t1_sr_selfsup.nrrd", "PSNR (dB) / SSIM",
              f"{srd['selfsup']['psnr_db']:.2f} / {srd['selfsup']['ssim']:.4f}", "higher than B-spline"],
-            ["tumour_segmentation.nrrd (threshold)", "Dice", seg["dice"], "1 is perfect"],
-            ["tumour_segmentation_seeded.nrrd (seeded)", "Dice", sd["dice"], "1 is perfect"],
+            ["tumor_segmentation.nrrd (threshold)", "Dice", seg["dice"], "1 is perfect"],
+            ["tumor_segmentation_seeded.nrrd (seeded)", "Dice", sd["dice"], "1 is perfect"],
         ],
     )
     overview = Section(
@@ -1437,16 +1437,16 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
         [Figure("figures/enhancement.png", "Clean, noisy and denoised T1, one window for all; bottom row: zoom."),
          Figure("figures/superres.png", "Reference, thick-slice input and the two super-resolved volumes.")],
     )
-    t = seg["tumour"]
+    t = seg["tumor"]
     seg_sec = Section(
-        "5. Tumour segmentation",
+        "5. Tumor segmentation",
         [f"A bright ellipsoid (semi-axes {', '.join(f'{v:g}' for v in t['semi_axes_mm'])} mm, intensity "
-         f"{t['tumour_intensity']:.0f} = 1.6 x white matter, {t['edge_width_mm']:g} mm soft edge, noise sigma "
+         f"{t['tumor_intensity']:.0f} = 1.6 x white matter, {t['edge_width_mm']:g} mm soft edge, noise sigma "
          f"{t['noise_sigma']:.1f}) was inserted at LPS ({', '.join(f'{v:g}' for v in t['center_lps_mm'])}) mm. "
-         f"It was segmented twice: by threshold ({seg['threshold']:.1f}, halfway between white matter and tumour) "
+         f"It was segmented twice: by threshold ({seg['threshold']:.1f}, halfway between white matter and tumor) "
          "and largest connected component inside an ROI box around it; and by seeded segmentation (region "
-         f"competition) from strokes on the three orthogonal slices through it ({sd['seed_voxels']['tumour']} "
-         f"tumour and {sd['seed_voxels']['background']} background seed voxels, tumour_seeds.nrrd)."],
+         f"competition) from strokes on the three orthogonal slices through it ({sd['seed_voxels']['tumor']} "
+         f"tumor and {sd['seed_voxels']['background']} background seed voxels, tumor_seeds.nrrd)."],
         [Table("Segmentation against the truth", ["measure", "threshold", "seeded"], [
             ["Dice", seg["dice"], sd["dice"]],
             ["truth volume (mL; voxelised)", seg["truth_volume_ml"], seg["truth_volume_ml"]],
@@ -1455,7 +1455,7 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
             ["volume error (%)", seg["volume_error_percent"], sd["volume_error_percent"]],
             ["time (s)", seg["seconds"], sd["seconds"]],
         ], note=f"Analytic ellipsoid volume: {t['analytic_volume_ml']:.2f} mL.")],
-        [Figure("figures/segmentation.png", "Tumour phantom with the truth (green), threshold (red) and seeded "
+        [Figure("figures/segmentation.png", "Tumor phantom with the truth (green), threshold (red) and seeded "
                                             "(blue) outlines and the ROI box.")],
     )
     out_rows = [[k, _OUTPUT_DESCRIPTIONS.get(k, "")] for k in s["outputs"]]

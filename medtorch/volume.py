@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,7 @@ VolumeKind = Literal["scalar", "label", "vector"]
 #: Largest deviation from orthonormal accepted in a direction matrix (``|D^T D - I|``).
 DIRECTION_TOLERANCE = 1e-4
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS = coords.LPS_TO_RAS
 
 
 def _as_vec3(values: Any, what: str) -> np.ndarray:
@@ -490,14 +491,3 @@ def check_volume(
                 "check that the right volume was selected and that it loaded completely",
             )
     return volume
-
-
-def require_same_geometry(a: Volume, b: Volume, names: tuple[str, str] = ("fixed", "moving"), atol: float = 1e-4) -> None:
-    """Raise unless ``a`` and ``b`` share one voxel grid."""
-    if not a.geometry.isclose(b.geometry, atol=atol):
-        raise MedTorchInputError(
-            f"the {names[0]} and {names[1]} volumes have different geometry "
-            f"(size {a.size} vs {b.size}, spacing {tuple(round(float(v), 4) for v in a.spacing)} vs "
-            f"{tuple(round(float(v), 4) for v in b.spacing)})",
-            f"resample the {names[1]} volume onto the {names[0]} grid first, or give the transform between them",
-        )

@@ -2,7 +2,7 @@
 
 Developer tool: ``python tools/make_sample_data.py``. Uses the demo's functions on the MNI152
 2009a template (Resources/SampleData) at 2 mm: the T1, a T2-like contrast misaligned by the
-demo's known rigid transform, and the tumour phantom (with its truth label), plus 128x128
+demo's known rigid transform, and the tumor phantom (with its truth label), plus 128x128
 thumbnails. Deterministic (seed 0).
 """
 
@@ -41,15 +41,15 @@ def main() -> int:
     t2 = demo.synthesize_t2like(data)
     moving = demo.make_misaligned(t2, truth, demo.padded_grid(data.geometry, demo.MOVING_MARGIN_MM))
     moving = Volume(np.round(moving.array).astype(np.int16), moving.geometry)
-    phantom, label, facts = demo.tumour_phantom(data, seed=0)
+    phantom, label, facts = demo.tumor_phantom(data, seed=0)
     phantom = Volume(np.round(phantom.array).astype(np.int16), phantom.geometry)
-    for vol, name in ((t1, "MedTorchT1"), (moving, "MedTorchT2likeMisaligned"), (phantom, "MedTorchTumourPhantom")):
+    for vol, name in ((t1, "MedTorchT1"), (moving, "MedTorchT2likeMisaligned"), (phantom, "MedTorchTumorPhantom")):
         write_volume(vol, out / f"{name}.nrrd")
         thumbnail(vol, out / f"{name}.png")
-    write_volume(Volume(label.array.astype(np.uint8), label.geometry, "label"), out / "MedTorchTumourTruth.seg.nrrd")
+    write_volume(Volume(label.array.astype(np.uint8), label.geometry, "label"), out / "MedTorchTumorTruth.seg.nrrd")
     (out / "MedTorchT2likeTruthTransform.json").write_text(json.dumps(
         {"convention": "ITK: maps T1 (fixed) LPS points to T2-like (moving) LPS points, mm",
-         "matrix": np.asarray(truth).tolist(), "tumour": {k: v for k, v in facts.items()
+         "matrix": np.asarray(truth).tolist(), "tumor": {k: v for k, v in facts.items()
                                                           if isinstance(v, (int, float, str, list))}}, indent=2))
     print("wrote", sorted(p.name for p in out.iterdir()))
     return 0

@@ -12,7 +12,7 @@ writes into ``Resources/Screenshots/``:
 * ``EnhanceSR.png``: axial views of the noisy T1, the denoised T1 and the clean T1 (top), and
   coronal views of the thick-slice T1, its self-supervised super-resolution and the thin-slice
   reference (bottom), side by side;
-* ``SegmentTumor.png``: four-up, zoomed on the tumour: the tumour phantom with the seeded segmentation (filled and
+* ``SegmentTumor.png``: four-up, zoomed on the tumor: the tumor phantom with the seeded segmentation (filled and
   outlined) and the truth (outline) in the slice views, their closed surfaces in 3D over a
   faint volume rendering of the head;
 * ``demo-views.png``: four-up of the registered fusion (the README picture).
@@ -43,11 +43,11 @@ OUT = REPO / "Resources" / "Screenshots"
 NEEDED = (
     "t1.nrrd", "t2like_misaligned.nrrd", "t2like_registered.nrrd", "fused_no_registration.nrrd",
     "fused_registered_gff.nrrd", "t1_noisy.nrrd", "t1_denoised_anisotropic.nrrd", "t1_thick_slices.nrrd",
-    "t1_sr_selfsup.nrrd", "t1_sr_reference.nrrd", "tumour_phantom.nrrd", "tumour_truth.nrrd",
-    "tumour_segmentation_seeded.nrrd",
+    "t1_sr_selfsup.nrrd", "t1_sr_reference.nrrd", "tumor_phantom.nrrd", "tumor_truth.nrrd",
+    "tumor_segmentation_seeded.nrrd",
 )
 SEGMENT_COLOR = (1.0, 0.85, 0.1)  # the seeded segmentation
-TRUTH_COLOR = (0.2, 0.9, 0.3)  # the inserted tumour (outline only)
+TRUTH_COLOR = (0.2, 0.9, 0.3)  # the inserted tumor (outline only)
 
 
 def _window_level(node: Any, mask_zero: bool = True) -> None:
@@ -150,13 +150,13 @@ def render_all(demo: Path, out: Path, size: int = 320) -> dict[str, float]:
     start = time.perf_counter()
     hs = views.headless_scene()
     with views.batch(hs.scene):
-        phantom = hs.load_volume(demo / "tumour_phantom.nrrd")
+        phantom = hs.load_volume(demo / "tumor_phantom.nrrd")
         _window_level(phantom)
-        truth_label = hs.load_volume(demo / "tumour_truth.nrrd", "truth-label", labelmap=True)
+        truth_label = hs.load_volume(demo / "tumor_truth.nrrd", "truth-label", labelmap=True)
         center = _centroid_ras(truth_label)
         hs.scene.RemoveNode(truth_label)
-        seeded = _segmentation(hs, demo / "tumour_segmentation_seeded.nrrd", "tumour (seeded)", SEGMENT_COLOR)
-        truth = _segmentation(hs, demo / "tumour_truth.nrrd", "tumour (truth)", TRUTH_COLOR)
+        seeded = _segmentation(hs, demo / "tumor_segmentation_seeded.nrrd", "tumor (seeded)", SEGMENT_COLOR)
+        truth = _segmentation(hs, demo / "tumor_truth.nrrd", "tumor (truth)", TRUTH_COLOR)
         views.show_segmentation(seeded, fill=0.5, outline=1.0, surface=True)
         views.show_segmentation(truth, fill=0.0, outline=1.0, surface=False)
     with views.Views(hs.scene, hs.app_logic, size) as v:

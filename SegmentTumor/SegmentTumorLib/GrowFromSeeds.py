@@ -64,11 +64,11 @@ class GrowFromSeedsLogic:
         values = [int(v) for v in np.unique(arr[arr > 0])]
         if len(values) < 2:
             raise MedTorchInputError("the seeds are of one segment only",
-                                     "paint at least two segments: the tumour and the background around it")
+                                     "paint at least two segments: the tumor and the background around it")
         bg = int(backgroundValue) if backgroundValue is not None else values[-1]
         if bg not in values:
             raise MedTorchInputError("the background segment has no seed",
-                                     "paint the background segment around the tumour")
+                                     "paint the background segment around the tumor")
         top = max(values)
         swapped = arr.copy()  # MedTorch's convention: the background is the largest value
         if bg != top:

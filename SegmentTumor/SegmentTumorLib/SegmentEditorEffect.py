@@ -1,6 +1,6 @@
 """The Segment Editor effect "Grow from seeds (MedTorch)", beside Slicer's own *Grow from seeds*.
 
-It is an auto-complete effect, as Slicer's is: paint a few strokes in each segment (the tumour
+It is an auto-complete effect, as Slicer's is: paint a few strokes in each segment (the tumor
 segments and a segment named "Background", or the last segment) and press *Initialize*; the
 preview updates a moment after each new stroke; *Apply* writes it into the segments as one
 undo step and *Cancel* leaves the segmentation as it was (both from Slicer's
@@ -49,11 +49,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
         return "<html>" + _("""Grow the painted segments into a full segmentation with MedTorch's seeded
 segmentation (geodesic competition).<p>
 <ul style="margin: 0">
-<li>Paint a few strokes in each tumour segment and in a segment named <b>Background</b> (or make the
-background the last segment) around the tumour, on one or a few slices.</li>
+<li>Paint a few strokes in each tumor segment and in a segment named <b>Background</b> (or make the
+background the last segment) around the tumor, on one or a few slices.</li>
 <li>Click <dfn>Initialize</dfn>: every voxel near the seeds goes to the segment whose seeds reach it along
 the cheapest path, paying for changes of intensity and for tissue that looks more like another segment's
-seeds. A region that merely looks like the tumour but lies apart from it is not taken.</li>
+seeds. A region that merely looks like the tumor but lies apart from it is not taken.</li>
 <li>Where the preview is wrong, paint a stroke there (with Paint or Draw); the preview updates by itself.</li>
 <li>Click <dfn>Apply</dfn> to write the preview into the segments (one undo step), or <dfn>Cancel</dfn> to
 leave them as they were.</li>

@@ -23,11 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "benchmarks"
 PARTS = {
-    "seeded": ("benchmarks.segment.seeded_bench", "segment_seeded.md", "Seeded tumour segmentation"),
+    "seeded": ("benchmarks.segment.seeded_bench", "segment_seeded.md", "Seeded tumor segmentation"),
     "dl": ("benchmarks.segment.dl_timing", "segment_dl.md", "Deep-learning inference"),
     "nodules": ("benchmarks.segment.nodules_bench", "segment_nodules.md", "Lung-nodule detection"),
     "family": ("benchmarks.segment.family_bench", "segment_family.md", "Seeded segmentation on a varied phantom family"),
-    "real": ("benchmarks.segment.real_bench", "segment_real.md", "Seeded segmentation of real brain tumours"),
+    "real": ("benchmarks.segment.real_bench", "segment_real.md", "Seeded segmentation of real brain tumors"),
 }
 #: parts that need data given on the command line: part -> option
 NEEDS = {"real": "--real-dir"}
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", nargs="+", choices=list(PARTS),
                    help="only these parts (default: all; 'real' only with --real-dir)")
     p.add_argument("--real-dir", type=Path,
-                   help="real brain-tumour cases DIR/<CaseID>/{flair,t1,t1ce,t2,seg}.nii.gz for the part 'real' "
+                   help="real brain-tumor cases DIR/<CaseID>/{flair,t1,t1ce,t2,seg}.nii.gz for the part 'real' "
                         "(never committed)")
     p.add_argument("--workdir", type=Path, help="data and results (default: a new temporary folder)")
     p.add_argument("--out", type=Path, help="summary report (default: docs/benchmarks/segment.md; --quick: "

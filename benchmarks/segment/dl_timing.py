@@ -8,7 +8,7 @@ T2, FLAIR; 3 sigmoid outputs TC, WT, ET; per-channel non-zero z-score normalisat
 240x240x160 sliding window with overlap 0.5), with **random weights made here** (nothing is
 downloaded; the weights change the numbers of neither the time nor the memory). The study is
 BraTS-shaped: four channels of 240x240x155 voxels at 1 mm, made from the MNI152 2009a
-template in ``Resources/SampleData`` with a synthetic tumour (``medtorch.segment.tumor_phantom``),
+template in ``Resources/SampleData`` with a synthetic tumor (``medtorch.segment.tumor_phantom``),
 skull-stripped (zero outside the brain) as BraTS data are.
 
 Every row runs in its own process (a clean peak RSS, ``ru_maxrss``) on the same files:

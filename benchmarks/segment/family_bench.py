@@ -1,4 +1,4 @@
-"""Seeded segmentation on a VARIED phantom family: the distribution of whole-tumour Dice of MedTorch
+"""Seeded segmentation on a VARIED phantom family: the distribution of whole-tumor Dice of MedTorch
 beside ITK FastGrowCut (Slicer's *Grow from seeds*), on the same 3-slice strokes in the same run.
 
 ``python -m benchmarks.segment.family_bench [--quick] [--n N] [--family-seed S] [--out PATH]
@@ -12,12 +12,12 @@ phantom ``i`` is drawn with ``default_rng([family seed, i])`` from the ranges of
 multi-lobed and field-deformed shapes, bright or dark lesions, oedema, thin rims, necrosis,
 lesions touching CSF with poorly suppressed FLAIR CSF, Gaussian or Rician noise of 2-12 %, bias
 0-0.35, 1x1x5 mm slices for a quarter of them), each on a crop 24 mm around its lesions. This is
-NOT the setting the method was tuned on (``make_tumor_phantom``'s one fixed tumour). Channels:
+NOT the setting the method was tuned on (``make_tumor_phantom``'s one fixed tumor). Channels:
 FLAIR and T1, as on the real cases. Nothing is written to the repository but the report.
 
 Seeds: 3-slice strokes (:func:`medtorch.segment.seed_protocols.three_slice_strokes`, ring
 background, the phantom's index as seed); every lesion gets its own three slices. Binary seeds
-(whole tumour 1, background 2).
+(whole tumor 1, background 2).
 
 Methods: ``medtorch`` through :func:`benchmarks.segment.real_bench.medtorch_segment` (default
 options; option rows as in the real benchmark when ``SeededOptions`` has the field), and
@@ -25,7 +25,7 @@ options; option rows as in the real benchmark when ``SeededOptions`` has the fie
 (:func:`benchmarks.segment.real_bench.growcut_segment`). Each (phantom, method) is guarded: a
 failure is a row with the error.
 
-Report: mean, 10th percentile, min and quantiles of the whole-tumour Dice per method, a histogram,
+Report: mean, 10th percentile, min and quantiles of the whole-tumor Dice per method, a histogram,
 rows per subgroup (small lesions < 15 mm, dark lesions, anisotropic, several lesions, near CSF), and
 the issue's targets (mean >= 0.93, 10th percentile >= 0.85). Writes
 ``docs/benchmarks/segment_family.md`` and ``segment_family.json`` (``--quick``: into the workdir).
@@ -138,7 +138,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         "thin rims, necrosis, lesions next to CSF (poorly suppressed FLAIR CSF), Gaussian or Rician noise 2-12 %, bias "
         "0-0.35, a quarter on 1x1x5 mm grids; each on a crop 24 mm around its lesions. Not the phantom the method was "
         "tuned on. Channels: FLAIR + T1.",
-        "* Seeds: 3-slice strokes per lesion (ring background), binary (whole tumour 1, background 2).",
+        "* Seeds: 3-slice strokes per lesion (ring background), binary (whole tumor 1, background 2).",
         "* Methods: `medtorch` = `SeededSegmenter` (as `seeded_segment`), default options"
         + ("; " + ", ".join(f"`{k}` ({', '.join(f'{a}={b!r}' for a, b in v.items())})"
                             for k, v in meta["variants"].items() if v) if any(meta["variants"].values()) else "")
@@ -147,7 +147,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         f"* Machine: {meta['cpu']}, {meta['cores']} cores, {meta['threads']} threads; load {meta['load_min']:.1f} - "
         f"{meta['load_max']:.1f}" + (" (loaded: times are upper bounds)." if meta["load_max"] > meta["cores"] else "."),
         "",
-        "## Whole-tumour Dice: distribution",
+        "## Whole-tumor Dice: distribution",
         "",
         "| Method | n | mean | 10th pct | min | 25th pct | median | 75th pct | max | errors | time median (s) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -181,7 +181,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     if t:
         for key, what in (("mean", "mean"), ("p10", "10th percentile")):
             v, target, ok = t[key]
-            lines.append(f"* Whole-tumour Dice {what} >= {target}: {v:.3f} ({'met' if ok else 'NOT met'})")
+            lines.append(f"* Whole-tumor Dice {what} >= {target}: {v:.3f} ({'met' if ok else 'NOT met'})")
     else:
         lines.append("* not measured (no MedTorch result)")
     lines += ["", "## Per phantom", "", "| # | lesions (mm) | shape | flags | noise | bias | " + " | ".join(methods) + " |",

@@ -1,23 +1,23 @@
-"""Seeded tumour segmentation: MedTorch's region competition beside Slicer's GrowCut and
+"""Seeded tumor segmentation: MedTorch's region competition beside Slicer's GrowCut and
 scikit-image's random walker, on the same phantoms and seeds in the same run.
 
 ``python -m benchmarks.segment.seeded_bench [--quick] [--out PATH] [--workdir DIR] [--methods ...]``
 
 Data
 ----
-Brain-tumour phantoms on the real MNI ICBM152 2009a template (``Resources/SampleData``), made
+Brain-tumor phantoms on the real MNI ICBM152 2009a template (``Resources/SampleData``), made
 by :func:`medtorch.segment.tumor_phantom.make_tumor_phantom`: necrosis and non-enhancing core
 (BraTS label 1), oedema (2) fading towards its edge, an enhancing rim (3), a +-15 % bias field
 and Rician noise of 4, 7 and 10 % of the brightest intensity. Each case is cropped to a fixed
-box of 82x96x96 voxels (1 mm; 0.755 Mvoxel) centred on the tumour, which holds the whole
-tumour: every method segments that same region. Channels: FLAIR and T1c.
+box of 82x96x96 voxels (1 mm; 0.755 Mvoxel) centred on the tumor, which holds the whole
+tumor: every method segments that same region. Channels: FLAIR and T1c.
 
 Seed protocol (:func:`medtorch.segment.tumor_phantom.stroke_seeds`, fixed seeds)
 -------------------------------------------------------------------------------------
-Strokes on the three orthogonal slices (axial, coronal, sagittal) through the tumour's centre
+Strokes on the three orthogonal slices (axial, coronal, sagittal) through the tumor's centre
 of mass, as a user paints them in Slicer's Segment Editor: three straight strokes, 2 voxels
 wide, inside each class (kept 1.5 mm away from its boundary), and one arc-like background
-stroke in a band 4-8 mm outside the tumour on each slice. Classes 1 NCR, 2 ED, 3 ET;
+stroke in a band 4-8 mm outside the tumor on each slice. Classes 1 NCR, 2 ED, 3 ET;
 background value 4 (the last class). Nothing else is labelled.
 
 Seed edits (:func:`edit_sequence`): after the first run the user adds a stroke and takes it
@@ -47,8 +47,8 @@ Every (method, case) runs in its own process: peak RSS (``VmHWM``, reset at star
 imports; the RSS before the first run is in its own column), wall and CPU time (user + system)
 of the first run and of each edit's re-run. After the timed runs, the result of every
 incremental re-run is compared with a fresh run on the same seeds (voxels differing): a fast
-update that leaves stale labels shows there (Slicer's GrowCut does not undo erased seeds). Accuracy: Dice of the whole tumour (WT, labels
-1-3), tumour core (TC, 1+3), enhancing tumour (ET, 3) and of each class (NCR 1, ED 2) of the
+update that leaves stale labels shows there (Slicer's GrowCut does not undo erased seeds). Accuracy: Dice of the whole tumor (WT, labels
+1-3), tumor core (TC, 1+3), enhancing tumor (ET, 3) and of each class (NCR 1, ED 2) of the
 first run against the phantom's truth.
 
 Writes ``docs/benchmarks/segment_seeded.md`` (``--quick``: ``<workdir>/segment_seeded.md``
@@ -91,7 +91,7 @@ LABELS = {
     "random-walker": "skimage `random_walker` (FLAIR + T1c, beta 130 (default), cg_j)",
     "random-walker-b2000": "skimage `random_walker` (FLAIR + T1c, beta 2000 (tuned), cg_j)",
 }
-#: phantom settings (the template's tumour with a 20 mm oedema radius fits the crop)
+#: phantom settings (the template's tumor with a 20 mm oedema radius fits the crop)
 PHANTOM = dict(bias=0.15, core_radius_mm=10.0, rim_mm=4.0, oedema_radius_mm=20.0)
 BACKGROUND = 4
 TARGETS = {"wt_dice_10": 0.95, "first_s": 2.0, "edit_s": 0.5}
@@ -102,7 +102,7 @@ TARGETS = {"wt_dice_10": 0.95, "first_s": 2.0, "edit_s": 0.5}
 
 def _shifted_plane(truth: Any, axis: int, shift_mm: float, value: int, seed: int) -> np.ndarray:
     """Strokes of class ``value`` (the background: :data:`BACKGROUND`) on the plane normal to
-    ``axis`` (0 z, 1 y, 2 x) ``shift_mm`` from the tumour's centre, drawn by ``stroke_seeds``."""
+    ``axis`` (0 z, 1 y, 2 x) ``shift_mm`` from the tumor's centre, drawn by ``stroke_seeds``."""
     from scipy import ndimage
 
     from medtorch.segment.tumor_phantom import stroke_seeds
@@ -152,7 +152,7 @@ def build_cases(work: Path, noises: tuple[float, ...], seeds: tuple[int, ...]) -
             lo = np.clip(centre - np.asarray(CROP) // 2, 0, np.asarray(ph.truth.array.shape) - CROP)
             hi = lo + CROP
             if np.any(idx.min(0) < lo) or np.any(idx.max(0) >= hi):
-                raise RuntimeError(f"the tumour of case seed {s} does not fit the {CROP} crop")
+                raise RuntimeError(f"the tumor of case seed {s} does not fit the {CROP} crop")
             ph = ph.crop(lo, hi)
             seed_map = stroke_seeds(ph.truth, seed=s).array.astype(np.uint8)
             edits = edit_sequence(ph.truth, seed_map, seed=s)
@@ -370,18 +370,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     summary = summarise(rows)
     lines = [
-        "# Segmentation: seeded tumour segmentation",
+        "# Segmentation: seeded tumor segmentation",
         "",
         "Generated by `python -m benchmarks.segment.seeded_bench" + "".join(f" {a}" for a in meta.get("argv", []))
         + "` (do not edit by hand).",
         "",
-        f"* Data: brain-tumour phantoms on the MNI ICBM152 2009a template (1 mm; `make_tumor_phantom`, "
+        f"* Data: brain-tumor phantoms on the MNI ICBM152 2009a template (1 mm; `make_tumor_phantom`, "
         f"oedema radius {PHANTOM['oedema_radius_mm']:.0f} mm, bias +-{PHANTOM['bias'] * 100:.0f} %, Rician noise "
         f"{', '.join(f'{n * 100:.0f}' for n in meta['noises'])} % of the brightest intensity), phantom seeds "
         f"{meta['seeds']}; each case cropped to {CROP[0]}x{CROP[1]}x{CROP[2]} voxels "
-        f"({np.prod(CROP) / 1e6:.3f} Mvoxel) around the whole tumour. Every method segments that region.",
-        "* Seeds: strokes on the axial, coronal and sagittal slices through the tumour centre (three per class, "
-        "inside it; one background arc 4-8 mm outside the tumour per slice); classes 1 NCR, 2 ED, 3 ET, background 4.",
+        f"({np.prod(CROP) / 1e6:.3f} Mvoxel) around the whole tumor. Every method segments that region.",
+        "* Seeds: strokes on the axial, coronal and sagittal slices through the tumor centre (three per class, "
+        "inside it; one background arc 4-8 mm outside the tumor per slice); classes 1 NCR, 2 ED, 3 ET, background 4.",
         f"* Seed edits: {meta['edits']} per case (add an oedema stroke 6 mm off centre, erase it, add an enhancing "
         "stroke, erase it), each followed by a re-run: MedTorch incremental, GrowCut updating its kept filter "
         "(as Slicer's effect), the random walker from scratch.",
@@ -443,7 +443,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
             "",
             "## Targets (issue #7, 2 CPU cores)",
             "",
-            f"* Whole-tumour Dice >= {TARGETS['wt_dice_10']} at 10 % noise: MedTorch mean {verdict('wt_dice_10', True)}.",
+            f"* Whole-tumor Dice >= {TARGETS['wt_dice_10']} at 10 % noise: MedTorch mean {verdict('wt_dice_10', True)}.",
             f"* First run <= {TARGETS['first_s']} s on a 0.75 Mvoxel region: MedTorch median wall "
             f"{verdict('first_s', False)} s; CPU time {verdict('first_cpu_s', False)} s (one thread: on an idle "
             "machine the wall time is about the CPU time).",
@@ -454,7 +454,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
                else "."),
             "",
             "Quoted in the issue, not measured here: a Slicer-equivalent FastGrowCut 0.89 and a random walker "
-            "0.92-0.95 (35 s) whole-tumour Dice at 10 % noise.",
+            "0.92-0.95 (35 s) whole-tumor Dice at 10 % noise.",
         ]
     lines += ["", "<details><summary>Raw results</summary>", "", "```json",
               json.dumps(rows, indent=1, default=str), "```", "", "</details>", ""]

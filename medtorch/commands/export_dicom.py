@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder to write the DICOM SEG into (made if missing); the file is named after --seg: "
                         "FOLDER/<name>_SEG.dcm")
     p.add_argument("--names", action="append", default=None, metavar="VALUE=NAME[,...]",
-                   help="segment names by label value, e.g. 1=Necrosis,2=Edema,3=Enhancing tumor; standard tumour "
+                   help="segment names by label value, e.g. 1=Necrosis,2=Edema,3=Enhancing tumor; standard tumor "
                         "names get their standard codes (SNOMED CT / NCIt), others are coded as Neoplasm; "
                         "unnamed labels are called 'Class <value>'")
     p.add_argument("--fractional", action="store_true",

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     seeded = p.add_argument_group("seeded segmentation (--seeds)")
     seeded.add_argument("--method", default=default_of(SeededRequest, "method"), choices=choices(SeededRequest, "method"),
                         help="geodesic: every class grows from its seeds along the cheapest paths, paying for "
-                             "intensity changes and for tissue unlike its seeds (best on real tumour MRI); "
+                             "intensity changes and for tissue unlike its seeds (best on real tumor MRI); "
                              "competition: localized region competition")
     seeded.add_argument("--margin", type=float, default=default_of(SeededRequest, "margin_mm"),
                         help="least margin around the seeds' bounding box, mm (at least --margin-fraction of "
@@ -67,8 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     post = p.add_argument_group("post-processing and volumetry")
     post.add_argument("--min-size", type=float, default=default_of(SeededRequest, "min_size_mm3"),
                       help="remove pieces of a label smaller than this, mm^3")
-    post.add_argument("--largest", action="store_true", help="keep only the largest connected piece of the tumour")
-    post.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed in the tumour")
+    post.add_argument("--largest", action="store_true", help="keep only the largest connected piece of the tumor")
+    post.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed in the tumor")
     post.add_argument("--names", type=_names, default=None,
                       help="class names for the volumetry, e.g. 1=Necrosis,2=Edema,3=Enhancing tumor")
     post.add_argument("--regions", default=None, choices=["brats2021", "brats2023"],
@@ -244,8 +244,8 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
     result = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel)
     res, label = result.native, result.volumes["label"]
     write_volume(label, args.out)
-    tumour = [c for c in res.classes if c != res.background]
-    names = {c: (args.names or {}).get(c, f"class {c}") for c in tumour}
+    tumor = [c for c in res.classes if c != res.background]
+    names = {c: (args.names or {}).get(c, f"class {c}") for c in tumor}
     regions = None
     if args.regions:
         lab = BRATS_LABELS[args.regions]
@@ -267,7 +267,7 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
         write_json_atomic(args.info, info)
     if not args.quiet:
         parts = ", ".join(f"{r.name}: {r.volume_ml:.2f} mL" for r in rows)
-        print(f"Segmented {len(tumour)} class(es) in {res.seconds['total']:.1f} s: {parts}")
+        print(f"Segmented {len(tumor)} class(es) in {res.seconds['total']:.1f} s: {parts}")
     if res.verdict is not None and not res.verdict.passed:
         # a result that may be wrong says so, on stderr, whatever --quiet says
         print(f"medtorch segment: {res.verdict.summary()}", file=sys.stderr)
@@ -277,7 +277,7 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
 
 
 COMMANDS = [Command(
-    "segment", "segment a tumour from seeds (no training) or with a trained model (offline)",
+    "segment", "segment a tumor from seeds (no training) or with a trained model (offline)",
     "  medtorch segment --in flair.nii.gz --in t1c.nii.gz --seeds seeds.nrrd --out tumor.nrrd\n"
     "  medtorch segment --in flair.nii.gz --in t1c.nii.gz --seeds seeds.nrrd --out tumor.nrrd "
     "--names 1=Necrosis,2=Edema,3=Enhancing --volumes-csv volumes.csv\n"

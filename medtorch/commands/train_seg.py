@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
 
 COMMANDS = [Command(
     "train-seg", "train a 3D segmentation network (MONAI SegResNet or UNet) on labelled cases; write a MONAI bundle",
-    "  medtorch train-seg --data Task01_BrainTumour --out my_bundle\n"
+    "  medtorch train-seg --data Task01_BrainTUMORKEEP --out my_bundle\n"
     "  medtorch train-seg --data cases/ --out my_bundle --network unet --epochs 200 --roi-size 128,128,96 --seed 1\n"
     "  medtorch segment --model my_bundle --in new_case.nii.gz --out seg.nrrd   # use it",
     add_arguments, run)]

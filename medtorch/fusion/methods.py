@@ -250,10 +250,3 @@ def fuse_arrays(
     out, info = fuse_tensors(ta, tb, method, params, spacing, progress, cancel)
     info["device"] = str(dev)
     return out.detach().cpu().numpy().astype(np.float32), info
-
-
-def describe_methods() -> str:
-    """One line per method (for help texts)."""
-    return "\n".join(f"  {n:<10} {s.description}" for n, s in METHODS.items())
-
-

@@ -3,7 +3,7 @@
 The files ship with the FusionRegistration module (``Resources/SampleData``), made from the
 MNI152 2009a template by ``tools/make_sample_data.py`` with the demo's own functions: a T1,
 a T2-like contrast of the same head misaligned by a known rigid transform, and a T1 with a
-tumour phantom and its ground truth. They load from the local files (``file://`` URIs):
+tumor phantom and its ground truth. They load from the local files (``file://`` URIs):
 nothing is downloaded.
 """
 
@@ -17,7 +17,7 @@ SAMPLES = (
     ("MedTorch T1 (MNI152)", "MedTorchT1.nrrd", "MedTorchT1", "MedTorchT1.png"),
     ("MedTorch T2-like, misaligned", "MedTorchT2likeMisaligned.nrrd", "MedTorchT2likeMisaligned",
      "MedTorchT2likeMisaligned.png"),
-    ("MedTorch tumour phantom", "MedTorchTumourPhantom.nrrd", "MedTorchTumourPhantom", "MedTorchTumourPhantom.png"),
+    ("MedTorch tumor phantom", "MedTorchTumorPhantom.nrrd", "MedTorchTumorPhantom", "MedTorchTumorPhantom.png"),
 )
 CATEGORY = "MedTorch"
 

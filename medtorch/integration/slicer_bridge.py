@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
 from medtorch.jsonvalue import plain
-from medtorch.volume import LPS_TO_RAS, Geometry, Volume
+from medtorch.volume import Geometry, Volume
 
 if TYPE_CHECKING:  # pragma: no cover
     import vtk
@@ -203,7 +204,7 @@ def transform_between_volumes(fixed_node: Any, moving_node: Any) -> np.ndarray |
         return None
     if _transform_is_linear(fixed_parent) and _transform_is_linear(moving_parent):
         ras = ras_matrix_between(fixed_parent, moving_parent)
-        return LPS_TO_RAS @ ras @ LPS_TO_RAS
+        return coords.flip_affine(ras)
     return _displacement_between(fixed_node, fixed_parent, moving_parent)
 
 
@@ -218,13 +219,13 @@ def _displacement_between(fixed_node: Any, fixed_parent: Any, moving_parent: Any
     k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in geom.shape_zyx), indexing="ij")
     ijk = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1)
     lps = geom.index_to_physical(ijk)
-    ras = lps * np.array([-1.0, -1.0, 1.0])
+    ras = coords.ras_from_lps(lps)
     pts_in = vtk.vtkPoints()
     pts_in.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(ras), deep=True))
     pts_out = vtk.vtkPoints()
     general.TransformPoints(pts_in, pts_out)
     moved_ras = numpy_support.vtk_to_numpy(pts_out.GetData()).astype(np.float64)
-    disp_lps = (moved_ras - ras) * np.array([-1.0, -1.0, 1.0])
+    disp_lps = coords.lps_from_ras(moved_ras - ras)
     field = disp_lps.reshape(geom.shape_zyx + (3,)).astype(np.float64)
     return Volume(field, geom, "vector", {"what": "displacement field (LPS, mm)"})
 
@@ -237,7 +238,7 @@ def linear_transform_node_from_lps(matrix_lps: np.ndarray, name: str = "", scene
     """
     slicer = _slicer()
     scene = scene if scene is not None else slicer.mrmlScene
-    to_parent_ras = LPS_TO_RAS @ np.linalg.inv(np.asarray(matrix_lps, float)) @ LPS_TO_RAS
+    to_parent_ras = coords.to_parent_ras_from_itk(matrix_lps)
     node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
     node.SetMatrixTransformToParent(vtk_matrix_from_array(to_parent_ras))
     return node
@@ -334,11 +335,10 @@ def box_from_roi_node(roi_node: Any) -> dict[str, Any]:
     m.DeepCopy(roi_node.GetObjectToWorldMatrix())
     axes_ras = array_from_vtk_matrix(m)[:3, :3]
     axes_ras = axes_ras / np.linalg.norm(axes_ras, axis=0)
-    flip = np.diag([-1.0, -1.0, 1.0])
     return {
-        "center": plain(flip @ np.asarray(center_ras)),
+        "center": plain(coords.lps_from_ras(center_ras)),
         "half_size": plain(np.asarray(size) / 2.0),
-        "axes": plain(flip @ axes_ras),
+        "axes": plain(coords.flip_rows(axes_ras)),
     }
 
 

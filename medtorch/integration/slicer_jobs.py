@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 from medtorch import ops
@@ -52,7 +51,6 @@ class LogicJob:
 
     ``LogicJob(RegisterRequest(mode="affine"), inputs, apply, scene)``; the request is checked
     at once (:func:`medtorch.ops.request_for`), so bad parameters fail before anything runs.
-    :meth:`from_params` makes one from an operation name and plain params.
     """
 
     def __init__(self, request: Request, inputs: dict[str, Volume], apply: Callable[[OperationResult], Any],
@@ -63,12 +61,6 @@ class LogicJob:
         self.apply = apply
         self.scene = scene
         self.background: BackgroundJob | None = None
-
-    @classmethod
-    def from_params(cls, operation: str, inputs: dict[str, Volume], params: Mapping[str, Any],
-                    apply: Callable[[OperationResult], Any], scene: Any) -> LogicJob:
-        """A job for the operation named ``operation`` with plain ``params`` (checked at once)."""
-        return cls(ops.request_for(operation, params), inputs, apply, scene)
 
     def run_blocking(self, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Any:
         """Run in this process and apply the result (scripts, tests, self-tests); the time it

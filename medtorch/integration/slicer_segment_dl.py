@@ -25,11 +25,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
 from medtorch.ops.segmentation import ModelConvention, OutputInterpolation
 from medtorch.volume import Volume
 
-#: Colours (RGB 0-1) by segment name (lower case) for names the standard tumour terms do not
+#: Colours (RGB 0-1) by segment name (lower case) for names the standard tumor terms do not
 #: cover; others get :data:`PALETTE`.
 DEFAULT_COLORS: dict[str, tuple[float, float, float]] = {
     "necrotic tumor core": (0.55, 0.35, 0.20),
@@ -52,7 +53,8 @@ def _slicer() -> Any:
 
 
 def _ras(lps: Sequence[float]) -> tuple[float, float, float]:
-    return (-float(lps[0]), -float(lps[1]), float(lps[2]))
+    x, y, z = coords.ras_from_lps(lps)
+    return (float(x), float(y), float(z))
 
 
 def describe_model_path(model_path: str, trust_code: bool = False) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def describe_model_path(model_path: str, trust_code: bool = False) -> dict[str, 
 
 
 def segment_colors(labels: Mapping[int, str]) -> dict[int, tuple[float, float, float]]:
-    """A colour per label value: the standard tumour terms' colours by name
+    """A colour per label value: the standard tumor terms' colours by name
     (:func:`medtorch.segment.terminology.class_terms`), else :data:`DEFAULT_COLORS`, else the
     :data:`PALETTE` in turn."""
     try:

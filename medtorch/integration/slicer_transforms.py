@@ -5,8 +5,9 @@ the "resampling" direction, which Slicer calls **FromParent** (world, i.e. the f
 space, to the transformed node's local space). So:
 
 * a linear result ``A`` (4x4 LPS) becomes a ``vtkMRMLLinearTransformNode`` whose to-parent
-  RAS matrix is ``F A^-1 F`` (``F = diag(-1, -1, 1, 1)``): :func:`medtorch.integration.
-  slicer_bridge.linear_transform_node_from_lps`;
+  RAS matrix is ``F A^-1 F`` (``F``: the RAS <-> LPS flip,
+  :func:`medtorch.coords.to_parent_ras_from_itk`): :func:`medtorch.integration.slicer_bridge.
+  linear_transform_node_from_lps`;
 * a deformable result ``p -> A(p + d(p))`` becomes a ``vtkMRMLGridTransformNode`` whose
   FromParent transform is a ``vtkOrientedGridTransform`` holding the total displacement
   ``t(p) = A(p + d(p)) - p``, converted to RAS: the grid's origin and axes flipped by ``F``,
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
-from medtorch.volume import Geometry, Volume
+from medtorch.volume import Volume
 
 __all__ = [
     "grid_transform_node_from_lps",
@@ -32,9 +34,6 @@ __all__ = [
     "registration_transform_node",
     "set_grid_transform_from_lps",
 ]
-
-_FLIP3 = np.diag([-1.0, -1.0, 1.0])
-
 
 def _slicer() -> Any:
     import slicer
@@ -51,7 +50,7 @@ def lps_points_from_markups(node: Any) -> np.ndarray:
     for i in range(n):
         ras = [0.0, 0.0, 0.0]
         node.GetNthControlPointPositionWorld(i, ras)
-        out[i] = np.asarray(ras) @ _FLIP3
+        out[i] = coords.lps_from_ras(ras)
     return out
 
 
@@ -65,17 +64,17 @@ def _grid_transform_from_lps(field: Volume) -> Any:
         raise MedTorchInputError("a grid transform needs a 3-component displacement field",
                                  "give the displacement as a vector volume (LPS mm)")
     geom = field.geometry
-    ras_vectors = np.asarray(field.array, dtype=np.float64) @ _FLIP3  # flip L, P -> R, A
+    ras_vectors = coords.ras_from_lps(field.array)
     image = vtk.vtkImageData()
     image.SetDimensions(*geom.size)
-    image.SetOrigin(*(geom.origin @ _FLIP3))
+    image.SetOrigin(*coords.ras_from_lps(geom.origin))
     image.SetSpacing(*geom.spacing)
     flat = np.ascontiguousarray(ras_vectors.reshape(-1, 3))
     array = numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_DOUBLE)
     array.SetNumberOfComponents(3)
     image.GetPointData().SetScalars(array)
     direction = np.eye(4)
-    direction[:3, :3] = _FLIP3 @ geom.direction
+    direction[:3, :3] = coords.flip_rows(geom.direction)
     grid = slicer.vtkOrientedGridTransform()
     grid.SetDisplacementGridData(image)
     from medtorch.integration.slicer_bridge import vtk_matrix_from_array
@@ -121,7 +120,7 @@ def registration_transform_node(affine: np.ndarray, displacement: Volume | None,
     """
     slicer = _slicer()
     scene = scene if scene is not None else slicer.mrmlScene
-    from medtorch.integration.slicer_bridge import LPS_TO_RAS, linear_transform_node_from_lps, vtk_matrix_from_array
+    from medtorch.integration.slicer_bridge import linear_transform_node_from_lps, vtk_matrix_from_array
 
     if displacement is None:
         if node is None:
@@ -129,7 +128,7 @@ def registration_transform_node(affine: np.ndarray, displacement: Volume | None,
         if not node.IsA("vtkMRMLLinearTransformNode"):
             raise MedTorchInputError(f"the output transform {node.GetName()} is not a linear transform",
                                      "choose a linear transform node, or 'Create new'")
-        to_parent = LPS_TO_RAS @ np.linalg.inv(np.asarray(affine, float)) @ LPS_TO_RAS
+        to_parent = coords.to_parent_ras_from_itk(affine)
         node.SetMatrixTransformToParent(vtk_matrix_from_array(to_parent))
         return node
     total = _total_field(affine, displacement)
@@ -139,10 +138,3 @@ def registration_transform_node(affine: np.ndarray, displacement: Volume | None,
         raise MedTorchInputError(f"the output transform {node.GetName()} is not a grid transform",
                                  "choose a grid transform node, or 'Create new', for deformable registration")
     return set_grid_transform_from_lps(node, total)
-
-
-def geometry_of(node: Any) -> Geometry:
-    """Local grid of a volume node (LPS); re-exported for module code."""
-    from medtorch.integration.slicer_bridge import geometry_from_node
-
-    return geometry_from_node(node)

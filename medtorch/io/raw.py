@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
 from medtorch.volume import Geometry, Volume, VolumeKind
 
@@ -164,23 +165,8 @@ _NRRD_TYPES: dict[np.dtype[Any], tuple[str, ...]] = {
 }
 _NRRD_TYPE_LOOKUP: dict[str, np.dtype[Any]] = {name: dt for dt, names in _NRRD_TYPES.items() for name in names}
 
-#: NRRD spaces and the sign flips that take them to LPS (as ITK's NrrdImageIO does).
-_NRRD_SPACES = {
-    "left-posterior-superior": (1.0, 1.0, 1.0),
-    "lps": (1.0, 1.0, 1.0),
-    "left-posterior-superior-time": (1.0, 1.0, 1.0),
-    "lpst": (1.0, 1.0, 1.0),
-    "right-anterior-superior": (-1.0, -1.0, 1.0),
-    "ras": (-1.0, -1.0, 1.0),
-    "right-anterior-superior-time": (-1.0, -1.0, 1.0),
-    "rast": (-1.0, -1.0, 1.0),
-    "left-anterior-superior": (-1.0, 1.0, 1.0),
-    "las": (-1.0, 1.0, 1.0),
-    "left-anterior-superior-time": (-1.0, 1.0, 1.0),
-    "last": (-1.0, 1.0, 1.0),
-    "scanner-xyz": (1.0, 1.0, 1.0),
-    "3d-right-handed": (1.0, 1.0, 1.0),
-}
+#: NRRD spaces and the sign flips that take them to LPS (:data:`medtorch.coords.NRRD_SPACE_SIGNS`).
+_NRRD_SPACES = coords.NRRD_SPACE_SIGNS
 
 _MAX_HEADER_BYTES = 1 << 20
 
@@ -694,9 +680,8 @@ def _memmap_nifti(path: Path, kind: VolumeKind | None, allow_scaled: bool) -> Vo
     if mat is None:
         origin, direction = np.zeros(3), np.eye(3)
     else:
-        flip = np.array([-1.0, -1.0, 1.0])
-        origin = mat[:3, 3] * flip
-        cols = mat[:3, :3] * flip[:, None]
+        origin = coords.lps_from_ras(mat[:3, 3])  # NIfTI's world is RAS
+        cols = coords.flip_rows(mat[:3, :3])
         norms = np.linalg.norm(cols, axis=0)
         direction = cols / np.where(norms > 0, norms, 1.0)
 

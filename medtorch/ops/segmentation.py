@@ -185,8 +185,8 @@ def run_seeded(request: SeededRequest, inputs: dict[str, Volume], progress: Prog
         label = cast(Volume, postprocess_label(label, float(request.min_size_mm3), request.largest,
                                                request.fill_holes))
     regions = {str(k): [int(v) for v in vals] for k, vals in request.regions.items()}
-    tumour_classes = [c for c in res.classes if c != res.background]
-    rows = volumetry(label, {c: f"class {c}" for c in tumour_classes}, regions)
+    tumor_classes = [c for c in res.classes if c != res.background]
+    rows = volumetry(label, {c: f"class {c}" for c in tumor_classes}, regions)
     values = {
         "classes": res.classes, "background": res.background,
         "volumes_ml": {str(r.values[0]): r.volume_ml for r in rows if r.kind == "label"},

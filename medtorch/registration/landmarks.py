@@ -20,16 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medtorch import coords
 from medtorch.errors import MedTorchInputError
 
 __all__ = ["read_landmarks", "ras_to_lps"]
 
-_FLIP = np.array([-1.0, -1.0, 1.0])
-
-
 def ras_to_lps(points: np.ndarray) -> np.ndarray:
     """RAS <-> LPS (the same sign flip both ways) of ``(N, 3)`` points."""
-    return np.asarray(points, dtype=np.float64).reshape(-1, 3) * _FLIP
+    return coords.lps_from_ras(np.asarray(points, dtype=np.float64).reshape(-1, 3))
 
 
 def _from_mrk_json(p: Path) -> np.ndarray:

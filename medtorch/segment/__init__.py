@@ -1,4 +1,4 @@
-"""Tumour segmentation (SegmentTumor): thresholding, components, volumetry."""
+"""Tumor segmentation (SegmentTumor): thresholding, components, volumetry."""
 
 from medtorch.segment.threshold import Box, ThresholdResult, threshold_largest_component
 

@@ -1,6 +1,6 @@
 """Seeded segmentation by geodesic competition of seed-trained class models.
 
-Every class (the tumour classes and the background, the last class) grows from its seeds
+Every class (the tumor classes and the background, the last class) grows from its seeds
 along the cheapest paths through the image; a voxel goes to the class whose seeds reach it
 most cheaply. A path pays for
 
@@ -11,7 +11,7 @@ most cheaply. A path pays for
   class ``k``'s seed features (a kernel density estimate).
 
 So a class cannot run through tissue its seeds never looked like (a far region that merely
-has tumour-like intensities is reached only across background-like tissue or strong edges),
+has tumor-like intensities is reached only across background-like tissue or strong edges),
 and where intensities alone are ambiguous, the nearest seeds decide.
 
 Features (per region, cached by :class:`~medtorch.segment.seeded.SeededSegmenter`): every
@@ -67,7 +67,7 @@ class GeodesicSettings:
 
 
 def contrast_normalise(x: np.ndarray, seed_index: np.ndarray, n_classes: int) -> np.ndarray:
-    """``x`` in units of the seeds' contrast: the background seeds' median at 0, the tumour
+    """``x`` in units of the seeds' contrast: the background seeds' median at 0, the tumor
     class farthest from it at distance 1 (the robust range of ``x`` when the classes' medians
     coincide)."""
     bg = n_classes - 1
@@ -84,7 +84,7 @@ def _bins(x: np.ndarray) -> np.ndarray:
 
 
 def _fisher(x: np.ndarray, seed_index: np.ndarray, n_classes: int) -> float:
-    """Mean over the tumour classes of ``(m_k - m_bg)^2 / ((var_k + var_bg) / 2)``."""
+    """Mean over the tumor classes of ``(m_k - m_bg)^2 / ((var_k + var_bg) / 2)``."""
     bg = x[seed_index == n_classes - 1]
     out = []
     for k in range(n_classes - 1):

@@ -28,8 +28,8 @@ Pipeline (MONAI bundles and TorchScript):
    grid and discretised one slab of slices at a time, so still no whole float map exists.
 
 BraTS conventions (:data:`BRATS_LABELS`): BraTS 2021 labels 1 (necrotic core, NCR),
-2 (oedema, ED), 4 (enhancing tumour, ET); BraTS 2023 the same with ET = 3. Regions: tumour
-core TC = NCR + ET, whole tumour WT = NCR + ED + ET, enhancing tumour ET. A sigmoid model
+2 (oedema, ED), 4 (enhancing tumor, ET); BraTS 2023 the same with ET = 3. Regions: tumor
+core TC = NCR + ET, whole tumor WT = NCR + ED + ET, enhancing tumor ET. A sigmoid model
 whose outputs are the TC, WT and ET regions (MONAI's BraTS bundle) is composed into one
 label map in the convention asked for (as the bundle's own postprocessing does: ET where
 ET, else NCR where TC, else ED where WT).
@@ -136,11 +136,6 @@ def flip_axes_for_tta(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ..
         raise MedTorchInputError("test-time flips must be along axes 2, 3 or 4 (the spatial axes)",
                                  "give flips such as (2,), (3,), (4,)")
     return flips or [()]
-
-
-def _same_grid(volumes: Sequence[Volume]) -> bool:
-    g0 = volumes[0].geometry
-    return all(v.geometry.isclose(g0, atol=1e-4) for v in volumes[1:])
 
 
 def _align_channels(volumes: Sequence[Volume], progress: ProgressCallback | None,
@@ -285,11 +280,11 @@ def _brats_class_channels(output_names: Mapping[int, str]) -> dict[str, int] | N
     found: dict[str, int] = {}
     for i, n in output_names.items():
         key = "".join(ch for ch in n.lower() if ch.isalnum())
-        if key in ("ncr", "necrosis", "necrotic", "necrotictumorcore", "necrotictumourcore", "ncrnet", "necroticcore"):
+        if key in ("ncr", "necrosis", "necrotic", "necrotictumorcore", "necrotictumorcore", "ncrnet", "necroticcore"):
             found["NCR"] = i
-        elif key in ("ed", "edema", "oedema", "peritumoraledema", "peritumouraloedema", "snfh"):
+        elif key in ("ed", "edema", "oedema", "peritumoraledema", "peritumoraloedema", "snfh"):
             found["ED"] = i
-        elif key in ("et", "enhancing", "enhancingtumor", "enhancingtumour"):
+        elif key in ("et", "enhancing", "enhancingtumor", "enhancingtumor"):
             found["ET"] = i
     return found if len(found) == 3 else None
 

@@ -107,7 +107,7 @@ class LoadedModel:
         num_channels: input channels the network takes (None: unknown, e.g. a bare TorchScript).
         channel_names: one name per input channel, in order ("" where the metadata has none).
         output_names: name of each output channel (softmax: each class, index = label value;
-            sigmoid: each region, e.g. tumour core, whole tumour, enhancing tumour).
+            sigmoid: each region, e.g. tumor core, whole tumor, enhancing tumor).
         output_mode: ``"softmax"`` (one class per voxel: argmax) or ``"sigmoid"`` (independent
             channels: threshold).
         preprocessing: MONAI dictionary transforms applied to ``{image_key: MetaTensor}``
@@ -587,9 +587,9 @@ def _label_convention_from_meta(meta: Mapping[str, Any]) -> str | None:
 
 
 _REGION_NAMES = {
-    "TC": ("tc", "tumorcore", "tumourcore", "core"),
-    "WT": ("wt", "wholetumor", "wholetumour", "whole"),
-    "ET": ("et", "enhancingtumor", "enhancingtumour", "enhancing", "enhancingcore"),
+    "TC": ("tc", "tumorcore", "tumorcore", "core"),
+    "WT": ("wt", "wholetumor", "wholetumor", "whole"),
+    "ET": ("et", "enhancingtumor", "enhancingtumor", "enhancing", "enhancingcore"),
 }
 
 

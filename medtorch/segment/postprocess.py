@@ -8,8 +8,8 @@ Volume is given, so they mean the same on any grid; for arrays they are voxel co
 BraTS conventions
 -----------------
 * Labels: 2021 and earlier -- 1 necrotic/non-enhancing core (NCR), 2 peritumoral oedema
-  (ED), **4** enhancing tumour (ET); 2023 -- the same with ET = **3**.
-* Regions: tumour core TC = NCR + ET; whole tumour WT = NCR + ED + ET; enhancing ET.
+  (ED), **4** enhancing tumor (ET); 2023 -- the same with ET = **3**.
+* Regions: tumor core TC = NCR + ET; whole tumor WT = NCR + ED + ET; enhancing ET.
 * Composing one label map from region masks: ET wins, then the rest of TC is NCR, then
   the rest of WT is ED (the order MONAI's BraTS bundle uses).
 """
@@ -198,7 +198,7 @@ def remove_small_components(label: LabelLike, min_size: float, connectivity: int
 
 def keep_largest_component(label: LabelLike, connectivity: int = 26, per_label: bool = False) -> LabelLike:
     """Keep only the largest connected piece of the foreground (all non-zero labels together,
-    so a multi-class tumour stays whole), or of each label on its own with ``per_label``."""
+    so a multi-class tumor stays whole), or of each label on its own with ``per_label``."""
     from scipy import ndimage
 
     arr, vol = _labels(label)

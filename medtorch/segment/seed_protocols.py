@@ -1,8 +1,8 @@
 """Seed protocols: the ways users give seeds to seeded segmentation, simulated from a truth.
 
-Each protocol turns a truth label map (0 outside, tumour classes 1...) into what a user
+Each protocol turns a truth label map (0 outside, tumor classes 1...) into what a user
 would give :func:`~medtorch.segment.seeded.seeded_segment`: a seed label map (0 unlabelled,
-the tumour class values, the background ``max(classes) + 1``) and, where the protocol has
+the tumor class values, the background ``max(classes) + 1``) and, where the protocol has
 one, a region :class:`~medtorch.segment.threshold.Box`. All are deterministic given ``seed``.
 
 Protocols
@@ -13,25 +13,25 @@ Protocols
   ``stroke_seeds``' seeds).
 * :func:`one_slice_strokes` -- the same strokes on one slice: the axial slice through each
   lesion's centre.
-* :func:`clicks_and_box` -- a few clicks inside the tumour, each painted as a ball of
-  ``radius_mm`` (as SegmentTumor turns markups points into seeds), and a box: the tumour's
+* :func:`clicks_and_box` -- a few clicks inside the tumor, each painted as a ball of
+  ``radius_mm`` (as SegmentTumor turns markups points into seeds), and a box: the tumor's
   bounding box grown by ``margin_mm``. **No background seeds**: the box boundary is the
   background (the method is expected to treat it so).
 
 Background variants of the stroke protocols (``background=``):
 
-* ``"ring"`` -- an arc-like stroke in a band 4-8 mm outside the tumour on each slice
+* ``"ring"`` -- an arc-like stroke in a band 4-8 mm outside the tumor on each slice
   (``stroke_seeds``' background);
-* ``"scattered"`` -- short straight strokes (5-12 mm) scattered 3-15 mm outside the tumour
+* ``"scattered"`` -- short straight strokes (5-12 mm) scattered 3-15 mm outside the tumor
   on the protocol's slices;
 * ``"ring_missing_side"`` -- a full ring on each slice with no seed in one half-space through
-  the tumour's centre (its normal, random in the axial plane, is in the metadata): a user
+  the tumor's centre (its normal, random in the axial plane, is in the metadata): a user
   who never paints on one side (next to the skull, the midline, a ventricle).
 
 Correction rounds (:func:`correct`): a simulated user looks at a result, finds the largest
 connected error component (a miss or a false positive), and adds one straight stroke,
 2 voxels wide, on the slice through its centroid, inside the eroded error region, labelled
-with the truth there (the tumour class for a miss, the background for a false positive).
+with the truth there (the tumor class for a miss, the background for a false positive).
 """
 
 from __future__ import annotations
@@ -89,14 +89,14 @@ def _check_truth(truth: Volume) -> np.ndarray:
     if t.ndim != 3:
         raise MedTorchInputError("the truth must be a 3D label map", "give one label per voxel")
     if not np.any(t > 0):
-        raise MedTorchInputError("the truth has no labelled voxel", "give a label map with the tumour")
+        raise MedTorchInputError("the truth has no labelled voxel", "give a label map with the tumor")
     return t
 
 
 def _class_values(t: np.ndarray, classes: Sequence[int] | None) -> list[int]:
     vals = sorted(int(v) for v in (classes if classes is not None else np.unique(t[t > 0])))
     if not vals:
-        raise MedTorchInputError("the truth has no labelled voxel", "give a label map with the tumour")
+        raise MedTorchInputError("the truth has no labelled voxel", "give a label map with the tumor")
     return vals
 
 
@@ -137,13 +137,13 @@ def _crop_bounds(mask: np.ndarray, spacing_zyx: np.ndarray, margin_mm: float) ->
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def _distance_outside(tumour: np.ndarray, spacing_zyx: np.ndarray, reach_mm: float) -> np.ndarray:
-    """Distance (mm) to the tumour of every voxel, exact within ``reach_mm`` of it (inf beyond)."""
+def _distance_outside(tumor: np.ndarray, spacing_zyx: np.ndarray, reach_mm: float) -> np.ndarray:
+    """Distance (mm) to the tumor of every voxel, exact within ``reach_mm`` of it (inf beyond)."""
     from scipy import ndimage
 
-    out = np.full(tumour.shape, np.inf, np.float32)
-    sl = _crop_bounds(tumour, spacing_zyx, reach_mm + 2.0 * float(spacing_zyx.max()))
-    out[sl] = ndimage.distance_transform_edt(~tumour[sl], sampling=spacing_zyx)
+    out = np.full(tumor.shape, np.inf, np.float32)
+    sl = _crop_bounds(tumor, spacing_zyx, reach_mm + 2.0 * float(spacing_zyx.max()))
+    out[sl] = ndimage.distance_transform_edt(~tumor[sl], sampling=spacing_zyx)
     return out
 
 
@@ -221,7 +221,7 @@ def _strokes(truth: Volume, classes: Sequence[int] | None, background: str, seed
     bg = max(vals) + 1
     g = truth.geometry
     sp = _spacing_zyx(g)
-    tumour = t > 0
+    tumor = t > 0
     if within is not None:
         within = np.asarray(within.array if isinstance(within, Volume) else within).astype(bool)
         if within.shape != t.shape:
@@ -254,7 +254,7 @@ def _strokes(truth: Volume, classes: Sequence[int] | None, background: str, seed
             ring_arcs[pl] |= s_pl == bg
             planes.append((axis, int(centre[axis])))
     reach = max(background_margin_mm[1], 15.0) + 2.0
-    dist_out = _distance_outside(tumour, sp, reach)
+    dist_out = _distance_outside(tumor, sp, reach)
     allowed = dist_out >= max(background_margin_mm[0] - 1.0, 2.0)
     if within is not None:
         allowed &= within
@@ -275,7 +275,7 @@ def _strokes(truth: Volume, classes: Sequence[int] | None, background: str, seed
         ring = _ring_band(dist_out, background_margin_mm, width, sp)
         ang = rng.uniform(-np.pi, np.pi)
         normal = np.array([math.cos(ang), math.sin(ang), 0.0])  # LPS, in the axial plane
-        centre_lps = _physical_zyx(g, _centroid_zyx(tumour))[0]
+        centre_lps = _physical_zyx(g, _centroid_zyx(tumor))[0]
         bgmask = np.zeros(t.shape, bool)
         for axis, index in sorted(set(planes)):
             pl = _plane_index(axis, index)
@@ -305,7 +305,7 @@ def three_slice_strokes(truth: Volume, classes: Sequence[int] | None = None, bac
                         width: float = 2.0, scattered_per_slice: int = 4) -> ProtocolSeeds:
     """Strokes on the axial, coronal and sagittal slices through the centre of each lesion.
 
-    Tumour strokes are :func:`~medtorch.segment.tumor_phantom.stroke_seeds`' (three straight
+    Tumor strokes are :func:`~medtorch.segment.tumor_phantom.stroke_seeds`' (three straight
     strokes per class and slice, ``width`` voxels wide, ``erode_mm`` inside the class). Each
     lesion (:func:`lesion_components`) gets its own three slices. ``background`` is one of
     :data:`BACKGROUNDS`; background seeds stay at least ``max(background_margin_mm[0] - 1, 2)``
@@ -323,7 +323,7 @@ def one_slice_strokes(truth: Volume, classes: Sequence[int] | None = None, backg
                       background_margin_mm: tuple[float, float] = (4.0, 8.0), erode_mm: float = 1.5,
                       width: float = 2.0, scattered_per_slice: int = 6) -> ProtocolSeeds:
     """Strokes on ONE slice per lesion: the axial slice through its centre (or, when that
-    slice misses the lesion, the axial slice where the lesion is largest). The tumour strokes
+    slice misses the lesion, the axial slice where the lesion is largest). The tumor strokes
     are those :func:`three_slice_strokes` draws on that slice; see it for the arguments."""
     return _strokes(truth, classes, background, seed, within, (axial_axis(truth.geometry),), strokes_per_class,
                     background_margin_mm, erode_mm, width, scattered_per_slice, "one_slice")
@@ -341,15 +341,15 @@ def _ball_offsets(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
 
 def clicks_and_box(truth: Volume, n_clicks: int = 4, radius_mm: float = 2.0, margin_mm: float = 7.5,
                    seed: int = 0, classes: Sequence[int] | None = None) -> ProtocolSeeds:
-    """A few clicks inside the tumour, each painted as a ball, and a box around the tumour.
+    """A few clicks inside the tumor, each painted as a ball, and a box around the tumor.
 
     Each lesion gets at least one click; the others go to the lesions with the most voxels per
     click. In a lesion the clicks are spread out (the first at random, each next one the
     farthest from those before among a random sample), at least ``radius_mm`` deep inside the
-    tumour where it is that thick (else at its deepest point). A click paints the ball of
+    tumor where it is that thick (else at its deepest point). A click paints the ball of
     ``radius_mm`` around it with the truth's class there, clipped to that class's voxels.
 
-    The box is the tumour's bounding box (voxel centres, along the grid's axes) grown by
+    The box is the tumor's bounding box (voxel centres, along the grid's axes) grown by
     ``margin_mm`` on every side. **No background seed is painted**: the box boundary is the
     background. The background value ``max(classes) + 1`` is in the metadata.
     """
@@ -363,11 +363,11 @@ def clicks_and_box(truth: Volume, n_clicks: int = 4, radius_mm: float = 2.0, mar
     if n_clicks < 1 or radius_mm <= 0 or margin_mm < 0:
         raise MedTorchInputError("n_clicks must be >= 1, radius_mm > 0 and margin_mm >= 0", "fix the settings")
     rng = np.random.default_rng([int(seed), 0xC11C])
-    tumour = t > 0
+    tumor = t > 0
     lesions = lesion_components(t)
-    sl = _crop_bounds(tumour, sp, 2.0 * float(sp.max()))
+    sl = _crop_bounds(tumor, sp, 2.0 * float(sp.max()))
     depth = np.zeros(t.shape, np.float32)
-    depth[sl] = ndimage.distance_transform_edt(tumour[sl], sampling=sp)
+    depth[sl] = ndimage.distance_transform_edt(tumor[sl], sampling=sp)
     # clicks per lesion: one each, the rest where the voxels per click are most
     sizes = np.array([int(m.sum()) for m in lesions], float)
     per = np.ones(len(lesions), int)
@@ -397,14 +397,14 @@ def clicks_and_box(truth: Volume, n_clicks: int = 4, radius_mm: float = 2.0, mar
             pts = pts[t[tuple(pts.T)] == value]
             out[tuple(pts.T)] = value
             clicks.append([float(v) for v in _physical_zyx(g, c[None])[0]])
-    idx = np.argwhere(tumour)
+    idx = np.argwhere(tumor)
     lo, hi = idx.min(0).astype(float), idx.max(0).astype(float)
     centre_ijk = ((lo + hi) / 2.0)[::-1]
     centre = g.index_to_physical(centre_ijk[None])[0]
     half = ((hi - lo) / 2.0)[::-1] * np.asarray(g.spacing, float) + margin_mm
     box = Box(center=centre, half_size=half, axes=np.asarray(g.direction, float).reshape(3, 3))
-    meta = {"protocol": "click_box", "seeds": f"{len(clicks)} clicks (balls of {radius_mm:g} mm) inside the tumour "
-            f"and a box (tumour bounding box + {margin_mm:g} mm); no background seeds",
+    meta = {"protocol": "click_box", "seeds": f"{len(clicks)} clicks (balls of {radius_mm:g} mm) inside the tumor "
+            f"and a box (tumor bounding box + {margin_mm:g} mm); no background seeds",
             "background": "box boundary", "background_value": bg, "seed": int(seed), "clicks_lps": clicks,
             "radius_mm": float(radius_mm), "margin_mm": float(margin_mm), "lesions": len(lesions),
             "box_center_lps": [float(v) for v in centre], "box_half_size_mm": [float(v) for v in half]}
@@ -457,12 +457,12 @@ def correct(truth: Volume, seeds: Volume, result: Volume | np.ndarray, backgroun
 
     The error is ``result != truth`` (class values; 0 is background in both). Its pieces are
     the 26-connected components of the error voxels that should be one value (a miss of a
-    tumour class, a false positive that should be background, or a wrong class). In the
+    tumor class, a false positive that should be background, or a wrong class). In the
     largest piece, on the orthogonal slice through its centroid where its cross-section is
     largest, a straight stroke ``width`` voxels wide is drawn through the deepest point of
     the cross-section eroded by one voxel, along the direction where it runs longest inside
     it (at most ``max_length_mm``), clipped to the piece. It is labelled with the truth there:
-    the tumour class for a miss, ``background`` (default :func:`seed_background_value`) for a
+    the tumor class for a miss, ``background`` (default :func:`seed_background_value`) for a
     false positive.
 
     Returns:

@@ -1,9 +1,9 @@
 """Seeded multi-class segmentation: geodesic competition (default) or localized region competition.
 
 The user paints seeds, as with Slicer's *Grow from seeds*: a label map where 0 is
-unlabelled and each positive value is a class (for a brain tumour, e.g. 1 necrosis/core,
+unlabelled and each positive value is a class (for a brain tumor, e.g. 1 necrosis/core,
 2 oedema, 3 enhancing), the **largest value being the background**. Every voxel of a
-region around the seeds gets one class; the output keeps each tumour class's value and
+region around the seeds gets one class; the output keeps each tumor class's value and
 writes the background as 0. Several co-registered channels (e.g. FLAIR and T1c) are used
 at once. No training is needed.
 
@@ -11,7 +11,7 @@ Two methods share the seeds, the region and the connectivity rules:
 
 * ``geodesic`` (the default): every class grows from its seeds along the cheapest paths,
   paying for intensity changes and for tissue that looks more like another class than its
-  own seeds (:mod:`medtorch.segment.geodesic`). It won on real brain-tumour MRI (the
+  own seeds (:mod:`medtorch.segment.geodesic`). It won on real brain-tumor MRI (the
   development half of ``benchmarks/segment/real_bench.py``, confirmed on its held-out half).
 * ``competition``: the localized region competition below (on torch, CPU or GPU).
 
@@ -43,9 +43,9 @@ Region competition
    connected to them). Local sums are kept on a grid
    coarser by two, box-filtered once with cumulative sums and then updated from the voxels
    that move; only voxels on or next to a label boundary are visited.
-5. **Seed connectivity.** A piece of a tumour class farther than ``connect_mm`` from the
+5. **Seed connectivity.** A piece of a tumor class farther than ``connect_mm`` from the
    pieces holding that class's seeds becomes background; background holes inside the
-   tumour without background seeds are filled (:func:`_seed_connected`).
+   tumor without background seeds are filled (:func:`_seed_connected`).
 
 Incremental re-runs (:class:`SeededSegmenter`): features are computed once per region;
 after a seed edit the class models are re-estimated, the previous labelling is kept except
@@ -111,11 +111,11 @@ class SeededOptions:
             noise variance); higher gives smoother, rounder regions.
         iterations: most competition iterations (it stops earlier when nothing changes).
         components: most Gaussian components per class model.
-        outlier_p: a voxel whose features are this improbable under every tumour class
+        outlier_p: a voxel whose features are this improbable under every tumor class
             model starts as background (0 turns the test off).
-        keep_seed_connected: a piece of a tumour class farther than ``connect_mm`` from every
+        keep_seed_connected: a piece of a tumor class farther than ``connect_mm`` from every
             piece holding a seed of that class becomes background; background holes inside
-            the tumour without background seeds are filled (see :func:`_seed_connected`).
+            the tumor without background seeds are filled (see :func:`_seed_connected`).
         connect_mm: gap (mm) up to which pieces of one class count as connected.
         plausible_gap: in the competition a class may take a voxel only where its seed
             model's log-likelihood is within this of the best class's (``inf``: anywhere);
@@ -127,7 +127,7 @@ class SeededOptions:
             seed model. It anchors every class to what its seeds looked like, so that a
             class with graded intensities (oedema fading at its edge) cannot creep into its
             neighbours by adapting its local mean; 0 gives pure local competition. 0.5 (the
-            default) gave the best whole-tumour Dice on the benchmark's phantoms
+            default) gave the best whole-tumor Dice on the benchmark's phantoms
             (``benchmarks/segment/seeded_bench.py``; 1.0 undersegments faint oedema edges).
         context_mm: geodesic: Gaussian sigma (mm) of the first channel's context feature.
         bandwidth: geodesic: kernel width of the class densities (units of the seeds' contrast).
@@ -192,7 +192,7 @@ class SeededResult:
     """What :func:`seeded_segment` returns.
 
     Attributes:
-        label: label map on the first channel's grid: the tumour classes keep their seed
+        label: label map on the first channel's grid: the tumor classes keep their seed
             values, background and everything outside the region are 0.
         classes: the seed values, background last.
         background: the background's seed value.
@@ -229,7 +229,7 @@ def check_seeds(seeds: Volume, box_background: bool = False) -> tuple[list[int],
     """The classes of a seed map (sorted, background last) and the background value.
 
     With ``box_background`` (a region box is given) seeds of one class are accepted: that
-    class is the tumour, and the background (value + 1) is the box's border.
+    class is the tumor, and the background (value + 1) is the box's border.
 
     Raises:
         MedTorchInputError: an empty seed map, seeds of one class only (without a box),
@@ -250,14 +250,14 @@ def check_seeds(seeds: Volume, box_background: bool = False) -> tuple[list[int],
     values = np.unique(arr[arr > 0]) if arr.size else np.array([])
     if values.size == 0:
         raise MedTorchInputError("the seed map is empty (no voxel is labelled)",
-                                 "paint seeds in every tumour class and in the background (the last class) "
-                                 "around the tumour")
+                                 "paint seeds in every tumor class and in the background (the last class) "
+                                 "around the tumor")
     if values.size == 1 and box_background:
         return [int(values[0]), int(values[0]) + 1], int(values[0]) + 1
     if values.size == 1:
         raise MedTorchInputError(f"the seeds are of one class only (value {int(values[0])})",
-                                 "paint seeds of at least two classes: the tumour class(es) and the background "
-                                 "(the last, largest value) around the tumour, or give a box around the tumour")
+                                 "paint seeds of at least two classes: the tumor class(es) and the background "
+                                 "(the last, largest value) around the tumor, or give a box around the tumor")
     if values.size > MAX_CLASSES:
         raise MedTorchInputError(f"the seed map has {values.size} different values, more than {MAX_CLASSES}",
                                  "give a seed label map (0 unlabelled, 1... classes), not an image")
@@ -495,9 +495,9 @@ def _class_scores(features: torch.Tensor, model: _ClassModel, outlier_classes: S
     """``[K, z, y, x]`` log-likelihood of every voxel under every class model, each mixture
     taken at its nearest component (the hard-assignment approximation of the log-sum).
 
-    For the classes in ``outlier_classes`` (the tumour classes), a voxel farther than
+    For the classes in ``outlier_classes`` (the tumor classes), a voxel farther than
     ``outlier_d2`` (squared distance in units of the class variance) from every centre of
-    the class gets ``-inf``: a voxel that fits no tumour class is left to the background,
+    the class gets ``-inf``: a voxel that fits no tumor class is left to the background,
     the class of everything else.
     """
     c = features.shape[0]
@@ -782,14 +782,14 @@ def _seed_connected(labels: np.ndarray, seed_index: np.ndarray, background: int,
                     tolerance: Sequence[int] = (2, 2, 2)) -> np.ndarray:
     """Connectivity to the seeds, class by class.
 
-    * A piece of a tumour class (26-connected) holding no seed of that class becomes
+    * A piece of a tumor class (26-connected) holding no seed of that class becomes
       background -- unless it lies within ``tolerance`` voxels (per axis) of a piece that
       does: a thin enhancing rim is often broken into pieces, and strokes on a few slices
-      cannot reach them all. Regions the seeds' class models mistook for a tumour class
+      cannot reach them all. Regions the seeds' class models mistook for a tumor class
       (a ventricle taken for necrosis, say) go back to the background, the class of
       everything else.
     * A piece of background that holds no background seed and does not touch the region's
-      border (a hole inside the tumour) goes to the nearest tumour classes.
+      border (a hole inside the tumor) goes to the nearest tumor classes.
     """
     from scipy import ndimage
 
@@ -823,10 +823,10 @@ def _seed_connected(labels: np.ndarray, seed_index: np.ndarray, background: int,
         keep[0] = True
         holes = ~keep[comp]
         if holes.any():
-            # nearest tumour label, computed in the holes' bounding box (plus one voxel)
-            where = np.argwhere(holes)
-            lo = np.maximum(where.min(0) - 1, 0)
-            hi = np.minimum(where.max(0) + 2, np.asarray(holes.shape))
+            # nearest tumor label, computed in the holes' bounding box (plus one voxel)
+            first, last = _bounds(holes)
+            lo = np.maximum(first - 1, 0)
+            hi = np.minimum(last + 2, np.asarray(holes.shape))
             box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             sub_holes, sub_out = holes[box], out[box]
             _, idx = ndimage.distance_transform_edt(sub_holes | (sub_out == background), return_indices=True)
@@ -848,14 +848,26 @@ def _single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of ``mask``'s true voxels on each axis (``mask`` has one). The same as
+    ``argwhere(mask).min(0)`` / ``.max(0)``, from the per-axis projections: no index list of the
+    whole volume is built (on a 1 mm head that list cost more than the rest of the region search)."""
+    lo, hi = [], []
+    for a in range(mask.ndim):
+        along = np.flatnonzero(mask.any(axis=tuple(d for d in range(mask.ndim) if d != a)))
+        lo.append(along[0])
+        hi.append(along[-1])
+    return np.asarray(lo), np.asarray(hi)
+
+
 def _region_from_seeds(seeds: np.ndarray, geometry: Geometry, margin_mm: float,
                        margin_fraction: float = 0.0, region_aspect: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The seeds' bounding box grown on each side by ``margin_mm`` or by ``margin_fraction`` of
     its extent on that axis, whichever is larger, and on every axis to at least
     ``region_aspect`` times the box's largest extent in mm (``[z, y, x]`` voxel bounds, hi
     exclusive)."""
-    idx = np.argwhere(seeds > 0)
-    extent = idx.max(0) - idx.min(0) + 1
+    first, last = _bounds(seeds > 0)
+    extent = last - first + 1
     margin = np.maximum(np.ceil(margin_mm / np.asarray(geometry.spacing)[::-1]),
                         np.round(margin_fraction * extent)).astype(int)
     if region_aspect > 0:  # flat seeds (strokes on one slice): the region as deep as it is wide
@@ -863,8 +875,8 @@ def _region_from_seeds(seeds: np.ndarray, geometry: Geometry, margin_mm: float,
         ext_mm = extent * sp
         extra = np.ceil(np.maximum(region_aspect * ext_mm.max() - ext_mm, 0.0) / 2.0 / sp).astype(int)
         margin = np.maximum(margin, extra)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, np.asarray(seeds.shape))
+    lo = np.maximum(first - margin, 0)
+    hi = np.minimum(last + margin + 1, np.asarray(seeds.shape))
     # at least 3 voxels per axis (strokes on one slice only give a flat box)
     for a in range(3):
         while hi[a] - lo[a] < 3 and (lo[a] > 0 or hi[a] < seeds.shape[a]):
@@ -891,9 +903,9 @@ def _region_from_box(box: Any, geometry: Geometry) -> tuple[np.ndarray, np.ndarr
         mask = box.mask(sub)
     if mask is None or not mask.any():
         raise MedTorchInputError("the region box does not contain any voxel of the volume",
-                                 "move or enlarge the box over the tumour")
-    idx = np.argwhere(mask)
-    return idx.min(0) + lo[::-1], idx.max(0) + 1 + lo[::-1]
+                                 "move or enlarge the box over the tumor")
+    first, last = _bounds(mask)
+    return first + lo[::-1], last + 1 + lo[::-1]
 
 
 class SeededSegmenter:
@@ -1124,7 +1136,7 @@ class SeededSegmenter:
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         sub = np.asarray(seed_arr[sl])
         if self.region_box is not None and not np.any(sub == background):
-            # no background seed: the box's border is the background (the box holds the tumour)
+            # no background seed: the box's border is the background (the box holds the tumor)
             sub = sub.copy()
             border = np.ones(sub.shape, bool)
             border[1:-1, 1:-1, 1:-1] = False
@@ -1132,7 +1144,7 @@ class SeededSegmenter:
         present = [c for c in classes if np.any(sub == c)]
         if len(present) < 2:
             raise MedTorchInputError("fewer than two seed classes lie inside the region",
-                                     "paint seeds of the tumour and of the background inside the region")
+                                     "paint seeds of the tumor and of the background inside the region")
         classes = present
         lut = np.full(int(sub.max()) + 1, -1, np.int64)
         for i, c in enumerate(classes):
@@ -1190,7 +1202,7 @@ def seeded_segment(channels: Sequence[Volume] | Volume, seeds: Volume, options: 
             seeds' bounding box plus margin.
 
     Returns:
-        :class:`SeededResult`; ``label`` keeps the tumour classes' values, background 0.
+        :class:`SeededResult`; ``label`` keeps the tumor classes' values, background 0.
 
     Raises:
         MedTorchInputError: an empty seed map, seeds of one class only, channels that do

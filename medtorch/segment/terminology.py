@@ -1,11 +1,11 @@
-"""Standard names, colours and codes of brain-tumour segments and regions.
+"""Standard names, colours and codes of brain-tumor segments and regions.
 
 Codes follow DICOM's context groups for brain lesion segmentation (CID 7168 *Brain Lesion
 Segmentation Type With Necrosis* and CID 7169 *... Without Necrosis*): necrosis SCT 6574001,
 oedema SCT 79654002, enhancing lesion NCIt C113842, non-enhancing lesion NCIt C81175,
 background DCM 125040, normal tissue SCT 17621005; the category is *Morphologically Altered
 Structure* (SCT 49755003) and the anatomic region the brain (SCT 12738006). The BraTS
-regions have no codes of their own: tumour core and whole tumour are typed *Neoplasm*
+regions have no codes of their own: tumor core and whole tumor are typed *Neoplasm*
 (SCT 108369006) and told apart by their names.
 
 :func:`slicer_terminology` writes an entry in 3D Slicer's terminology string format
@@ -61,7 +61,7 @@ NEOPLASM = Code("SCT", "108369006", "Neoplasm")
 
 @dataclass(frozen=True)
 class TumorTerm:
-    """A named, coloured, coded segment (or region) of a brain tumour."""
+    """A named, coloured, coded segment (or region) of a brain tumor."""
 
     key: str
     name: str
@@ -123,7 +123,7 @@ def term(name: str) -> TumorTerm:
     """The term named ``name`` (key, name or alias); see :data:`TERMS`."""
     t = find_term(name)
     if t is None:
-        raise MedTorchInputError(f"no standard tumour term is named {name!r}",
+        raise MedTorchInputError(f"no standard tumor term is named {name!r}",
                                  "use one of " + ", ".join(sorted(TERMS)))
     return t
 

@@ -1,7 +1,7 @@
-"""Brain-tumour phantoms with known truth, and seed strokes as a user draws them.
+"""Brain-tumor phantoms with known truth, and seed strokes as a user draws them.
 
 A phantom is a multi-channel MRI-like study (T1, T1c, T2, FLAIR) of a brain holding a
-glioma-like tumour with four compartments, as the BraTS challenge describes them:
+glioma-like tumor with four compartments, as the BraTS challenge describes them:
 
 * **necrosis** (dark in T1c, bright in T2) and **non-enhancing solid core**, which BraTS
   counts together as label 1 (NCR);
@@ -16,8 +16,8 @@ bias field and Rician noise whose standard deviation is a fraction of the bright
 tissue's intensity (BrainWeb's convention: "10 % noise" is ``noise=0.10``).
 
 :func:`stroke_seeds` draws seeds as a user would in Slicer's Segment Editor: strokes on
-the three orthogonal slices through the tumour centre, inside each class and around the
-tumour for the background.
+the three orthogonal slices through the tumor centre, inside each class and around the
+tumor for the background.
 
 Everything is deterministic given ``seed``.
 """
@@ -56,16 +56,16 @@ CHANNELS = ("T1", "T1c", "T2", "FLAIR")
 #: Compartment values of :attr:`TumorPhantom.compartments`.
 COMPARTMENTS = {1: "necrosis", 2: "non-enhancing core", 3: "enhancing rim", 4: "oedema"}
 
-# Intensities (arbitrary units, white matter of T1 ~ 0.8): tissue csf, gm, wm; tumour
+# Intensities (arbitrary units, white matter of T1 ~ 0.8): tissue csf, gm, wm; tumor
 # necrosis, non-enhancing core, enhancing, oedema. T1 and T1c tissue come from the
 # template's own T1 when it is used.
 _TISSUE = {"T1": (0.18, 0.6, 0.8), "T1c": (0.18, 0.6, 0.8), "T2": (1.0, 0.55, 0.4), "FLAIR": (0.1, 0.6, 0.45)}
-_TUMOUR = {"T1": (0.25, 0.45, 0.5, 0.55), "T1c": (0.25, 0.5, 1.1, 0.55), "T2": (0.95, 0.7, 0.65, 0.85),
+_TUMOR = {"T1": (0.25, 0.45, 0.5, 0.55), "T1c": (0.25, 0.5, 1.1, 0.55), "T2": (0.95, 0.7, 0.65, 0.85),
            "FLAIR": (0.4, 0.8, 0.75, 0.95)}
 # Oedema fades towards its outer edge (diffuse infiltration): its intensity there.
 _OEDEMA_EDGE = {"T1": 0.62, "T1c": 0.62, "T2": 0.68, "FLAIR": 0.74}
 #: Depth (mm) over which oedema reaches its full intensity, and the relative amplitude of
-#: the smooth texture inside every tumour compartment.
+#: the smooth texture inside every tumor compartment.
 _OEDEMA_FADE_MM = 8.0
 _TEXTURE = 0.06
 
@@ -88,7 +88,7 @@ class Tissue:
 @dataclass
 class TumorPhantom:
     """A phantom study: ``channels`` by name, the BraTS-2023 ``truth`` (1 NCR, 2 ED, 3 ET),
-    the four ``compartments`` (see :data:`COMPARTMENTS`) and the tumour centre (LPS mm)."""
+    the four ``compartments`` (see :data:`COMPARTMENTS`) and the tumor centre (LPS mm)."""
 
     channels: dict[str, Volume]
     truth: Volume
@@ -170,7 +170,7 @@ def synthetic_tissue(geometry: Geometry, seed: int = 0) -> Tissue:
     return Tissue(geometry, gm.astype(np.float32), wm.astype(np.float32), csf.astype(np.float32), None)
 
 
-# -- the tumour ------------------------------------------------------------------------------------
+# -- the tumor ------------------------------------------------------------------------------------
 
 
 def _bias_field(geometry: Geometry, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -200,11 +200,11 @@ def make_tumor_phantom(
     irregularity: float = 0.18,
     psf_mm: float = 0.6,
 ) -> TumorPhantom:
-    """A tumour with necrosis, non-enhancing core, enhancing rim and oedema in ``tissue``.
+    """A tumor with necrosis, non-enhancing core, enhancing rim and oedema in ``tissue``.
 
     Args:
-        tissue: the brain around the tumour (:func:`mni_tissue` or :func:`synthetic_tissue`).
-        center_lps: tumour centre (LPS mm); default: the grid centre.
+        tissue: the brain around the tumor (:func:`mni_tissue` or :func:`synthetic_tissue`).
+        center_lps: tumor centre (LPS mm); default: the grid centre.
         noise: Rician noise standard deviation as a fraction of the brightest intensity.
         bias: amplitude of the multiplicative bias field (0.15: intensities vary +-15 %).
         seed: random seed for shape, bias and noise.
@@ -224,14 +224,14 @@ def make_tumor_phantom(
     g = tissue.geometry
     rng = np.random.default_rng(seed)
     c = g.center() if center_lps is None else np.asarray(center_lps, float)
-    # the tumour lives in a box around its centre: shapes are computed there only
+    # the tumor lives in a box around its centre: shapes are computed there only
     reach = 2.0 * (oedema_radius_mm + 4.0)
     corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float) * reach + c
     ijk = g.physical_to_index(corners)
     lo = np.clip(np.floor(ijk.min(0)).astype(int), 0, np.asarray(g.size) - 1)
     hi = np.clip(np.ceil(ijk.max(0)).astype(int) + 1, 1, np.asarray(g.size))
     if np.any(hi <= lo):
-        raise MedTorchInputError("the tumour centre lies outside the volume", "give a centre inside the brain")
+        raise MedTorchInputError("the tumor centre lies outside the volume", "give a centre inside the brain")
     box = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
     sub = Geometry(tuple(int(v) for v in hi - lo), g.index_to_physical(lo[None].astype(float))[0], g.spacing,
                    g.direction)
@@ -252,7 +252,7 @@ def make_tumor_phantom(
     sub_comp[solid] = 2
     sub_comp[enh] = 3
     sub_comp[oed] = 4
-    # keep the tumour one piece: the oedema component touching the rim, drop islands
+    # keep the tumor one piece: the oedema component touching the rim, drop islands
     lab, n = ndimage.label(sub_comp > 0)
     if n > 1:
         keep = np.bincount(lab[(sub_comp == 1) | (sub_comp == 3)].ravel(), minlength=n + 1)
@@ -260,7 +260,7 @@ def make_tumor_phantom(
         sub_comp[(lab > 0) & (keep[lab] == 0)] = 0
     comp = np.zeros(g.shape_zyx, np.uint8)
     comp[box] = sub_comp
-    # oedema depth below its outer edge (mm, approximate) and tumour texture, in the box
+    # oedema depth below its outer edge (mm, approximate) and tumor texture, in the box
     fade = np.zeros(g.shape_zyx, np.float32)
     fade[box] = np.clip((oedema_radius_mm - r_oed) / _OEDEMA_FADE_MM, 0.0, 1.0)
     texture = np.ones(g.shape_zyx, np.float32)
@@ -278,7 +278,7 @@ def make_tumor_phantom(
             img = tissue.t1.astype(np.float32).copy()
         else:
             img = (csf_v * tissue.csf + gm_v * tissue.gm + wm_v * tissue.wm).astype(np.float32)
-        for value, inten in zip((1, 2, 3, 4), _TUMOUR[name]):
+        for value, inten in zip((1, 2, 3, 4), _TUMOR[name]):
             m = comp == value
             if value == 4:
                 edge = _OEDEMA_EDGE[name]
@@ -295,7 +295,7 @@ def make_tumor_phantom(
             b = rng.normal(0.0, sd, img.shape).astype(np.float32)
             img = np.sqrt(a * a + b * b)
         channels[name] = Volume(img.astype(np.float32), g, "scalar",
-                                {"phantom": "tumour", "channel": name, "noise": noise, "seed": seed})
+                                {"phantom": "tumor", "channel": name, "noise": noise, "seed": seed})
     params = {"noise": noise, "bias": bias, "seed": seed, "core_radius_mm": core_radius_mm, "rim_mm": rim_mm,
               "oedema_radius_mm": oedema_radius_mm}
     return TumorPhantom(channels, Volume(truth, g, "label", {"labels": "BraTS 2023: 1 NCR, 2 ED, 3 ET"}),
@@ -325,12 +325,12 @@ def stroke_seeds(
     width: float = 2.0,
     seed: int = 0,
 ) -> Volume:
-    """Seed strokes on the axial, coronal and sagittal slices through the tumour centre.
+    """Seed strokes on the axial, coronal and sagittal slices through the tumor centre.
 
-    For each tumour class (the non-zero values of ``truth``, or ``classes``) a few straight
+    For each tumor class (the non-zero values of ``truth``, or ``classes``) a few straight
     strokes are drawn inside the class (eroded by ``erode_mm``, so a stroke never crosses a
     boundary); the background gets an arc-like stroke in a band ``background_margin_mm``
-    outside the tumour plus a few short strokes. The background is the last class, value
+    outside the tumor plus a few short strokes. The background is the last class, value
     ``max(classes) + 1``, as :func:`~medtorch.segment.seeded.seeded_segment` expects.
 
     Returns:
@@ -341,15 +341,15 @@ def stroke_seeds(
     t = truth.array
     vals = sorted(int(v) for v in (classes if classes is not None else np.unique(t[t > 0])))
     if not vals:
-        raise MedTorchInputError("the truth has no labelled voxel", "give a label map with the tumour")
+        raise MedTorchInputError("the truth has no labelled voxel", "give a label map with the tumor")
     bg_value = max(vals) + 1
     rng = np.random.default_rng(seed)
     sp = np.asarray(truth.geometry.spacing)[::-1]  # z, y, x
-    tumour = t > 0
+    tumor = t > 0
     if center_zyx is None:
-        center_zyx = np.round(ndimage.center_of_mass(tumour)).astype(int)
+        center_zyx = np.round(ndimage.center_of_mass(tumor)).astype(int)
     cz = [int(v) for v in center_zyx]
-    dist_out = ndimage.distance_transform_edt(~tumour, sampling=sp)
+    dist_out = ndimage.distance_transform_edt(~tumor, sampling=sp)
     mid_margin = 0.5 * (background_margin_mm[0] + background_margin_mm[1])
     ring = np.abs(dist_out - mid_margin) <= max(width * float(sp.min()), 0.5 * (background_margin_mm[1] - background_margin_mm[0])) / 2.0
     out = np.zeros(t.shape, np.uint8)
@@ -406,10 +406,10 @@ def stroke_seeds(
 
 #: The ranges :func:`random_tumor_phantom` draws from (see its docstring). They are chosen NOT to be
 #: the setting the seeded method was tuned on (:func:`make_tumor_phantom` with its defaults:
-#: one 24 mm-radius tumour, 4-10 % Rician noise, a +-15 % polynomial bias).
+#: one 24 mm-radius tumor, 4-10 % Rician noise, a +-15 % polynomial bias).
 FAMILY_RANGES: dict[str, Any] = {
     "n_lesions": (1, 3),  # 1 (70 %), 2 (20 %) or 3 (10 %)
-    "diameter_mm": (5.0, 40.0),  # equivalent diameter of each lesion's whole tumour, log-uniform
+    "diameter_mm": (5.0, 40.0),  # equivalent diameter of each lesion's whole tumor, log-uniform
     "shape": ("ellipsoid", "lobes", "field"),
     "noise": (0.02, 0.12),  # of the brightest intensity
     "noise_kind": ("gaussian", "rician"),
@@ -482,11 +482,11 @@ def _slab_mean(a: np.ndarray, k: int) -> np.ndarray:
 
 def random_tumor_phantom(rng: np.random.Generator | int, tissue: Tissue | None = None,
                          channels: Sequence[str] = CHANNELS, margin_mm: float = 24.0) -> TumorPhantom:
-    """A brain-tumour phantom drawn from wide ranges (:data:`FAMILY_RANGES`), on a crop of ``tissue``.
+    """A brain-tumor phantom drawn from wide ranges (:data:`FAMILY_RANGES`), on a crop of ``tissue``.
 
     Drawn, and recorded in ``parameters``:
 
-    * 1-3 lesions (the others 3-25 mm from the first), each with an equivalent whole-tumour
+    * 1-3 lesions (the others 3-25 mm from the first), each with an equivalent whole-tumor
       diameter of 5-40 mm (log-uniform) and a shape: a random ellipsoid, a union of 2-5
       ellipsoids (multi-lobed) or a ball deformed by a smooth random field;
     * the lesion's FLAIR contrast against its surroundings (the mean of the tissue 2-6 mm
@@ -508,8 +508,8 @@ def random_tumor_phantom(rng: np.random.Generator | int, tissue: Tissue | None =
         margin_mm: the crop around the lesions.
 
     Returns:
-        A :class:`TumorPhantom` on the crop (1 core/necrosis and solid tumour, 2 oedema, 3 rim:
-        BraTS-like values; the whole tumour is ``truth > 0``); ``parameters`` holds every draw and
+        A :class:`TumorPhantom` on the crop (1 core/necrosis and solid tumor, 2 oedema, 3 rim:
+        BraTS-like values; the whole tumor is ``truth > 0``); ``parameters`` holds every draw and
         the subgroup flags ``small`` (largest lesion < 15 mm), ``dark``, ``anisotropic``,
         ``multi_lesion`` and ``near_csf``.
     """
@@ -638,9 +638,9 @@ def random_tumor_phantom(rng: np.random.Generator | int, tissue: Tissue | None =
     truth[(comp == 1) | (comp == 4)] = 1
     truth[comp == 2] = 2
     truth[comp == 3] = 3
-    tumour = truth > 0
+    tumor = truth > 0
     # -- images ---------------------------------------------------------------------------------
-    dist_out = ndimage.distance_transform_edt(~tumour, sampling=sp) if tumour.any() else np.full(comp.shape, np.inf)
+    dist_out = ndimage.distance_transform_edt(~tumor, sampling=sp) if tumor.any() else np.full(comp.shape, np.inf)
     shell = (dist_out >= 2.0) & (dist_out <= 6.0) & brain
     tex_f = 1.0 + tex * np.clip(_smooth_field(sub.shape_zyx, 2.0 / sp, rng), -2.5, 2.5)
     if bias_kind == "polynomial":
@@ -676,7 +676,7 @@ def random_tumor_phantom(rng: np.random.Generator | int, tissue: Tissue | None =
         if oz.any():
             oed_level = ref + 0.7 * (level - ref)
             img[oz] = img[oz] + (oed_level - img[oz]) * (0.35 + 0.65 * fade[oz])
-        img[tumour] *= tex_f[tumour]
+        img[tumor] *= tex_f[tumor]
         if psf > 0:
             img = ndimage.gaussian_filter(img, psf / sp)
         if slab > 1:
@@ -691,7 +691,7 @@ def random_tumor_phantom(rng: np.random.Generator | int, tissue: Tissue | None =
         else:
             img = img + rng.normal(0.0, sd, img.shape).astype(np.float32)
         out[name] = Volume(img.astype(np.float32), out_geom, "scalar",
-                           {"phantom": "tumour family", "channel": name, "noise": noise})
+                           {"phantom": "tumor family", "channel": name, "noise": noise})
     comp_out = comp if slab == 1 else np.where(truth > 0, 1, 0).astype(np.uint8)
     centre_lps = g.index_to_physical(centres[0][::-1][None])[0]
     eq_d = [float(v) for v in diam]

@@ -32,7 +32,7 @@ def build() -> str:
                         SCALAR)),
         (label("roiLabel", "Region of interest:", "Optional box that limits the segmentation"),
          node_combo("roiSelector", "roi", "Optional ROI box around the lesion: only voxels inside it are considered", ["vtkMRMLMarkupsROINode"], optional=True)),
-        (label("methodLabel", "Method:", "How the tumour is segmented"),
+        (label("methodLabel", "Method:", "How the tumor is segmented"),
          widget("QComboBox", "methodComboBox",
                 "threshold: intensity range and largest region; seeded: grow classes from painted seeds (no training); "
                 "model: a trained model (MONAI bundle, TorchScript, nnU-Net), offline; nodules: lung nodules in a chest CT",
@@ -50,11 +50,11 @@ def build() -> str:
         (label("segmentNameLabel", "Segment name:", "Name of the segment created"),
          widget("QLineEdit", "segmentNameLineEdit", "Name given to the segment in the new segmentation", "segmentName", text="Tumor")),
     ])
-    seeded = section("seededCollapsibleButton", "Seeded", "Grow tumour classes from painted seeds", [
+    seeded = section("seededCollapsibleButton", "Seeded", "Grow tumor classes from painted seeds", [
         (label("seedSegmentationLabel", "Seed segmentation:", "Seeds painted as segments"),
          optional_combo("seedSegmentationSelector", "seedSegmentation",
                         "Seeds painted in the Segment Editor: one segment per class (e.g. Necrosis, Edema, Enhancing "
-                        "tumor) and a Background segment (or the last segment) around the tumour",
+                        "tumor) and a Background segment (or the last segment) around the tumor",
                         ["vtkMRMLSegmentationNode"])),
         (label("seedMarkupsLabel", "Seed points:", "Seeds placed as markups points"),
          optional_combo("seedMarkupsSelector", "seedMarkups",
@@ -67,7 +67,7 @@ def build() -> str:
         (label("seededMethodLabel", "Seeded method:", "How the seeds grow"),
          widget("QComboBox", "seededMethodComboBox",
                 "geodesic: every class grows from its seeds along the cheapest paths, paying for intensity changes "
-                "and for tissue unlike its seeds (the best on real tumour MRI); competition: localized region "
+                "and for tissue unlike its seeds (the best on real tumor MRI); competition: localized region "
                 "competition (uses Smoothness)", "seededMethod", items=request_items(SeededRequest, "method"))),
         (label("smoothnessLabel", "Smoothness:", "Boundary smoothness (competition)"),
          widget("ctkSliderWidget", "smoothnessSliderWidget",
@@ -80,8 +80,8 @@ def build() -> str:
         (label("minSizeLabel", "Minimum piece size:", "Smaller pieces are removed"),
          widget("QDoubleSpinBox", "minSizeSpinBox", "Pieces of a segment smaller than this are removed (0 keeps all)",
                 "minSizeMm3", minimum=0.0, maximum=1000000.0, singleStep=10.0, decimals=0, value=0.0, suffix=" mm³")),
-        (label("fillHolesLabel", "Fill holes:", "Fill cavities enclosed in the tumour"),
-         widget("QCheckBox", "fillHolesCheckBox", "Fill cavities enclosed in the tumour", "fillHoles", text="")),
+        (label("fillHolesLabel", "Fill holes:", "Fill cavities enclosed in the tumor"),
+         widget("QCheckBox", "fillHolesCheckBox", "Fill cavities enclosed in the tumor", "fillHoles", text="")),
         (label("autoUpdateLabel", "Auto-update:", "Re-run when the seeds change"),
          widget("QCheckBox", "autoUpdateCheckBox",
                 "Re-run the seeded segmentation (fast, from the previous result) half a second after the seed "
@@ -114,19 +114,19 @@ def build() -> str:
                         "makes a new one", ["vtkMRMLSegmentationNode"], none_display="Create new", add=True)),
         (label("volumetryTableLabel", "Volumetry table:", "Table of segment volumes"),
          optional_combo("volumetryTableSelector", "volumetryTable",
-                        "Table that receives mL per segment and for the whole tumour; 'Create new' makes a new one",
+                        "Table that receives mL per segment and for the whole tumor; 'Create new' makes a new one",
                         ["vtkMRMLTableNode"], none_display="Create new", add=True)),
         (label("referenceLabel", "Reference segmentation:", "Optional reference to score against"),
          optional_combo("referenceSelector", "referenceSegmentation",
                         "Optional reference: each segment is scored against the reference segment of the same name, "
-                        "and the whole tumour against all reference segments (Dice, HD95, surface Dice...)",
+                        "and the whole tumor against all reference segments (Dice, HD95, surface Dice...)",
                         ["vtkMRMLSegmentationNode"])),
         (label("metricsTableLabel", "Metrics table:", "Table of scores"),
          optional_combo("metricsTableSelector", "metricsTable",
                         "Table that receives the scores against the reference; 'Create new' makes a new one",
                         ["vtkMRMLTableNode"], none_display="Create new", add=True)),
         (label("volumeLabel", "Lesion volume:", "Volume of the segment"),
-         widget("QLabel", "volumeValueLabel", "Volume of the tumour (all its segments) in millilitres (mL)", text="- mL")),
+         widget("QLabel", "volumeValueLabel", "Volume of the tumor (all its segments) in millilitres (mL)", text="- mL")),
     ])
     advanced = section("advancedCollapsibleButton", "Advanced", "Compute settings", [
         (label("deviceLabel", "Device:", "Where the computation runs"),
