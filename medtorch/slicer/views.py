@@ -19,7 +19,9 @@ managers) before the scene goes: a camera manager that outlives its view crashes
 views still open at exit are closed by an ``atexit`` hook.
 
 :func:`rendering_unavailable` says why rendering cannot run on this machine (no EGL/OpenGL,
-no slicer-core), or ``None``.
+no slicer-core, or turned off by ``MEDTORCH_NO_RENDER=1``), or ``None``. :meth:`SliceView.project`
+and :meth:`ThreeDView.project` say where a RAS point lands on a render;
+:mod:`medtorch.slicer.checks` measures renders as a person looks at them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -72,12 +75,20 @@ _LOGICS = (
     ("VolumeRendering", "vtkSlicerVolumeRenderingLogic"),
 )
 
+#: set to 1 (or any value but 0 and empty) to turn rendering off: the views' users then say so
+#: and go on without renders (reports keep their figures, self-tests skip their visual checks)
+NO_RENDER_ENV = "MEDTORCH_NO_RENDER"
+
 _PROBE = """
 import vtk
 vtk.vtkObject.GlobalWarningDisplayOff()
-from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
 import slicer
-w = vtkEGLRenderWindow(); w.SetOffScreenRendering(1); w.SetSize(8, 8)
+try:
+    from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
+    w = vtkEGLRenderWindow()
+except ImportError:  # a VTK built without EGL (e.g. a Slicer application): its own window, as _window
+    w = vtk.vtkRenderWindow()
+w.SetOffScreenRendering(1); w.SetSize(8, 8)
 r = vtk.vtkRenderer(); r.SetBackground(1, 0, 0); w.AddRenderer(r); w.Render()
 f = vtk.vtkWindowToImageFilter(); f.SetInput(w); f.ReadFrontBufferOff(); f.Update()
 print('pixel', f.GetOutput().GetScalarComponentAsDouble(4, 4, 0, 0))
@@ -85,13 +96,20 @@ w.Finalize()
 """
 
 
-@functools.lru_cache(maxsize=1)
 def rendering_unavailable() -> str | None:
     """Why offscreen rendering cannot run here (a sentence), or ``None`` when it can.
 
-    Probes in a child process (about a second, once per process): a machine without EGL or
-    OpenGL can abort the process that tries.
+    ``MEDTORCH_NO_RENDER=1`` turns rendering off (read at each call). Otherwise probes in a
+    child process (about a second, once per process): a machine without EGL or OpenGL can
+    abort the process that tries.
     """
+    if os.environ.get(NO_RENDER_ENV, "").strip() not in ("", "0"):
+        return f"rendering is turned off ({NO_RENDER_ENV}={os.environ[NO_RENDER_ENV].strip()})"
+    return _probe_once()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_once() -> str | None:
     return _probe(sys.executable)
 
 
@@ -386,6 +404,17 @@ class SliceView(_View):
         self.node.SetFieldOfView(fov[0] / factor, fov[1] / factor, fov[2])
         return self
 
+    def project(self, ras: Sequence[float]) -> tuple[float, float]:
+        """Where the RAS point ``ras`` lands on this view's render: (x, y) in pixels, x to the
+        right and y down from the top-left corner (as the rows and columns of :meth:`render`'s
+        array). A point off the slice plane is projected onto it."""
+        import vtk
+
+        ras_to_xy = vtk.vtkMatrix4x4()
+        vtk.vtkMatrix4x4.Invert(self.node.GetXYToRAS(), ras_to_xy)
+        x, y, _, _ = ras_to_xy.MultiplyPoint((float(ras[0]), float(ras[1]), float(ras[2]), 1.0))
+        return x, self.size[1] - 1 - y  # the slice's XY runs bottom-up, as OpenGL's rows
+
     def render(self) -> np.ndarray:
         connection = self.logic.GetImageDataConnection()
         has_image = connection is not None and self.composite.GetBackgroundVolumeID() is not None
@@ -442,6 +471,14 @@ class ThreeDView(_View):
         camera.Zoom(zoom)
         self.renderer.ResetCameraClippingRange()
         return self
+
+    def project(self, ras: Sequence[float]) -> tuple[float, float]:
+        """Where the RAS point ``ras`` lands on this view's render with the camera as it is now:
+        (x, y) in pixels, x to the right and y down from the top-left corner."""
+        self.renderer.SetWorldPoint(float(ras[0]), float(ras[1]), float(ras[2]), 1.0)
+        self.renderer.WorldToDisplay()
+        x, y, _ = self.renderer.GetDisplayPoint()
+        return float(x), self.size[1] - 1 - float(y)
 
     def _release(self) -> None:
         _collection(self._app_logic, "ViewLogics").RemoveItem(self.logic)
