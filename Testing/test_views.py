@@ -335,6 +335,8 @@ def _picture():
 def test_checks_measure_made_up_renders():
     black, red = _picture()
     assert checks.changed_fraction(red, black) == pytest.approx(20 / 400)
+    assert checks.changed_mask(red, black)[5:10, 12:16].all() and checks.changed_mask(red, black).sum() == 20
+    assert checks.coloured_fraction(red) == pytest.approx(20 / 400) and checks.coloured_fraction(black) == 0.0
     assert checks.non_background_fraction(red) == pytest.approx(20 / 400)
     assert checks.non_background_fraction(red, background=red) == 0.0  # a render of the empty view
     assert checks.non_background_fraction(red, background=(230, 20, 20)) == pytest.approx(380 / 400)
@@ -457,6 +459,13 @@ def test_projection_puts_points_where_they_show(scene):
     checks.expect_colour_near(pixels, RED, middle, max_distance=4, min_pixels=50)
     right, superior = three_d.project((cx + 8, cy, cz)), three_d.project((cx, cy, cz + 8))
     assert right[0] < middle[0] - 5 and superior[1] < middle[1] - 5, (right, superior)
+    # framing a box (e.g. a volume's RAS bounds) puts its centre in the middle, the sphere off it
+    three_d.reset_camera("Anterior", bounds=(cx - 40, cx, cy - 20, cy + 20, cz - 20, cz + 20))
+    boxed = three_d.render()
+    box_middle = three_d.project((cx - 20, cy, cz))
+    assert abs(box_middle[0] - SIZE / 2) < 3 and abs(box_middle[1] - SIZE / 2) < 3, box_middle
+    found = checks.expect_colour_near(boxed, RED, three_d.project(scene.center_ras), max_distance=4)
+    assert found[0] < SIZE / 2 - 10  # the sphere lies 20 mm to the patient's right: the screen's left
     three_d.reset_camera("Anterior", azimuth=40)
     turned = three_d.render()
     checks.expect_colour_near(turned, RED, three_d.project(scene.center_ras), max_distance=4)

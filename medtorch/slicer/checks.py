@@ -6,11 +6,12 @@ screen positions are (x, y) pixels, x to the right and y down from the top-left 
 
 Measures (numpy only, no Slicer):
 
-* :func:`changed_fraction`: the share of pixels that differ between two renders;
+* :func:`changed_mask`, :func:`changed_fraction`: the pixels that differ between two renders;
 * :func:`non_background_fraction`: the share of pixels that are not background (a colour or a
   render of the empty view);
 * :func:`colour_mask`, :func:`centroid`: where a colour shows, and its middle on the screen;
-* :func:`roughness`: how much neighbouring pixels differ (noise shows as roughness).
+* :func:`coloured_fraction`: the share of pixels in colour rather than grey;
+* :func:`roughness`: how grainy a render looks (noise shows, smooth shapes do not).
 
 Checks (:func:`expect_changed`, :func:`expect_not_blank`, :func:`expect_colour_near`,
 :func:`expect_smoother`) return the measure and raise :class:`VisualCheckFailed` (an
@@ -53,12 +54,17 @@ def _rgb255(rgb: RGB) -> np.ndarray:
     return c * 255.0 if c.max() <= 1.0 else c
 
 
-def changed_fraction(after: np.ndarray, before: np.ndarray, tolerance: int = 20) -> float:
-    """The share of pixels whose colour differs by more than ``tolerance`` (0-255, any channel)."""
+def changed_mask(after: np.ndarray, before: np.ndarray, tolerance: int = 20) -> np.ndarray:
+    """Pixels whose colour differs by more than ``tolerance`` (0-255, any channel)."""
     a, b = _pixels(after), _pixels(before)
     if a.shape != b.shape:
         raise ValueError(f"renders of different sizes: {a.shape} and {b.shape}")
-    return float((np.abs(a - b).max(axis=2) > tolerance).mean())
+    return np.asarray(np.abs(a - b).max(axis=2) > tolerance)
+
+
+def changed_fraction(after: np.ndarray, before: np.ndarray, tolerance: int = 20) -> float:
+    """The share of pixels whose colour differs by more than ``tolerance`` (0-255, any channel)."""
+    return float(changed_mask(after, before, tolerance).mean())
 
 
 def background_mask(pixels: np.ndarray, background: np.ndarray | RGB | None = None,
@@ -107,16 +113,33 @@ def colour_centroid(pixels: np.ndarray, rgb: RGB, max_angle_deg: float = 15.0) -
     return centroid(colour_mask(pixels, rgb, max_angle_deg))
 
 
-def roughness(pixels: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean absolute difference between neighbouring pixels' brightness (inside ``mask``)."""
+def coloured_fraction(pixels: np.ndarray, min_spread: int = 30) -> float:
+    """The share of pixels in colour, not grey: their channels spread by more than ``min_spread``."""
+    p = _pixels(pixels)
+    return float(((p.max(axis=2) - p.min(axis=2)) > min_spread).mean())
+
+
+def _box_mean(image: np.ndarray, size: int) -> np.ndarray:
+    """The mean over the ``size`` x ``size`` window around each pixel (edges repeated)."""
+    half = size // 2
+    padded = np.pad(image.astype(np.float64), half, mode="edge")
+    summed = np.pad(padded.cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    h, w = image.shape
+    total = (summed[size:size + h, size:size + w] - summed[:h, size:size + w] - summed[size:size + h, :w]
+             + summed[:h, :w])
+    return np.asarray(total / float(size * size))
+
+
+def roughness(pixels: np.ndarray, mask: np.ndarray | None = None, size: int = 7) -> float:
+    """How grainy a render looks: the mean absolute difference between each pixel's brightness
+    and the mean of the ``size`` x ``size`` pixels around it (noise, not the shapes, shows up).
+    With ``mask``, only where that whole window lies inside it (edges of the mask left out)."""
     grey = _pixels(pixels).astype(np.float64).mean(axis=2)
-    dx = np.abs(np.diff(grey, axis=1))[:-1, :]
-    dy = np.abs(np.diff(grey, axis=0))[:, :-1]
-    step = dx + dy
-    if mask is not None:
-        inside = np.asarray(mask)[:-1, :-1]
-        return float(step[inside].mean()) if inside.any() else 0.0
-    return float(step.mean())
+    deviation = np.abs(grey - _box_mean(grey, size))
+    if mask is None:
+        return float(deviation.mean())
+    inside = _box_mean(np.asarray(mask, dtype=np.float64), size) > 1.0 - 1e-9
+    return float(deviation[inside].mean()) if inside.any() else 0.0
 
 
 def _what(what: str) -> str:
@@ -197,10 +220,11 @@ class VisualChecks:
             self.reason = f"medtorch.slicer.views cannot be imported ({exc})"
         if self.reason:
             message = f"Visual checks skipped: {self.reason}"
-            logging.warning(message)
             SKIPPED.append(self.reason)
             if say is not None:
-                say(message)
+                say(message)  # a self-test's delayDisplay: shown, and logged
+            else:
+                logging.warning(message)
 
     @property
     def available(self) -> bool:

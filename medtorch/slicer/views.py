@@ -454,16 +454,21 @@ class ThreeDView(_View):
         return manager.GetCameraNode() if manager is not None else None
 
     def reset_camera(self, direction: Direction = "Anterior", azimuth: float = 0.0, elevation: float = 0.0,
-                     zoom: float = 1.0, box: bool = False) -> ThreeDView:
+                     zoom: float = 1.0, box: bool = False, bounds: Sequence[float] | None = None) -> ThreeDView:
         """Look at everything shown from ``direction`` (as Slicer's view-direction buttons), then
-        turn the camera by ``azimuth``/``elevation`` degrees and zoom; ``box`` shows the 3D cube."""
+        turn the camera by ``azimuth``/``elevation`` degrees and zoom; ``box`` shows the 3D cube.
+        ``bounds`` (RAS: xmin, xmax, ymin, ymax, zmin, zmax; e.g. a volume node's
+        ``GetRASBounds``) frames that box instead of everything shown."""
         slicer = _slicer()
         self.node.SetBoxVisible(int(box))
         self.node.SetAxisLabelsVisible(int(box))
         camera_node = self.camera_node()
         if camera_node is not None:
             camera_node.RotateTo(getattr(slicer.vtkMRMLCameraNode, direction))
-        self.renderer.ResetCamera()
+        if bounds is not None:
+            self.renderer.ResetCamera(*(float(b) for b in bounds[:6]))
+        else:
+            self.renderer.ResetCamera()
         camera = self.renderer.GetActiveCamera()
         camera.Azimuth(azimuth)
         camera.Elevation(elevation)
