@@ -476,3 +476,42 @@ def test_projection_puts_points_where_they_show(scene):
             checks.expect_colour_near(three_d.render(), RED, middle, max_distance=4)
     finally:
         display.SetVisibility(1)
+
+
+# -- medtorch.slicer.renders (the reports' Slicer-view renders) --------------------------------
+
+
+def test_report_renders_never_raise_and_say_why(monkeypatch, tmp_path):
+    from medtorch.slicer import renders
+
+    def broken(path):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setenv(views.NO_RENDER_ENV, "1")
+    assert renders.try_render(broken, tmp_path / "x.png") == (None, "rendering is turned off (MEDTORCH_NO_RENDER=1)")
+    monkeypatch.delenv(views.NO_RENDER_ENV)
+    if views.rendering_unavailable() is None:
+        assert renders.try_render(broken, tmp_path / "x.png") == (None, "the rendering failed (RuntimeError: no luck)")
+
+
+def test_report_volumes_lie_at_their_physical_place(rendering, tmp_path):
+    """A medtorch Volume (LPS geometry) becomes a volume node at the same place in RAS; its render shows."""
+    from medtorch.phantoms import blob_phantom, oblique_geometry
+    from medtorch.slicer import renders
+
+    geom = oblique_geometry(size=(20, 18, 12))
+    volume = blob_phantom(geom)
+    hs = views.headless_scene()
+    node = renders.volume_node(hs.scene, volume, "blob")
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijk = np.array([3.0, 5.0, 7.0])
+    ras = np.array(matrix.MultiplyPoint((*ijk, 1.0))[:3])
+    np.testing.assert_allclose(ras, geom.index_to_physical(ijk[None])[0] * [-1, -1, 1], atol=1e-6)
+    png = renders.volumes_in_3d([("blob", volume)], tmp_path / "blob.png", size=96)
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(png))
+    reader.Update()
+    assert reader.GetOutput().GetDimensions()[:2] == (96, 96 + 6)  # one 3D view under its bar

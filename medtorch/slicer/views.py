@@ -257,6 +257,7 @@ def _read_pixels(window: Any) -> np.ndarray:
     grab.SetInput(window)
     grab.SetInputBufferTypeToRGB()
     grab.ReadFrontBufferOff()
+    grab.ShouldRerenderOff()  # just rendered: a second render would double the time (volume rendering)
     grab.Update()
     image = grab.GetOutput()
     width, height, _ = image.GetDimensions()
