@@ -1090,7 +1090,7 @@ RENDERS = {
 }
 
 
-def render_views(out: Path, fused: dict[str, Volume], seg: dict[str, Any], size: int = 320) -> dict[str, Any]:
+def render_views(out: Path, fused: dict[str, Volume], seg: dict[str, Any], size: int = 256) -> dict[str, Any]:
     """The report's Slicer-view renders (:data:`RENDERS`) into ``out/figures``, when rendering is
     available (:mod:`medtorch.slicer.views`; ``MEDTORCH_NO_RENDER=1`` turns it off).
 
