@@ -1229,5 +1229,8 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         resampled = bridge.volume_from_node(out.resampledNode)
         self.assertTrue(resampled.geometry.isclose(pair.fixed.geometry, atol=1e-5))
         self.assertLess(float(out.report["folding_percent"]), 0.1)
+        if self._visual().available:
+            self.delayDisplay("Visual: under the grid transform the moving volume lies on the fixed one in the slice views")
+            self._checkOverlap(fixedNode, movingNode, out.transformNode)
         self.delayDisplay("Test passed")
 

@@ -80,17 +80,22 @@ _LOGICS = (
 NO_RENDER_ENV = "MEDTORCH_NO_RENDER"
 
 _PROBE = """
-import vtk
-vtk.vtkObject.GlobalWarningDisplayOff()
-import slicer
+import importlib.util, sys
+if importlib.util.find_spec("slicer") is None:
+    sys.exit("No module named 'slicer'")
+# Only VTK's rendering modules (a second; 'import vtk' and 'import slicer' load everything: seconds)
+from vtkmodules.vtkCommonCore import vtkObject
+vtkObject.GlobalWarningDisplayOff()
+from vtkmodules.vtkRenderingCore import vtkRenderer, vtkRenderWindow, vtkWindowToImageFilter
+import vtkmodules.vtkRenderingOpenGL2
 try:
     from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
     w = vtkEGLRenderWindow()
 except ImportError:  # a VTK built without EGL (e.g. a Slicer application): its own window, as _window
-    w = vtk.vtkRenderWindow()
+    w = vtkRenderWindow()
 w.SetOffScreenRendering(1); w.SetSize(8, 8)
-r = vtk.vtkRenderer(); r.SetBackground(1, 0, 0); w.AddRenderer(r); w.Render()
-f = vtk.vtkWindowToImageFilter(); f.SetInput(w); f.ReadFrontBufferOff(); f.Update()
+r = vtkRenderer(); r.SetBackground(1, 0, 0); w.AddRenderer(r); w.Render()
+f = vtkWindowToImageFilter(); f.SetInput(w); f.ReadFrontBufferOff(); f.Update()
 print('pixel', f.GetOutput().GetScalarComponentAsDouble(4, 4, 0, 0))
 w.Finalize()
 """
