@@ -345,6 +345,29 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_CancelLeavesSceneAsItWas()
 
+    def _visual(self):
+        """Renders of Slicer's views for the visual checks (medtorch.slicer.checks); where
+        rendering is unavailable they are skipped, and the reason is said once."""
+        if getattr(self, "_visualChecks", None) is None:
+            from medtorch.slicer.checks import VisualChecks
+
+            self._visualChecks = VisualChecks(self.delayDisplay)
+        return self._visualChecks
+
+    def _beforeAfter(self, view, outputNode, inputNode):
+        """Renders of ``outputNode`` and ``inputNode`` in ``view``: the module shows the result
+        with the input as a foreground at opacity 0, so opacity 1 shows the input (its
+        before/after slider)."""
+        composite = view.composite
+        composite.SetBackgroundVolumeID(outputNode.GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), inputNode.GetID())  # the module's before/after
+        composite.SetForegroundOpacity(0.0)
+        after = view.render()
+        composite.SetForegroundOpacity(1.0)
+        before = view.render()
+        composite.SetForegroundOpacity(0.0)
+        return after, before
+
     def _psnr(self, image, reference):
         import numpy as np
 
@@ -363,12 +386,27 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
         before = slicer.util.arrayFromVolume(noisyNode).copy()
         psnrNoisy = self._psnr(before, clean.array)
         logic = EnhanceSRLogic()
+        outputs = {}
         for method, strength in (("gaussian", 1.0), ("anisotropic", 1.0), ("dct", 1.0)):
             out = logic.denoise(noisyNode, method, strength, iterations=5)
             result = bridge.volume_from_node(out)
             self.assertTrue(result.geometry.isclose(geom, atol=1e-5))
             self.assertGreater(self._psnr(result.array, clean.array), psnrNoisy + 3.0, method)
+            outputs[method] = out
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(noisyNode), before)
+        if self._visual().available:
+            from medtorch.slicer import checks
+
+            self.delayDisplay("Visual: each denoised volume shows, differs from the noisy one and looks smoother")
+            with self._visual().views() as views:
+                red = views["Red"].fit()
+                for method, out in outputs.items():
+                    after, noisy = self._beforeAfter(red, out, noisyNode)
+                    what = f"{method}-denoised volume in the Red view"
+                    checks.expect_not_blank(after, min_fraction=0.2, what=what)
+                    head = ~checks.background_mask(noisy, tolerance=60)
+                    checks.expect_changed(after, noisy, min_fraction=0.05, what=what)
+                    checks.expect_smoother(after, noisy, max_ratio=0.8, mask=head, what=what)
         self.delayDisplay("Test passed")
 
     def test_SuperResLandsOnPhysicalGrid(self):
@@ -388,6 +426,26 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
         np.testing.assert_allclose(result.geometry.index_to_physical(np.array([[0.0, 0.0, 0.0]]))[0], first, atol=1e-5)
         diffId = out.GetAttribute("MedTorch.comparisonNodeID")
         self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(diffId))
+        if self._visual().available:
+            from medtorch.slicer import checks
+
+            self.delayDisplay("Visual: across the thick slices, voxels shown as blocks, the super-resolved volume "
+                              "shows finer steps than the input")
+            with self._visual().views() as views:
+                for volumeNode in (node, out):
+                    volumeNode.GetDisplayNode().SetInterpolate(0)  # voxels as blocks: the resolution shows
+                for name in ("Yellow", "Green"):  # sagittal and coronal views cut across the slices
+                    view = views[name].fit()
+                    after, thick = self._beforeAfter(view, out, node)
+                    what = f"the super-resolved volume in the {name} view"
+                    checks.expect_not_blank(after, min_fraction=0.2, what=what)
+                    checks.expect_changed(after, thick, min_fraction=0.05, tolerance=8, what=what)
+                    changed = checks.changed_mask(after, thick, tolerance=8)
+                    inside = ~checks.background_mask(thick, tolerance=8)
+                    self.assertGreater(float((changed & inside).sum() / changed.sum()), 0.9,
+                                       f"{what}: the render changed outside the volume's object")
+                for volumeNode in (node, out):
+                    volumeNode.GetDisplayNode().SetInterpolate(1)
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesSceneAsItWas(self):

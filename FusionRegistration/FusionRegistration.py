@@ -964,6 +964,34 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
 
         return bridge.node_from_volume(volume, name)
 
+    def _visual(self):
+        """Renders of Slicer's views for the visual checks (medtorch.slicer.checks); where
+        rendering is unavailable they are skipped, and the reason is said once."""
+        if getattr(self, "_visualChecks", None) is None:
+            from medtorch.slicer.checks import VisualChecks
+
+            self._visualChecks = VisualChecks(self.delayDisplay)
+        return self._visualChecks
+
+    def _checkShownIn3D(self, view, volumeNode, what):
+        """The volume rendering of ``volumeNode`` shows in the 3D view, around the volume's centre."""
+        from medtorch.slicer import checks
+
+        bounds = [0.0] * 6
+        volumeNode.GetRASBounds(bounds)
+        view.reset_camera("Anterior", bounds=bounds)
+        display = slicer.modules.volumerendering.logic().GetFirstVolumeRenderingDisplayNode(volumeNode)
+        self.assertIsNotNone(display, what)
+        shown = view.render()
+        display.SetVisibility(0)
+        empty = view.render()
+        display.SetVisibility(1)
+        checks.expect_not_blank(shown, background=empty, min_fraction=0.05, what=what)
+        found = checks.centroid(~checks.background_mask(shown, empty))
+        middle = view.project([(bounds[2 * i] + bounds[2 * i + 1]) / 2.0 for i in range(3)])
+        self.assertLess(abs(found[0] - middle[0]) + abs(found[1] - middle[1]), 0.15 * view.size[0],
+                        f"{what}: centred at {found}, not at the volume's centre {middle}")
+
     def test_BlendSameGrid(self):
         import numpy as np
         from medtorch.integration import slicer_bridge as bridge
@@ -984,6 +1012,13 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         self.assertGreaterEqual(float(fused.array.min()), 0.0)
         self.assertLessEqual(float(fused.array.max()), 1.0)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(fixedNode), fixedBefore)
+        if self._visual().available:
+            from medtorch.slicer import checks
+
+            with self._visual().views() as views:
+                red = views["Red"]
+                self.assertEqual(red.composite.GetBackgroundVolumeID(), out.GetID())  # the module showed it
+                checks.expect_not_blank(red.fit().render(), min_fraction=0.1, what="the blend in the Red view")
         self.delayDisplay("Test passed")
 
     def test_BlendThroughParentTransform(self):
@@ -1053,7 +1088,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
 
         logic = FusionRegistrationLogic()
         small = {"r1": 5, "r2": 2}
-        out = logic.fuse(fixedNode, movingNode, method="gff", methodParams=small, showIn3D=False)
+        out = logic.fuse(fixedNode, movingNode, method="gff", methodParams=small)
         fused = bridge.volume_from_node(out.fusedNode)
         self.assertTrue(fused.geometry.isclose(fixedGeom, atol=1e-5))
         self.assertGreaterEqual(float(fused.array.min()), 0.0)
@@ -1061,10 +1096,37 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         self.assertIn("transform", out.fusedNode.GetAttribute("MedTorch.movingPlacement"))
         self.assertGreater(out.metrics["QABF"], 0.0)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(movingNode), movingBefore)
+        visual = self._visual()
+        if visual.available:
+            from medtorch.slicer import checks
+
+            self.delayDisplay("Visual: the fused volume in a slice view and volume-rendered in 3D")
+            with visual.views() as views:
+                red = views["Red"]
+                red.composite.SetForegroundVolumeID(None)
+                red.show(background=out.fusedNode, fit=True)
+                checks.expect_not_blank(red.render(), min_fraction=0.2, what="the fused volume in the Red view")
+                self._checkShownIn3D(views["3D"], out.fusedNode, "the fused volume rendered in 3D")
 
         colour = logic.fuse(fixedNode, movingNode, method="average", movingModality="PT", colorMap="hot",
                             computeMetrics=False, showIn3D=False)
         self.assertEqual(colour.outputNode.GetClassName(), "vtkMRMLVectorVolumeNode")
+        if visual.available:
+            self.delayDisplay("Visual: the PET-like moving volume shows in colour over the fixed one")
+            with visual.views() as views:
+                red = views["Red"].fit()
+                self.assertEqual(red.composite.GetForegroundVolumeID(), movingNode.GetID())  # the module showed it
+                fusedView = red.render()
+                opacity = red.composite.GetForegroundOpacity()
+                red.composite.SetForegroundOpacity(0.0)
+                fixedOnly = red.render()
+                red.composite.SetForegroundOpacity(opacity)
+                checks.expect_not_blank(fixedOnly, min_fraction=0.2, what="the fixed volume in the Red view")
+                checks.expect_changed(fusedView, fixedOnly, min_fraction=0.1,
+                                      what=f"the moving volume as a {100 * opacity:.0f} % foreground")
+                self.assertLess(checks.coloured_fraction(fixedOnly), 0.01, "the fixed volume alone is not grey")
+                self.assertGreater(checks.coloured_fraction(fusedView), 0.1,
+                                   "the foreground in the 'hot' colour map does not show in colour")
         with self.assertRaises(MedTorchInputError):
             logic.fuseJob(fixedNode, movingNode, movingModality="MR", colorMap="hot")
 
@@ -1099,7 +1161,37 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         self.assertIn("runtime_s", out.report)
         self.assertIsNotNone(out.transformNode.GetAttribute("MedTorch.final_similarity"))
         self.assertGreater(out.tableNode.GetNumberOfRows(), 5)
+        if self._visual().available:
+            self.delayDisplay("Visual: under the transform the moving volume lies on the fixed one in the slice views")
+            self._checkOverlap(fixedNode, movingNode, out.transformNode)
         self.delayDisplay("Test passed")
+
+    def _checkOverlap(self, fixedNode, movingNode, transformNode):
+        """In each slice view through the fixed volume's centre, the moving volume (a different
+        contrast) covers the fixed one's pixels better under the transform than without it."""
+        from medtorch.slicer import checks
+
+        def head(view, node):
+            view.composite.SetBackgroundVolumeID(node.GetID())
+            return ~checks.background_mask(view.render(), tolerance=40)
+
+        bounds = [0.0] * 6
+        fixedNode.GetRASBounds(bounds)
+        centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2.0 for i in range(3)]
+        with self._visual().views() as views:
+            for view in views.slices():
+                view.composite.SetForegroundVolumeID(None)
+                view.show(background=fixedNode, fit=True).jump_to(centre)
+                fixed = head(view, fixedNode)
+                registered = head(view, movingNode)
+                movingNode.SetAndObserveTransformNodeID(None)
+                unregistered = head(view, movingNode)
+                movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
+                overlap = [float((fixed & m).sum() / max((fixed | m).sum(), 1)) for m in (registered, unregistered)]
+                self.assertGreater(fixed.mean(), 0.05, f"{view.name}: the fixed volume does not show")
+                self.assertGreater(overlap[0], 0.8, f"{view.name}: overlap {overlap[0]:.2f} after registration")
+                self.assertGreater(overlap[0], overlap[1] + 0.05,
+                                   f"{view.name}: overlap {overlap[0]:.2f} registered, {overlap[1]:.2f} without")
 
     def test_RegisterDeformableGridTransform(self):
         import numpy as np
@@ -1125,5 +1217,8 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         resampled = bridge.volume_from_node(out.resampledNode)
         self.assertTrue(resampled.geometry.isclose(pair.fixed.geometry, atol=1e-5))
         self.assertLess(float(out.report["folding_percent"]), 0.1)
+        if self._visual().available:
+            self.delayDisplay("Visual: under the grid transform the moving volume lies on the fixed one in the slice views")
+            self._checkOverlap(fixedNode, movingNode, out.transformNode)
         self.delayDisplay("Test passed")
 

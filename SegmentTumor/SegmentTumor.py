@@ -744,6 +744,64 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SeedsOfOneClassAreRefused()
 
+    def _visual(self):
+        """Renders of Slicer's views for the visual checks (medtorch.slicer.checks); where
+        rendering is unavailable they are skipped, and the reason is said once."""
+        if getattr(self, "_visualChecks", None) is None:
+            from medtorch.slicer.checks import VisualChecks
+
+            self._visualChecks = VisualChecks(self.delayDisplay)
+        return self._visualChecks
+
+    def _centreRas(self, mask, geometry):
+        """The RAS centre of the true voxels of ``mask`` ([z, y, x] on ``geometry``)."""
+        import numpy as np
+
+        ijk = np.argwhere(mask)[:, ::-1].mean(axis=0)
+        return geometry.index_to_physical(ijk[None, :].astype(float))[0] * np.array([-1.0, -1.0, 1.0])
+
+    def _checkSegmentShows(self, segmentationNode, volumeNode, segmentName, centreRas, in3D=True, inSlice=True):
+        """The segment's surface shows in 3D (``in3D``), and its outline and fill in the Red slice
+        view through ``centreRas`` (``inSlice``), in the segment's colour, centred where
+        ``centreRas`` lands on the screen (the whole volume framed in 3D). Markups
+        (the ROI box and its handles) and other segmentations (the seeds) are hidden meanwhile:
+        their colours could pass for the segment's."""
+        from medtorch.slicer import checks
+
+        segmentation = segmentationNode.GetSegmentation()
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(segmentName))
+        color = segment.GetColor()
+        others = [node for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+                  if node is not segmentationNode]
+        hidden = [node.GetDisplayNode() for node in slicer.util.getNodesByClass("vtkMRMLMarkupsNode") + others
+                  if node.GetDisplayNode() is not None and node.GetDisplayNode().GetVisibility()]
+        for display in hidden:
+            display.SetVisibility(0)
+        try:
+            self._renderSegment(segmentName, color, volumeNode, centreRas, in3D, inSlice)
+        finally:
+            for display in hidden:
+                display.SetVisibility(1)
+
+    def _renderSegment(self, segmentName, color, volumeNode, centreRas, in3D, inSlice):
+        from medtorch.slicer import checks
+
+        with self._visual().views() as views:
+            if in3D:
+                three_d = views["3D"]
+                bounds = [0.0] * 6
+                volumeNode.GetRASBounds(bounds)  # the whole volume framed: the segment shows where it lies in it
+                three_d.reset_camera("Anterior", bounds=bounds)
+                checks.expect_colour_near(three_d.render(), color, three_d.project(centreRas),
+                                          max_distance=0.06 * three_d.size[0], min_pixels=20,
+                                          what=f"the surface of {segmentName} in 3D")
+            if inSlice:
+                red = views["Red"]
+                red.composite.SetForegroundVolumeID(None)
+                red.show(background=volumeNode, fit=True).jump_to(centreRas)
+                checks.expect_colour_near(red.render(), color, red.project(centreRas), max_distance=0.06 * red.size[0],
+                                          min_pixels=20, what=f"{segmentName} in the Red slice view")
+
     def test_ThresholdInROI(self):
         import numpy as np
         from medtorch.integration import slicer_bridge as bridge
@@ -769,6 +827,9 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         self.assertGreater(dice, 0.85)
         volumeMl = float(seg.GetAttribute("MedTorch.volumeMl"))
         self.assertAlmostEqual(volumeMl, label.sum() * np.prod(geom.spacing) / 1000.0, places=4)
+        if self._visual().available:
+            self.delayDisplay("Visual: the segment shows in 3D and in the slice view where the lesion is")
+            self._checkSegmentShows(seg, volumeNode, "Enhancing tumor", self._centreRas(truth, geom))
         self.delayDisplay("Test passed")
 
     def test_EmptyRangeIsAClearError(self):
@@ -824,6 +885,11 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         self.assertEqual(table.GetNumberOfRows(), 4)  # three classes and the whole tumor
         wholeMl = float(table.GetTable().GetValue(3, 3).ToDouble())
         self.assertAlmostEqual(wholeMl, label.sum() * geom.voxel_volume_mm3 / 1000.0, places=3)
+        if self._visual().available:
+            self.delayDisplay("Visual: the oedema's surface in 3D and the necrotic core in the slice view, "
+                              "where the tumor is")
+            self._checkSegmentShows(seg, flair, "Edema", self._centreRas(truth, geom), inSlice=False)
+            self._checkSegmentShows(seg, flair, "Necrosis", self._centreRas(phantom.truth.array == 1, geom), in3D=False)
 
         self.delayDisplay("An edit of the seeds re-runs from the previous result")
         first = logic.updateSeeded([flair, t1c], seedNode, outputSegmentation=seg)

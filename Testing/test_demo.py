@@ -186,6 +186,59 @@ def test_report_html(demo: dict[str, Any]) -> None:
         assert needle in text, needle
 
 
+def test_report_shows_slicer_renders_or_says_why(demo: dict[str, Any]) -> None:
+    """Where rendering works the report shows Slicer's 3D views of the fusion and the segmentation;
+    where it does not, one line says why (the matplotlib figures stay either way)."""
+    from PIL import Image
+
+    from medtorch.demo import RENDERS
+
+    text = (demo["out"] / "report.html").read_text(encoding="utf-8")
+    renders = demo["summary"]["renders"]
+    assert "renders" in demo["summary"]["timings_s"]
+    if renders["unavailable"] is None:
+        assert set(renders["files"]) == set(RENDERS)
+        for name in RENDERS:
+            assert f'src="figures/{name}"' in text, name
+            with Image.open(demo["out"] / "figures" / name) as im:
+                assert im.format == "PNG" and im.size[0] > 2 * 200, (name, im.size)  # two views side by side
+                assert np.asarray(im.convert("L")).std() > 10, f"{name} looks blank"
+        assert "are not in this report" not in text
+    else:
+        assert f"are not in this report: {renders['unavailable']}" in text
+        assert not any(f"figures/{name}" in text for name in RENDERS)
+
+
+def test_report_without_rendering_says_so_in_one_line(demo: dict[str, Any], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDTORCH_NO_RENDER=1 (as on a machine without EGL): no render, no failure, one line in the report."""
+    import shutil
+
+    from medtorch import demo as demo_mod
+    from medtorch.slicer import views
+
+    monkeypatch.setenv(views.NO_RENDER_ENV, "1")
+    out: Path = demo["out"]
+    fused = {"no_registration": read_volume(out / "fused_no_registration.nrrd"),
+             "registered_gff": read_volume(out / "fused_registered_gff.nrrd")}
+    seg = {"phantom": read_volume(out / "tumor_phantom.nrrd"), "truth": read_volume(out / "tumor_truth.nrrd"),
+           "seeded": {"segmentation": read_volume(out / "tumor_segmentation_seeded.nrrd")}}
+    (tmp_path / "figures").mkdir()
+    renders = demo_mod.render_views(tmp_path, fused, seg)
+    assert renders == {"files": {}, "unavailable": "rendering is turned off (MEDTORCH_NO_RENDER=1)"}
+    assert not list((tmp_path / "figures").iterdir())
+    for name in FIGURES:
+        shutil.copy(out / "figures" / name, tmp_path / "figures" / name)
+    outputs = {k: v for k, v in demo["summary"]["outputs"].items() if k.removeprefix("figures/") not in demo_mod.RENDERS}
+    summary = dict(demo["summary"], renders=renders, outputs=outputs)  # as a run without rendering writes it
+    text = demo_mod._write_html(tmp_path, summary, {}).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if "are not in this report" in line]
+    assert len(lines) == 1 and "rendering is turned off (MEDTORCH_NO_RENDER=1)" in lines[0]
+    assert not any(f"figures/{name}" in text for name in demo_mod.RENDERS)
+    for name in FIGURES:
+        assert f'src="figures/{name}"' in text
+
+
 def test_deterministic_given_the_seed(demo: dict[str, Any]) -> None:
     """Same seed, same noise and segmentation (cheap: two steps rerun, not the whole demo)."""
     from medtorch.demo import add_rician_noise, load_sample_data, segment_tumor

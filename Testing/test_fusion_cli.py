@@ -185,9 +185,51 @@ def test_fuse_eval_from_a_csv_list_of_volumes(tmp_path, capsys):
                  "--out", str(out), "-q", "--device", "cpu"]) == 0
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["method"] for r in rows] == ["average", "pca"] * 2 and {r["pair"] for r in rows} == {"CT-MRI"}
+    _check_3d_renders(out, ["ct_0", "ct_1"])
     (tmp_path / "bad.csv").write_text("t1_0.nrrd\n")
     assert main(["fuse-eval", "--pairs", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
     assert "fixed,moving" in capsys.readouterr().err
+
+
+def _check_3d_renders(out, cases):
+    """The report shows each example volume case's fused volumes in Slicer's 3D view, or says in
+    one line why not (no slicer-core, no EGL, MEDTORCH_NO_RENDER=1)."""
+    html = (out / "report.html").read_text()
+    try:
+        from medtorch.slicer import views
+
+        reason = views.rendering_unavailable()
+    except ImportError as exc:
+        reason = str(exc)
+    notes = [line for line in html.splitlines() if "are not in this report" in line]
+    if reason is None:
+        from PIL import Image
+
+        assert not notes
+        for case in cases:
+            name = f"figures/case_{case}_3d.png"
+            assert f'src="{name}"' in html, name
+            with Image.open(out / name) as im:
+                assert im.size[0] > 2 * 200 and np.asarray(im.convert("L")).std() > 10, name
+    else:
+        assert len(notes) == 1 and reason in notes[0], notes
+        assert "_3d.png" not in html
+
+
+def test_fuse_eval_report_without_rendering_says_so(tmp_path, monkeypatch):
+    from medtorch.slicer import views
+
+    monkeypatch.setenv(views.NO_RENDER_ENV, "1")
+    geom = oblique_geometry(size=(20, 18, 12))
+    write_volume(blob_phantom(geom, seed=0), tmp_path / "t1_0.nrrd")
+    write_volume(blob_phantom(geom, noise=3.0, seed=1), tmp_path / "ct_0.nrrd")
+    (tmp_path / "pairs.csv").write_text("fixed,moving,modality\nt1_0.nrrd,ct_0.nrrd,CT\n")
+    out = tmp_path / "eval"
+    assert main(["fuse-eval", "--pairs", str(tmp_path / "pairs.csv"), "--methods", "average", "--out", str(out), "-q",
+                 "--device", "cpu"]) == 0
+    _check_3d_renders(out, ["ct_0"])
+    assert "rendering is turned off (MEDTORCH_NO_RENDER=1)" in (out / "report.html").read_text()
+    assert (out / "figures" / "case_ct_0.png").is_file()  # the matplotlib figure stays
 
 
 def test_fuse_eval_refuses_pairs_of_different_shapes(tmp_path, capsys):

@@ -3,6 +3,10 @@
 A small synthetic scene: a background volume (a smooth blob), a foreground volume (a bright
 block off-centre), a label map, a segmentation (a red sphere) and a markups point. Skipped,
 with the reason, where slicer-core or offscreen OpenGL is missing.
+
+The checks of medtorch.slicer.checks (what the module self-tests look for on their renders)
+are tested on made-up pixels and on real renders, with the cases where they must fail: an
+empty view, a foreground at opacity 0, a hidden segment, a colour in the wrong place.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import pytest
 
 pytest.importorskip("slicer_core")
 
-from medtorch.slicer import views  # noqa: E402
+from medtorch.slicer import checks, views  # noqa: E402
 
 SIZE = 128
 SHAPE = (24, 48, 48)  # z, y, x (1 mm voxels, origin 0, IJK-to-RAS the identity: R = x, A = y, S = z)
@@ -315,3 +319,199 @@ def test_views_of_the_test_bed_scene(rendering, scene_of_test_bed):
     with views.ThreeDView(hs.scene, hs.app_logic, "1", (64, 64)) as three_d:
         assert three_d.node is slicer.mrmlScene.GetSingletonNode("1", "vtkMRMLViewNode")
         assert three_d.render().shape == (64, 64, 3)
+
+
+# -- medtorch.slicer.checks -------------------------------------------------------------------
+
+
+def _picture():
+    """A black 20 x 20 render with a red 5 x 4 patch (rows 5-9, columns 12-15)."""
+    black = np.zeros((20, 20, 3), np.uint8)
+    red = black.copy()
+    red[5:10, 12:16] = (230, 20, 20)
+    return black, red
+
+
+def test_checks_measure_made_up_renders():
+    black, red = _picture()
+    assert checks.changed_fraction(red, black) == pytest.approx(20 / 400)
+    assert checks.changed_mask(red, black)[5:10, 12:16].all() and checks.changed_mask(red, black).sum() == 20
+    assert checks.coloured_fraction(red) == pytest.approx(20 / 400) and checks.coloured_fraction(black) == 0.0
+    assert checks.non_background_fraction(red) == pytest.approx(20 / 400)
+    assert checks.non_background_fraction(red, background=red) == 0.0  # a render of the empty view
+    assert checks.non_background_fraction(red, background=(230, 20, 20)) == pytest.approx(380 / 400)
+    assert checks.colour_centroid(red, (0.9, 0.08, 0.08)) == (13.5, 7.0)
+    assert checks.centroid(np.zeros((4, 4), bool)) is None
+    shaded = (red * 0.5).astype(np.uint8)  # a lit surface's darker side keeps its hue
+    assert checks.colour_mask(shaded, (1.0, 0.1, 0.1)).sum() == 20
+    grey = np.full((4, 4, 3), 200, np.uint8)
+    assert not checks.colour_mask(grey, (1.0, 0.1, 0.1)).any()  # grey is no colour
+    assert not checks.colour_mask(grey // 10, (0.5, 0.5, 0.5)).any()  # too dark to tell
+    assert checks.colour_mask(grey, (0.5, 0.5, 0.5)).all()
+    rng = np.random.default_rng(0)
+    noisy = np.clip(128 + rng.normal(0, 30, (32, 32, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2)
+    smooth = np.full_like(noisy, 128)
+    assert checks.roughness(smooth) == 0.0 < checks.roughness(noisy)
+    assert checks.expect_smoother(smooth, noisy) == 0.0
+    assert checks.expect_changed(red, black, min_fraction=0.04) == pytest.approx(0.05)
+    assert checks.expect_not_blank(red, min_fraction=0.04) == pytest.approx(0.05)
+    assert checks.expect_colour_near(red, (0.9, 0.08, 0.08), (13, 7), max_distance=1.0) == (13.5, 7.0)
+
+
+def test_checks_fail_where_a_person_would_see_nothing():
+    black, red = _picture()
+    with pytest.raises(checks.VisualCheckFailed, match="fused: the render looks the same as before"):
+        checks.expect_changed(black.copy(), black, what="fused")
+    with pytest.raises(checks.VisualCheckFailed, match="looks the same"):  # 5 % changed, 10 % asked
+        checks.expect_changed(red, black, min_fraction=0.1)
+    with pytest.raises(checks.VisualCheckFailed, match="the render is empty"):
+        checks.expect_not_blank(black)
+    with pytest.raises(checks.VisualCheckFailed, match="empty"):  # the same as the empty view's render
+        checks.expect_not_blank(red, background=red)
+    with pytest.raises(checks.VisualCheckFailed, match="shows on 0 pixels"):
+        checks.expect_colour_near(red, (0.1, 1.0, 0.1), (13, 7), max_distance=5)
+    with pytest.raises(checks.VisualCheckFailed, match="11 pixels from the expected"):
+        checks.expect_colour_near(red, (0.9, 0.08, 0.08), (2.5, 7), max_distance=5)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(128 + rng.normal(0, 30, (32, 32, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2)
+    with pytest.raises(checks.VisualCheckFailed, match="not smoother"):
+        checks.expect_smoother(noisy, np.full_like(noisy, 128))
+    with pytest.raises(checks.VisualCheckFailed, match="not smoother"):
+        checks.expect_smoother(noisy, noisy)
+    assert issubclass(checks.VisualCheckFailed, AssertionError)  # a unittest self-test fails on it
+    with pytest.raises(ValueError, match="different sizes"):
+        checks.changed_fraction(red, red[:10])
+    with pytest.raises(ValueError, match="height, width, 3"):
+        checks.non_background_fraction(red[..., 0])
+
+
+def test_no_render_switch_turns_rendering_off_and_visual_checks_say_why(monkeypatch):
+    monkeypatch.setenv(views.NO_RENDER_ENV, "1")
+    reason = views.rendering_unavailable()
+    assert reason is not None and "MEDTORCH_NO_RENDER=1" in reason
+    said: list[str] = []
+    before = len(checks.SKIPPED)
+    visual = checks.VisualChecks(said.append)
+    assert not visual.available and visual.reason == reason
+    assert said == [f"Visual checks skipped: {reason}"] and checks.SKIPPED[before:] == [reason]
+    del checks.SKIPPED[before:]
+    with pytest.raises(RuntimeError, match="unavailable"):
+        with visual.views():
+            pass
+    monkeypatch.setenv(views.NO_RENDER_ENV, "0")  # 0 (or empty) leaves it on
+    assert views.rendering_unavailable() is views._probe_once()
+
+
+def test_empty_scene_fails_the_not_blank_check(rendering):
+    hs = views.headless_scene()
+    with views.Views(hs.scene, hs.app_logic, size=64) as v:
+        with pytest.raises(checks.VisualCheckFailed, match="empty"):
+            checks.expect_not_blank(v["Red"].render(), what="Red")
+        empty_3d = v["3D"].reset_camera("Anterior").render()
+        with pytest.raises(checks.VisualCheckFailed, match="empty"):
+            checks.expect_not_blank(v["3D"].render(), background=empty_3d)
+        # an empty 3D view is Slicer's blue gradient, not black: the background to compare with is its render
+        assert checks.non_background_fraction(empty_3d) > 0.9
+
+
+def test_foreground_at_opacity_zero_fails_the_fusion_check(scene):
+    red = scene.views["Red"]
+    scene.segmentation.GetDisplayNode().SetVisibility(0)
+    try:
+        red.composite.SetForegroundVolumeID(None)
+        red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+        alone = red.render()
+        red.show(foreground=scene.foreground, opacity=0.0)
+        hidden = red.render()
+        red.show(opacity=0.5)
+        shown = red.render()
+    finally:
+        red.composite.SetForegroundVolumeID(None)
+        scene.segmentation.GetDisplayNode().SetVisibility(1)
+    with pytest.raises(checks.VisualCheckFailed, match="looks the same"):
+        checks.expect_changed(hidden, alone, what="foreground at opacity 0")
+    assert checks.expect_changed(shown, alone) > 0.02
+    checks.expect_not_blank(alone, min_fraction=0.3)
+
+
+def test_projection_puts_points_where_they_show(scene):
+    """SliceView.project and ThreeDView.project: the sphere's centre lands where its colour shows;
+    the patient's right is the screen's left, anterior the top (axial), superior the top (3D, from the front)."""
+    cx, cy, cz = scene.center_ras
+    red = scene.views["Red"]
+    red.composite.SetForegroundVolumeID(None)
+    red.show(background=scene.background, fit=True).jump_to(scene.center_ras)
+    pixels = red.render()
+    middle = red.project(scene.center_ras)
+    assert abs(middle[0] - SIZE / 2) < 3 and abs(middle[1] - SIZE / 2) < 3, middle
+    checks.expect_colour_near(pixels, RED, middle, max_distance=4, min_pixels=50)
+    right, anterior = red.project((cx + 8, cy, cz)), red.project((cx, cy + 8, cz))
+    assert right[0] < middle[0] - 10 and abs(right[1] - middle[1]) < 1
+    assert anterior[1] < middle[1] - 10 and abs(anterior[0] - middle[0]) < 1
+    with pytest.raises(checks.VisualCheckFailed, match="pixels from the expected"):
+        checks.expect_colour_near(pixels, RED, right, max_distance=4)  # the sphere is not 8 mm to the right
+
+    three_d = scene.views["3D"]
+    three_d.reset_camera("Anterior")
+    pixels = three_d.render()
+    middle = three_d.project(scene.center_ras)
+    assert abs(middle[0] - SIZE / 2) < 3 and abs(middle[1] - SIZE / 2) < 3, middle
+    checks.expect_colour_near(pixels, RED, middle, max_distance=4, min_pixels=50)
+    right, superior = three_d.project((cx + 8, cy, cz)), three_d.project((cx, cy, cz + 8))
+    assert right[0] < middle[0] - 5 and superior[1] < middle[1] - 5, (right, superior)
+    # framing a box (e.g. a volume's RAS bounds) puts its centre in the middle, the sphere off it
+    three_d.reset_camera("Anterior", bounds=(cx - 40, cx, cy - 20, cy + 20, cz - 20, cz + 20))
+    boxed = three_d.render()
+    box_middle = three_d.project((cx - 20, cy, cz))
+    assert abs(box_middle[0] - SIZE / 2) < 3 and abs(box_middle[1] - SIZE / 2) < 3, box_middle
+    found = checks.expect_colour_near(boxed, RED, three_d.project(scene.center_ras), max_distance=4)
+    assert found[0] < SIZE / 2 - 10  # the sphere lies 20 mm to the patient's right: the screen's left
+    three_d.reset_camera("Anterior", azimuth=40)
+    turned = three_d.render()
+    checks.expect_colour_near(turned, RED, three_d.project(scene.center_ras), max_distance=4)
+    display = scene.segmentation.GetDisplayNode()
+    display.SetVisibility(0)
+    try:
+        with pytest.raises(checks.VisualCheckFailed, match="shows on 0 pixels"):
+            checks.expect_colour_near(three_d.render(), RED, middle, max_distance=4)
+    finally:
+        display.SetVisibility(1)
+
+
+# -- medtorch.slicer.renders (the reports' Slicer-view renders) --------------------------------
+
+
+def test_report_renders_never_raise_and_say_why(monkeypatch, tmp_path):
+    from medtorch.slicer import renders
+
+    def broken(path):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setenv(views.NO_RENDER_ENV, "1")
+    assert renders.try_render(broken, tmp_path / "x.png") == (None, "rendering is turned off (MEDTORCH_NO_RENDER=1)")
+    monkeypatch.delenv(views.NO_RENDER_ENV)
+    if views.rendering_unavailable() is None:
+        assert renders.try_render(broken, tmp_path / "x.png") == (None, "the rendering failed (RuntimeError: no luck)")
+
+
+def test_report_volumes_lie_at_their_physical_place(rendering, tmp_path):
+    """A medtorch Volume (LPS geometry) becomes a volume node at the same place in RAS; its render shows."""
+    from medtorch.phantoms import blob_phantom, oblique_geometry
+    from medtorch.slicer import renders
+
+    geom = oblique_geometry(size=(20, 18, 12))
+    volume = blob_phantom(geom)
+    hs = views.headless_scene()
+    node = renders.volume_node(hs.scene, volume, "blob")
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijk = np.array([3.0, 5.0, 7.0])
+    ras = np.array(matrix.MultiplyPoint((*ijk, 1.0))[:3])
+    np.testing.assert_allclose(ras, geom.index_to_physical(ijk[None])[0] * [-1, -1, 1], atol=1e-6)
+    png = renders.volumes_in_3d([("blob", volume)], tmp_path / "blob.png", size=96)
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(png))
+    reader.Update()
+    assert reader.GetOutput().GetDimensions()[:2] == (96, 96 + 6)  # one 3D view under its bar

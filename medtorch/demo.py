@@ -1035,6 +1035,11 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
                                 head_center, enhance, fusion, sp, cancel, sr=(thin, thick, sr_out))
         for name, path in figures.items():
             outputs[f"figures/{name}"] = str(path.resolve())
+    with _Timer(timings, "renders"):
+        report(sp, cancel, 0.85, "rendering Slicer's views")
+        renders = render_views(out, fused, seg)
+        for name, path_text in renders["files"].items():
+            outputs[f"figures/{name}"] = path_text
     timings["total"] = time.perf_counter() - t_start
 
     summary: dict[str, Any] = {
@@ -1052,6 +1057,7 @@ def run_demo(out_dir: Path, progress: ProgressCallback | None = None, cancel: Ca
         "fusion": fusion,
         "enhance": enhance,
         "segment": segment,
+        "renders": renders,
         "timings_s": timings,
         "outputs": outputs,
     }
@@ -1072,6 +1078,58 @@ def _robust01(a: np.ndarray, mask: np.ndarray | None = None, lo_pct: float = 1.0
     vals = a[mask] if mask is not None and mask.any() else a.reshape(-1)
     lo, hi = np.percentile(vals, [lo_pct, hi_pct])
     return np.clip((a - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+#: the Slicer-view renders of the report (figures/ files) and what each shows
+RENDERS = {
+    "fusion-3d.png": "Slicer's 3D view: the T1 and T2-like volume averaged without registration (left) and fused by "
+                     "guided filtering after it (right), volume-rendered; misalignment doubles the head's outline.",
+    "segmentation-3d.png": "Slicer's views: the tumor phantom with the seeded segmentation (yellow, filled) and the "
+                           "truth (green outline) in the Red view, zoomed on the tumor; their surfaces in 3D over a "
+                           "faint volume rendering of the head.",
+}
+
+
+def render_views(out: Path, fused: dict[str, Volume], seg: dict[str, Any], size: int = 256) -> dict[str, Any]:
+    """The report's Slicer-view renders (:data:`RENDERS`) into ``out/figures``, when rendering is
+    available (:mod:`medtorch.slicer.views`; ``MEDTORCH_NO_RENDER=1`` turns it off).
+
+    Returns ``{"files": {name: path}, "unavailable": why or None}``; never raises for want of
+    rendering: the report then says why in one line and keeps its matplotlib figures.
+    """
+    try:
+        from medtorch.slicer import renders
+    except ImportError as exc:  # pragma: no cover - medtorch.slicer imports numpy only
+        return {"files": {}, "unavailable": f"medtorch.slicer cannot be imported ({exc})"}
+
+    fig_dir = out / "figures"
+    files: dict[str, str] = {}
+    problems: list[str] = []
+    jobs: list[tuple[str, Callable[..., Path], tuple[Any, ...]]] = [
+        ("fusion-3d.png", renders.volumes_in_3d,
+         ([("average, no registration", fused["no_registration"]), ("gff, registered", fused["registered_gff"])],
+          fig_dir / "fusion-3d.png", size)),
+    ]
+    if "seeded" in seg:
+        segments = [renders.Segment(seg["seeded"]["segmentation"], "tumor (seeded)", (1.0, 0.85, 0.1)),
+                    renders.Segment(seg["truth"], "tumor (truth)", (0.2, 0.9, 0.3), surface=False)]
+        jobs.append(("segmentation-3d.png", renders.segments_in_views,
+                     (seg["phantom"], segments, fig_dir / "segmentation-3d.png", size)))
+    for name, render, args in jobs:
+        path, why = renders.try_render(render, *args)
+        if path is not None:
+            files[name] = str(path.resolve())
+        elif why is not None and why not in problems:
+            problems.append(why)
+    return {"files": files, "unavailable": "; ".join(problems) or None}
+
+
+def _render_line(renders: dict[str, Any] | None) -> str | None:
+    """The report's one line on missing Slicer-view renders, or None when all were made."""
+    if renders is None or not renders.get("unavailable"):
+        return None
+    return (f"Slicer-view renders (3D views of the fusion and the segmentation) are not in this report: "
+            f"{renders['unavailable']}. The figures below are matplotlib slices.")
 
 
 def _draw_figures(out: Path, data: SampleData, t2_aligned: Volume, resampled: dict[str, Volume],
@@ -1254,6 +1312,8 @@ _OUTPUT_DESCRIPTIONS = {
     "figures/fusion.png": "fused volumes",
     "figures/enhancement.png": "denoising",
     "figures/segmentation.png": "tumor truth and segmentation outlines",
+    "figures/fusion-3d.png": "fused volumes in Slicer's 3D view (a Slicer-view render)",
+    "figures/segmentation-3d.png": "tumor segmentation in Slicer's slice and 3D views (a Slicer-view render)",
 }
 
 
@@ -1322,9 +1382,15 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
             f"Grid {tuple(s['grid']['size_ijk'])} voxels of {s['grid']['spacing_mm'][0]:g} mm, LPS-aligned. "
             "Figures show axial slices with anterior up and the patient's right on the viewer's left "
             "(radiological convention, as in Slicer); coronal slices superior up.",
+            *([line] if (line := _render_line(s.get("renders"))) else []),
         ],
         [accuracy],
     )
+    rendered = set((s.get("renders") or {}).get("files") or {})
+
+    def render_figures(name: str) -> list[Figure]:
+        return [Figure(f"figures/{name}", RENDERS[name])] if name in rendered else []
+
     truth_tab = Table(
         "Known misalignment of the T2-like volume (truth_transform.json / .tfm)",
         ["quantity", "value"],
@@ -1408,7 +1474,7 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
                        "twice on the 2 mm grid (when misaligned, then when re-aligned)."),
         ],
         [Figure("figures/fusion.png", "Fused volumes: averaged without registration (top), then fused after "
-                                      "registration by each method.")],
+                                      "registration by each method."), *render_figures("fusion-3d.png")],
     )
     enh_rows = []
     for key, label in (("noisy", "noisy (Rician, 5 % of max)"), ("gaussian", "Gaussian, sigma 1 mm"),
@@ -1456,7 +1522,7 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
             ["time (s)", seg["seconds"], sd["seconds"]],
         ], note=f"Analytic ellipsoid volume: {t['analytic_volume_ml']:.2f} mL.")],
         [Figure("figures/segmentation.png", "Tumor phantom with the truth (green), threshold (red) and seeded "
-                                            "(blue) outlines and the ROI box.")],
+                                            "(blue) outlines and the ROI box."), *render_figures("segmentation-3d.png")],
     )
     out_rows = [[k, _OUTPUT_DESCRIPTIONS.get(k, "")] for k in s["outputs"]]
     out_rows += [["summary.json", "every number of this report, the seed, versions, device, timings and paths"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from medtorch.commands import Command, device_of, progress_bar
 from medtorch.errors import MedTorchInputError
@@ -41,6 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-fused", action="store_true", help="also write every fused image into OUT/fused/")
 
 
+def render_fused_in_3d(path: Path, volumes: list[tuple[str, Any]]) -> tuple[Path | None, str | None]:
+    """Each fused volume rendered in Slicer's 3D view, side by side (medtorch.slicer.renders), or
+    why not (no EGL/OpenGL, no slicer-core, ``MEDTORCH_NO_RENDER=1``): never raises."""
+    from medtorch.slicer import renders
+
+    return renders.try_render(renders.volumes_in_3d, volumes, path, 240)
+
+
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch.fusion.evaluate import evaluate
     from medtorch.fusion.methods import METHODS
@@ -54,7 +64,8 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                    method_params={"cnn": cnn} if cnn else None, metrics_mode=args.metrics_mode, mi_unit=args.mi_unit,
                    metric_set=args.metric_set,
                    color_map=args.color_map, ct_window=args.ct_window, assume_aligned=args.assume_aligned,
-                   save_fused=args.save_fused, device=device_of(args), progress=progress_bar(args), cancel=cancel)
+                   save_fused=args.save_fused, device=device_of(args), progress=progress_bar(args), cancel=cancel,
+                   render_views=render_fused_in_3d)
     if not args.quiet:
         cases = len({r["case"] for r in res.rows})
         print(f"Evaluated {len({r['method'] for r in res.rows})} methods on {cases} cases: "

@@ -42,7 +42,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,6 +388,10 @@ def metric_names(metric_set: str = "medtorch") -> tuple[str, ...]:
     return METRICS
 
 
+#: draws fused volumes in 3D into a PNG: (png path, [(method, volume), ...]) -> (the PNG or None, why not)
+RenderViews = Callable[[Path, "list[tuple[str, Any]]"], "tuple[Path | None, str | None]"]
+
+
 def evaluate(
     source: str | os.PathLike[str] | Sequence[Case],
     methods: Sequence[str],
@@ -405,6 +409,7 @@ def evaluate(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     grid_rows: int = GRID_ROWS,
+    render_views: RenderViews | None = None,
 ) -> EvaluationResult:
     """Run ``methods`` on every case of ``source`` and write the report folder ``out_dir``.
 
@@ -421,6 +426,10 @@ def evaluate(
         save_fused: also write every fused image (``fused/<case>_<method>.nrrd`` or ``.png``).
         grid_rows: how many example pairs the figure grid ``figures/example_grid.png`` shows
             (:func:`example_cases`).
+        render_views: for volume pairs, draws each example case's fused volumes in 3D
+            (``render_views(png_path, [(method, fused volume), ...])`` gives the PNG, or ``None``
+            and why not); the front end passes Slicer's views (``medtorch.slicer.renders``). The
+            report shows the renders, or says in one line why there are none.
     """
     from medtorch.fusion.methods import METHODS
     from medtorch.io import write_text_atomic
@@ -439,6 +448,8 @@ def evaluate(
     opts = {"device": device, "color_map": color_map, "ct_window": ct_window, "assume_aligned": assume_aligned}
     rows: list[dict[str, Any]] = []
     case_figures: list[Path] = []
+    renders: list[tuple[Path, str]] = []
+    render_notes: list[str] = []
     examples = {c.name for c in example_cases(cases, grid_rows)}
     grid_images: list[tuple[Case, list[np.ndarray]]] = []
     total = len(cases) * len(names)
@@ -465,6 +476,18 @@ def evaluate(
             step += 1
         images = _views(names, shown)
         case_figures.append(_case_figure(out, case, names, images))
+        if render_views is not None and case.name in examples and shown[names[0]]["geometry"] is not None:
+            report(progress, cancel, step / max(total, 1), f"{case.name}: rendering the fused volumes in 3D")
+            from medtorch.volume import Volume
+
+            fused_volumes = [(m, Volume(np.asarray(shown[m]["fused"], np.float32), shown[m]["geometry"]))
+                             for m in names]
+            png, why = render_views(out / "figures" / f"case_{case.name.replace('/', '_')}_3d.png", fused_volumes)
+            if png is not None:
+                renders.append((Path(png), f"{case.name} ({case.pair}): the fused volume of each method, "
+                                           f"left to right {', '.join(names)}, volume-rendered in Slicer's 3D view"))
+            elif why:
+                render_notes.append(why)
         if case.name in examples:
             grid_images.append((case, images))
     report(progress, cancel, 0.95, "statistics and plots")
@@ -480,8 +503,14 @@ def evaluate(
         grid_images.sort(key=lambda item: order.index(item[0].name))
         files["example_grid"] = example_grid(out / "figures" / "example_grid.png", grid_images, names)
     grid = files.get("example_grid")
+    for i, (png, _) in enumerate(renders):
+        files[f"render_3d_{i}"] = png
+    render_note = None
+    if render_notes:
+        render_note = (f"Slicer-view renders (the fused volumes in 3D) are not in this report: "
+                       f"{'; '.join(dict.fromkeys(render_notes))}.")
     files["report_html"] = _write_html(out, rows, stats, names, baseline, mi_unit, metrics_mode, case_figures, cols,
-                                       grid)
+                                       grid, renders, render_note)
     files["report_md"] = write_text_atomic(out / "report.md", _markdown(rows, stats, names, baseline, mi_unit,
                                                                          metrics_mode, case_figures, out, cols, grid))
     report(progress, cancel, 1.0, "report written")
@@ -662,7 +691,8 @@ def _summary_rows(rows: list[dict[str, Any]], methods: list[str], cols: Sequence
 
 def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any]], methods: list[str], baseline: str,
                 mi_unit: str, mode: str, case_figures: list[Path], cols: Sequence[str] = METRICS,
-                grid: Path | None = None) -> Path:
+                grid: Path | None = None, renders: Sequence[tuple[Path, str]] = (),
+                render_note: str | None = None) -> Path:
     from medtorch import __version__
     from medtorch.report import Figure, Section, Table, write_report
 
@@ -685,7 +715,10 @@ def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any
         *([Section("Example pairs", figures=[Figure(grid.relative_to(out).as_posix(),
                                                     "Rows: example pairs; columns: the two sources and each "
                                                     "method's fused image")])] if grid is not None else []),
-        Section("Sources and fused images", figures=[Figure(p.relative_to(out).as_posix(), p.stem) for p in case_figures]),
+        *([Section("Fused volumes in 3D", figures=[Figure(p.relative_to(out).as_posix(), caption)
+                                                    for p, caption in renders])] if renders else []),
+        Section("Sources and fused images", [render_note] if render_note else [],
+                figures=[Figure(p.relative_to(out).as_posix(), p.stem) for p in case_figures]),
         Section("All values", tables=[per_case], paragraphs=["Also in metrics.csv and stats.csv."]),
     ]
     return write_report(out, "Fusion evaluation", sections,

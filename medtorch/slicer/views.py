@@ -19,7 +19,9 @@ managers) before the scene goes: a camera manager that outlives its view crashes
 views still open at exit are closed by an ``atexit`` hook.
 
 :func:`rendering_unavailable` says why rendering cannot run on this machine (no EGL/OpenGL,
-no slicer-core), or ``None``.
+no slicer-core, or turned off by ``MEDTORCH_NO_RENDER=1``), or ``None``. :meth:`SliceView.project`
+and :meth:`ThreeDView.project` say where a RAS point lands on a render;
+:mod:`medtorch.slicer.checks` measures renders as a person looks at them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -72,26 +75,46 @@ _LOGICS = (
     ("VolumeRendering", "vtkSlicerVolumeRenderingLogic"),
 )
 
+#: set to 1 (or any value but 0 and empty) to turn rendering off: the views' users then say so
+#: and go on without renders (reports keep their figures, self-tests skip their visual checks)
+NO_RENDER_ENV = "MEDTORCH_NO_RENDER"
+
 _PROBE = """
-import vtk
-vtk.vtkObject.GlobalWarningDisplayOff()
-from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
-import slicer
-w = vtkEGLRenderWindow(); w.SetOffScreenRendering(1); w.SetSize(8, 8)
-r = vtk.vtkRenderer(); r.SetBackground(1, 0, 0); w.AddRenderer(r); w.Render()
-f = vtk.vtkWindowToImageFilter(); f.SetInput(w); f.ReadFrontBufferOff(); f.Update()
+import importlib.util, sys
+if importlib.util.find_spec("slicer") is None:
+    sys.exit("No module named 'slicer'")
+# Only VTK's rendering modules (a second; 'import vtk' and 'import slicer' load everything: seconds)
+from vtkmodules.vtkCommonCore import vtkObject
+vtkObject.GlobalWarningDisplayOff()
+from vtkmodules.vtkRenderingCore import vtkRenderer, vtkRenderWindow, vtkWindowToImageFilter
+import vtkmodules.vtkRenderingOpenGL2
+try:
+    from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
+    w = vtkEGLRenderWindow()
+except ImportError:  # a VTK built without EGL (e.g. a Slicer application): its own window, as _window
+    w = vtkRenderWindow()
+w.SetOffScreenRendering(1); w.SetSize(8, 8)
+r = vtkRenderer(); r.SetBackground(1, 0, 0); w.AddRenderer(r); w.Render()
+f = vtkWindowToImageFilter(); f.SetInput(w); f.ReadFrontBufferOff(); f.Update()
 print('pixel', f.GetOutput().GetScalarComponentAsDouble(4, 4, 0, 0))
 w.Finalize()
 """
 
 
-@functools.lru_cache(maxsize=1)
 def rendering_unavailable() -> str | None:
     """Why offscreen rendering cannot run here (a sentence), or ``None`` when it can.
 
-    Probes in a child process (about a second, once per process): a machine without EGL or
-    OpenGL can abort the process that tries.
+    ``MEDTORCH_NO_RENDER=1`` turns rendering off (read at each call). Otherwise probes in a
+    child process (about a second, once per process): a machine without EGL or OpenGL can
+    abort the process that tries.
     """
+    if os.environ.get(NO_RENDER_ENV, "").strip() not in ("", "0"):
+        return f"rendering is turned off ({NO_RENDER_ENV}={os.environ[NO_RENDER_ENV].strip()})"
+    return _probe_once()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_once() -> str | None:
     return _probe(sys.executable)
 
 
@@ -239,6 +262,7 @@ def _read_pixels(window: Any) -> np.ndarray:
     grab.SetInput(window)
     grab.SetInputBufferTypeToRGB()
     grab.ReadFrontBufferOff()
+    grab.ShouldRerenderOff()  # just rendered: a second render would double the time (volume rendering)
     grab.Update()
     image = grab.GetOutput()
     width, height, _ = image.GetDimensions()
@@ -386,6 +410,17 @@ class SliceView(_View):
         self.node.SetFieldOfView(fov[0] / factor, fov[1] / factor, fov[2])
         return self
 
+    def project(self, ras: Sequence[float]) -> tuple[float, float]:
+        """Where the RAS point ``ras`` lands on this view's render: (x, y) in pixels, x to the
+        right and y down from the top-left corner (as the rows and columns of :meth:`render`'s
+        array). A point off the slice plane is projected onto it."""
+        import vtk
+
+        ras_to_xy = vtk.vtkMatrix4x4()
+        vtk.vtkMatrix4x4.Invert(self.node.GetXYToRAS(), ras_to_xy)
+        x, y, _, _ = ras_to_xy.MultiplyPoint((float(ras[0]), float(ras[1]), float(ras[2]), 1.0))
+        return x, self.size[1] - 1 - y  # the slice's XY runs bottom-up, as OpenGL's rows
+
     def render(self) -> np.ndarray:
         connection = self.logic.GetImageDataConnection()
         has_image = connection is not None and self.composite.GetBackgroundVolumeID() is not None
@@ -425,16 +460,21 @@ class ThreeDView(_View):
         return manager.GetCameraNode() if manager is not None else None
 
     def reset_camera(self, direction: Direction = "Anterior", azimuth: float = 0.0, elevation: float = 0.0,
-                     zoom: float = 1.0, box: bool = False) -> ThreeDView:
+                     zoom: float = 1.0, box: bool = False, bounds: Sequence[float] | None = None) -> ThreeDView:
         """Look at everything shown from ``direction`` (as Slicer's view-direction buttons), then
-        turn the camera by ``azimuth``/``elevation`` degrees and zoom; ``box`` shows the 3D cube."""
+        turn the camera by ``azimuth``/``elevation`` degrees and zoom; ``box`` shows the 3D cube.
+        ``bounds`` (RAS: xmin, xmax, ymin, ymax, zmin, zmax; e.g. a volume node's
+        ``GetRASBounds``) frames that box instead of everything shown."""
         slicer = _slicer()
         self.node.SetBoxVisible(int(box))
         self.node.SetAxisLabelsVisible(int(box))
         camera_node = self.camera_node()
         if camera_node is not None:
             camera_node.RotateTo(getattr(slicer.vtkMRMLCameraNode, direction))
-        self.renderer.ResetCamera()
+        if bounds is not None:
+            self.renderer.ResetCamera(*(float(b) for b in bounds[:6]))
+        else:
+            self.renderer.ResetCamera()
         camera = self.renderer.GetActiveCamera()
         camera.Azimuth(azimuth)
         camera.Elevation(elevation)
@@ -442,6 +482,14 @@ class ThreeDView(_View):
         camera.Zoom(zoom)
         self.renderer.ResetCameraClippingRange()
         return self
+
+    def project(self, ras: Sequence[float]) -> tuple[float, float]:
+        """Where the RAS point ``ras`` lands on this view's render with the camera as it is now:
+        (x, y) in pixels, x to the right and y down from the top-left corner."""
+        self.renderer.SetWorldPoint(float(ras[0]), float(ras[1]), float(ras[2]), 1.0)
+        self.renderer.WorldToDisplay()
+        x, y, _ = self.renderer.GetDisplayPoint()
+        return float(x), self.size[1] - 1 - float(y)
 
     def _release(self) -> None:
         _collection(self._app_logic, "ViewLogics").RemoveItem(self.logic)
