@@ -758,7 +758,7 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         ijk = np.argwhere(mask)[:, ::-1].mean(axis=0)
-        return geometry.index_to_physical(ijk[None, :].astype(float))[0] * np.array([-1.0, -1.0, 1.0])
+        return coords.ras_from_lps(geometry.index_to_physical(ijk[None, :].astype(float))[0])
 
     def _checkSegmentShows(self, segmentationNode, volumeNode, segmentName, centreRas, in3D=True, inSlice=True):
         """The segment's surface shows in 3D (``in3D``), and its outline and fill in the Red slice

@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from medtorch import coords
 from medtorch.volume import Volume
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,8 @@ def _ijk_to_ras(volume: Volume) -> Any:
     import vtk
 
     geometry = volume.geometry
-    linear = LPS_TO_RAS @ np.asarray(geometry.direction, float) @ np.diag(np.asarray(geometry.spacing, float))
-    origin = LPS_TO_RAS @ np.asarray(geometry.origin, float)
+    linear = coords.flip_rows(geometry.direction) @ np.diag(np.asarray(geometry.spacing, float))
+    origin = coords.ras_from_lps(geometry.origin)
     matrix = vtk.vtkMatrix4x4()
     for r in range(3):
         for c in range(3):
@@ -92,7 +91,7 @@ def _ras_center(volume: Volume, mask: np.ndarray | None = None) -> np.ndarray:
         ijk = np.argwhere(np.asarray(mask))[:, ::-1].mean(axis=0)
     else:
         ijk = (np.asarray(volume.array.shape[::-1], float) - 1.0) / 2.0
-    return np.asarray(LPS_TO_RAS @ volume.geometry.index_to_physical(ijk[None, :].astype(float))[0])
+    return coords.ras_from_lps(volume.geometry.index_to_physical(ijk[None, :].astype(float))[0])
 
 
 def volumes_in_3d(volumes: Sequence[tuple[str, Volume]], path: str | Path, size: int = 320,
