@@ -205,3 +205,23 @@ def test_template_labels_are_the_tissue_classes():
     counts = torch.bincount(lab.reshape(-1), minlength=4)
     assert lab.max() == 3 and all(int(c) > 50 for c in counts)  # background, other tissue, GM, WM
     assert all(s % 8 == 0 for s in lab.shape)
+
+
+def test_benchmark_learned_section_is_replaced_in_place_and_kept_by_the_main_run(tmp_path):
+    from benchmarks.registration import learned
+
+    doc = tmp_path / "registration.md"
+    doc.write_text("# Registration benchmark\n\nmain rows\n")
+    learned.write_section(doc, f"{learned.BEGIN}\nfirst\n{learned.END}\n")
+    learned.write_section(doc, f"{learned.BEGIN}\nsecond\n{learned.END}\n")
+    text = doc.read_text()
+    assert "main rows" in text and "second" in text and "first" not in text and text.count(learned.BEGIN) == 1
+    rewritten = learned.keep_section(text, "# Registration benchmark\n\nnew main rows\n")
+    assert "new main rows" in rewritten and "second" in rewritten and "main rows\n\n" not in rewritten.split("new")[0]
+    rows = [{"row": k, "pair": 0, "network_s": 0.5, "network_forward_s": 0.2, "folding_percent": 0.0,
+             "tre_mean_mm": t, "wall_s": w} for k, t, w in (("network", 2.0, 5.0), ("network+refine", 0.9, 8.0),
+                                                             ("torch", 1.0, 20.0))]
+    verdicts = [v for _, v, _ in learned.targets(rows)]
+    assert verdicts[:4] == ["MET", "MET", "MET", "MET"] and verdicts[-1] == "NOT MEASURED"  # GPU
+    rows[1]["wall_s"] = 15.0
+    assert learned.targets(rows)[3][1] == "NOT MET"

@@ -543,7 +543,7 @@ def train_registration(
             "best_val_parts": {k: round(v, 6) for k, v in best_parts.items()}, "history": history,
             "num_train": num_train, "num_val": num_val, "val_pairs": len(gen_val),
             "prealign": "torch engine, affine, Mattes MI" if (prealign and not synthetic) else None,
-            "seconds": round(seconds, 1), "device": str(dev), "threads": torch.get_num_threads(),
+            "seconds": round(seconds, 1), "train_s": round(time.perf_counter() - train_start, 1), "device": str(dev), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "monai": monai.__version__,
             "max_displacement_mm": max_displacement_mm if synthetic else None,
         },
