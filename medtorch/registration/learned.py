@@ -25,6 +25,9 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from medtorch.errors import MedTorchInputError
 from medtorch.volume import Geometry, Volume
 
 __all__ = ["KIND", "NETWORK_SIZES", "LearnedConfig", "LearnedModel", "build_network", "check_contract",
-           "field_to_lps", "load_model", "model_grid", "normalise", "predict_field", "to_model_grid"]
+           "field_to_lps", "load_model", "model_grid", "normalise", "predict_field", "quiet_monai", "to_model_grid"]
 
 #: ``config["kind"]`` of a registration model pack.
 KIND = "registration"
@@ -102,6 +105,16 @@ class LearnedConfig:
         return cfg
 
 
+@contextmanager
+def quiet_monai() -> Iterator[None]:
+    """Silence MONAI's notes that say nothing to a user (its pure-PyTorch warp; an indexing deprecation)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+        yield
+
+
+@quiet_monai()
 def build_network(cfg: LearnedConfig) -> torch.nn.Module:
     """The VoxelMorph network of ``cfg`` (untrained): ``net(moving, fixed) -> (warped, ddf)``."""
     from monai.networks.nets import VoxelMorph, VoxelMorphUNet
@@ -235,7 +248,7 @@ def predict_field(model: LearnedModel, fixed: Volume, moving: Volume, affine: np
     f = normalise(to_model_grid(fixed, grid))
     m = normalise(to_model_grid(moving, grid, np.asarray(affine, float)))
     t1 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), quiet_monai():
         _, ddf = model.network(m[None, None].to(device), f[None, None].to(device))
         u = field_to_lps(ddf.float(), grid).cpu()
     t2 = time.perf_counter()

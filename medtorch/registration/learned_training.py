@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from medtorch.errors import MedTorchInputError
 from medtorch.progress import CancelToken, ProgressCallback, report
 from medtorch.registration.learned import KIND, NETWORK_SIZES, LearnedConfig, build_network, model_grid, normalise, \
-    to_model_grid
+    quiet_monai, to_model_grid
 from medtorch.volume import Geometry, Volume
 
 __all__ = ["LOSSES", "Sample", "TrainRegResult", "find_training_data", "synthetic_labels_from_template",
@@ -357,6 +357,7 @@ def _model_card(cfg: LearnedConfig, record: dict[str, Any]) -> str:
     ])
 
 
+@quiet_monai()
 def train_registration(
     data: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
