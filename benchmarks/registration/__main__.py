@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the learned-registration section (train a VoxelMorph model on template pairs, then network "
                         "only / network + refinement / optimiser only on held-out pairs) and write it into "
                         f"{DOC.relative_to(REPO)} (or --out) between its markers; with --quick: fewer pairs, shorter training")
+    p.add_argument("--train-lr", type=float, default=1e-3, help="--learned: learning rate of the training (Adam)")
     p.add_argument("--train-minutes", type=float, default=None,
                    help="--learned: training budget in minutes (default 25; --quick 4); a model already in --workdir is reused")
     return p.parse_args(argv)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="medtorch-bench-learned-"))
         learned.main(args.quick, workdir, args.out or DOC, train_minutes=args.train_minutes, threads=args.threads,
-                     log=lambda m: print(m, flush=True))
+                     log=lambda m: print(m, flush=True), learning_rate=args.train_lr)
         return 0
     if args.verdict:
         from benchmarks.registration import verdict

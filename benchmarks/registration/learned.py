@@ -171,7 +171,7 @@ def render(result: dict[str, Any]) -> str:
     rows = result["rows"]
     t = result["training"]
     lines = [BEGIN, "", "## Learned registration (VoxelMorph network, refinement, optimiser)", "",
-             f"Run {result['date']} on {_machine(result['machine'])} ({result['threads']} torch threads; 1-minute load average "
+             f"Run {result['date']} on {_machine(result['machine'])} (torch threads: {result['threads']}; 1-minute load average "
              f"{result['load']} -- the machine was shared, so times are upper bounds); "
              f"{'quick run, ' if result['quick'] else ''}written by `python -m benchmarks.registration --learned"
              f"{' --quick' if result['quick'] else ''}` ({result['total_s']:.0f} s in all). GPU: not measured.", "",
@@ -185,7 +185,7 @@ def render(result: dict[str, Any]) -> str:
              f"Model: `medtorch train-reg`-style training on {t['num_train']} pairs (+{t['num_val']} held out for "
              f"validation) of the same kind (other seeds), affine pre-alignment by the torch engine, LNCC + bending "
              f"energy, diffeomorphic (scaling and squaring), network `{t['size']}` at {t['spacing_mm']:g} mm; "
-             f"{t['steps_run']} steps ({t['stopped']}) in {t['train_s']:.0f} s of training "
+             f"Adam, learning rate {t.get('lr')}; {t['steps_run']} steps ({t['stopped']}) in {t['train_s']:.0f} s of training "
              f"({t['prep_s']:.0f} s data preparation and pre-alignment before it), seed {t['seed']}; best held-out "
              f"LNCC loss {t['best_val_loss']:.4f} against {t['identity_val_loss']:.4f} for the identity.", "",
              "| row | TRE mean (mm) | TRE p95 (mm) | Dice GM | Dice WM | folding % | time per pair (s) | "
@@ -243,7 +243,7 @@ def keep_section(old_text: str, new_text: str) -> str:
 
 
 def main(quick: bool, workdir: Path, out: Path, train_minutes: float | None = None, threads: int = 2,
-         log: Callable[[str], None] = print, size: str = "tiny") -> dict[str, Any]:
+         log: Callable[[str], None] = print, size: str = "tiny", learning_rate: float = 1e-3) -> dict[str, Any]:
     import datetime as dt
 
     import torch
@@ -272,7 +272,8 @@ def main(quick: bool, workdir: Path, out: Path, train_minutes: float | None = No
             write_volume(pair["moving"], train_dir / f"t{i}_moving.nii.gz")
         log(f"{n_train} training pairs written in {time.perf_counter() - t0:.0f} s; training for up to {minutes:g} min")
         res = train_registration(train_dir, model, network_size=size, spacing_mm=4.0, steps=100_000, val_every=25,
-                                 patience=6, val_fraction=0.2, seed=0, max_minutes=minutes, image_loss="lncc")
+                                 patience=6, val_fraction=0.2, seed=0, max_minutes=minutes, image_loss="lncc",
+                                 learning_rate=learning_rate)
         prep_s = res.seconds - res.record["training"].get("train_s", 0.0)
         (workdir / "training.json").write_text(json.dumps({"record": res.record, "total_s": res.seconds}), "utf-8")
     info = json.loads((workdir / "training.json").read_text("utf-8"))
@@ -306,7 +307,8 @@ def main(quick: bool, workdir: Path, out: Path, train_minutes: float | None = No
         "training": {"num_train": rec["num_train"], "num_val": rec["num_val"], "size": size, "spacing_mm": 4.0,
                      "steps_run": rec["steps_run"], "stopped": rec["stopped"], "train_s": train_s, "prep_s": prep_s,
                      "seed": info["record"]["seed"], "best_val_loss": rec["best_val_loss"],
-                     "identity_val_loss": rec["identity_val_loss"], "history_points": len(hist)},
+                     "identity_val_loss": rec["identity_val_loss"], "history_points": len(hist),
+                     "lr": rec.get("learning_rate")},
         "total_s": time.perf_counter() - started,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
