@@ -39,13 +39,13 @@ def _write_pairs(folder: Path, seeds) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A CI-sized training: 4 pairs (1 held out), 40 steps at 4 mm."""
+    """A CI-sized training: 4 pairs (1 held out), 30 steps at 4 mm."""
     from medtorch.registration.learned_training import train_registration
 
     d = tmp_path_factory.mktemp("learned")
     data = _write_pairs(d / "pairs", range(4))
     torch.set_num_threads(1)
-    res = train_registration(data, d / "model.zip", spacing_mm=4.0, steps=40, val_every=5, patience=8,
+    res = train_registration(data, d / "model.zip", spacing_mm=4.0, steps=30, val_every=5, patience=8,
                              val_fraction=0.25, prealign=False, seed=3)
     return res
 
