@@ -141,7 +141,9 @@ class FusionRegistrationParameterNode:
     device - where torch computes: auto ($MEDTORCH_DEVICE, else cuda, then mps, then cpu), cpu, cuda or mps.
     registrationMode - rigid, affine or deformable.
     metric - mi, mind (across modalities), lncc, ncc, mse (same modality).
-    engine - torch (MedTorch), sitk (SimpleITK) or elastix.
+    engine - torch (MedTorch), sitk (SimpleITK), elastix, or learned (a trained network, deformable).
+    learnedModel - learned engine: the registration model pack (.zip, e.g. from medtorch train-reg).
+    refineLearned - learned engine: refine the network's field with the deformable optimiser (instance optimisation).
     initialization - auto, geometry, moments, pax, fiducials or none.
     fixedMask, movingMask - optional binary volumes: only voxels inside are compared.
     fixedFiducials, movingFiducials - optional landmark pairs (in order): initialisation and TRE.
@@ -185,7 +187,9 @@ class FusionRegistrationParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     registrationMode: Annotated[str, Choice(["rigid", "affine", "deformable"])] = "rigid"
     metric: Annotated[str, Choice(["mi", "mind", "lncc", "ncc", "mse"])] = "mi"
-    engine: Annotated[str, Choice(["torch", "sitk", "elastix"])] = "torch"
+    engine: Annotated[str, Choice(["torch", "sitk", "elastix", "learned"])] = "torch"
+    learnedModel: str = ""
+    refineLearned: bool = False
     initialization: Annotated[str, Choice(["auto", "geometry", "moments", "pax", "fiducials", "none"])] = "auto"
     fixedMask: vtkMRMLScalarVolumeNode
     movingMask: vtkMRMLScalarVolumeNode
@@ -226,7 +230,14 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
         self.setupModuleWidget(FusionRegistrationLogic())
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
+        self.ui.learnedModelBrowseButton.connect("clicked(bool)", self.onChooseLearnedModel)
         self._checkCanApply()
+
+    def onChooseLearnedModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Choose a registration model"), "",
+                                              _("Model pack (*.zip)"))
+        if path:
+            self._parameterNode.learnedModel = path
 
     def selectDefaultInputs(self, p) -> None:
         volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
@@ -303,7 +314,8 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
                 movingFiducials=p.movingFiducials, placeUnderTransform=p.placeUnderTransform,
                 harden=p.hardenTransform, device=p.device, seed=p.seed, initialization=p.initialization,
                 outputTransform=p.outputTransform, resampledVolume=p.resampledVolume,
-                similarityMap=p.similarityMap, similarityMapVolume=p.similarityMapVolume, verdictTable=p.verdictTable)
+                similarityMap=p.similarityMap, similarityMapVolume=p.similarityMapVolume, verdictTable=p.verdictTable,
+                model=p.learnedModel, refine=p.refineLearned)
             self.runJob(job, _("Registration"), self.onRegistered)
 
     #: The status line's colour per verdict (green, orange, red).
@@ -715,7 +727,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                     placeUnderTransform: bool = True, harden: bool = False, device: str = "auto", seed: int = 0,
                     initialization: str = "auto", outputTransform=None, resampledVolume=None, showFused: bool = True,
                     options: Optional[dict] = None, similarityMap: bool = False, similarityMapVolume=None,
-                    verdictTable=None, verdictOptions: Optional[dict] = None):
+                    verdictTable=None, verdictOptions: Optional[dict] = None, model: str = "", refine: bool = False):
         """Prepare a registration as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         The volumes are registered in their local coordinates; when they are under linear
@@ -728,6 +740,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         check (``verdictTable``, or a new one) and the ``MedTorch.verdict`` attribute; with
         ``similarityMap`` the verdict's local similarity becomes a volume (``similarityMapVolume``,
         or a new one) on the fixed grid. Nothing in the scene changes until the job finishes.
+        ``engine="learned"``: ``model`` is the registration model pack (.zip) whose network predicts
+        the deformable field (the mode is then deformable); ``refine`` refines it with the
+        deformable optimiser (instance optimisation).
         """
         import numpy as np
         from medtorch.errors import MedTorchInputError
@@ -745,6 +760,11 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         if similarityMapVolume is not None and similarityMapVolume in (fixedVolume, movingVolume, resampledVolume):
             raise MedTorchInputError("the similarity map volume is one of the other volumes",
                                      "choose another volume for the map, or none to create a new one")
+        if engine == "learned":
+            if not model:
+                raise MedTorchInputError("the learned engine needs a model file",
+                                         "choose a registration model pack (.zip) under Learned model")
+            mode = "deformable"
         if (fixedFiducials is None) != (movingFiducials is None):
             raise MedTorchInputError("landmarks were given for only one of the volumes",
                                      "select a point list for both volumes, or for none")
@@ -767,7 +787,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         request = RegisterRequest(mode=mode, metric=metric, engine=engine, init=initialization, device=device,
                                   seed=int(seed), options=dict(options or {}), initial_transform=initial,
                                   similarity_map=bool(similarityMap), verdict_options=dict(verdictOptions or {}),
-                                  **landmarks)
+                                  model=str(model) if engine == "learned" else None,
+                                  refine=bool(refine) and engine == "learned", **landmarks)
         name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} to {fixedVolume.GetName()} ({mode})")
 
         def apply(result):
@@ -958,6 +979,8 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         self.test_RegisterRigidMovesMovingOntoFixed()
         self.setUp()
         self.test_RegisterDeformableGridTransform()
+        self.setUp()
+        self.test_RegisterLearnedModel()
 
     def _addVolume(self, volume, name):
         from medtorch.integration import slicer_bridge as bridge
@@ -1220,5 +1243,42 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         if self._visual().available:
             self.delayDisplay("Visual: under the grid transform the moving volume lies on the fixed one in the slice views")
             self._checkOverlap(fixedNode, movingNode, out.transformNode)
+        self.delayDisplay("Test passed")
+
+    def test_RegisterLearnedModel(self):
+        import tempfile
+        from pathlib import Path
+
+        from medtorch.io import write_volume
+        from medtorch.registration.learned_training import train_registration
+        from medtorch.registration.synthetic import synthetic_pair
+
+        self.delayDisplay("The learned engine, on a tiny model trained here, gives a grid transform in the background")
+        kw = dict(size=20, spacing=3.5, max_angle_deg=2.0, max_shift_mm=2.0, max_scale=0.0, deform_mm=6.0,
+                  same_contrast=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "pairs"
+            data.mkdir()
+            for s in range(3):
+                p = synthetic_pair("deformable", seed=s, **kw)
+                write_volume(p.fixed, data / f"c{s}_fixed.nii.gz")
+                write_volume(p.moving, data / f"c{s}_moving.nii.gz")
+            model = train_registration(data, Path(tmp) / "model.zip", spacing_mm=4.0, steps=6, val_every=3,
+                                       val_fraction=0.34, prealign=False, seed=0).path
+            pair = synthetic_pair("deformable", seed=7, **kw)
+            fixedNode = self._addVolume(pair.fixed, "fixed")
+            movingNode = self._addVolume(pair.moving, "moving")
+            logic = FusionRegistrationLogic()
+            for refine in (False, True):
+                job = logic.registerJob(fixedNode, movingNode, engine="learned", model=str(model), refine=refine,
+                                        seed=0)
+                out = job.run_background_blocking(timeout=600)  # a worker process, as the Register button runs it
+                self.assertTrue(out.transformNode.IsA("vtkMRMLGridTransformNode"))
+                self.assertEqual(out.report["engine"], "learned")
+                self.assertEqual(out.report["mode"], "deformable")
+                self.assertEqual(bool(out.report["refine"]), refine)
+                self.assertIn(out.verdict["status"], ("pass", "warn"))
+            with self.assertRaises(Exception):
+                logic.registerJob(fixedNode, movingNode, engine="learned", model="")
         self.delayDisplay("Test passed")
 

@@ -19,6 +19,10 @@ Examples::
     python -m benchmarks.registration --verdict --quick      # the verdict section, a few minutes
     python -m benchmarks.registration --verdict              # the full verdict section (10-20 min on 2 cores)
     python -m benchmarks.registration --verdict --workdir W --report-only   # re-render it from W, running nothing
+    python -m benchmarks.registration --learned              # the learned section (about 45 min on 2 cores)
+
+``--learned`` runs the learned-registration section (:mod:`benchmarks.registration.learned`) and
+writes it between its own markers; the main run keeps it too.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the verdict section (calibration, held-out AUC, false alarms, cost) and write it into "
                         f"{DOC.relative_to(REPO)} (or --out) between its markers; with --quick: fewer cases")
     p.add_argument("--repeats", type=int, default=3, help="--verdict: timed runs per case for the cost (default 3)")
+    p.add_argument("--learned", action="store_true",
+                   help="run the learned-registration section (train a VoxelMorph model on template pairs, then network "
+                        "only / network + refinement / optimiser only on held-out pairs) and write it into "
+                        f"{DOC.relative_to(REPO)} (or --out) between its markers; with --quick: fewer pairs, shorter training")
+    p.add_argument("--train-lr", type=float, default=1e-3, help="--learned: learning rate of the training (Adam)")
+    p.add_argument("--train-minutes", type=float, default=None,
+                   help="--learned: training budget in minutes (default 25; --quick 4); a model already in --workdir is reused")
     return p.parse_args(argv)
 
 
@@ -113,6 +124,13 @@ def _score(result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.learned:
+        from benchmarks.registration import learned
+
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="medtorch-bench-learned-"))
+        learned.main(args.quick, workdir, args.out or DOC, train_minutes=args.train_minutes, threads=args.threads,
+                     log=lambda m: print(m, flush=True), learning_rate=args.train_lr)
+        return 0
     if args.verdict:
         from benchmarks.registration import verdict
 
@@ -197,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     if out_path.exists():  # the verdict section is written by --verdict: keep it
         from benchmarks.registration.verdict import keep_section
 
-        text = keep_section(out_path.read_text(encoding="utf-8"), text)
+        from benchmarks.registration.learned import keep_section as keep_learned
+
+        old_text = out_path.read_text(encoding="utf-8")
+        text = keep_learned(old_text, keep_section(old_text, text))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")

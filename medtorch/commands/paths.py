@@ -30,11 +30,12 @@ PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fuse": (("fixed", "moving", "transform", "checkpoint"),
              ("out", "out_luminance", "out_resampled", "metrics", "save_checkpoint")),
     "register": (("fixed", "moving", "fixed_mask", "moving_mask", "initial_transform", "fixed_landmarks",
-                  "moving_landmarks"), ("out_transform", "out_volume", "report")),
+                  "moving_landmarks", "model"), ("out_transform", "out_volume", "report")),
     "seg-metrics": (("pred", "ref"), ("json", "csv")),
     "segment": (("input", "seeds", "model"), ("out", "volumes_csv", "info")),
     "superres": (("input", "model"), ("out", "save_model", "export_onnx", "metrics", "fidelity_map")),
     "threshold-seg": (("input",), ("out",)),
+    "train-reg": ((), ("out",)),
 }
 
 

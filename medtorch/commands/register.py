@@ -46,7 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=default_of(RegisterRequest, "metric"), choices=choices(RegisterRequest, "metric"),
                    help="similarity: mi/mind across modalities, lncc/ncc/mse within one")
     p.add_argument("--engine", default=default_of(RegisterRequest, "engine"), choices=choices(RegisterRequest, "engine"),
-                   help="torch (MedTorch), sitk (SimpleITK Mattes MI) or elastix (itk-elastix)")
+                   help="torch (MedTorch), sitk (SimpleITK Mattes MI), elastix (itk-elastix) or learned (a trained "
+                        "network, --model; always deformable)")
+    p.add_argument("--model", default=None,
+                   help="--engine learned: the registration model pack (.zip) to use, e.g. one written by "
+                        "medtorch train-reg (its SHA-256 manifest is checked before it is loaded)")
+    p.add_argument("--refine", action="store_true",
+                   help="--engine learned: refine the network's field with the torch engine's deformable stage "
+                        "(instance optimisation: slower, more accurate)")
     p.add_argument("--fixed-mask", default=None, help="binary volume: only fixed voxels inside count")
     p.add_argument("--moving-mask", default=None, help="binary volume: only moving voxels inside count")
     p.add_argument("--seed", type=int, default=default_of(RegisterRequest, "seed"),
@@ -96,14 +103,20 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from medtorch.transform_io import LINEAR_EXTENSIONS
 
     name = Path(args.out_transform).name.lower()
-    if args.mode == "deformable":
+    if args.mode == "deformable" or args.engine == "learned":
         ok = name.endswith(H5_EXTENSIONS) or name.endswith(VOLUME_EXTENSIONS)
         fix = "use .h5 (composite transform) or .nii.gz/.nrrd/.mha (displacement field) for --mode deformable"
     else:
         ok = name.endswith(LINEAR_EXTENSIONS)
         fix = "use .tfm, .txt, .h5 or .mat for a rigid or affine transform"
     if not ok:
-        raise MedTorchInputError(f"--out-transform {args.out_transform} has an unsupported extension for {args.mode}", fix)
+        mode = "deformable" if args.engine == "learned" else args.mode
+        raise MedTorchInputError(f"--out-transform {args.out_transform} has an unsupported extension for {mode}", fix)
+    if args.engine == "learned" and not args.model:
+        raise MedTorchInputError("--engine learned needs --model", "give the model pack: --model model.zip "
+                                 "(train one with medtorch train-reg)")
+    if (args.model or args.refine) and args.engine != "learned":
+        raise MedTorchInputError("--model and --refine are options of the learned engine", "add --engine learned")
     if not args.no_verdict:  # the verdict's file is named from the transform's: it must not be another file
         vpath = verdict_path(args).expanduser().resolve()
         for flag, other in (("--report", _report_path(args)), ("--fixed", args.fixed), ("--moving", args.moving)):
@@ -145,7 +158,8 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                               initial_transform=_rows(initial), fixed_landmarks=_rows(f_lm),
                               moving_landmarks=_rows(m_lm), device=device_of(args), seed=args.seed,
                               options=dict(args.option), resample_output=bool(args.out_volume),
-                              verdict=not args.no_verdict, verdict_options=dict(args.verdict_option))
+                              verdict=not args.no_verdict, verdict_options=dict(args.verdict_option),
+                              model=args.model, refine=bool(args.refine))
     res = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
     verdict = res.verdict
     if verdict is not None and verdict.status != "pass":
@@ -171,11 +185,11 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if verdict is not None and verdict.failed:
         return EXIT_VERDICT
     if not args.quiet:
-        line = (f"Registered ({args.engine} {args.mode}, {report['metric']}) in {report['runtime_s']:.2f} s on "
+        line = (f"Registered ({args.engine} {report['mode']}, {report['metric']}) in {report['runtime_s']:.2f} s on "
                 f"{report['device']}: transform in {args.out_transform}")
         if "tre_mean_mm" in report:
             line += f"; landmark TRE {report['tre_mean_mm']:.3f} mm (95th percentile {report['tre_p95_mm']:.3f} mm)"
-        if args.mode == "deformable":
+        if report["mode"] == "deformable":
             line += f"; folding {report['folding_percent']:.4f} %"
         if verdict is not None:
             line += f"; verdict {verdict.status}"
@@ -190,6 +204,8 @@ COMMANDS = [Command(
     "  medtorch register --fixed t1.nrrd --moving ct_dicom/ --engine elastix --mode affine --out-transform reg.tfm\n"
     "  medtorch register --fixed a.nrrd --moving b.nrrd --out-transform reg.tfm --fixed-landmarks f.mrk.json "
     "--moving-landmarks m.mrk.json\n"
+    "  medtorch register --fixed t1.nii.gz --moving t2.nii.gz --engine learned --model reg_model.zip --refine "
+    "--out-transform reg.h5\n"
     "  medtorch register --fixed t1.nrrd --moving t2.nrrd --out-transform reg.tfm --strict   # refuse an untrustworthy "
     "result\n\n"
     "Every result gets a verdict (pass/warn/fail, with its checks) in <transform>.verdict.json and the report; warn "

@@ -27,7 +27,7 @@ from medtorch.volume import Volume
 
 Mode = Literal["rigid", "affine", "deformable"]
 Metric = Literal["mi", "mind", "lncc", "ncc", "mse"]
-Engine = Literal["torch", "sitk", "elastix"]
+Engine = Literal["torch", "sitk", "elastix", "learned"]
 Init = Literal["auto", "geometry", "moments", "pax", "fiducials", "none"]
 
 
@@ -41,6 +41,10 @@ class RegisterRequest(Request):
     the moving volume (no ``resampled`` volume); ``verdict``: judge the result without
     landmarks (:mod:`medtorch.registration.verdict`), with ``verdict_options`` (thresholds by
     name); ``similarity_map``: also return the verdict's local similarity as a volume.
+    ``engine="learned"``: a trained network (``model``: the path of its model pack, written by
+    ``medtorch train-reg``) predicts the deformable field after the torch engine's affine stage
+    (the mode is then ``deformable``); ``refine``: then the torch engine's deformable stage
+    refines the network's field (instance optimisation).
     """
 
     operation: ClassVar[str] = "register"
@@ -59,6 +63,8 @@ class RegisterRequest(Request):
     verdict: bool = True
     verdict_options: dict[str, Any] = field(default_factory=dict)
     similarity_map: bool = False
+    model: str | None = None
+    refine: bool = False
 
 
 def _points(value: Points | None) -> np.ndarray | None:
@@ -91,6 +97,8 @@ def run_register(request: RegisterRequest, inputs: dict[str, Volume], progress: 
         verdict=request.verdict,
         verdict_options=dict(request.verdict_options),
         similarity_map=request.similarity_map,
+        model=request.model,
+        refine=request.refine,
         **dict(request.options),
     )
     volumes: dict[str, Volume] = {}

@@ -8,6 +8,7 @@ and fills the quality report (similarity, Jacobian, folding, TRE, runtime, devic
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, get_args
 
 import numpy as np
@@ -108,6 +109,19 @@ def target_registration_error(mapped: np.ndarray, truth: np.ndarray) -> dict[str
             "tre_max_mm": float(err.max()), "tre_points": int(len(err))}
 
 
+def _refinement_defaults(options: dict[str, Any], metric: str, fixed: Volume) -> None:
+    """The deformable stage as a refinement of a network's field (instance optimisation): one level at
+    the working spacing, a finer control grid and fewer iterations than from scratch, unless given."""
+    deformable = {"deformable_iterations", "deformable_levels", "control_spacings", "control_spacing",
+                  "deformable_spacing"}
+    if deformable & set(options):
+        return
+    if (options.get("deformable_metric") or metric) == "mi":
+        options.update(deformable_iterations=[40], control_spacings=[max(6.0, 3.0 * float(np.median(fixed.spacing)))])
+    else:
+        options.update(deformable_iterations=[0, 40])
+
+
 def register(
     fixed: Volume,
     moving: Volume,
@@ -129,6 +143,8 @@ def register(
     verdict: bool = True,
     verdict_options: dict[str, Any] | None = None,
     similarity_map: bool = False,
+    model: str | None = None,
+    refine: bool = False,
     **options: Any,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: find the transform mapping fixed points to moving points.
@@ -140,8 +156,10 @@ def register(
         metric: ``mi`` (Mattes mutual information; multimodal), ``mind`` (MIND-SSC; multimodal),
             ``lncc``/``ncc``/``mse`` (same modality). In the deformable stage ``mi`` is sampled
             Parzen MI on a control-grid field; in the linear stages ``lncc`` uses global NCC.
-        engine: ``torch`` (this package), ``sitk`` (SimpleITK Mattes MI, corrected recipe) or
-            ``elastix`` (itk-elastix); the classic engines take no metric or landmarks.
+        engine: ``torch`` (this package), ``sitk`` (SimpleITK Mattes MI, corrected recipe),
+            ``elastix`` (itk-elastix; the classic engines take no metric or landmarks) or
+            ``learned`` (the torch engine's affine stage, then a trained network's field in one
+            forward pass, :mod:`medtorch.registration.learned`; always ``deformable``).
         fixed_mask, moving_mask: optional binary volumes (any grid); only voxels inside count.
         fixed_landmarks, moving_landmarks: optional ``(N, 3)`` LPS point pairs: used by
             ``init='fiducials'`` (and ``'auto'``), and to report the target registration error.
@@ -160,6 +178,12 @@ def register(
             (:class:`~medtorch.registration.verdict.VerdictOptions`), e.g. ``{"scale_max": 1.3}``.
         similarity_map: also return the verdict's local similarity as a volume on the fixed
             grid (``result.similarity_map``).
+        model: ``engine="learned"``: the model pack (``.zip``, ``medtorch train-reg``); its
+            SHA-256 manifest is checked before it is loaded, and inputs outside its contract
+            (channels, voxel size) are refused.
+        refine: ``engine="learned"``: refine the network's field with the torch engine's
+            deformable stage (instance optimisation; fewer iterations than from scratch unless
+            the deformable options say otherwise).
         **options: engine options, see :mod:`medtorch.registration.torch_engine`.
 
     Inputs that are not clean (torch engine): NaN/Inf voxels and constant slices are treated as
@@ -178,7 +202,22 @@ def register(
     metric = _choice(metric, METRICS, "similarity metric")  # type: ignore[assignment]
     engine = _choice(engine, ENGINES, "registration engine")  # type: ignore[assignment]
     init = _choice(init, INITS, "initialisation")  # type: ignore[assignment]
-    check_inputs(fixed, moving, fixed_mask, moving_mask, allow_nonfinite=engine == "torch")
+    if engine == "learned":
+        mode = "deformable"  # type: ignore[assignment]
+    elif model is not None or refine:
+        raise MedTorchInputError(f"a model (and refine) is for the learned engine, not the {engine} engine",
+                                 "use engine='learned' with the model, or leave the model out")
+    if engine == "learned" and not model:
+        raise MedTorchInputError("the learned engine needs a model",
+                                 "give a registration model pack (--model model.zip), e.g. one trained with "
+                                 "medtorch train-reg")
+    check_inputs(fixed, moving, fixed_mask, moving_mask, allow_nonfinite=engine in ("torch", "learned"))
+    learned_model = None
+    if engine == "learned":
+        from medtorch.registration.learned import check_contract, load_model
+
+        learned_model = load_model(str(model))  # the pack's hashes are checked before anything in it is loaded
+        check_contract(learned_model.config, fixed, moving, learned_model.name)
     from medtorch.registration.verdict import VerdictOptions, assess_registration, inspect_inputs
 
     vopts = VerdictOptions.from_options(verdict_options)
@@ -210,13 +249,33 @@ def register(
     check_fits(estimate_bytes(voxels, 4, copies=12), f"{mode} registration ({engine} engine)", dev)
     report(progress, cancel, 0.0, "starting")
     eng_progress = SubProgress(progress, 0.0, 0.9, "")
-    if engine == "torch":
+    if engine in ("torch", "learned"):
         from medtorch.registration.torch_engine import RegistrationProblem, register_torch
 
+        predictor: Callable[[np.ndarray], tuple[Volume, Volume, dict[str, Any]]] | None = None
+        opts = dict(options)
+        if learned_model is not None:
+            from medtorch.registration.learned import predict_field
+
+            learned_model.network.to(dev)
+            lm = learned_model
+
+            def network_field(affine: np.ndarray) -> tuple[Volume, Volume, dict[str, Any]]:
+                return predict_field(lm, findings.fixed, findings.moving, affine, dev)
+
+            predictor = network_field
+
+            if refine:
+                _refinement_defaults(opts, metric, fixed)
         problem = RegistrationProblem(findings.fixed, findings.moving, mode, metric, fixed_mask, moving_mask, f_lm,
-                                      m_lm, init, initial_transform, dev, seed, dict(options),
-                                      findings.fixed_valid, findings.moving_valid)
+                                      m_lm, init, initial_transform, dev, seed, opts,
+                                      findings.fixed_valid, findings.moving_valid, field_predictor=predictor,
+                                      refine=bool(refine))
         affine, displacement, info = register_torch(problem, eng_progress, cancel)
+        if learned_model is not None:
+            info["model"] = str(learned_model.path)
+            info["model_sha256"] = learned_model.sha256
+            info["refine"] = bool(refine)
     else:
         if options:
             raise MedTorchInputError(f"the {engine} engine takes no options ({', '.join(sorted(options))} given)",
@@ -258,7 +317,7 @@ def register(
 
     rep: dict[str, Any] = {
         "final_similarity": info.get("final_similarity"),
-        "metric": metric if engine == "torch" else "mattes_mi",
+        "metric": metric if engine in ("torch", "learned") else "mattes_mi",
         "mode": mode,
         "engine": engine,
     }

@@ -141,6 +141,8 @@ class _Stage:
         self.half_extent = torch.tensor(half, device=dev, dtype=dtype).view(1, 3, 1, 1, 1)
         cn = np.asarray(self.cshape[::-1], float)
         self.ctrl_spacing = torch.tensor(2.0 * half / np.maximum(cn - 1, 1), device=dev, dtype=dtype)
+        #: a fixed starting field (grid_sample units on the stage grid) the optimised field is added to
+        self.base: torch.Tensor | None = None
 
 
 def _optimise_stage(stage: _Stage, ctrl0: torch.Tensor | None, metric: str, reg: str, reg_weight: float,
@@ -189,11 +191,16 @@ def _optimise_stage(stage: _Stage, ctrl0: torch.Tensor | None, metric: str, reg:
             g = torch.stack([i * (2.0 / max(nx - 1, 1)) - 1.0, j * (2.0 / max(ny - 1, 1)) - 1.0,
                              k * (2.0 / max(nz - 1, 1)) - 1.0], dim=-1).view(1, 1, 1, -1, 3)
             u = F.grid_sample(field, g, mode="bilinear", padding_mode="border", align_corners=True)
+            if stage.base is not None:
+                u = u + F.grid_sample(stage.base, g, mode="bilinear", padding_mode="border", align_corners=True)
             warped = F.grid_sample(stage.moving_f, g + u.permute(0, 2, 3, 4, 1), mode="bilinear",
                                    padding_mode="border", align_corners=True).reshape(channels, -1)
             data = ((warped - fixed_flat[:, idx]) ** 2).mean()
         else:
-            warped = warp_with_displacement(stage.moving_f, field, grid)
+            full = field
+            if stage.base is not None:
+                full = F.interpolate(field, size=stage.shape, mode="trilinear", align_corners=True) + stage.base
+            warped = warp_with_displacement(stage.moving_f, full, grid)
             data = _loss(metric, stage.fixed_f, warped, stage.mask)
         if it == 0:  # the data term is scaled to 1 at the start, so the weight is relative
             data_scale = 1.0 / max(float(data.detach()), 1e-12)
@@ -216,7 +223,8 @@ def _optimise_stage(stage: _Stage, ctrl0: torch.Tensor | None, metric: str, reg:
 def _mi_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, f_img: torch.Tensor, m_img: torch.Tensor,
                    sample_mask: torch.Tensor | None, mmask: torch.Tensor | None, f_levels: list[PyramidLevel],
                    m_levels: list[PyramidLevel], device: torch.device, opts: Any, rng: np.random.Generator,
-                   progress: ProgressCallback | None, cancel: CancelToken | None) -> tuple[torch.Tensor, Geometry, dict[str, Any]]:
+                   progress: ProgressCallback | None, cancel: CancelToken | None,
+                   base: torch.Tensor | None = None) -> tuple[torch.Tensor, Geometry, dict[str, Any]]:
     """Mutual information with a control-grid field, on sampled points (see :func:`register_deformable`).
 
     Returns the control grid (``[1, 3, z, y, x]``, LPS mm, corners on the fixed grid's corner
@@ -288,6 +296,10 @@ def _mi_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, f_img: tor
         to_norm[:3, 3] = -1.0
         m_norm = torch.tensor(to_norm @ geom.lps_to_ijk(), dtype=torch.float32, device=device)
         g_all = pool.points @ m_norm[:3, :3].T + m_norm[:3, 3]
+        ub_all = None
+        if base is not None:  # the starting field at the samples (LPS mm): constant for the level
+            ub_all = F.grid_sample(base, g_all.view(1, 1, 1, -1, 3), mode="bilinear", padding_mode="border",
+                                   align_corners=True).view(3, -1).T
         cshape_ijk = np.maximum(np.ceil(extent / cmm).astype(int) + 1, 2)
         cshape = (int(cshape_ijk[2]), int(cshape_ijk[1]), int(cshape_ijk[0]))
         cspacing = torch.tensor(extent / np.maximum(cshape_ijk - 1, 1), dtype=torch.float32, device=device)
@@ -309,6 +321,8 @@ def _mi_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, f_img: tor
             g = g_all[sel].view(1, 1, 1, -1, 3)
             u = F.grid_sample(ctrl, g, mode="bilinear", padding_mode="border", align_corners=True)
             p = pool.points[sel] + u.view(3, -1).T
+            if ub_all is not None:
+                p = p + ub_all[sel]
             vals, w = sampler(p, a_t)
             mi = mutual_information(pool.bins[sel], vals[:, 0], w, bins)[0]  # type: ignore[index]
             if mi0 is None:
@@ -334,8 +348,13 @@ def register_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, metri
                         m_img: torch.Tensor, fmask: torch.Tensor | None, mmask: torch.Tensor | None,
                         f_levels: list[PyramidLevel], m_levels: list[PyramidLevel], device: torch.device,
                         opts: Any, rng: np.random.Generator, progress: ProgressCallback | None,
-                        cancel: CancelToken | None) -> tuple[Volume, dict[str, Any]]:
-    """The deformable stage after ``affine``; returns (displacement on the fixed grid, info)."""
+                        cancel: CancelToken | None, base_field: Volume | None = None) -> tuple[Volume, dict[str, Any]]:
+    """The deformable stage after ``affine``; returns (displacement on the fixed grid, info).
+
+    ``base_field`` (LPS mm on the fixed grid, e.g. a network's prediction): the stage starts from
+    it and optimises a smooth correction added to it (instance optimisation); the regulariser
+    acts on the correction. The field returned is the sum.
+    """
     dmetric = (opts.deformable_metric or metric).lower()
     if dmetric == "ncc":
         dmetric = "mse"
@@ -345,16 +364,20 @@ def register_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, metri
         if opts.diffeomorphic:
             raise MedTorchInputError("diffeomorphic=True is available with the mind, lncc and mse metrics",
                                      "use deformable_metric='mind', or diffeomorphic=False")
+        base_t = None if base_field is None else base_field.to_torch(device, torch.float32).unsqueeze(0)
         ctrl, cgeom, info = _mi_deformable(fixed, moving, affine, f_img, m_img, fmask, mmask, f_levels, m_levels,
-                                           device, opts, rng, progress, cancel)
+                                           device, opts, rng, progress, cancel, base_t)
         report(progress, cancel, 0.92, "deformable: field on the fixed grid")
         with torch.no_grad():
             u = F.interpolate(ctrl, size=fixed.geometry.shape_zyx, mode="trilinear", align_corners=True)[0]
+            if base_t is not None:
+                u = u + base_t[0]
         field = Volume.from_torch(u.cpu(), fixed.geometry, kind="vector")
         field.metadata = {"what": "displacement field (LPS, mm), applied before the affine"}
-        # The same field on its control grid (corners on the fixed grid's corner voxels): sampling
-        # it linearly at the fixed voxels gives exactly ``field``, at a fraction of the cost.
-        info["_compact_field"] = Volume.from_torch(ctrl[0].cpu(), cgeom, kind="vector")
+        if base_t is None:
+            # The same field on its control grid (corners on the fixed grid's corner voxels): sampling
+            # it linearly at the fixed voxels gives exactly ``field``, at a fraction of the cost.
+            info["_compact_field"] = Volume.from_torch(ctrl[0].cpu(), cgeom, kind="vector")
         info["final_similarity"] = info.pop("final_mi", None)
         report(progress, cancel, 1.0, "deformable done")
         return field, info
@@ -398,11 +421,23 @@ def register_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, metri
         return step
 
     diffeo = bool(opts.diffeomorphic)
+    base_n = None
+    if base_field is not None:  # the starting field in grid_sample units (x, y, z) of the working grid
+        with torch.no_grad():
+            b = base_field if base_field.geometry.isclose(work, atol=1e-6) else resample(base_field, work, device=device)
+            to_vox = torch.tensor(np.linalg.inv(work.direction @ np.diag(work.spacing)), dtype=torch.float32,
+                                  device=device)
+            b_vox = torch.einsum("rc,czyx->rzyx", to_vox, b.to_torch(device, torch.float32))
+            half = (torch.tensor(fixed_f.shape[2:][::-1], device=device, dtype=torch.float32) - 1) / 2.0
+            base_n = (b_vox / half.clamp(min=1.0).view(3, 1, 1, 1)).unsqueeze(0)
     coarse = _Stage(fixed_c, moving_c, mask_c, spacing_c, 2.0 * control_mm)
+    if base_n is not None:
+        coarse.base = F.interpolate(base_n, size=coarse.shape, mode="trilinear", align_corners=True)
     # steps (mm): half of deformable_step at the coarse stage, a quarter at the fine one
     ctrl = _optimise_stage(coarse, None, dmetric, opts.regularization, reg_weight, diffeo, iters[0],
                            float(opts.deformable_step) * 0.5, None, rng, stepper(0, f"deformable, {2 * work_mm:g} mm"))
     fine = _Stage(fixed_f, moving_f, mask, spacing, control_mm)
+    fine.base = base_n
     ctrl = _optimise_stage(fine, ctrl, dmetric, opts.regularization, reg_weight, diffeo, iters[1],
                            float(opts.deformable_step) * 0.25, opts.deformable_points or 200_000, rng,
                            stepper(iters[0], f"deformable, {work_mm:g} mm"))
@@ -410,6 +445,8 @@ def register_deformable(fixed: Volume, moving: Volume, affine: np.ndarray, metri
     with torch.no_grad():
         field_n = exp_velocity(ctrl) if diffeo else ctrl
         u_n = F.interpolate(field_n, size=fine.shape, mode="trilinear", align_corners=True)
+        if base_n is not None:
+            u_n = u_n + base_n
         final = _loss(dmetric, fixed_f, warp_with_displacement(moving_f, u_n, identity_grid(fine.shape, device)), mask)
         # grid_sample units (x, y, z) -> voxels (i, j, k) -> LPS mm
         u_vox = u_n * (torch.tensor(fine.shape[::-1], device=device, dtype=u_n.dtype).view(1, 3, 1, 1, 1) - 1) / 2.0

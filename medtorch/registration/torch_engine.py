@@ -92,6 +92,11 @@ class RegistrationProblem:
     #: Their values must already be finite (any value: they are never compared).
     fixed_valid: np.ndarray | None = None
     moving_valid: np.ndarray | None = None
+    #: the learned engine: called with the affine after the linear stages, returns the network's
+    #: field (LPS mm, before the affine) on the fixed grid, the same field on the model grid, and
+    #: info; the deformable stage then starts from it (``refine``) or is skipped
+    field_predictor: Any = None
+    refine: bool = False
 
 
 @dataclass
@@ -592,11 +597,23 @@ def _register_torch_with(helper: ThreadPoolExecutor, problem: RegistrationProble
     if mode == "deformable":
         from medtorch.registration.deformable import register_deformable
 
-        sub = SubProgress(progress, lin_share, 1.0, "deformable")
+        base = None
+        if problem.field_predictor is not None:
+            report(progress, cancel, lin_share, "network: predicting the field")
+            base, on_model_grid, pinfo = problem.field_predictor(affine)
+            info.update(pinfo)
+            if not problem.refine:
+                info["_compact_field"] = on_model_grid  # the field on the model grid: linear at the fixed voxels
+                report(progress, cancel, 1.0, "network done")
+                return affine, base, info
+        t_def = time.perf_counter()
+        sub = SubProgress(progress, lin_share, 1.0, "deformable" if base is None else "refining the network's field")
         displacement, dinfo = register_deformable(
             fixed, moving, affine, metric, f_img, m_img, sample_mask, mmask, f_levels, m_levels, device, opts, rng, sub,
-            cancel)
+            cancel, base_field=base)
         info.update(dinfo)
+        if base is not None:
+            info["refinement_s"] = round(time.perf_counter() - t_def, 3)
     return affine, displacement, info
 
 

@@ -40,8 +40,20 @@ def build() -> str:
                 "metric", items=request_items(RegisterRequest, "metric"))),
         (label("engineLabel", "Engine:", "Which implementation registers"),
          widget("QComboBox", "engineComboBox",
-                "torch: MedTorch's engine (GPU or CPU); sitk: SimpleITK Mattes MI (corrected multi-resolution recipe); elastix: itk-elastix, if installed",
+                "torch: MedTorch's engine (GPU or CPU); sitk: SimpleITK Mattes MI (corrected multi-resolution recipe); elastix: itk-elastix, if installed; "
+                "learned: a trained network (VoxelMorph) predicts the deformable field in one pass after the affine stage (needs a model file)",
                 "engine", items=request_items(RegisterRequest, "engine"))),
+        (label("learnedModelLabel", "Learned model:", "learned engine: the model file"),
+         widget("QLineEdit", "learnedModelLineEdit",
+                "learned engine: path of a registration model pack (.zip), e.g. one trained with 'medtorch train-reg'; "
+                "its checksums are verified before it is loaded, and volumes outside its contract (channels, voxel size) "
+                "are refused", "learnedModel", text="")),
+        ("", widget("QPushButton", "learnedModelBrowseButton", "Choose the registration model pack (.zip) of the learned engine",
+                    text="Choose model file...")),
+        (label("refineLearnedLabel", "Refine network result:", "learned engine: instance optimisation"),
+         widget("QCheckBox", "refineLearnedCheckBox",
+                "learned engine: refine the network's field with MedTorch's deformable optimiser, starting from it "
+                "(instance optimisation: more accurate, a few seconds more)", "refineLearned", text="")),
         (label("initLabel", "Initialisation:", "How the search starts"),
          widget("QComboBox", "initComboBox",
                 "auto: landmark pairs if given, else a rotation search about the centres of mass (survives large misalignment); geometry: grid centres; moments: centres of mass; pax: principal axes; fiducials: landmark pairs; none: as the volumes are",
