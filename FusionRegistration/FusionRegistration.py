@@ -255,14 +255,21 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
 
     def onApplyButton(self) -> None:
         """Fuse: run in a background process with a progress dialog and a Cancel button."""
+        from medtorch.integration.slicer_jobs import confirm_replacing_inputs, inputs_replaced
+
         with slicer.util.tryWithErrorDisplay(_("Failed to fuse the volumes."), waitCursor=True):
             p = self._parameterNode
+            clashes = inputs_replaced({"output volume": p.outputVolume},
+                                      {"fixed volume": p.fixedVolume, "moving volume": p.movingVolume})
+            if not confirm_replacing_inputs(clashes, slicer.util.confirmOkCancelDisplay):
+                self.ui.statusLabel.text = _("Nothing done: the output volume is an input volume.")
+                return
             job = self.logic.fuseJob(
                 p.fixedVolume, p.movingVolume, method=p.fusionMethod, methodParams=self._methodParams(p.fusionMethod),
                 normalization=p.normalization, fixedModality=p.fixedModality, movingModality=p.movingModality,
                 ctWindow=p.ctWindow, colorMap=p.colorMap, computeMetrics=p.computeMetrics,
                 outputVolume=p.outputVolume, showResult=p.showResult, showIn3D=p.showIn3D,
-                opacity=p.foregroundOpacity, device=p.device, seed=p.seed)
+                opacity=p.foregroundOpacity, device=p.device, seed=p.seed, overwriteInput=bool(clashes))
             self.runJob(job, _("Fusion"), self.onDone)
 
     def onDone(self, output) -> None:
@@ -294,15 +301,23 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
 
     def onRegisterButton(self) -> None:
         """Register: run in a background process with a progress dialog and a Cancel button."""
+        from medtorch.integration.slicer_jobs import confirm_replacing_inputs
+
         with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
             p = self._parameterNode
+            clashes = self.logic.registrationInputsReplaced(p.fixedVolume, p.movingVolume, p.resampledVolume,
+                                                            p.similarityMapVolume if p.similarityMap else None)
+            if not confirm_replacing_inputs(clashes, slicer.util.confirmOkCancelDisplay):
+                self.ui.statusLabel.text = _("Nothing done: an output volume is an input volume.")
+                return
             job = self.logic.registerJob(
                 p.fixedVolume, p.movingVolume, mode=p.registrationMode, metric=p.metric, engine=p.engine,
                 fixedMask=p.fixedMask, movingMask=p.movingMask, fixedFiducials=p.fixedFiducials,
                 movingFiducials=p.movingFiducials, placeUnderTransform=p.placeUnderTransform,
                 harden=p.hardenTransform, device=p.device, seed=p.seed, initialization=p.initialization,
                 outputTransform=p.outputTransform, resampledVolume=p.resampledVolume,
-                similarityMap=p.similarityMap, similarityMapVolume=p.similarityMapVolume, verdictTable=p.verdictTable)
+                similarityMap=p.similarityMap, similarityMapVolume=p.similarityMapVolume, verdictTable=p.verdictTable,
+                overwriteInput=bool(clashes))
             self.runJob(job, _("Registration"), self.onRegistered)
 
     #: The status line's colour per verdict (green, orange, red).
@@ -357,7 +372,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         ensure_dependencies(self.requirementsPath(), "Fusion Registration", ask=slicer.util.confirmOkCancelDisplay)
 
     def blendJob(self, fixedVolume, movingVolume, weight: float = 0.5, normalization: str = "percentile",
-                 outputVolume=None, showResult: bool = True, device: str = "auto"):
+                 outputVolume=None, showResult: bool = True, device: str = "auto", overwriteInput: bool = False):
         """Prepare the blend as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         The moving volume is resampled through both volumes' parent transforms. Nothing in
@@ -370,9 +385,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
         if not fixedVolume or not movingVolume:
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
-        if outputVolume is not None and outputVolume in (fixedVolume, movingVolume):
-            raise MedTorchInputError("the output volume is one of the inputs",
-                                     "choose another output volume, or none to create a new one")
+        self._refuseReplacingInputs(fixedVolume, movingVolume, outputVolume, overwriteInput)
         self.ensureDependencies()
         inputs, matrix = self._volumesAndTransform(fixedVolume, movingVolume)
         request = BlendRequest(weight=float(weight), normalization=normalization, device=device, matrix=matrix)
@@ -504,7 +517,15 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return image.GetNumberOfScalarComponents() in (3, 4) and image.GetScalarType() in (
             vtk.VTK_UNSIGNED_CHAR, vtk.VTK_UNSIGNED_SHORT)
 
-    def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None):
+    @staticmethod
+    def _refuseReplacingInputs(fixedVolume, movingVolume, outputVolume, overwriteInput: bool) -> None:
+        from medtorch.integration.slicer_jobs import inputs_replaced, refuse_replacing_inputs
+
+        refuse_replacing_inputs(inputs_replaced({"output volume": outputVolume},
+                                                {"fixed volume": fixedVolume, "moving volume": movingVolume}),
+                                overwriteInput)
+
+    def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None, overwriteInput: bool = False):
         """Checked inputs: ``{"fixed", "moving"[, "displacement"]}`` and the transform matrix (or None)."""
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
@@ -513,9 +534,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
         if fixedVolume is movingVolume:
             raise MedTorchInputError("the fixed and moving volumes are the same node", "select two different volumes")
-        if outputVolume is not None and outputVolume in (fixedVolume, movingVolume):
-            raise MedTorchInputError("the output volume is one of the inputs",
-                                     "choose another output volume, or none to create a new one")
+        self._refuseReplacingInputs(fixedVolume, movingVolume, outputVolume, overwriteInput)
         for role, node in (("fixed", fixedVolume), ("moving", movingVolume)):
             if node.IsA("vtkMRMLLabelMapVolumeNode") or (node.IsA("vtkMRMLVectorVolumeNode")
                                                            and not self.isColourImage(node)):
@@ -560,7 +579,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 methodParams: Optional[dict] = None, normalization: str = "auto", fixedModality: str = "auto",
                 movingModality: str = "auto", ctWindow: str = "bone", colorMap: Optional[str] = None,
                 computeMetrics: bool = True, outputVolume=None, showResult: bool = True, showIn3D: bool = True,
-                opacity: float = 0.5, device: str = "auto", seed: int = 0):
+                opacity: float = 0.5, device: str = "auto", seed: int = 0, overwriteInput: bool = False):
         """Prepare a fusion as a job: run it with ``.run_blocking()`` or ``.start()``; it gives a
         :class:`FusionOutput`.
 
@@ -573,7 +592,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         or SPECT moving volume) the fusion is in colour and an RGB vector volume is made too.
         The fused volume (float, [0, 1]) goes to a new node (or ``outputVolume``), under the
         fixed volume's parent transform; metrics go into a table. Nothing in the scene changes
-        until the job finishes; the inputs are never modified.
+        until the job finishes; the inputs are never modified, unless ``outputVolume`` is one of
+        them and ``overwriteInput`` (the Widget asks first).
         """
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.methods import check_params
@@ -595,7 +615,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError(f"the foreground opacity {opacity} is outside [0, 1]", "give a value from 0 to 1")
         intensity = self._intensityParams(fixedVolume, movingVolume, key, normalization, fixedModality,
                                           movingModality, ctWindow, colorMap)
-        inputs, matrix = self._fusionInputs(fixedVolume, movingVolume, outputVolume)
+        inputs, matrix = self._fusionInputs(fixedVolume, movingVolume, outputVolume, overwriteInput)
         request = FuseRequest(method=key, method_params=mp, metrics="3d" if computeMetrics else None, device=device,
                               matrix=matrix, **intensity)
         name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} fused with {fixedVolume.GetName()} ({key})")
@@ -722,12 +742,20 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         lps = bridge.LPS_TO_RAS @ ras @ bridge.LPS_TO_RAS
         return world @ lps[:3, :3].T + lps[:3, 3]
 
+    @staticmethod
+    def registrationInputsReplaced(fixedVolume, movingVolume, resampledVolume=None, similarityMapVolume=None) -> list:
+        """The registration's output volumes that are one of its input volumes."""
+        from medtorch.integration.slicer_jobs import inputs_replaced
+
+        return inputs_replaced({"resampled volume": resampledVolume, "similarity map volume": similarityMapVolume},
+                               {"fixed volume": fixedVolume, "moving volume": movingVolume})
+
     def registerJob(self, fixedVolume, movingVolume, mode: str = "rigid", metric: str = "mi", engine: str = "torch",
                     fixedMask=None, movingMask=None, fixedFiducials=None, movingFiducials=None,
                     placeUnderTransform: bool = True, harden: bool = False, device: str = "auto", seed: int = 0,
                     initialization: str = "auto", outputTransform=None, resampledVolume=None, showFused: bool = True,
                     options: Optional[dict] = None, similarityMap: bool = False, similarityMapVolume=None,
-                    verdictTable=None, verdictOptions: Optional[dict] = None):
+                    verdictTable=None, verdictOptions: Optional[dict] = None, overwriteInput: bool = False):
         """Prepare a registration as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         The volumes are registered in their local coordinates; when they are under linear
@@ -740,6 +768,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         check (``verdictTable``, or a new one) and the ``MedTorch.verdict`` attribute; with
         ``similarityMap`` the verdict's local similarity becomes a volume (``similarityMapVolume``,
         or a new one) on the fixed grid. Nothing in the scene changes until the job finishes.
+        A ``resampledVolume`` that is the fixed or moving volume is refused unless ``overwriteInput``
+        (the Widget asks first); a moving volume replaced by its resampled self is on the fixed grid
+        already, so it is not put under the transform.
         """
         import numpy as np
         from medtorch.errors import MedTorchInputError
@@ -751,11 +782,14 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
         if fixedVolume is movingVolume:
             raise MedTorchInputError("the fixed and moving volumes are the same node", "select two different volumes")
-        if resampledVolume is not None and resampledVolume in (fixedVolume, movingVolume):
-            raise MedTorchInputError("the resampled volume is one of the inputs",
-                                     "choose another volume for the result, or none to create a new one")
-        if similarityMapVolume is not None and similarityMapVolume in (fixedVolume, movingVolume, resampledVolume):
-            raise MedTorchInputError("the similarity map volume is one of the other volumes",
+        from medtorch.integration.slicer_jobs import refuse_replacing_inputs
+
+        refuse_replacing_inputs(self.registrationInputsReplaced(fixedVolume, movingVolume, resampledVolume,
+                                                                similarityMapVolume), overwriteInput)
+        if resampledVolume is not None and resampledVolume is movingVolume:
+            placeUnderTransform, harden = False, False
+        if similarityMapVolume is not None and similarityMapVolume is resampledVolume:
+            raise MedTorchInputError("the similarity map volume is also the resampled volume",
                                      "choose another volume for the map, or none to create a new one")
         if (fixedFiducials is None) != (movingFiducials is None):
             raise MedTorchInputError("landmarks were given for only one of the volumes",
