@@ -31,7 +31,7 @@ MODALITY_CHOICES = ["auto", "CT", "MR", "PT", "NM", "OT"]
 CT_WINDOW_CHOICES = ["bone", "brain", "subdural", "stroke", "lung", "mediastinum", "soft_tissue", "liver"]
 COLOR_MAP_CHOICES = ["none", "hot", "jet", "rainbow", "gray"]
 WAVELET_CHOICES = ["haar", "db2", "db3", "db4", "db5", "sym4", "sym5", "coif1", "coif2"]
-METRIC_CHOICES = ["EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF"]
+METRIC_CHOICES = ["EN", "SD", "SF", "AG", "MI", "SSIM_sum", "QABF", "VIF"]
 
 
 #
@@ -668,13 +668,14 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.methods import check_params
-        from medtorch.fusion.metrics import METRICS
+        from medtorch.fusion.metrics import METRICS, metric_key
         from medtorch.integration.slicer_jobs import LogicJob
         from medtorch.ops.fusion import FuseCompareRequest
 
         names = self.parseMethods(methods if methods is not None else FUSION_METHODS[:-1])
         base = str(baseline).strip().lower()
         self.parseMethods([base])
+        metric = {metric_key(m): m for m in METRICS}.get(metric_key(metric), metric)  # SSIM: the summed SSIM_sum
         if metric not in METRICS:
             raise MedTorchInputError(f"unknown metric {metric!r} for the box plot", "use one of " + ", ".join(METRICS))
         if miUnit not in ("bits", "nats"):
