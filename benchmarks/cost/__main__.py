@@ -156,15 +156,22 @@ def check(results: dict[str, Any], tolerance: float) -> list[str]:
             est = max(r["estimate_256_s"], 0.1)
             if have is None:
                 bad.append(f"{command} {method}: not in the table (measured ~{est:.0f} s)")
+                continue
             elif not est / tolerance <= max(have, 0.1) <= est * tolerance:
                 bad.append(f"{command} {method}: the table says {have:g} s, measured ~{est:.0f} s")
     return bad
 
 
 def table_code(results: dict[str, Any]) -> str:
-    lines = ["COST_256_2CORES: dict[str, dict[str, float]] = {"]
+    """The table for medtorch/commands/costs.py: every method of each command, ``None`` where not measured."""
+    from medtorch.commands.costs import COST_256_2CORES
+
+    lines = ["COST_256_2CORES: dict[str, dict[str, float | None]] = {"]
     for command, methods in results.items():
-        body = ", ".join(f'"{m}": {max(r["estimate_256_s"], 0.1):g}' for m, r in methods.items())
+        names = list(COST_256_2CORES.get(command) or {}) or list(methods)
+        names += [m for m in methods if m not in names]
+        body = ", ".join(f'"{m}": {max(methods[m]["estimate_256_s"], 0.1):g}' if m in methods else f'"{m}": None'
+                         for m in names)
         lines.append(f'    "{command}": {{{body}}},')
     lines.append("}")
     return "\n".join(lines)
@@ -191,6 +198,10 @@ def markdown(raw: dict[str, Any]) -> str:
              "| command | method | sizes measured | seconds | fixed (s) | per million voxels (s) | 256^3 (s) "
              "| help's table (s) |",
              "|---|---|---|---|---|---|---|---|"]
+    for command in raw["results"]:
+        for method in COST_256_2CORES.get(command) or {}:
+            if method not in raw["results"][command]:
+                lines.append(f"| {command} | {method} | not measured (the run was stopped before it) |  |  |  |  |  |")
     for command, methods in raw["results"].items():
         for method, r in methods.items():
             have = COST_256_2CORES.get(command, {}).get(method)
@@ -220,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = [json.loads(f.read_text()) for f in args.from_json]
         raw = parts[0]
         for part in parts[1:]:  # parts run side by side: their results merged, the environment's extremes kept
-            raw["results"].update(part["results"])
+            for command, methods in part["results"].items():
+                raw["results"].setdefault(command, {}).update(methods)
             env, other = raw["environment"], part["environment"]
             env["load_start"] = max(env["load_start"], other["load_start"])
             env["load_end"] = max(env["load_end"], other["load_end"])

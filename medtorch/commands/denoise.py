@@ -11,6 +11,7 @@ import argparse
 import time
 
 from medtorch.commands import Command, device_of, progress_bar
+from medtorch.commands.costs import cost_help
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import DenoiseRequest
 from medtorch.progress import CancelToken
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="gaussian: Gaussian smoothing; median: median filter; anisotropic: curvature anisotropic "
                         "diffusion (edge-preserving); bilateral; nlm: non-local means; patch: SimpleITK patch-based; "
                         "dct: sliding 3D DCT; collab: DCT pilot + guided NLM; selfsup: self-supervised network "
-                        "trained on this volume (+ collab)")
+                        "trained on this volume (+ collab). " + cost_help("denoise"))
     p.add_argument("--strength", type=float, default=None,
                    help="gaussian: sigma in mm (1.0); median: radius in mm (1.0); anisotropic: conductance (1.0); "
                         "the other methods: multiplier of the estimated noise level (1.0)")

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from medtorch.commands import Command, ct_window_arg, device_of, progress_bar
+from medtorch.commands.costs import cost_help
 from medtorch.errors import MedTorchInputError
 from medtorch.ops import choices, default_of
 from medtorch.ops.fusion import FuseRequest
@@ -87,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assume-aligned", action="store_true",
                    help="without --transform, resample a moving volume on another grid as it lies in physical space")
     p.add_argument("--method", default=default_of(FuseRequest, "method"), choices=choices(FuseRequest, "method"),
-                   help="fusion method")
+                   help="fusion method. " + cost_help("fuse"))
     p.add_argument("--out", default=None,
                    help="fused volume (.nrrd, .nii.gz, .mha): float32 in [0, 1]; with --color-map the RGB fusion")
     p.add_argument("--out-luminance", default=None, help="with --color-map: the fused luminance (float32 in [0, 1])")
