@@ -32,6 +32,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 TARGET = 256
+#: A fit through sizes below this edge is not extrapolated to 256^3: there, padding and fixed work
+#: outweigh the per-voxel cost (nlm took 36 s at 40^3 here, but 5 s at 128^3 in docs/benchmarks/enhance.md).
+MIN_FIT_EDGE = 72
 
 
 def _mni(name: str = "T1") -> Any:
@@ -142,7 +145,8 @@ def fitted(r: dict[str, Any]) -> dict[str, Any]:
     b = max(0.0, (t2 - t1) / (v2 - v1))
     a = max(0.0, t2 - b * v2)
     est = t2 if n2 == TARGET else a + b * float(TARGET) ** 3
-    return {**r, "fixed_s": round(a, 3), "per_mvoxel_s": round(b * 1e6, 3), "estimate_256_s": round(est, 1)}
+    return {**r, "fixed_s": round(a, 3), "per_mvoxel_s": round(b * 1e6, 3), "estimate_256_s": round(est, 1),
+            "extrapolated": n2 >= MIN_FIT_EDGE}
 
 
 def check(results: dict[str, Any], tolerance: float) -> list[str]:
@@ -154,6 +158,11 @@ def check(results: dict[str, Any], tolerance: float) -> list[str]:
         for method, r in methods.items():
             have = COST_256_2CORES.get(command, {}).get(method)
             est = max(r["estimate_256_s"], 0.1)
+            if not r.get("extrapolated", True):
+                if have is not None:
+                    bad.append(f"{command} {method}: the table says {have:g} s, but the run reached only "
+                               f"{r['sizes'][1]}^3, too small to extrapolate")
+                continue
             if have is None:
                 bad.append(f"{command} {method}: not in the table (measured ~{est:.0f} s)")
                 continue
@@ -170,8 +179,8 @@ def table_code(results: dict[str, Any]) -> str:
     for command, methods in results.items():
         names = list(COST_256_2CORES.get(command) or {}) or list(methods)
         names += [m for m in methods if m not in names]
-        body = ", ".join(f'"{m}": {max(methods[m]["estimate_256_s"], 0.1):g}' if m in methods else f'"{m}": None'
-                         for m in names)
+        body = ", ".join(f'"{m}": {max(methods[m]["estimate_256_s"], 0.1):g}'
+                         if m in methods and methods[m].get("extrapolated", True) else f'"{m}": None' for m in names)
         lines.append(f'    "{command}": {{{body}}},')
     lines.append("}")
     return "\n".join(lines)
@@ -191,8 +200,10 @@ def markdown(raw: dict[str, Any]) -> str:
              f"{raw['enough_s']:g} s (runs under a second: the best of three); `superres`: n x n x n/4 inputs, "
              "factor 4; `fuse`: the MNI T1 (cropped or zero-padded to n^3) and its grey-matter map, aligned, no "
              "metrics. `t = a + b V` through the two largest sizes measured gives the figure for 256^3 (measured "
-             "there when it was reached; the slow methods stop at small sizes, where padding and fixed work weigh "
-             "more, so their figures are more likely too high than too low). The help's table "
+             "there when it was reached). A method that took 20 s before "
+             f"{MIN_FIT_EDGE}^3 is not extrapolated: at such sizes padding and fixed work outweigh the per-voxel "
+             "cost (nlm took 36 s at 40^3 in this run, 5 s at 128^3 in docs/benchmarks/enhance.md on a quieter "
+             "machine), so the help says 'not measured yet' for it. The help's table "
              "(`medtorch.commands.costs.COST_256_2CORES`) is checked against the last column by `--check` "
              f"(within {raw['tolerance']:g} times). Times on a shared machine: approximate.", "",
              "| command | method | sizes measured | seconds | fixed (s) | per million voxels (s) | 256^3 (s) "
@@ -206,8 +217,10 @@ def markdown(raw: dict[str, Any]) -> str:
         for method, r in methods.items():
             have = COST_256_2CORES.get(command, {}).get(method)
             sz = ", ".join(f"{n}^3" for n in r["sizes"])
+            est = (f"{r['estimate_256_s']:.0f}" if r.get("extrapolated", True)
+                   else f"not extrapolated (only up to {r['sizes'][1]}^3)")
             lines.append(f"| {command} | {method} | {sz} | {r['seconds'][0]:.2f}, {r['seconds'][1]:.2f} | {r['fixed_s']:.2f} "
-                         f"| {r['per_mvoxel_s']:.2f} | {r['estimate_256_s']:.0f} | {'' if have is None else f'{have:g}'} |")
+                         f"| {r['per_mvoxel_s']:.2f} | {est} | {'' if have is None else f'{have:g}'} |")
     bad = raw.get("mismatches") or []
     lines += ["", "Check: " + ("the help's table agrees with these measurements." if not bad else
                                "the help's table is off for " + "; ".join(bad) + "."), ""]
