@@ -98,7 +98,7 @@ class EnhanceSRParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     operation: Annotated[str, Choice(["denoise", "superres", "enhance"])] = "denoise"
-    method: Annotated[str, Choice(DENOISE_METHODS)] = "gaussian"
+    method: Annotated[str, Choice(DENOISE_METHODS)] = "collab"
     sigma: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
     conductance: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
     iterations: Annotated[int, WithinRange(1, 100)] = 5
@@ -270,7 +270,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
 
         return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
-    def denoiseJob(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None,
+    def denoiseJob(self, inputVolume, method: str = "collab", strength: Optional[float] = None,
                    iterations: int = 5, outputVolume=None, showResult: bool = True, comparison: str = "none",
                    seed: int = 0, trainIterations: Optional[int] = None, fidelityMap: bool = False,
                    overwriteInput: bool = False):
@@ -334,7 +334,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         return self._job(request, inputVolume, inputs, outputVolume, showResult, name, {})
 
     # -- blocking ------------------------------------------------------------------------------
-    def denoise(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None, iterations: int = 5,
+    def denoise(self, inputVolume, method: str = "collab", strength: Optional[float] = None, iterations: int = 5,
                 outputVolume=None, showResult: bool = True, **kwargs):
         """Blocking denoising (scripts and tests). Returns the output volume node."""
         return self.denoiseJob(inputVolume, method, strength, iterations, outputVolume, showResult, **kwargs).run_blocking()

@@ -318,9 +318,10 @@ ROWS: list[Row] = [
         "that is the input node: Apply asks first)", "input",
         cli=_output_is_input_link, logic=_output_node_is_input),
     Row("unwritable_output", "output path that is not writable", "cannot create the output folder",
-        cli=lambda t: ["denoise", "--in", str(_good(t)), "--out", _readonly_target(t)]),
+        cli=lambda t: ["denoise", "--in", str(_good(t)), "--method", "gaussian", "--out", _readonly_target(t)]),
     Row("disk_full", "disk fills up during a write", "disk filled up",
-        cli=lambda t: ["denoise", "--in", str(_good(t)), "--out", str(t / "o.nrrd")], patch=_enospc),
+        cli=lambda t: ["denoise", "--in", str(_good(t)), "--method", "gaussian", "--out", str(t / "o.nrrd")],
+        patch=_enospc),
     # registration: inputs accepted under a documented policy, named by the verdict
     Row("register_nan", "registration: NaN slices in the moving volume (treated as outside the image)", "nan_inf_voxels",
         cli=lambda t: _register(t, _nan_slices), exit_code=0, writes=True),
