@@ -33,7 +33,8 @@ if str(REPO) not in sys.path:
 
 TARGET = 256
 #: A fit through sizes below this edge is not extrapolated to 256^3: there, padding and fixed work
-#: outweigh the per-voxel cost (nlm took 36 s at 40^3 here, but 5 s at 128^3 in docs/benchmarks/enhance.md).
+#: outweigh the per-voxel cost (under heavy load a run timed nlm at 36 s at 40^3; 5 s at 128^3 in
+#: docs/benchmarks/enhance.md).
 MIN_FIT_EDGE = 72
 
 
@@ -201,9 +202,8 @@ def markdown(raw: dict[str, Any]) -> str:
              "factor 4; `fuse`: the MNI T1 (cropped or zero-padded to n^3) and its grey-matter map, aligned, no "
              "metrics. `t = a + b V` through the two largest sizes measured gives the figure for 256^3 (measured "
              "there when it was reached). A method that took 20 s before "
-             f"{MIN_FIT_EDGE}^3 is not extrapolated: at such sizes padding and fixed work outweigh the per-voxel "
-             "cost (nlm took 36 s at 40^3 in this run, 5 s at 128^3 in docs/benchmarks/enhance.md on a quieter "
-             "machine), so the help says 'not measured yet' for it. The help's table "
+             f"{MIN_FIT_EDGE}^3 is not extrapolated: at such sizes padding and fixed work (selfsup's and cnn's "
+             "training) outweigh the per-voxel cost, so the help says 'not measured yet' for it. The help's table "
              "(`medtorch.commands.costs.COST_256_2CORES`) is checked against the last column by `--check` "
              f"(within {raw['tolerance']:g} times). Times on a shared machine: approximate.", "",
              "| command | method | sizes measured | seconds | fixed (s) | per million voxels (s) | 256^3 (s) "

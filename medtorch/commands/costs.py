@@ -15,11 +15,11 @@ from __future__ import annotations
 #: ``python -m benchmarks.cost`` (docs/benchmarks/cost.md), which checks them. ``None``: a method the
 #: last run did not measure at a size large enough to extrapolate from (said so in the help).
 COST_256_2CORES: dict[str, dict[str, float | None]] = {
-    "denoise": {"gaussian": 6.5, "median": 32.5, "anisotropic": 130, "bilateral": 210.2, "nlm": None,
-                "patch": None, "dct": None, "collab": None, "selfsup": None},
-    "superres": {"linear": 3.4, "bspline": 34.7, "sinc": 2402.3, "selfsup": None},
-    "fuse": {"average": 7.9, "dwt": 28.6, "laplacian": 30.7, "gff": 39.1, "gradient": 485.1, "pca": 22,
-             "cnn": None, "max": 11.9},
+    "denoise": {"gaussian": 0.7, "median": 4.7, "anisotropic": 15.4, "bilateral": 27.6, "nlm": 106.4,
+                "patch": 1727.1, "dct": 106.2, "collab": 437.3, "selfsup": None},
+    "superres": {"linear": 0.2, "bspline": 3.3, "sinc": 165.2, "selfsup": None},
+    "fuse": {"average": 1.5, "dwt": 2.6, "laplacian": 3.2, "gff": 3.3, "gradient": 14.5, "pca": 2, "cnn": None,
+             "max": 1.2},
 }
 
 
@@ -40,4 +40,5 @@ def cost_help(command: str) -> str:
         return ""
     parts = ", ".join(f"{m} {_rough(s)}" if s is not None else f"{m} not measured yet" for m, s in table.items())
     return (f"Rough time on a 256^3 volume with 2 CPU cores (approximate: measured by python -m benchmarks.cost on "
-            f"a machine shared with other work, under load, so more likely high than low): {parts}.")
+            f"a machine shared with other work; 'not measured yet': only small sizes were timed, too few to "
+            f"extrapolate): {parts}.")
