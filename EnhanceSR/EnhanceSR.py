@@ -98,7 +98,7 @@ class EnhanceSRParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     operation: Annotated[str, Choice(["denoise", "superres", "enhance"])] = "denoise"
-    method: Annotated[str, Choice(DENOISE_METHODS)] = "gaussian"
+    method: Annotated[str, Choice(DENOISE_METHODS)] = "collab"
     sigma: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
     conductance: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
     iterations: Annotated[int, WithinRange(1, 100)] = 5
@@ -149,9 +149,15 @@ class EnhanceSRWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
 
     def onApplyButton(self) -> None:
         """Run in a background process with a progress dialog and a Cancel button."""
+        from medtorch.integration.slicer_jobs import confirm_replacing_inputs
+
         with slicer.util.tryWithErrorDisplay(_("Failed to enhance the volume."), waitCursor=True):
             p = self._parameterNode
-            job = self.logic.jobFromParameters(p)
+            clashes = self.logic.inputsReplaced(p)
+            if not confirm_replacing_inputs(clashes, slicer.util.confirmOkCancelDisplay):
+                self.ui.statusLabel.text = _("Nothing done: the output volume is the input volume.")
+                return
+            job = self.logic.jobFromParameters(p, overwriteInput=bool(clashes))
             self.runJob(job, _("Enhance SR"), self.onDone)
 
     def onDone(self, outputNode) -> None:
@@ -188,31 +194,44 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         ensure_dependencies(self.requirementsPath(), "Enhance SR", ask=slicer.util.confirmOkCancelDisplay)
 
     # -- jobs ------------------------------------------------------------------------------------
-    def jobFromParameters(self, p):
-        """The job the parameter node describes (what Apply runs)."""
+    def jobFromParameters(self, p, overwriteInput: bool = False):
+        """The job the parameter node describes (what Apply runs). ``overwriteInput``: the
+        output volume may be an input (the Widget asks the user first)."""
         train = int(p.trainIterations) or None
         if p.operation == "superres":
             return self.superresJob(p.inputVolume, p.srMethod, p.factor, p.axis, p.fwhm or None, p.outputVolume,
-                                    p.showResult, p.comparison, int(p.seed), train, fidelityMap=p.fidelityMap)
+                                    p.showResult, p.comparison, int(p.seed), train, fidelityMap=p.fidelityMap,
+                                    overwriteInput=overwriteInput)
         if p.operation == "enhance":
             return self.enhanceJob(p.inputVolume, n4=p.n4, clahe=p.clahe, claheClip=p.claheClip, unsharp=p.unsharp,
                                    unsharpAmount=p.unsharpAmount,
                                    ctWindow=None if p.ctWindow == "none" else p.ctWindow,
                                    referenceVolume=p.referenceVolume, outputVolume=p.outputVolume,
-                                   showResult=p.showResult, comparison=p.comparison)
+                                   showResult=p.showResult, comparison=p.comparison, overwriteInput=overwriteInput)
         strength = {"gaussian": p.sigma, "median": p.sigma, "anisotropic": p.conductance}.get(p.method, p.strength)
         return self.denoiseJob(p.inputVolume, p.method, strength, p.iterations, p.outputVolume, p.showResult,
                                comparison=p.comparison, seed=int(p.seed), trainIterations=train,
-                               fidelityMap=p.fidelityMap)
+                               fidelityMap=p.fidelityMap, overwriteInput=overwriteInput)
 
-    def _checkInput(self, inputVolume, outputVolume, what: str) -> None:
+    def inputsReplaced(self, p) -> list:
+        """The parameter node's outputs that are one of its inputs (see ``slicer_jobs.inputs_replaced``)."""
+        from medtorch.integration.slicer_jobs import inputs_replaced
+
+        inputs = {"input volume": p.inputVolume}
+        if p.operation == "enhance":
+            inputs["reference volume"] = p.referenceVolume
+        return inputs_replaced({"output volume": p.outputVolume}, inputs)
+
+    def _checkInput(self, inputVolume, outputVolume, what: str, overwriteInput: bool = False,
+                    referenceVolume=None) -> None:
         from medtorch.errors import MedTorchInputError
+        from medtorch.integration.slicer_jobs import inputs_replaced, refuse_replacing_inputs
 
         if not inputVolume:
             raise MedTorchInputError("no input volume is selected", f"select the volume to {what}")
-        if outputVolume is not None and outputVolume is inputVolume:
-            raise MedTorchInputError("the output volume is the input volume",
-                                     "choose another output volume, or none to create a new one")
+        refuse_replacing_inputs(inputs_replaced({"output volume": outputVolume},
+                                                {"input volume": inputVolume, "reference volume": referenceVolume}),
+                                overwriteInput)
 
     def _job(self, request, inputVolume, inputs, outputVolume, showResult: bool, name: str, attributes: dict):
         from medtorch.integration import slicer_bridge as bridge
@@ -251,20 +270,22 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
 
         return LogicJob(request, inputs, apply, slicer.mrmlScene)
 
-    def denoiseJob(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None,
+    def denoiseJob(self, inputVolume, method: str = "collab", strength: Optional[float] = None,
                    iterations: int = 5, outputVolume=None, showResult: bool = True, comparison: str = "none",
-                   seed: int = 0, trainIterations: Optional[int] = None, fidelityMap: bool = False):
+                   seed: int = 0, trainIterations: Optional[int] = None, fidelityMap: bool = False,
+                   overwriteInput: bool = False):
         """Prepare denoising as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         ``strength`` is sigma in mm for ``gaussian``, the radius in mm for ``median``, the
         conductance for ``anisotropic``, and a multiple of the estimated noise level for the others.
         ``fidelityMap``: also a new volume of the removed component in units of the noise (its node
         ID in the output's ``MedTorch.fidelityNodeID`` attribute, its summary in ``MedTorch.fidelity``).
+        An ``outputVolume`` that is the input is refused unless ``overwriteInput`` (the same in every job).
         """
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.ops.enhance import DenoiseRequest
 
-        self._checkInput(inputVolume, outputVolume, "denoise")
+        self._checkInput(inputVolume, outputVolume, "denoise", overwriteInput)
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
         request = DenoiseRequest(method=method, strength=strength, iterations=int(iterations), comparison=comparison,
@@ -276,7 +297,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
     def superresJob(self, inputVolume, method: str = "bspline", factor: float = 2.0, axis: str = "auto",
                     fwhm: Optional[float] = None, outputVolume=None, showResult: bool = True,
                     comparison: str = "none", seed: int = 0, trainIterations: Optional[int] = None,
-                    fidelityMap: bool = False):
+                    fidelityMap: bool = False, overwriteInput: bool = False):
         """Prepare super-resolution as a job (through-plane, or isotropic with ``axis="all"``).
 
         ``fidelityMap``: also a new volume, on the input's grid, of the output re-degraded by the
@@ -285,7 +306,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.ops.enhance import SuperresRequest
 
-        self._checkInput(inputVolume, outputVolume, "super-resolve")
+        self._checkInput(inputVolume, outputVolume, "super-resolve", overwriteInput)
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
         request = SuperresRequest(method=method, factor=float(factor), axis=axis, fwhm_mm=fwhm, comparison=comparison,
@@ -296,12 +317,13 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
 
     def enhanceJob(self, inputVolume, n4: bool = False, clahe: bool = False, claheClip: float = 0.01,
                    unsharp: bool = False, unsharpAmount: float = 0.5, ctWindow: Optional[str] = None,
-                   referenceVolume=None, outputVolume=None, showResult: bool = True, comparison: str = "none"):
+                   referenceVolume=None, outputVolume=None, showResult: bool = True, comparison: str = "none",
+                   overwriteInput: bool = False):
         """Prepare enhancement (N4, histogram matching, CLAHE, unsharp masking, CT window) as a job."""
         from medtorch.integration import slicer_bridge as bridge
         from medtorch.ops.enhance import EnhanceRequest
 
-        self._checkInput(inputVolume, outputVolume, "enhance")
+        self._checkInput(inputVolume, outputVolume, "enhance", overwriteInput, referenceVolume)
         self.ensureDependencies()
         inputs = {"input": bridge.volume_from_node(inputVolume)}
         if referenceVolume is not None:
@@ -312,7 +334,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         return self._job(request, inputVolume, inputs, outputVolume, showResult, name, {})
 
     # -- blocking ------------------------------------------------------------------------------
-    def denoise(self, inputVolume, method: str = "gaussian", strength: Optional[float] = None, iterations: int = 5,
+    def denoise(self, inputVolume, method: str = "collab", strength: Optional[float] = None, iterations: int = 5,
                 outputVolume=None, showResult: bool = True, **kwargs):
         """Blocking denoising (scripts and tests). Returns the output volume node."""
         return self.denoiseJob(inputVolume, method, strength, iterations, outputVolume, showResult, **kwargs).run_blocking()

@@ -32,7 +32,7 @@ MODALITY_CHOICES = ["auto", "CT", "MR", "PT", "NM", "OT"]
 CT_WINDOW_CHOICES = ["bone", "brain", "subdural", "stroke", "lung", "mediastinum", "soft_tissue", "liver"]
 COLOR_MAP_CHOICES = ["none", "hot", "jet", "rainbow", "gray"]
 WAVELET_CHOICES = ["haar", "db2", "db3", "db4", "db5", "sym4", "sym5", "coif1", "coif2"]
-METRIC_CHOICES = ["EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF"]
+METRIC_CHOICES = ["EN", "SD", "SF", "AG", "MI", "SSIM_sum", "QABF", "VIF"]
 
 
 #
@@ -267,14 +267,21 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
 
     def onApplyButton(self) -> None:
         """Fuse: run in a background process with a progress dialog and a Cancel button."""
+        from medtorch.integration.slicer_jobs import confirm_replacing_inputs, inputs_replaced
+
         with slicer.util.tryWithErrorDisplay(_("Failed to fuse the volumes."), waitCursor=True):
             p = self._parameterNode
+            clashes = inputs_replaced({"output volume": p.outputVolume},
+                                      {"fixed volume": p.fixedVolume, "moving volume": p.movingVolume})
+            if not confirm_replacing_inputs(clashes, slicer.util.confirmOkCancelDisplay):
+                self.ui.statusLabel.text = _("Nothing done: the output volume is an input volume.")
+                return
             job = self.logic.fuseJob(
                 p.fixedVolume, p.movingVolume, method=p.fusionMethod, methodParams=self._methodParams(p.fusionMethod),
                 normalization=p.normalization, fixedModality=p.fixedModality, movingModality=p.movingModality,
                 ctWindow=p.ctWindow, colorMap=p.colorMap, computeMetrics=p.computeMetrics,
                 outputVolume=p.outputVolume, showResult=p.showResult, showIn3D=p.showIn3D,
-                opacity=p.foregroundOpacity, device=p.device, seed=p.seed)
+                opacity=p.foregroundOpacity, device=p.device, seed=p.seed, overwriteInput=bool(clashes))
             self.runJob(job, _("Fusion"), self.onDone)
 
     def onDone(self, output) -> None:
@@ -306,8 +313,15 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
 
     def onRegisterButton(self) -> None:
         """Register: run in a background process with a progress dialog and a Cancel button."""
+        from medtorch.integration.slicer_jobs import confirm_replacing_inputs
+
         with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
             p = self._parameterNode
+            clashes = self.logic.registrationInputsReplaced(p.fixedVolume, p.movingVolume, p.resampledVolume,
+                                                            p.similarityMapVolume if p.similarityMap else None)
+            if not confirm_replacing_inputs(clashes, slicer.util.confirmOkCancelDisplay):
+                self.ui.statusLabel.text = _("Nothing done: an output volume is an input volume.")
+                return
             job = self.logic.registerJob(
                 p.fixedVolume, p.movingVolume, mode=p.registrationMode, metric=p.metric, engine=p.engine,
                 fixedMask=p.fixedMask, movingMask=p.movingMask, fixedFiducials=p.fixedFiducials,
@@ -315,7 +329,7 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
                 harden=p.hardenTransform, device=p.device, seed=p.seed, initialization=p.initialization,
                 outputTransform=p.outputTransform, resampledVolume=p.resampledVolume,
                 similarityMap=p.similarityMap, similarityMapVolume=p.similarityMapVolume, verdictTable=p.verdictTable,
-                model=p.learnedModel, refine=p.refineLearned)
+                model=p.learnedModel, refine=p.refineLearned, overwriteInput=bool(clashes))
             self.runJob(job, _("Registration"), self.onRegistered)
 
     #: The status line's colour per verdict (green, orange, red).
@@ -370,7 +384,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         ensure_dependencies(self.requirementsPath(), "Fusion Registration", ask=slicer.util.confirmOkCancelDisplay)
 
     def blendJob(self, fixedVolume, movingVolume, weight: float = 0.5, normalization: str = "percentile",
-                 outputVolume=None, showResult: bool = True, device: str = "auto"):
+                 outputVolume=None, showResult: bool = True, device: str = "auto", overwriteInput: bool = False):
         """Prepare the blend as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         The moving volume is resampled through both volumes' parent transforms. Nothing in
@@ -383,9 +397,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
         if not fixedVolume or not movingVolume:
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
-        if outputVolume is not None and outputVolume in (fixedVolume, movingVolume):
-            raise MedTorchInputError("the output volume is one of the inputs",
-                                     "choose another output volume, or none to create a new one")
+        self._refuseReplacingInputs(fixedVolume, movingVolume, outputVolume, overwriteInput)
         self.ensureDependencies()
         inputs, matrix = self._volumesAndTransform(fixedVolume, movingVolume)
         request = BlendRequest(weight=float(weight), normalization=normalization, device=device, matrix=matrix)
@@ -504,7 +516,15 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return image.GetNumberOfScalarComponents() in (3, 4) and image.GetScalarType() in (
             vtk.VTK_UNSIGNED_CHAR, vtk.VTK_UNSIGNED_SHORT)
 
-    def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None):
+    @staticmethod
+    def _refuseReplacingInputs(fixedVolume, movingVolume, outputVolume, overwriteInput: bool) -> None:
+        from medtorch.integration.slicer_jobs import inputs_replaced, refuse_replacing_inputs
+
+        refuse_replacing_inputs(inputs_replaced({"output volume": outputVolume},
+                                                {"fixed volume": fixedVolume, "moving volume": movingVolume}),
+                                overwriteInput)
+
+    def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None, overwriteInput: bool = False):
         """Checked inputs: ``{"fixed", "moving"[, "displacement"]}`` and the transform matrix (or None)."""
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
@@ -513,9 +533,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
         if fixedVolume is movingVolume:
             raise MedTorchInputError("the fixed and moving volumes are the same node", "select two different volumes")
-        if outputVolume is not None and outputVolume in (fixedVolume, movingVolume):
-            raise MedTorchInputError("the output volume is one of the inputs",
-                                     "choose another output volume, or none to create a new one")
+        self._refuseReplacingInputs(fixedVolume, movingVolume, outputVolume, overwriteInput)
         for role, node in (("fixed", fixedVolume), ("moving", movingVolume)):
             if node.IsA("vtkMRMLLabelMapVolumeNode") or (node.IsA("vtkMRMLVectorVolumeNode")
                                                            and not self.isColourImage(node)):
@@ -560,7 +578,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 methodParams: Optional[dict] = None, normalization: str = "auto", fixedModality: str = "auto",
                 movingModality: str = "auto", ctWindow: str = "bone", colorMap: Optional[str] = None,
                 computeMetrics: bool = True, outputVolume=None, showResult: bool = True, showIn3D: bool = True,
-                opacity: float = 0.5, device: str = "auto", seed: int = 0):
+                opacity: float = 0.5, device: str = "auto", seed: int = 0, overwriteInput: bool = False):
         """Prepare a fusion as a job: run it with ``.run_blocking()`` or ``.start()``; it gives a
         :class:`FusionOutput`.
 
@@ -573,7 +591,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         or SPECT moving volume) the fusion is in colour and an RGB vector volume is made too.
         The fused volume (float, [0, 1]) goes to a new node (or ``outputVolume``), under the
         fixed volume's parent transform; metrics go into a table. Nothing in the scene changes
-        until the job finishes; the inputs are never modified.
+        until the job finishes; the inputs are never modified, unless ``outputVolume`` is one of
+        them and ``overwriteInput`` (the Widget asks first).
         """
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.methods import check_params
@@ -595,7 +614,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError(f"the foreground opacity {opacity} is outside [0, 1]", "give a value from 0 to 1")
         intensity = self._intensityParams(fixedVolume, movingVolume, key, normalization, fixedModality,
                                           movingModality, ctWindow, colorMap)
-        inputs, matrix = self._fusionInputs(fixedVolume, movingVolume, outputVolume)
+        inputs, matrix = self._fusionInputs(fixedVolume, movingVolume, outputVolume, overwriteInput)
         request = FuseRequest(method=key, method_params=mp, metrics="3d" if computeMetrics else None, device=device,
                               matrix=matrix, **intensity)
         name = slicer.mrmlScene.GenerateUniqueName(f"{movingVolume.GetName()} fused with {fixedVolume.GetName()} ({key})")
@@ -648,13 +667,14 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.methods import check_params
-        from medtorch.fusion.metrics import METRICS
+        from medtorch.fusion.metrics import METRICS, metric_key
         from medtorch.integration.slicer_jobs import LogicJob
         from medtorch.ops.fusion import FuseCompareRequest
 
         names = self.parseMethods(methods if methods is not None else FUSION_METHODS[:-1])
         base = str(baseline).strip().lower()
         self.parseMethods([base])
+        metric = {metric_key(m): m for m in METRICS}.get(metric_key(metric), metric)  # SSIM: the summed SSIM_sum
         if metric not in METRICS:
             raise MedTorchInputError(f"unknown metric {metric!r} for the box plot", "use one of " + ", ".join(METRICS))
         if miUnit not in ("bits", "nats"):
@@ -722,12 +742,21 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         lps = coords.flip_affine(ras)
         return world @ lps[:3, :3].T + lps[:3, 3]
 
+    @staticmethod
+    def registrationInputsReplaced(fixedVolume, movingVolume, resampledVolume=None, similarityMapVolume=None) -> list:
+        """The registration's output volumes that are one of its input volumes."""
+        from medtorch.integration.slicer_jobs import inputs_replaced
+
+        return inputs_replaced({"resampled volume": resampledVolume, "similarity map volume": similarityMapVolume},
+                               {"fixed volume": fixedVolume, "moving volume": movingVolume})
+
     def registerJob(self, fixedVolume, movingVolume, mode: str = "rigid", metric: str = "mi", engine: str = "torch",
                     fixedMask=None, movingMask=None, fixedFiducials=None, movingFiducials=None,
                     placeUnderTransform: bool = True, harden: bool = False, device: str = "auto", seed: int = 0,
                     initialization: str = "auto", outputTransform=None, resampledVolume=None, showFused: bool = True,
                     options: Optional[dict] = None, similarityMap: bool = False, similarityMapVolume=None,
-                    verdictTable=None, verdictOptions: Optional[dict] = None, model: str = "", refine: bool = False):
+                    verdictTable=None, verdictOptions: Optional[dict] = None, model: str = "", refine: bool = False,
+                    overwriteInput: bool = False):
         """Prepare a registration as a job: run it with ``.run_blocking()`` or ``.start()``.
 
         The volumes are registered in their local coordinates; when they are under linear
@@ -743,6 +772,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         ``engine="learned"``: ``model`` is the registration model pack (.zip) whose network predicts
         the deformable field (the mode is then deformable); ``refine`` refines it with the
         deformable optimiser (instance optimisation).
+        A ``resampledVolume`` that is the fixed or moving volume is refused unless ``overwriteInput``
+        (the Widget asks first); a moving volume replaced by its resampled self is on the fixed grid
+        already, so it is not put under the transform.
         """
         import numpy as np
         from medtorch.errors import MedTorchInputError
@@ -754,11 +786,14 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
         if fixedVolume is movingVolume:
             raise MedTorchInputError("the fixed and moving volumes are the same node", "select two different volumes")
-        if resampledVolume is not None and resampledVolume in (fixedVolume, movingVolume):
-            raise MedTorchInputError("the resampled volume is one of the inputs",
-                                     "choose another volume for the result, or none to create a new one")
-        if similarityMapVolume is not None and similarityMapVolume in (fixedVolume, movingVolume, resampledVolume):
-            raise MedTorchInputError("the similarity map volume is one of the other volumes",
+        from medtorch.integration.slicer_jobs import refuse_replacing_inputs
+
+        refuse_replacing_inputs(self.registrationInputsReplaced(fixedVolume, movingVolume, resampledVolume,
+                                                                similarityMapVolume), overwriteInput)
+        if resampledVolume is not None and resampledVolume is movingVolume:
+            placeUnderTransform, harden = False, False
+        if similarityMapVolume is not None and similarityMapVolume is resampledVolume:
+            raise MedTorchInputError("the similarity map volume is also the resampled volume",
                                      "choose another volume for the map, or none to create a new one")
         if engine == "learned":
             if not model:

@@ -203,8 +203,15 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         with slicer.util.tryWithErrorDisplay(_("Failed to segment the volume."), waitCursor=True):
             p = self._parameterNode
             if p.method == "seeded":
+                from medtorch.integration.slicer_jobs import confirm_replacing_inputs
+
+                clashes = self.logic.seededInputsReplaced(p.outputSegmentation, p.seedSegmentation,
+                                                          p.referenceSegmentation)
+                if not confirm_replacing_inputs(clashes, slicer.util.confirmOkCancelDisplay):
+                    self.ui.statusLabel.text = _("Nothing done: the output segmentation is an input segmentation.")
+                    return
                 job = self.logic.seededJob(self._inputVolumes(p), p.seedSegmentation, p.seedMarkups,
-                                           **self._seededOptions(p))
+                                           **self._seededOptions(p), overwriteInput=bool(clashes))
                 self.runJob(job, _("Segment Tumor"), self.onSeededDone)
             elif p.method == "model":
                 job = self.logic.modelJob(self._inputVolumes(p), p.modelPath, tta=p.testTimeAugmentation,
@@ -247,6 +254,9 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
         if self.busy:
             return
+        p = self._parameterNode
+        if p is not None and p.outputSegmentation is not None and p.outputSegmentation is p.seedSegmentation:
+            return  # the seeds were replaced by a result (the user agreed): no automatic re-run from them
         if self._updateTimer is None:
             self._updateTimer = qt.QTimer()
             self._updateTimer.setSingleShot(True)
@@ -477,14 +487,25 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         return vols
 
     # -- seeded -------------------------------------------------------------------------------------------
+    @staticmethod
+    def seededInputsReplaced(outputSegmentation, seedSegmentation=None, referenceSegmentation=None) -> list:
+        """The output segmentation, when it is the seed or the reference segmentation."""
+        from medtorch.integration.slicer_jobs import inputs_replaced
+
+        return inputs_replaced({"output segmentation": outputSegmentation},
+                               {"seed segmentation": seedSegmentation, "reference segmentation": referenceSegmentation})
+
     def seededJob(self, inputVolumes, seedSegmentation=None, seedMarkups=None, outputSegmentation=None,
                   volumetryTable=None, referenceSegmentation=None, metricsTable=None, roi=None,
                   smoothness: float = 0.3, marginMm: float = 5.0, minSizeMm3: float = 0.0, fillHoles: bool = False,
-                  seedRadiusMm: float = 2.0, device: str = "auto", method: str = "geodesic"):
+                  seedRadiusMm: float = 2.0, device: str = "auto", method: str = "geodesic",
+                  overwriteInput: bool = False):
         """Seeded segmentation as a job (``.run_blocking()`` or ``.start()``); its result is the
         output segmentation node (segments named after the seed classes, with standard
         terminology and colours when the names are standard, closed surfaces) and a volumetry
         table (``MedTorch.volumetryTableID`` attribute); with a reference, a metrics table too.
+        An ``outputSegmentation`` that is the seed or reference segmentation is refused unless
+        ``overwriteInput`` (the Widget asks first).
         """
         from medtorch.errors import MedTorchInputError
         from medtorch.integration import slicer_bridge as bridge
@@ -493,9 +514,10 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         from medtorch.ops.segmentation import SeededRequest
 
         vols = self._checkVolumes(inputVolumes)
-        if outputSegmentation is not None and outputSegmentation in (seedSegmentation, referenceSegmentation):
-            raise MedTorchInputError("the output segmentation is also the seed or reference segmentation",
-                                     "choose another output segmentation, or 'Create new'")
+        from medtorch.integration.slicer_jobs import refuse_replacing_inputs
+
+        refuse_replacing_inputs(self.seededInputsReplaced(outputSegmentation, seedSegmentation, referenceSegmentation),
+                                overwriteInput)
         self.ensureDependencies(withTorch=True)
         seeds, names, colors = self._seedsAndNames(vols[0], seedSegmentation, seedMarkups, seedRadiusMm)
         inputs = {f"channel{i}": bridge.volume_from_node(v) for i, v in enumerate(vols)}

@@ -236,6 +236,18 @@ def _no_overlap_logic() -> Any:
     return _logic("FusionRegistration").blend(_node(_phantom()), _node(far, "far"))
 
 
+def _output_is_input_link(tmp: Path) -> list[str]:
+    src = _good(tmp)
+    link = tmp / "link.nrrd"
+    link.symlink_to(src)
+    return ["denoise", "--in", str(src), "--out", str(link)]
+
+
+def _output_node_is_input() -> Any:
+    node = _node(_phantom())
+    return _logic("EnhanceSR").denoise(node, outputVolume=node)
+
+
 def _enospc(monkeypatch: Any) -> None:
     import SimpleITK as sitk
 
@@ -302,10 +314,14 @@ ROWS: list[Row] = [
                        "--method", "average", "--out", str(t / "o.nrrd")],
         logic=lambda: _logic("FusionRegistration").blend(_node(_phantom()), _node(_phantom(noise=2.0), "m")),
         env={"MEDTORCH_MEMORY_BUDGET": "2K"}),
+    Row("output_is_input", "output that is the input (here through a symbolic link; a Slicer output node "
+        "that is the input node: Apply asks first)", "input",
+        cli=_output_is_input_link, logic=_output_node_is_input),
     Row("unwritable_output", "output path that is not writable", "cannot create the output folder",
-        cli=lambda t: ["denoise", "--in", str(_good(t)), "--out", _readonly_target(t)]),
+        cli=lambda t: ["denoise", "--in", str(_good(t)), "--method", "gaussian", "--out", _readonly_target(t)]),
     Row("disk_full", "disk fills up during a write", "disk filled up",
-        cli=lambda t: ["denoise", "--in", str(_good(t)), "--out", str(t / "o.nrrd")], patch=_enospc),
+        cli=lambda t: ["denoise", "--in", str(_good(t)), "--method", "gaussian", "--out", str(t / "o.nrrd")],
+        patch=_enospc),
     # registration: inputs accepted under a documented policy, named by the verdict
     Row("register_nan", "registration: NaN slices in the moving volume (treated as outside the image)", "nan_inf_voxels",
         cli=lambda t: _register(t, _nan_slices), exit_code=0, writes=True),

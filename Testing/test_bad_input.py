@@ -138,7 +138,7 @@ def test_4d_file_where_3d_is_needed(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.JoinSeries(frames), str(p))
     with pytest.raises(MedTorchInputError) as ei:
         read_volume(p)
-    assert_user_error(ei, "4D", "3 frames", "read_frames")
+    assert_user_error(ei, "4D", "3 frames", "medtorch convert", "--frame N")
 
 
 def test_vector_volume_where_scalar_is_needed() -> None:

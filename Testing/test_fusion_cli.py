@@ -51,7 +51,7 @@ def test_fuse_every_method(files, method):
     assert fused.array.dtype == np.float32 and 0.0 <= fused.array.min() and fused.array.max() <= 1.0
     figures = json.loads(m.read_text())
     assert figures["method"] == method and figures["output_range"] == "[0, 1]"
-    assert set(figures["metrics"]) >= {"EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF"}
+    assert set(figures["metrics"]) >= {"EN", "SD", "SF", "AG", "MI", "SSIM_sum", "QABF", "VIF"}
     assert figures["mi_unit"] == "bits"
     if method == "cnn":
         assert figures["seed"] == 0 and figures["params"]["iterations"] == 2
@@ -117,6 +117,9 @@ def test_fuse_eval_writes_the_report_folder(tmp_path):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 4 * 4  # 4 cases x (3 methods + the dwt baseline)
+    # the summed SSIM (0..2) is named so in every output (issue 21, part 7)
+    assert "SSIM_sum" in rows[0] and "SSIM" not in rows[0]
+    assert "| SSIM_sum |" in (out / "report.md").read_text()
     assert {r["pair"] for r in rows} == {"CT-MRI", "PET-MRI"}
     stats = list(csv.DictReader((out / "stats.csv").open()))
     gff_q = next(s for s in stats if s["method"] == "gff" and s["metric"] == "QABF")

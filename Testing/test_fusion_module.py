@@ -99,7 +99,7 @@ def test_average_matches_the_core_and_output_node_is_reused_only_when_chosen(sce
     assert second.fusedNode is not first and second.tableNode is None
     third = logic.fuse(fixed_node, moving_node, method="pca", outputVolume=first, showIn3D=False).fusedNode
     assert third is first and first.GetAttribute("MedTorch.method") == "pca"
-    with pytest.raises(MedTorchInputError, match="output volume is one of the inputs"):
+    with pytest.raises(MedTorchInputError, match="output volume is the (fixed|moving) volume"):
         logic.fuseJob(fixed_node, moving_node, outputVolume=fixed_node)
 
 
@@ -187,11 +187,12 @@ def test_evaluate_gives_a_metrics_table_and_a_box_plot(scene, pair):
     assert table.GetNumberOfRows() == 4
     columns = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
     assert columns[:2] == ["method", "seconds"] and all(m in columns for m in METRICS)
+    assert "SSIM_sum" in columns and "SSIM" not in columns  # the summed SSIM says so (0..2)
     assert [table.GetValue(i, 0).ToString() for i in range(4)] == out.methods
     qabf = [table.GetValue(i, columns.index("QABF")).ToDouble() for i in range(4)]
     assert qabf == pytest.approx([r["QABF"] for r in out.rows]) and all(0.0 < q <= 1.0 for q in qabf)
     chart = out.chartNode
-    assert chart.GetClassName() == "vtkMRMLPlotChartNode" and chart.GetYAxisTitle() == "SSIM"
+    assert chart.GetClassName() == "vtkMRMLPlotChartNode" and chart.GetYAxisTitle() == "SSIM_sum"
     series = {chart.GetNthPlotSeriesNode(i).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())}
     assert set(out.methods) <= series
     assert out.statsTableNode.GetTable().GetNumberOfRows() == 3 * len(METRICS)  # each method but the baseline
@@ -308,7 +309,7 @@ def test_compare_methods_core_slices_and_paired_tests():
     assert res.rows[0]["QABF"] == pytest.approx(direct["QABF"], rel=1e-6)
     n = len(res.slice_index)
     assert 0 < n <= 12 and all(len(v) == n for per in res.slices.values() for v in per.values())
-    row = next(s for s in res.stats if s["metric"] == "SSIM" and s["method"] == "pca")
-    x, y = np.array(res.slices["pca"]["SSIM"]), np.array(res.slices["average"]["SSIM"])
+    row = next(s for s in res.stats if s["metric"] == "SSIM_sum" and s["method"] == "pca")
+    x, y = np.array(res.slices["pca"]["SSIM_sum"]), np.array(res.slices["average"]["SSIM_sum"])
     assert row["n"] == n and row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(x, y).pvalue)
     assert row["ttest_p"] == pytest.approx(stats.ttest_rel(x, y).pvalue)

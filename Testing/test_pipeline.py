@@ -101,7 +101,7 @@ def test_failing_step_records_the_error(tmp_path, nifti_pair):
     assert rec["status"] == "failed" and "no voxel" in rec["error"]["message"]
 
 
-def test_batch_on_local_cluster_isolates_failures_and_resumes(tmp_path):
+def test_batch_on_local_cluster_isolates_failures_and_resumes(tmp_path, capsys):
     geom = oblique_geometry(size=(24, 22, 16))
     rows = ["case_id,fixed,moving"]
     for i in range(3):
@@ -119,6 +119,8 @@ def test_batch_on_local_cluster_isolates_failures_and_resumes(tmp_path):
     args = ["batch", "--manifest", str(tmp_path / "cases.csv"), "--config", str(cfg), "--out", str(out),
             "--workers", "2", "-q"]
     assert main(args) == 4  # one case failed, the others went on: the batch's own exit status
+    err = capsys.readouterr().err  # a failed case is named on stderr, with -q too
+    assert "medtorch batch: case bad failed: " in err and "could not be read" in err
     summary = {r["case_id"]: r for r in _csv(out / "summary.csv")}
     assert [summary[c]["status"] for c in ("c0", "c1", "c2")] == ["done"] * 3
     assert summary["bad"]["status"] == "failed" and "could not be read" in summary["bad"]["error"]

@@ -135,7 +135,7 @@ def test_output_node_reuse_and_bad_seeds(scene, phantom):
     assert seg is out and out.GetSegmentation().GetNumberOfSegments() == 3
     assert out.GetSegmentation().GetSegmentIdBySegmentName("old") == ""
     before = scene_node_ids(scene)
-    with pytest.raises(MedTorchInputError, match="also the seed"):
+    with pytest.raises(MedTorchInputError, match="is the seed segmentation"):
         logic.seeded([flair], seed_node, outputSegmentation=seed_node)
     # a background segment with no seed painted
     empty_bg = seeds.with_array(np.where(seeds.array == 4, 0, seeds.array).astype(np.uint8))

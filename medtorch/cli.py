@@ -75,7 +75,7 @@ def _add_common(parser: argparse.ArgumentParser, writes_files: bool = False) -> 
                        help="let an output path be one of the input files and replace it (refused otherwise)")
     g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: $MEDTORCH_DEVICE, else auto: cuda, then mps, then cpu)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or logs (Dask's too); errors and the results a command exists to print (seg-metrics, info) still show")
     g.add_argument("-v", "--verbose", action="store_true", help="log details, and show tracebacks of internal errors")
 
 

@@ -1443,7 +1443,7 @@ def _write_html(out: Path, s: dict[str, Any], figures: dict[str, Path]) -> Path:
         [Figure("figures/registration.png", "T2-like with the T1's brain outline (green), and T1/T2-like "
                                             "checkerboards: misaligned without registration, aligned after it.")],
     )
-    metric_names = [k for k in ("QABF", "VIF", "MI", "SSIM", "EN", "SD", "SF", "AG") if k in fm[methods[0]]]
+    metric_names = [k for k in ("QABF", "VIF", "MI", "SSIM_sum", "EN", "SD", "SF", "AG") if k in fm[methods[0]]]
     fus_metric_rows = [[f"{m} (registered)", *[fm[m][k] for k in metric_names], fus[f"registered_{m}"]["seconds"]]
                        for m in methods]
     nr = fus["no_registration"]

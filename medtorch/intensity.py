@@ -61,7 +61,7 @@ def _voxels(data: ArrayOrVolume, name: str) -> tuple[np.ndarray, Volume | None]:
             f"{name} has voxels of type {arr.dtype}, not numbers", "give an integer or floating-point array"
         )
     if np.iscomplexobj(arr):
-        raise MedTorchInputError(f"{name} has complex voxels", "give the magnitude (np.abs) instead")
+        raise MedTorchInputError(f"{name} has complex voxels", "give the magnitude image instead (the scanner's magnitude series)")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         n_nan = int(np.isnan(arr).sum())
         raise MedTorchInputError(

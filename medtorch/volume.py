@@ -345,7 +345,7 @@ class Volume:
         if image.GetDimension() != 3:
             raise MedTorchInputError(
                 f"a 3D image is needed, got a {image.GetDimension()}D image of size {image.GetSize()}",
-                "give a 3D volume; for a 4D series pick one frame (medtorch.io.read_frames)",
+                "give a 3D volume; for a 4D series write one frame first ('medtorch convert --in FILE --frame N --out frame.nii.gz')",
             )
         arr = sitk.GetArrayFromImage(image)
         n_comp = image.GetNumberOfComponentsPerPixel()

@@ -336,12 +336,12 @@ def run_timings(n: int, cnn_iterations: int, peers: bool, log: Callable[[str], N
 #: (folder, other modality's folder, label) of CDDFuse's three MIF test sets.
 HARVARD_TASKS = (("MRI_CT", "CT", "CT-MRI"), ("MRI_PET", "PET", "PET-MRI"), ("MRI_SPECT", "SPECT", "SPECT-MRI"))
 #: The evaluator's columns (CDDFuse README order).
-EV_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+EV_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM_sum")
 #: CDDFuse's published MIF results (README of Zhaozixiang1228/MMIF-CDDFuse, "CDDFuse_MIF" rows; Table 5 of the paper).
 CDDFUSE_MIF = {
-    "MRI_CT": {"EN": 4.88, "SD": 79.17, "SF": 38.14, "MI": 2.61, "SCD": 1.41, "VIF": 0.61, "Qabf": 0.68, "SSIM": 1.34},
-    "MRI_PET": {"EN": 4.22, "SD": 70.74, "SF": 29.57, "MI": 2.03, "SCD": 1.69, "VIF": 0.71, "Qabf": 0.71, "SSIM": 1.49},
-    "MRI_SPECT": {"EN": 3.90, "SD": 58.31, "SF": 20.87, "MI": 2.49, "SCD": 1.35, "VIF": 0.97, "Qabf": 0.78, "SSIM": 1.48},
+    "MRI_CT": {"EN": 4.88, "SD": 79.17, "SF": 38.14, "MI": 2.61, "SCD": 1.41, "VIF": 0.61, "Qabf": 0.68, "SSIM_sum": 1.34},
+    "MRI_PET": {"EN": 4.22, "SD": 70.74, "SF": 29.57, "MI": 2.03, "SCD": 1.69, "VIF": 0.71, "Qabf": 0.71, "SSIM_sum": 1.49},
+    "MRI_SPECT": {"EN": 3.90, "SD": 58.31, "SF": 20.87, "MI": 2.49, "SCD": 1.35, "VIF": 0.97, "Qabf": 0.78, "SSIM_sum": 1.48},
 }
 #: Targets of the issue for one training-free method (mean over each test set, evaluator conventions).
 HARVARD_QABF_TARGET = {"MRI_CT": 0.70, "MRI_PET": 0.73, "MRI_SPECT": 0.80}
@@ -761,6 +761,15 @@ def write_markdown(path: Path, env: dict[str, Any], template: dict[str, Any], ti
     write_text_atomic(path, "\n".join(L))
 
 
+def _ssim_renamed(value: Any) -> Any:
+    """Raw results written before the summed SSIM was named SSIM_sum, with the new name."""
+    if isinstance(value, dict):
+        return {("SSIM_sum" if k == "SSIM" else k): _ssim_renamed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ssim_renamed(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fusion", description=__doc__)
     p.add_argument("--quick", action="store_true", help="2 mm pairs, 128^3 timings, 20 CNN iterations")
@@ -783,9 +792,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="rewrite the Markdown from a run's raw results (the .json beside it) without rerunning")
     args = p.parse_args(argv)
     if args.from_json:
-        raw = json.loads(args.from_json.read_text())
+        raw = _ssim_renamed(json.loads(args.from_json.read_text()))
         env = raw["environment"]
         env["from_json"] = True
+        # a Harvard section with its own environment was rerun alone (--harvard-only): still said so
+        env["harvard_only"] = bool(isinstance(raw.get("harvard"), dict) and "environment" in raw["harvard"]
+                                   and raw["harvard"]["environment"].get("date") != env.get("date"))
         out = args.out
         write_markdown(out, env, raw["template"], raw["timings"], raw["harvard"], bool(raw.get("quick", False)),
                        int(raw.get("cnn_iterations", 0)), float(raw.get("total_seconds", 0.0)),
@@ -801,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         raw_path = out.with_suffix(".json")
         if not raw_path.exists():
             p.error(f"--harvard-only keeps the 3D sections of {raw_path}, which does not exist: run the full benchmark")
-        raw = json.loads(raw_path.read_text())
+        raw = _ssim_renamed(json.loads(raw_path.read_text()))
         t_start = time.perf_counter()
 
         def log_h(msg: str) -> None:

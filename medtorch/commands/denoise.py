@@ -11,6 +11,7 @@ import argparse
 import time
 
 from medtorch.commands import Command, device_of, progress_bar
+from medtorch.commands.costs import cost_help
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import DenoiseRequest
 from medtorch.progress import CancelToken
@@ -22,8 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=default_of(DenoiseRequest, "method"), choices=choices(DenoiseRequest, "method"),
                    help="gaussian: Gaussian smoothing; median: median filter; anisotropic: curvature anisotropic "
                         "diffusion (edge-preserving); bilateral; nlm: non-local means; patch: SimpleITK patch-based; "
-                        "dct: sliding 3D DCT; collab: DCT pilot + guided NLM; selfsup: self-supervised network "
-                        "trained on this volume (+ collab)")
+                        "dct: sliding 3D DCT; collab (the default): DCT pilot + guided NLM, the one method that lowered "
+                        "the error on real MRI noise, where gaussian raised it 3.4 times and selfsup did no better at "
+                        "16 times the time (docs/benchmarks/denoise_real.md; on synthetic Rician noise too: "
+                        "docs/benchmarks/enhance.md); selfsup: self-supervised network "
+                        "trained on this volume (+ collab). " + cost_help("denoise"))
     p.add_argument("--strength", type=float, default=None,
                    help="gaussian: sigma in mm (1.0); median: radius in mm (1.0); anisotropic: conductance (1.0); "
                         "the other methods: multiplier of the estimated noise level (1.0)")
@@ -88,5 +92,6 @@ COMMANDS = [Command(
     "  medtorch denoise --in t1.nii.gz --out t1_smooth.nrrd --method gaussian --strength 1.5\n"
     "  medtorch denoise --in ct.nrrd --out ct_ad.nrrd --method anisotropic --strength 1 --iterations 10\n"
     "  medtorch denoise --in t1.nii.gz --out t1_nlm.nii.gz --method nlm\n"
+    "  medtorch denoise --in t1.nii.gz --out t1_dn.nii.gz --method collab --metrics noise.json\n"
     "  medtorch denoise --in t1.nii.gz --out t1_ss.nii.gz --method selfsup --seed 1 --metrics noise.json",
     add_arguments, run)]

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from medtorch.commands import Command, ct_window_arg, device_of, progress_bar
+from medtorch.commands.costs import cost_help
 from medtorch.errors import MedTorchInputError
 from medtorch.ops import choices, default_of
 from medtorch.ops.fusion import FuseRequest
@@ -87,13 +88,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assume-aligned", action="store_true",
                    help="without --transform, resample a moving volume on another grid as it lies in physical space")
     p.add_argument("--method", default=default_of(FuseRequest, "method"), choices=choices(FuseRequest, "method"),
-                   help="fusion method")
+                   help="fusion method. " + cost_help("fuse"))
     p.add_argument("--out", default=None,
                    help="fused volume (.nrrd, .nii.gz, .mha): float32 in [0, 1]; with --color-map the RGB fusion")
     p.add_argument("--out-luminance", default=None, help="with --color-map: the fused luminance (float32 in [0, 1])")
     p.add_argument("--out-resampled", default=None, help="also write the moving volume resampled onto the fixed grid")
     p.add_argument("--metrics", default=None,
-                   help="write run figures and fusion metrics (EN, SD, SF, AG, MI, SSIM, QABF, VIF) as JSON")
+                   help="write run figures and fusion metrics (EN, SD, SF, AG, MI, SSIM_sum: SSIM summed over both sources, QABF, VIF) as JSON")
     p.add_argument("--metrics-mode", default="3d", choices=["3d", "slices"],
                    help="metrics on the volume (3d) or averaged over axial slices (slices)")
     p.add_argument("--mi-unit", default=default_of(FuseRequest, "mi_unit"), choices=choices(FuseRequest, "mi_unit"),
@@ -106,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric-set", default=default_of(FuseRequest, "metric_set"),
                    choices=choices(FuseRequest, "metric_set"),
                    help="metric definitions: medtorch (MedTorch's own), or cddfuse (the CDDFuse/VIFB evaluator's, as "
-                        "published tables use: 8-bit grey inputs, MI in nats, SSIM summed over both sources)")
+                        "published tables use: 8-bit grey inputs, MI in nats, SSIM_sum: SSIM summed over both sources)")
     p.add_argument("--save-checkpoint", default=None, help="cnn: write the trained network here (.pt)")
     add_fusion_options(p)
 

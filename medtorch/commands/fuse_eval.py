@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric-set", default=default_of(FuseEvalRequest, "metric_set"),
                    choices=choices(FuseEvalRequest, "metric_set"),
                    help="metric definitions: medtorch (MedTorch's own), or cddfuse (the CDDFuse/VIFB evaluator's, "
-                        "to compare with published tables: EN, SD, SF, MI in nats, SCD, VIF, Qabf, SSIM)")
+                        "to compare with published tables: EN, SD, SF, MI in nats, SCD, VIF, Qabf, SSIM_sum)")
     p.add_argument("--mi-unit", default=default_of(FuseEvalRequest, "mi_unit"),
                    choices=choices(FuseEvalRequest, "mi_unit"), help="unit of the MI metric")
     p.add_argument("--color-map", default=default_of(FuseEvalRequest, "color_map"),

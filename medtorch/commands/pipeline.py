@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from medtorch.commands import Command, progress_bar
 from medtorch.progress import CancelToken
@@ -67,8 +68,8 @@ def run_batch_command(args: argparse.Namespace, cancel: CancelToken) -> int:
         done = sum(r["status"] == "done" for r in rows)
         skipped = sum(r["status"].startswith("skipped") for r in rows)
         print(f"{done} done, {skipped} skipped (already done), {len(failed)} failed; summary in {args.out}/summary.csv")
-        for r in failed:
-            print(f"  {r['case_id']}: {r.get('error', '')}")
+    for r in failed:  # errors: on stderr, with --quiet too
+        print(f"medtorch batch: case {r['case_id']} failed: {r.get('error', '')}", file=sys.stderr)
     return EXIT_CASES_FAILED if failed else 0
 
 

@@ -37,8 +37,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         write_json_atomic(args.json, rep.to_dict())
     if args.csv:
         write_text_atomic(args.csv, rep.to_csv())
-    if not args.quiet:
-        print(rep.to_text())
+    print(rep.to_text())  # the result this command exists for: printed with --quiet too
     return 0
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 
 from medtorch.commands import Command, device_of, progress_bar, vec3
+from medtorch.commands.costs import cost_help
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import SuperresRequest
 from medtorch.progress import CancelToken
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     grid.add_argument("--spacing", type=vec3, help="target spacing in mm for i,j,k (e.g. 1,1,1)")
     p.add_argument("--method", default=default_of(SuperresRequest, "method"), choices=choices(SuperresRequest, "method"),
                    help="linear / bspline (cubic B-spline) / sinc (windowed sinc) interpolation, or selfsup: "
-                        "self-supervised SR learnt from the volume's own in-plane slices")
+                        "self-supervised SR learnt from the volume's own in-plane slices. " + cost_help("superres"))
     p.add_argument("--axis", default=default_of(SuperresRequest, "axis"), choices=choices(SuperresRequest, "axis"),
                    help="axis to refine: auto (the thickest), i, j, k, or all (isotropic upsampling)")
     p.add_argument("--fwhm", type=float, default=None,

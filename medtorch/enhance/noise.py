@@ -306,7 +306,8 @@ def estimate_noise(array: np.ndarray, model: str = "auto", mask: np.ndarray | No
     is used only when asked for.
 
     Rician: ``sigma`` from the background (:func:`rayleigh_background_sigma`) when there
-    is enough of it, else from the wavelet MAD over the tissue. Gaussian: wavelet MAD over
+    is enough of it, else from the wavelet MAD over the tissue (also when the background is
+    zero-filled, as in a masked image: it holds no noise to measure). Gaussian: wavelet MAD over
     ``mask`` (or the whole volume).
     """
     a = np.asarray(array)
@@ -328,8 +329,14 @@ def estimate_noise(array: np.ndarray, model: str = "auto", mask: np.ndarray | No
     enough_bg = bg.mean() >= _MIN_BACKGROUND_FRACTION and bg.sum() >= 500 and float(af.min()) >= 0.0
     if model == "auto" and not enough_bg and float(af.min()) < 0.0:
         return NoiseEstimate("gaussian", rough, "wavelet MAD (Haar HHH)")
-    if enough_bg:
+    zero_filled = bool(bg.any()) and float(np.mean(af[bg] == 0.0)) > 0.5
+    if enough_bg and sigma_bg > 0 and not zero_filled:
         return NoiseEstimate("rician", sigma_bg, "Rayleigh background statistics",
+                             details={"background_fraction": float(bg.mean())})
+    if zero_filled:
+        # a masked (zero-filled) background holds no noise: the level comes from the tissue
+        fg_sigma = wavelet_mad_sigma(af, (af > 0) if mask is None else mask)
+        return NoiseEstimate("rician", fg_sigma, "wavelet MAD (Haar HHH) in tissue: the background is zero-filled",
                              details={"background_fraction": float(bg.mean())})
     # a non-negative image without background (e.g. a crop inside the head): a magnitude
     # image, Rician; where the signal is well above the noise this is the same as Gaussian

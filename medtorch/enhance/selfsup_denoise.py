@@ -41,7 +41,9 @@ than the benchmark's) it was about 0.8 at 3 % Rician noise, 0.55-0.6 at 5 % and 
 volume by SURE (:func:`sure_select_h`): the risk of the whole collaborative estimator is
 estimated from the data alone, for a few ``h``, on up to eight 32^3 blocks spread over
 the object, and the minimiser taken (parabolic refinement in ``log h``). That costs about
-half the collaborative run again and is recorded with the result (``h``, the SURE values).
+half the collaborative run again and is recorded with the result (``h``, the SURE values);
+on small volumes the blocks hold at most an eighth of the volume, so the search costs about
+one run of the volume at most (a 56 x 56 x 48 crop: one 26^3 block, not eight 32^3 ones).
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ SURE_H_CANDIDATES = (0.35, 0.5, 0.7, 1.0)
 #: Edge (voxels) of the blocks SURE is computed on, and how many per axis of the object's box.
 SURE_BLOCK = 32
 SURE_BLOCKS_PER_AXIS = 2
+#: The blocks hold at most this fraction of the volume's voxels (the search runs the estimator
+#: eight times on them, so it costs about one run of the volume at most); smaller blocks, down to
+#: an edge of ``SURE_MIN_BLOCK``, on small volumes.
+SURE_VOLUME_FRACTION = 1 / 8
+SURE_MIN_BLOCK = 16
 #: Block edge (voxels) of the second-stage sliding-DCT Wiener filter.
 WIENER_BLOCK = 8
 
@@ -288,8 +295,11 @@ def _sure_blocks(y: torch.Tensor, sigma: float) -> list[tuple[slice, slice, slic
     """Blocks of ``SURE_BLOCK^3`` centred in the cells of a grid over the object's box.
 
     The object is where a lightly smoothed ``y`` exceeds 4 sigma (the whole volume when
-    nothing does); the grid has up to ``SURE_BLOCKS_PER_AXIS`` cells per axis, fewer where
-    the box is short (one block where it is one block long); blocks are clipped to the volume.
+    nothing does); the grid has up to ``SURE_BLOCKS_PER_AXIS`` cells per axis, as many whole
+    blocks as the box holds (one where it holds less than two); blocks are clipped to the volume.
+    The blocks hold at most ``SURE_VOLUME_FRACTION`` of the volume: fewer cells, then smaller
+    blocks (edge at least ``SURE_MIN_BLOCK``), so the search's cost scales with a small volume
+    (a 56 x 56 x 48 crop: one 26^3 block instead of eight overlapping 32^3 ones).
     """
     import torch.nn.functional as F
 
@@ -299,10 +309,21 @@ def _sure_blocks(y: torch.Tensor, sigma: float) -> list[tuple[slice, slice, slic
         fg = torch.ones_like(fg)
     idx = fg.nonzero()
     lo, hi = idx.min(0).values.tolist(), (idx.max(0).values + 1).tolist()
+    budget = max(SURE_MIN_BLOCK**3, int(y.numel() * SURE_VOLUME_FRACTION))
+    edge = SURE_BLOCK
+    counts = [max(1, min(SURE_BLOCKS_PER_AXIS, (hi[d] - lo[d]) // edge)) for d in range(3)]
+
+    def voxels() -> int:
+        return int(np.prod([min(edge, y.shape[d]) for d in range(3)])) * int(np.prod(counts))
+
+    while voxels() > budget and max(counts) > 1:
+        counts[int(np.argmax(counts))] -= 1
+    if voxels() > budget:
+        edge = max(SURE_MIN_BLOCK, int(budget ** (1 / 3) + 1e-9))
     per_axis: list[list[slice]] = []
     for d in range(3):
-        n, b = y.shape[d], min(SURE_BLOCK, y.shape[d])
-        cells = max(1, min(SURE_BLOCKS_PER_AXIS, round((hi[d] - lo[d]) / SURE_BLOCK)))
+        n, b = y.shape[d], min(edge, y.shape[d])
+        cells = counts[d]
         starts = []
         for c in range(cells):
             centre = lo[d] + (hi[d] - lo[d]) * (2 * c + 1) / (2 * cells)

@@ -723,7 +723,7 @@ def _write_html(out: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any
     ]
     return write_report(out, "Fusion evaluation", sections,
                         intro=["Metrics as in the fusion literature's common evaluator (medtorch.fusion.metrics): "
-                               "EN, SD, SF, AG of the fused image; MI and SSIM summed over both sources; "
+                               "EN, SD, SF, AG of the fused image; MI and SSIM summed over both sources (SSIM_sum, 0..2); "
                                "QAB/F (Xydeas-Petrovic); VIF (Sheikh-Bovik pixel VIF, summed)."],
                         footer=f"medtorch {__version__}")
 

@@ -20,7 +20,7 @@ VIF       ``VIFp(A, F) + VIFp(B, F)``: Sheikh-Bovik pixel VIF, 4 scales, Gaussia
 Qabf      Xydeas-Petrovic Q^{AB/F} with the evaluator's quirk: where ``g_A == g_F`` the
           strength ratio is ``g_F`` (not 1); Sobel by ``scipy.signal.convolve2d(..., 'same')``
           (zero padding), angle ``arctan(s_y / s_x)`` (``pi/2`` where ``s_x = 0``)
-SSIM      ``SSIM(F, A) + SSIM(F, B)`` with ``skimage.metrics.structural_similarity``'s
+SSIM_sum  ``SSIM(F, A) + SSIM(F, B)`` with ``skimage.metrics.structural_similarity``'s
           defaults of scikit-image 0.19.2 (the evaluator's pinned version) on float input:
           7 x 7 uniform window, sample covariance (``N / (N - 1)``), ``K1 = 0.01``,
           ``K2 = 0.03`` and **data_range = 2** (float's ``dtype_range``), so ``C1 = 4e-4``,
@@ -53,7 +53,7 @@ from medtorch.errors import MedTorchInputError
 __all__ = ["EVALUATOR", "EVALUATOR_METRICS", "evaluator_grey", "evaluator_metrics"]
 
 #: Metric names of the evaluator's table, in its column order (CDDFuse README).
-EVALUATOR_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+EVALUATOR_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM_sum")
 #: Provenance of the definitions reproduced here.
 EVALUATOR = {
     "repository": "Zhaozixiang1228/MMIF-CDDFuse",
@@ -275,7 +275,7 @@ def evaluator_metrics(a: Any, b: Any, f: Any, metrics: tuple[str, ...] | list[st
             out[name] = _vifp(ta, tf) + _vifp(tb, tf)
         elif name == "Qabf":
             out[name] = _qabf(ta, tb, tf)
-        elif name == "SSIM":
+        elif name == "SSIM_sum":
             out[name] = _ssim(tf, ta) + _ssim(tf, tb)
         else:
             raise MedTorchInputError(f"unknown metric {name!r} of the cddfuse set",

@@ -21,7 +21,7 @@ beside a published table use ``metric_set='cddfuse'`` (:mod:`medtorch.fusion.eva
   in **bits** by default (``mi_unit='nats'`` for the natural logarithm, which is what
   ``sklearn.metrics.mutual_info_score`` -- used by the Python evaluator -- returns:
   ``MI_nats = MI_bits * ln 2``).
-* **SSIM** -- ``SSIM(A, F) + SSIM(B, F)``, Wang et al. (2004): Gaussian window
+* **SSIM_sum** -- ``SSIM(A, F) + SSIM(B, F)`` (0..2: summed over both sources), Wang et al. (2004): Gaussian window
   ``sigma = 1.5`` (11 taps), ``K1 = 0.01``, ``K2 = 0.03``, ``L = 255``, mean over the
   positions where the window fits (``skimage.metrics.structural_similarity`` with
   ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255``).
@@ -83,7 +83,10 @@ __all__ = [
 ]
 
 #: Metric names, in report order. Higher is better for all of them.
-METRICS = ("EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF")
+METRICS = ("EN", "SD", "SF", "AG", "MI", "SSIM_sum", "QABF", "VIF")
+#: The fusion SSIM is summed over both sources (0..2, not 0..1), and named so wherever it is shown;
+#: plain "SSIM" is accepted for it where metrics are chosen.
+SSIM_SUM = "SSIM_sum"
 ArrayLike = "np.ndarray | torch.Tensor"
 
 _QABF = {"Tg": 0.9994, "kg": -15.0, "Dg": 0.5, "Ta": 0.9879, "ka": -22.0, "Da": 0.8}
@@ -403,9 +406,9 @@ def _all_metrics(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, nd: int, log
         out["AG"] = average_gradient(f, nd)
     if "MI" in names:
         out["MI"] = _joint_mi(a, f, log) + _joint_mi(b, f, log)
-    if "SSIM" in names:
+    if SSIM_SUM in names:
         sa, sb = _ssim_maps([a, b], f, nd)
-        out["SSIM"] = sa + sb
+        out[SSIM_SUM] = sa + sb
     if "QABF" in names:
         out["QABF"] = qabf(a, b, f, nd)
     if "VIF" in names:
@@ -431,11 +434,18 @@ def _check_memory(shape: tuple[int, ...], mode: str, device: Any, batch: int = 3
 def _names(metrics: Sequence[str] | None) -> list[str]:
     if metrics is None:
         return list(METRICS)
-    names = [m.strip().upper().replace("/", "").replace("_", "") for m in metrics]
-    bad = [m for m in names if m not in METRICS]
+    lookup = {metric_key(m): m for m in METRICS}
+    bad = [m for m in metrics if metric_key(m) not in lookup]
     if bad:
         raise MedTorchInputError(f"unknown metric(s) {', '.join(bad)}", "use any of " + ", ".join(METRICS))
-    return names
+    return [lookup[metric_key(m)] for m in metrics]
+
+
+def metric_key(name: str) -> str:
+    """A metric name as compared when chosen: upper case, without '/' and '_'; plain SSIM is the
+    summed SSIM (:data:`SSIM_SUM`), the only SSIM the fusion metrics have."""
+    key = str(name).strip().upper().replace("/", "").replace("_", "")
+    return "SSIMSUM" if key == "SSIM" else key
 
 
 def fusion_metrics(
@@ -513,12 +523,12 @@ def _evaluator_set(a: Any, b: Any, f: Any, mode: str, data_range: Sequence[float
 
     shape, ndim = _check_inputs(a, b, f)
     names = list(EVALUATOR_METRICS) if metrics is None else [str(m).strip() for m in metrics]
-    lookup = {m.upper(): m for m in EVALUATOR_METRICS}
-    bad = [m for m in names if m.upper() not in lookup]
+    lookup = {metric_key(m): m for m in EVALUATOR_METRICS}
+    bad = [m for m in names if metric_key(m) not in lookup]
     if bad:
         raise MedTorchInputError(f"unknown metric(s) {', '.join(bad)} of the cddfuse set",
                                  "use any of " + ", ".join(EVALUATOR_METRICS))
-    names = [lookup[m.upper()] for m in names]
+    names = [lookup[metric_key(m)] for m in names]
     ta, tb, tf = (to_8bit(x, data_range, quantize, device) for x in (a, b, f))
     if ndim == 2 and mode in ("auto", "2d"):
         return evaluator_metrics(ta, tb, tf, names)

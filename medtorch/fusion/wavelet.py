@@ -99,7 +99,7 @@ def wavelet_filters(name: str) -> Filters:
         except ValueError:
             raise MedTorchInputError(
                 f"unknown wavelet {name!r}",
-                "use a discrete wavelet such as haar, db2, db4, sym4, coif1 (pywt.wavelist(kind='discrete'))",
+                "use a discrete wavelet: haar, db1-db38, sym2-sym20, coif1-coif17, bior/rbio (e.g. bior2.2), dmey",
             ) from None
         return tuple(np.asarray(f, dtype=np.float64) for f in w.filter_bank)  # type: ignore[return-value]
     except ImportError:

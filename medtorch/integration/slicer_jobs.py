@@ -152,3 +152,43 @@ class QtJobRunner:
             self.on_error(state.message)
         elif state.status == "cancelled" and self.on_cancelled:
             self.on_cancelled()
+
+
+def inputs_replaced(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """The outputs that are one of the inputs: ``(output role, input role, node)`` per clash.
+
+    ``outputs`` and ``inputs`` map a role ("output volume", "moving volume") to a node or
+    ``None``; a node counts once per output role (the first input role it plays is named).
+    """
+    clashes = []
+    for out_role, out_node in outputs.items():
+        if out_node is None:
+            continue
+        for in_role, in_node in inputs.items():
+            if in_node is not None and in_node is out_node:
+                clashes.append((out_role, in_role, out_node))
+                break
+    return clashes
+
+
+def refuse_replacing_inputs(clashes: list[tuple[str, str, Any]], overwrite_input: bool) -> None:
+    """What a module's Logic does with :func:`inputs_replaced`'s clashes: an error unless the
+    user agreed (``overwrite_input``; the Widget asks first, as Slicer modules do)."""
+    from medtorch.errors import MedTorchInputError
+
+    if clashes and not overwrite_input:
+        out_role, in_role, node = clashes[0]
+        raise MedTorchInputError(f"the {out_role} is the {in_role} ({node.GetName()}): the input would be replaced",
+                                 f"choose another {out_role}, or 'Create new', or agree to replace the {in_role} "
+                                 "when Apply asks")
+
+
+def confirm_replacing_inputs(clashes: list[tuple[str, str, Any]], confirm: Callable[[str], bool]) -> bool:
+    """Ask before an output replaces an input (Slicer's ``confirmOkCancelDisplay``): ``True``
+    when there is nothing to ask or the user pressed OK."""
+    if not clashes:
+        return True
+    lines = [f"The {out_role} '{node.GetName()}' is also the {in_role}: its contents will be replaced by the result."
+             for out_role, in_role, node in clashes]
+    return bool(confirm("\n".join(lines) + "\n\nReplace the input? (Cancel: nothing is changed; choose another "
+                        "output or 'Create new'.)"))

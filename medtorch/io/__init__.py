@@ -175,7 +175,8 @@ def _volume_from_image(img: Any, p: Path, kind: VolumeKind | None, allow_2d: boo
     if img.GetDimension() == 4:
         raise MedTorchInputError(
             f"{p.name} is 4D ({img.GetSize()[3]} frames): a 3D volume is needed",
-            "pick one frame first (medtorch.io.read_frames returns them one by one)",
+            f"write one frame as a 3D file first: 'medtorch convert --in {p.name} --frame N --out frame.nii.gz' "
+            f"(N from 0 to {img.GetSize()[3] - 1})",
         )
     vol = Volume.from_sitk(img, kind=kind, metadata={"source": str(p)})
     if kind is None and img.GetNumberOfComponentsPerPixel() == 1 and p.name.lower().endswith(".seg.nrrd"):

@@ -141,7 +141,9 @@ def _step_denoise(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
     # the core's keywords, not the denoise operation: a study may set any method option
     # (patch_radius, block, h, ...), which the operation does not take
     p = {k: v for k, v in params.items() if k != "input"}
-    method = p.pop("method", "gaussian")
+    from medtorch.ops.enhance import DenoiseRequest
+
+    method = p.pop("method", DenoiseRequest.method)  # the operation's default, as on the command line
     strength = p.pop("strength", None)
     out = denoise(ctx.input_volume(params), method, strength, progress=progress, cancel=cancel, **p)
     ctx.write("denoised", out, f"enhance/denoised_{method}.nrrd")

@@ -78,8 +78,9 @@ def step_keys(step: str, method: str | None = None) -> dict[str, str]:
         return keys
     if step == "denoise":
         from medtorch.enhance.denoise import DENOISE_METHODS, METHOD_OPTIONS
+        from medtorch.ops.enhance import DenoiseRequest
 
-        keys = {**_INPUT_KEY, "method": "one of " + ", ".join(DENOISE_METHODS) + " (default 'gaussian')",
+        keys = {**_INPUT_KEY, "method": "one of " + ", ".join(DENOISE_METHODS) + f" (default {DenoiseRequest.method!r})",
                 "strength": "the method's strength (default: the method's own)", "noise_model": "default 'auto'",
                 "noise_sigma": "default: estimated", "output_dtype": "default 'float32'"}
         for k in sorted(METHOD_OPTIONS.get(method or "", set()) - {"config"}):
@@ -162,7 +163,9 @@ def check_steps(steps: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Any
         elif step == "denoise":
             from medtorch.enhance.denoise import DENOISE_METHODS
 
-            method = p.get("method", "gaussian")
+            from medtorch.ops.enhance import DenoiseRequest
+
+            method = p.get("method", DenoiseRequest.method)
             if method not in DENOISE_METHODS:
                 raise _err(step, f"method {method!r} is unknown", "use one of: " + ", ".join(DENOISE_METHODS))
             _unknown(step, p, step_keys(step, method), f" for the {method} method")

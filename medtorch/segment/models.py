@@ -173,12 +173,12 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         else:
             raise MedTorchInputError(
                 f"{path.name} holds no state dict (keys: {', '.join(map(str, list(obj)[:8]))})",
-                "save the weights with torch.save(model.state_dict(), 'model.pt')",
+                "save the weights alone (the model's state dict) as model.pt, or make a bundle with 'medtorch train-seg'",
             )
     else:
         raise MedTorchInputError(
             f"{path.name} holds a {type(obj).__name__}, not a state dict of tensors",
-            "save the weights with torch.save(model.state_dict(), 'model.pt')",
+            "save the weights alone (the model's state dict) as model.pt, or make a bundle with 'medtorch train-seg'",
         )
     if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -222,13 +222,13 @@ def load_state_dict_safely(path: str | os.PathLike[str], *, allow_numpy: bool = 
         raise MedTorchInputError(
             f"{p.name} holds pickled Python objects or code, not only tensors, and MedTorch never loads "
             f"those (torch.load weights_only=True refused it: {str(exc).splitlines()[0][:160]})",
-            "export the weights alone: torch.save(model.state_dict(), 'model.pt'), or use the TorchScript "
+            "export the weights alone (the model's state dict) as model.pt, or use the TorchScript "
             "model (model.ts) if the bundle has one",
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise MedTorchInputError(
             f"{p.name} is not a readable torch checkpoint ({str(exc).splitlines()[0][:160]})",
-            "check that the file is complete and was saved with torch.save",
+            "check that the file is complete and is a PyTorch weights file (.pt)",
         ) from None
     return _unwrap_state_dict(obj, p)
 
@@ -337,7 +337,7 @@ def check_config_safe(parser: Any, ids: Sequence[str], kinds: Mapping[str, type 
                         raise MedTorchInputError(
                             f"config item {where} names {target!r}, which is not a "
                             f"{getattr(expected, '__name__', 'class')} as this part of the bundle needs",
-                            "fix the bundle config (network_def must be a torch.nn.Module, preprocessing "
+                            "fix the bundle config (network_def must build a network, preprocessing "
                             "MONAI transforms, inferer a MONAI inferer)",
                         )
             for k, v in value.items():

@@ -19,7 +19,7 @@ FUSION_METHODS = request_items(FuseRequest, "method", drop=("max",))
 MODALITIES = ["auto", "CT", "MR", "PT", "NM", "OT"]
 CT_WINDOWS = ["bone", "brain", "subdural", "stroke", "lung", "mediastinum", "soft_tissue", "liver"]
 WAVELETS = ["haar", "db2", "db3", "db4", "db5", "sym4", "sym5", "coif1", "coif2"]
-METRICS = ["EN", "SD", "SF", "AG", "MI", "SSIM", "QABF", "VIF"]
+METRICS = ["EN", "SD", "SF", "AG", "MI", "SSIM_sum", "QABF", "VIF"]
 
 
 def build() -> str:
@@ -177,7 +177,7 @@ def build() -> str:
                 items=FUSION_METHODS)),
         (label("boxPlotMetricLabel", "Box plot metric:", "Metric shown in the box plot"),
          widget("QComboBox", "boxPlotMetricComboBox", "Metric whose per-slice values the box plot shows, one box per "
-                "method (EN, SD, SF, AG, MI, SSIM, QABF, VIF)", "boxPlotMetric", items=METRICS)),
+                "method (EN, SD, SF, AG, MI, SSIM_sum (SSIM summed over both sources), QABF, VIF)", "boxPlotMetric", items=METRICS)),
         (label("evaluationTableLabel", "Metrics table:", "Table that receives the metrics"),
          node_combo("evaluationTableSelector", "evaluationTable", "Table that receives one row per method and a column "
                     "per metric (3D); 'Create new' makes a new table", ["vtkMRMLTableNode"], optional=True)),
