@@ -62,3 +62,13 @@ def test_terminology_still_accepts_british_names():
 
     assert term("whole tumour").name == term("whole tumor").name == term("WT").name
     assert term("enhancing tumour").name == term("enhancing tumor").name
+
+
+def test_messages_print_numbers_as_numbers():
+    """A message shows 2.0, never numpy's repr np.float64(2.0): the documents made from the real
+    messages (docs/*.md, e.g. bad-input.md) hold none."""
+    docs = sorted((REPO / "docs").glob("*.md"))
+    assert docs
+    hits = [f"{p.name}:{no}" for p in docs for no, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if re.search(r"np\.(float|int|uint|bool)\w*\(", line)]
+    assert not hits, "numpy reprs in messages: " + ", ".join(hits)

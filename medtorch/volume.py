@@ -115,7 +115,7 @@ class Geometry:
             )
         if not np.all(np.isfinite(self.spacing)) or np.any(self.spacing <= 0):
             raise MedTorchInputError(
-                f"{name} has zero, negative or non-finite spacing {tuple(self.spacing)}",
+                f"{name} has zero, negative or non-finite spacing {tuple(round(float(v), 4) for v in self.spacing)}",
                 "fix the voxel spacing in the file header (every spacing must be > 0 mm)",
             )
         if not np.all(np.isfinite(self.origin)):

@@ -130,7 +130,7 @@ def anisotropic(volume: Volume, conductance: float = 1.0, iterations: int = 5, t
     dt = stable_time_step(volume.spacing) if time_step is None else float(time_step)
     if not 0 < dt <= stable_time_step(volume.spacing) * 1.0001:
         raise MedTorchInputError(
-            f"time step {dt} is unstable for spacing {tuple(volume.spacing)}",
+            f"time step {dt} is unstable for spacing {tuple(round(float(v), 4) for v in volume.spacing)}",
             f"use a time step <= {stable_time_step(volume.spacing):.4g} (or leave it automatic)",
         )
     filt = sitk.CurvatureAnisotropicDiffusionImageFilter()
