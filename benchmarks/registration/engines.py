@@ -9,7 +9,7 @@ Engines:
 
 * ``medtorch`` -- :func:`medtorch.registration.register` (torch engine, CPU here);
 * ``sitk`` -- :func:`medtorch.registration.classic.register_sitk` (the corrected recipe);
-* ``sitk-seed`` -- the seed documents' recipe, as a reference: Mattes MI (50 bins, every
+* ``sitk-seed`` -- the original MedTorch recipe, as a reference: Mattes MI (50 bins, every
   voxel), plain gradient descent with learning rate 1 for 100 iterations, from the identity
   (rigid: ``Euler3DTransform``; affine: ``AffineTransform``), one resolution; run on
   the isotropic rigid/affine pairs only;
@@ -124,13 +124,13 @@ def _sitk(fixed: Volume, moving: Volume, mode: str, seed: int, **_: Any) -> Engi
 
 
 def register_sitk_seed(fixed: Volume, moving: Volume, mode: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """The seed documents' recipe (see the module docstring): a 4x4 matrix and figures."""
+    """The original MedTorch recipe (see the module docstring): a 4x4 matrix and figures."""
     import SimpleITK as sitk
 
     from medtorch.registration.classic import _affine_of
 
     if mode not in ("rigid", "affine"):
-        raise ValueError("the seed recipe is rigid or affine only")
+        raise ValueError("the original recipe is rigid or affine only")
     f = sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32)
     m = sitk.Cast(moving.to_sitk(), sitk.sitkFloat32)
     reg = sitk.ImageRegistrationMethod()
@@ -251,7 +251,7 @@ def run(engine: str, fixed: Volume, moving: Volume, mode: str, seed: int, fixed_
 
 
 def supports(engine: str, mode: str, thick: bool = False) -> bool:
-    """Whether the benchmark runs ``engine`` on a case: the seed recipe is a reference for
+    """Whether the benchmark runs ``engine`` on a case: the original recipe is a reference for
     the isotropic rigid/affine pairs only (it fails there already)."""
     return not (engine == "sitk-seed" and (mode == "deformable" or thick))
 

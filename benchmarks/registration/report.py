@@ -20,7 +20,7 @@ PEERS = ("sitk", "elastix", "ants")
 ENGINE_LABELS = {
     "medtorch": "MedTorch (torch, CPU)",
     "sitk": "SimpleITK, corrected recipe",
-    "sitk-seed": "SimpleITK, seed recipe",
+    "sitk-seed": "SimpleITK, original recipe",
     "elastix": "elastix (defaults)",
     "ants": "ANTs (antspyx)",
 }
@@ -309,7 +309,7 @@ def render(results: list[dict[str, Any]], specs: dict[str, dict[str, Any]], case
         "initialiser on foreground masks, a 27-start rotation search at the coarsest level, Mattes MI 50 bins with "
         "seeded random sampling, physical-shift scales, regular-step gradient descent, shrink 4/2/1 with "
         "smoothing 2/1/0 mm; for deformable a B-spline refined from 50 to about 25 mm control-point spacing, "
-        "gradient descent with line search). SimpleITK seed recipe: Mattes MI, "
+        "gradient descent with line search). SimpleITK original recipe: Mattes MI, "
         "gradient descent with learning rate 1 for 100 iterations from the identity. elastix: its default "
         "rigid, affine and B-spline parameter maps (itk-elastix), starting from the geometric centres. ANTs: "
         "`ants.registration` with `Rigid`, `Affine` or `SyN` and its defaults.")

@@ -9,7 +9,7 @@ registration (else ``None``), composed as ``p_moving = A(p + d(p))`` (see
 
 SimpleITK (:func:`register_sitk`)
 ---------------------------------
-The seed documents' recipe -- Mattes mutual information, plain gradient descent with
+The original MedTorch recipe -- Mattes mutual information, plain gradient descent with
 learning rate 1, 100 iterations, from the identity -- ends further from the truth than it
 starts on multimodal brain pairs 12 degrees and 12 mm apart: the step is in raw parameter
 units (radians and millimetres alike), there is no initial alignment and no pyramid.

@@ -28,7 +28,7 @@ Label values may be any non-negative integers (e.g. BraTS 0/1/2/4); they are tra
 classes 0..K-1 and the bundle records the values (``metadata.json`` → ``medtorch`` →
 ``label_values``), so inference writes the original values back.
 
-Augmentation (the seed documents' list): random rotation (±15°) and shift (±10 % of the
+Augmentation (the original MedTorch list): random rotation (±15°) and shift (±10 % of the
 window) with scaling (±10 %) through one ``RandAffined``, flips along every axis, random
 intensity scaling and shifting (±10 %). Everything random is seeded: the same data and seed
 give the same weights (on the CPU).
