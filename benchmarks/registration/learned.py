@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.registration import sections
+
 BEGIN = "<!-- learned section: written by python -m benchmarks.registration --learned -->"
 END = "<!-- end of learned section -->"
 
@@ -221,25 +223,13 @@ def render(result: dict[str, Any]) -> str:
 
 
 def write_section(doc: Path, section: str) -> None:
-    """Put ``section`` into ``doc`` between the markers (replacing an earlier one), or append it."""
-    from medtorch.io import write_text_atomic
-
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Registration benchmark\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n" + tail.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomic(doc, text if text.endswith("\n") else text + "\n")
+    """Put ``section`` into ``doc`` between the learned section's markers (replacing an earlier one), or append it."""
+    sections.write_section(doc, section, BEGIN, END)
 
 
 def keep_section(old_text: str, new_text: str) -> str:
     """``new_text`` (the main benchmark's report) with the learned section of ``old_text`` kept."""
-    if BEGIN not in old_text or END not in old_text:
-        return new_text
-    section = BEGIN + old_text.split(BEGIN, 1)[1].split(END, 1)[0] + END
-    return new_text.rstrip("\n") + "\n\n" + section + "\n"
+    return sections.keep_section(old_text, new_text, BEGIN, END)
 
 
 def main(quick: bool, workdir: Path, out: Path, train_minutes: float | None = None, threads: int = 2,

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks.registration import cases as case_mod
+from benchmarks.registration import sections
 from medtorch.volume import Geometry, Volume
 
 #: What the verdict section is written between, in docs/benchmarks/registration.md.
@@ -682,25 +683,13 @@ def render(result: dict[str, Any]) -> str:
 
 
 def write_section(doc: Path, section: str) -> None:
-    """Put ``section`` into ``doc`` between the markers (replacing an earlier one), or append it."""
-    from medtorch.io import write_text_atomic
-
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Registration benchmark\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n" + tail.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomic(doc, text if text.endswith("\n") else text + "\n")
+    """Put ``section`` into ``doc`` between the verdict section's markers (replacing an earlier one), or append it."""
+    sections.write_section(doc, section, BEGIN, END)
 
 
 def keep_section(old_text: str, new_text: str) -> str:
     """``new_text`` (the main benchmark's report) with the verdict section of ``old_text`` kept."""
-    if BEGIN not in old_text or END not in old_text:
-        return new_text
-    section = BEGIN + old_text.split(BEGIN, 1)[1].split(END, 1)[0] + END
-    return new_text.rstrip("\n") + "\n\n" + section + "\n"
+    return sections.keep_section(old_text, new_text, BEGIN, END)
 
 
 def main(quick: bool, workdir: Path, out: Path, repeats: int = 3, log: Callable[[str], None] = print,
