@@ -136,22 +136,28 @@ def split_cases(case_ids: Sequence[str], fixed: Mapping[str, str] | None = None)
     return out
 
 
+def read_cases_csv(real_dir: Path) -> list[dict[str, str]]:
+    """The rows of ``real_dir/cases.csv`` (``[]`` when there is none), the case ID under ``case_id``
+    whether the file names that column ``case_id`` or ``case``."""
+    cc = Path(real_dir) / "cases.csv"
+    if not cc.exists():
+        return []
+    with open(cc, newline="", encoding="utf-8") as fh:
+        return [dict(r, case_id=(r.get("case_id") or r.get("case") or "").strip()) for r in csv.DictReader(fh)]
+
+
 def read_fixed_split(real_dir: Path) -> dict[str, str]:
     """The ``split`` column of ``real_dir/cases.csv`` (``dev`` or ``held-out`` per case; case column
     ``case_id`` or ``case``), or ``{}`` when there is none. A folder rebuilt with other cases keeps
     the cases that chose parameters on the development side this way, whatever their sorted position."""
-    cc = Path(real_dir) / "cases.csv"
-    if not cc.exists():
-        return {}
-    with open(cc, newline="", encoding="utf-8") as fh:
-        recs = list(csv.DictReader(fh))
     out: dict[str, str] = {}
-    for r in recs:
-        case, split = (r.get("case_id") or r.get("case") or "").strip(), (r.get("split") or "").strip()
+    for r in read_cases_csv(real_dir):
+        case, split = r["case_id"], (r.get("split") or "").strip()
         if not case or not split:
             continue
         if split not in ("dev", "held-out"):
-            raise ValueError(f"{cc}: case {case} has split {split!r}; use 'dev' or 'held-out'")
+            raise ValueError(f"{Path(real_dir) / 'cases.csv'}: case {case} has split {split!r}; "
+                             "use 'dev' or 'held-out'")
         out[case] = split
     return out
 
@@ -655,18 +661,14 @@ def _quote_sources(real_dir: Path, used: Sequence[str]) -> list[str]:
         lines.append("")
     else:
         lines += ["(no `SOURCES.md` in the data folder: the cases' origin is not documented there)", ""]
-    cc = real_dir / "cases.csv"
-    if cc.exists():
-        with open(cc, newline="", encoding="utf-8") as fh:
-            recs = [dict(r, case_id=r.get("case_id") or r.get("case")) for r in csv.DictReader(fh)]
-            recs = [r for r in recs if r["case_id"] in set(used)]
-        if recs:
-            keys = [k for k in ("case_id", "split", "source_repo", "commit", "channels", "label_values", "wt_voxels", "dataset")
-                    if k in recs[0]]
-            lines += ["From `cases.csv` (the cases used):", "", "| " + " | ".join(keys) + " |",
-                      "| " + " | ".join("---" for _ in keys) + " |"]
-            lines += ["| " + " | ".join(str(r.get(k, "")).replace("|", "/") for k in keys) + " |" for r in recs]
-            lines.append("")
+    recs = [r for r in read_cases_csv(real_dir) if r["case_id"] in set(used)]
+    if recs:
+        keys = [k for k in ("case_id", "split", "source_repo", "commit", "channels", "label_values", "wt_voxels", "dataset")
+                if k in recs[0]]
+        lines += ["From `cases.csv` (the cases used):", "", "| " + " | ".join(keys) + " |",
+                  "| " + " | ".join("---" for _ in keys) + " |"]
+        lines += ["| " + " | ".join(str(r.get(k, "")).replace("|", "/") for k in keys) + " |" for r in recs]
+        lines.append("")
     return lines
 
 
