@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="seed label map: 0 unlabelled, 1... classes, the largest value the background; the output "
                           "keeps each class's value and writes the background as 0")
     how.add_argument("--model", default=None,
-                     help="trained model: a MONAI bundle folder, a TorchScript file or an nnU-Net v2 model folder "
-                          "(never downloaded)")
+                     help="trained model: the name of an installed model (medtorch models list), a MONAI bundle "
+                          "folder, a TorchScript file or an nnU-Net v2 model folder (never downloaded here)")
     seeded = p.add_argument_group("seeded segmentation (--seeds)")
     seeded.add_argument("--method", default=default_of(SeededRequest, "method"), choices=choices(SeededRequest, "method"),
                         help="geodesic: every class grows from its seeds along the cheapest paths, paying for "
@@ -148,6 +148,7 @@ def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
     ``info`` (a JSON file for the run's details), ``device``, ``quiet``.
     """
     from medtorch.io import read_volume, write_json_atomic, write_text_atomic, write_volume
+    from medtorch.models.store import ModelStore
     from medtorch.segment.inference import segment_with_model
     from medtorch.segment.postprocess import BRATS_LABELS, BRATS_REGIONS
 
@@ -158,6 +159,7 @@ def run_model_cli(args: argparse.Namespace, cancel: CancelToken) -> int:
         raw_inputs = [raw_inputs]
     if not model_path or not out or not raw_inputs:
         raise MedTorchInputError("--model, --in and --out are all needed", "give the model, the input volume(s) and the output file")
+    model_path = ModelStore().resolve(str(model_path))  # an installed model's name: its checked bundle folder
     paths, names = _parse_inputs(raw_inputs)
     vols = [read_volume(p) for p in paths]
     for p, v in zip(paths, vols):
@@ -281,5 +283,7 @@ COMMANDS = [Command(
     "  medtorch segment --in flair.nii.gz --in t1c.nii.gz --seeds seeds.nrrd --out tumor.nrrd\n"
     "  medtorch segment --in flair.nii.gz --in t1c.nii.gz --seeds seeds.nrrd --out tumor.nrrd "
     "--names 1=Necrosis,2=Edema,3=Enhancing --volumes-csv volumes.csv\n"
+    "  medtorch segment --model brats_mri_segmentation --in T1c=t1c.nii.gz --in T1=t1.nii.gz --in T2=t2.nii.gz "
+    "--in FLAIR=flair.nii.gz --out tumor.nrrd   # an installed model (medtorch models list)\n"
     "  medtorch segment --model brats_bundle/ --in T1c=t1c.nii.gz --in T1=t1.nii.gz --in T2=t2.nii.gz "
     "--in FLAIR=flair.nii.gz --out tumor.nrrd", add_arguments, run)]

@@ -8,7 +8,13 @@ Members (flat, no folders):
   ``"registration"``, the architecture and its channels, the spacing, the normalisation, the
   seed and the training record): whatever the kind's reader needs, as plain JSON;
 * ``MODEL_CARD.md`` -- the licence and model card (what it was trained on, for what, its limits);
-* ``manifest.json`` -- ``{"format": "medtorch-model-pack", "version": 1, "files": {name: sha256}}``.
+* ``manifest.json`` -- ``{"format": "medtorch-model-pack", "version": 2, "files": {name: sha256}}``.
+
+Optional members (version 2, what a segmentation model adds; see :mod:`medtorch.models.segmentation`):
+
+* ``LICENSE.txt`` -- the license text the user agrees to before the model is installed;
+* ``bundle/configs/...``, ``bundle/docs/...`` -- a MONAI bundle's configs (``metadata.json``,
+  the inference config) and documents, text files only: the weights are always ``weights.pt``.
 
 :func:`read_pack` verifies the manifest first (every listed file present with its SHA-256,
 nothing unlisted, nothing else in the archive) and only then parses the configuration and
@@ -30,13 +36,18 @@ from typing import Any
 
 from medtorch.errors import MedTorchInputError
 
-__all__ = ["FORMAT", "MEMBERS", "ModelPack", "pack_sha256", "read_pack", "verify_pack", "write_pack"]
+__all__ = ["FORMAT", "LICENSE", "MEMBERS", "ModelPack", "is_optional_member", "pack_sha256", "read_pack", "verify_pack",
+           "write_pack"]
 
 FORMAT = "medtorch-model-pack"
-VERSION = 1
+VERSION = 2
 WEIGHTS, CONFIG, CARD, MANIFEST = "weights.pt", "config.json", "MODEL_CARD.md", "manifest.json"
-#: The files a pack holds besides its manifest.
+LICENSE = "LICENSE.txt"
+#: The files every pack holds besides its manifest.
 MEMBERS = (WEIGHTS, CONFIG, CARD)
+#: Folders of a pack's optional bundle members, and the (text) file types they may be.
+BUNDLE_FOLDERS = ("bundle/configs/", "bundle/docs/")
+BUNDLE_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".txt")
 #: Largest member read (bytes): a pack is a small network, not a data set.
 MAX_MEMBER_BYTES = 2 * 2**30
 
@@ -50,6 +61,18 @@ class ModelPack:
     state_dict: dict[str, Any]
     card: str
     sha256: str  # of the whole .zip file
+    license: str = ""  # LICENSE.txt ("" when the pack has none)
+    extra: dict[str, bytes] | None = None  # the optional members (bundle/...), by name
+
+
+def is_optional_member(name: str) -> bool:
+    """Whether ``name`` may be an optional member of a pack: ``LICENSE.txt`` or a text file under
+    ``bundle/configs/`` or ``bundle/docs/`` (no ``..``, no absolute path, no backslash)."""
+    if name == LICENSE:
+        return True
+    parts = name.split("/")
+    return (name.startswith(BUNDLE_FOLDERS) and name.lower().endswith(BUNDLE_SUFFIXES) and "\\" not in name
+            and all(p not in ("", ".", "..") for p in parts))
 
 
 def _sha256(data: bytes) -> str:
@@ -65,17 +88,24 @@ def pack_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def write_pack(path: str | os.PathLike[str], state_dict: dict[str, Any], config: dict[str, Any], card: str) -> Path:
-    """Write a model pack (atomically); returns its path. ``config`` must be plain JSON."""
+def write_pack(path: str | os.PathLike[str], state_dict: dict[str, Any], config: dict[str, Any], card: str,
+               extra: dict[str, bytes] | None = None) -> Path:
+    """Write a model pack (atomically); returns its path. ``config`` must be plain JSON;
+    ``extra``: optional members by name (``LICENSE.txt``, ``bundle/configs/...``: see
+    :func:`is_optional_member`)."""
     import torch
 
     from medtorch.io import atomic_path
 
+    bad = [n for n in (extra or {}) if not is_optional_member(n)]
+    if bad:
+        raise MedTorchInputError(f"a model pack cannot hold {', '.join(bad)}",
+                                 f"give only {LICENSE} and text files under " + " or ".join(BUNDLE_FOLDERS))
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in state_dict.items()}, buf)
     members = {WEIGHTS: buf.getvalue(),
                CONFIG: json.dumps(config, indent=2, sort_keys=True, allow_nan=False).encode("utf-8"),
-               CARD: card.encode("utf-8")}
+               CARD: card.encode("utf-8"), **dict(sorted((extra or {}).items()))}
     manifest = {"format": FORMAT, "version": VERSION, "files": {n: _sha256(d) for n, d in members.items()}}
     p = Path(path)
     with atomic_path(p) as tmp:
@@ -123,14 +153,16 @@ def verify_pack(path: str | os.PathLike[str], expected_sha256: str | None = None
             raise MedTorchInputError(f"the model pack {p.name} is of version {manifest.get('version')}, newer than "
                                      f"this MedTorch reads ({VERSION})", "update MedTorch")
         listed, present = set(files), set(infos) - {MANIFEST}
-        if listed != set(MEMBERS):
-            raise _refuse(p, "lists other files than " + ", ".join(MEMBERS) + " in its manifest")
+        optional = listed - set(MEMBERS)
+        if not set(MEMBERS) <= listed or any(not is_optional_member(n) for n in optional):
+            raise _refuse(p, "lists other files than " + ", ".join(MEMBERS) + f" ({LICENSE} and bundle configs "
+                          "besides) in its manifest")
         if present != listed:
             extra, missing = sorted(present - listed), sorted(listed - present)
             raise _refuse(p, ("holds files its manifest does not list: " + ", ".join(extra)) if extra else
                           ("lacks files its manifest lists: " + ", ".join(missing)))
         out: dict[str, bytes] = {}
-        for name in MEMBERS:
+        for name in (*MEMBERS, *sorted(optional)):
             data = zf.read(name)
             if _sha256(data) != str(files[name]).lower():
                 raise _refuse(p, f"failed its SHA-256 check: {name} was changed after the pack was written")
@@ -163,4 +195,6 @@ def read_pack(path: str | os.PathLike[str], kind: str | None = None, expected_sh
         raise _refuse(p, f"holds weights that cannot be read safely ({type(exc).__name__})") from exc
     if not isinstance(state, dict):
         raise _refuse(p, "holds weights that are not a state_dict")
-    return ModelPack(p, config, state, members[CARD].decode("utf-8", errors="replace"), pack_sha256(p))
+    extra = {n: d for n, d in members.items() if n not in MEMBERS and n != LICENSE}
+    return ModelPack(p, config, state, members[CARD].decode("utf-8", errors="replace"), pack_sha256(p),
+                     members.get(LICENSE, b"").decode("utf-8", errors="replace"), extra)

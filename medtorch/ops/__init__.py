@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medtorch.errors import MedTorchInputError
-from medtorch.ops import enhance, fusion, registration, segmentation
+from medtorch.ops import enhance, fusion, models, registration, segmentation
 from medtorch.ops.base import (
     Operation,
     OperationResult,
@@ -72,6 +72,17 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
               "super-resolve thick slices or upsample isotropically", ("input",)),
     Operation("enhance", enhance.EnhanceRequest, enhance.run_enhance,
               "N4, histogram matching, CLAHE, unsharp masking, CT window", ("input",), ("reference",)),
+    Operation("models_list", models.ModelsListRequest, models.run_models_list,
+              "list the installed models (and the catalog of downloadable ones)"),
+    Operation("models_import", models.ModelsImportRequest, models.run_models_import,
+              "install a model pack after checking its hashes and its license"),
+    Operation("models_download", models.ModelsDownloadRequest, models.run_models_download,
+              "download a catalog model after the user agrees, check its published hash and install it"),
+    Operation("models_verify", models.ModelsVerifyRequest, models.run_models_verify,
+              "check an installed model against its pack's hashes"),
+    Operation("models_remove", models.ModelsRemoveRequest, models.run_models_remove, "remove an installed model"),
+    Operation("models_pack", models.ModelsPackRequest, models.run_models_pack,
+              "make a model pack from a medtorch train-seg output or a MONAI bundle folder"),
 )}
 
 

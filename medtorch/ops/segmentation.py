@@ -110,7 +110,8 @@ class SegMetricsRequest(Request):
 @dataclass(frozen=True)
 class ModelRequest(Request):
     """Segmentation with a trained model (:func:`medtorch.segment.inference.segment_with_model`):
-    ``model`` is a bundle folder, a TorchScript file or an nnU-Net folder."""
+    ``model`` is a bundle folder, a TorchScript file, an nnU-Net folder, or the name of an installed
+    model (:mod:`medtorch.models.store`, checked against its hashes before it is used)."""
 
     operation: ClassVar[str] = "segment_model"
 
@@ -213,13 +214,15 @@ def run_seg_metrics(request: SegMetricsRequest, inputs: dict[str, Volume], progr
 
 def run_segment_model(request: ModelRequest, inputs: dict[str, Volume], progress: ProgressCallback | None,
                       cancel: CancelToken | None) -> OperationResult:
+    from medtorch.models.store import ModelStore
     from medtorch.segment.inference import segment_with_model
 
     if not request.model:
-        raise MedTorchInputError("no model was chosen", "choose a MONAI bundle folder, a TorchScript file or an nnU-Net folder")
+        raise MedTorchInputError("no model was chosen", "choose an installed model, a MONAI bundle folder, a TorchScript "
+                                 "file or an nnU-Net folder")
     roi = request.roi_size
     label, info = segment_with_model(
-        str(request.model), channel_inputs(inputs, "select a volume for each of the model's input channels",
+        ModelStore().resolve(str(request.model)), channel_inputs(inputs, "select a volume for each of the model's input channels",
                                            "select a volume for every channel, in order"),
         overlap=request.overlap, tta=request.tta, device=request.device,
         roi_size=[int(r) for r in roi] if roi else None, sw_batch_size=request.sw_batch_size,
