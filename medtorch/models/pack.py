@@ -111,7 +111,8 @@ def write_pack(path: str | os.PathLike[str], state_dict: dict[str, Any], config:
     with atomic_path(p) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name, data in members.items():
-                zf.writestr(name, data)
+                # weights barely compress: stored, they are read back at the speed of the hash
+                zf.writestr(name, data, compress_type=zipfile.ZIP_STORED if name == WEIGHTS else None)
             zf.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return p
 
