@@ -62,7 +62,9 @@ named "Background"; or markups points labelled with the class name) on one or mo
 volumes (e.g. FLAIR and T1c); every voxel around the seeds gets a class (geodesic competition of
 the seeds' class models, no training). <i>Update</i> re-runs fast after seed edits. The same method is in
 the Segment Editor as the effect <b>Grow from seeds (MedTorch)</b>, beside Slicer's own;</li>
-<li><b>model</b>: a trained model (MONAI bundle folder, TorchScript file or nnU-Net folder), offline;</li>
+<li><b>model</b>: a trained model (an installed model pack, a MONAI bundle folder, a TorchScript file or an
+nnU-Net folder), offline; <i>Import model pack</i> installs a pack file after checking its hashes and asking you
+to agree to its license;</li>
 <li><b>nodules</b>: lung nodules in a chest CT, as markups with diameters.</li>
 </ul>
 With a reference segmentation, Dice, HD95, surface Dice, sensitivity, specificity and precision go
@@ -116,7 +118,8 @@ class SegmentTumorParameterNode:
     minSizeMm3 - pieces smaller than this are removed, mm^3 (0: keep all).
     fillHoles - fill cavities enclosed in the tumor.
     autoUpdate - re-run the seeded segmentation when the seeds change.
-    modelPath - trained model: MONAI bundle folder, TorchScript file or nnU-Net folder.
+    modelPath - trained model: an installed model's name, a MONAI bundle folder, a TorchScript file or an
+        nnU-Net folder.
     testTimeAugmentation - flip test-time augmentation (model).
     minNoduleMm, maxNoduleMm - nodule diameter range, mm.
     outputSegmentation - where the segments go; a new segmentation when none is chosen.
@@ -171,11 +174,16 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         VTKObservationMixin.__init__(self)
         self._observedSeeds = None
         self._updateTimer = None
+        self._installedModelNames = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.setupModuleWidget(SegmentTumorLogic())
         self.ui.updateButton.connect("clicked(bool)", self.onUpdateButton)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
+        self.ui.removeModelButton.connect("clicked(bool)", self.onRemoveModelButton)
+        self.ui.installedModelComboBox.connect("currentIndexChanged(int)", self.onInstalledModelChosen)
+        self.refreshInstalledModels()
 
     def cleanup(self) -> None:
         self._observeSeeds(None)
@@ -238,6 +246,63 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             seg = self.logic.updateSeeded(self._inputVolumes(p), p.seedSegmentation, p.seedMarkups,
                                           **self._seededOptions(p))
             self.onSeededDone(seg)
+
+    # -- installed models (SegmentTumorLib.Models) --------------------------------------------------
+    def refreshInstalledModels(self) -> None:
+        """Fill the installed-models list (names; the model chosen above stays as it is)."""
+        combo = self.ui.installedModelComboBox
+        combo.clear()
+        self._installedModelNames = []
+        try:
+            models = self.logic.installedModels()
+        except Exception as exc:  # a damaged store must not stop the module from opening
+            self.ui.statusLabel.text = _("The installed models cannot be listed: {error}").format(error=exc)
+            return
+        from SegmentTumorLib.Models import model_choice_text
+
+        combo.addItem(_("(choose an installed model)"))
+        for m in models:
+            combo.addItem(model_choice_text(m))
+            self._installedModelNames.append(m["name"])
+        self.ui.removeModelButton.enabled = bool(models)
+
+    def onInstalledModelChosen(self, index=None) -> None:
+        """The chosen installed model becomes the model to segment with (by its name)."""
+        i = int(self.ui.installedModelComboBox.currentIndex if index is None else index) - 1
+        if 0 <= i < len(self._installedModelNames) and self._parameterNode is not None:
+            self._parameterNode.modelPath = self._installedModelNames[i]
+            self._parameterNode.method = "model"
+
+    def onImportModelButton(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import a model pack"), "",
+                                              _("Model packs (*.zip)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to import the model pack."), waitCursor=True):
+            model = self.logic.importModelPack(path)
+            self.refreshInstalledModels()
+            if model is None:
+                self.ui.statusLabel.text = _("Nothing installed: the license was not agreed to.")
+                return
+            self._parameterNode.modelPath = model["name"]
+            self.ui.statusLabel.text = _("Installed the model {name}").format(name=model["name"])
+
+    def onRemoveModelButton(self) -> None:
+        i = int(self.ui.installedModelComboBox.currentIndex) - 1
+        if not 0 <= i < len(self._installedModelNames):
+            self.ui.statusLabel.text = _("Choose an installed model to remove.")
+            return
+        name = self._installedModelNames[i]
+        if not slicer.util.confirmOkCancelDisplay(_("Remove the model {name} from this computer?").format(name=name)):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to remove the model."), waitCursor=True):
+            self.logic.removeModel(name)
+            if self._parameterNode is not None and self._parameterNode.modelPath == name:
+                self._parameterNode.modelPath = ""
+            self.refreshInstalledModels()
+            self.ui.statusLabel.text = _("Removed the model {name}").format(name=name)
 
     # -- automatic update after seed edits --------------------------------------------------------
     def _observeSeeds(self, node) -> None:
@@ -722,6 +787,28 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         vols = self._checkVolumes(inputVolumes)
         self.ensureDependencies(withTorch=True)
         return segment_model_job(vols, modelPath, tta=tta, device=device)
+
+    # -- installed models (SegmentTumorLib.Models: the store of ``medtorch models``) ----------------------
+    def installedModels(self, modelsDir: str = "") -> list:
+        """A summary (dict) per installed model: name, version, input channels, labels, license."""
+        from SegmentTumorLib.Models import installed_models
+
+        return installed_models(modelsDir)
+
+    def importModelPack(self, packPath: str, confirm=None, modelsDir: str = ""):
+        """Install a model pack: every hash is checked, then a license not agreed to before is shown
+        with ``confirm(text) -> bool`` (default: an OK/Cancel dialog). Returns the installed model's
+        summary, or None when the license was not agreed to (nothing installed)."""
+        from SegmentTumorLib.Models import import_pack
+
+        self.ensureDependencies(withTorch=True)  # the weights are checked with torch.load(weights_only=True)
+        return import_pack(packPath, confirm or slicer.util.confirmOkCancelDisplay, modelsDir)
+
+    def removeModel(self, name: str, modelsDir: str = "") -> dict:
+        """Remove an installed model; its summary."""
+        from SegmentTumorLib.Models import remove_model
+
+        return remove_model(name, modelsDir)
 
     def nodulesJob(self, ctVolume, minDiameterMm: float = 4.0, maxDiameterMm: float = 30.0, device: str = "auto"):
         """Lung-nodule detection as a job; its result is a new markups node (diameters in mm)."""
