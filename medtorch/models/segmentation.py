@@ -13,7 +13,8 @@ A segmentation pack holds, besides the members every pack has:
   model is installed;
 * ``config.json`` -- ``kind: "segmentation"``, the model's ``name`` and ``version``, its
   ``input_channels`` (index and name, in order), its ``output_mode`` (softmax / sigmoid) and
-  ``labels`` (value, name and the standard terminology codes SegmentTumor gives segments:
+  ``labels`` (value -- the label value of a softmax model, the output channel of a sigmoid one --,
+  name and the standard terminology codes SegmentTumor gives segments:
   :mod:`medtorch.segment.terminology`), the ``model_card`` (intended use, training data,
   reported Dice) and the ``license`` (its name and the SHA-256 of ``LICENSE.txt``);
 * ``MODEL_CARD.md`` -- the same model card, for people.
