@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 REQUIRED = {"threshold": {"lower": 100.0}}
 
 NAMES = ("register", "threshold", "seeded", "seg_metrics", "segment_model", "detect_nodules", "blend", "fuse",
-         "fuse_compare", "fusion_metrics", "fuse_eval", "denoise", "superres", "enhance")
+         "fuse_compare", "fusion_metrics", "fuse_eval", "denoise", "superres", "enhance", "export_dicom")
 
 
 def _default_request(name):

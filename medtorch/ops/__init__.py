@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medtorch.errors import MedTorchInputError
-from medtorch.ops import enhance, fusion, registration, segmentation
+from medtorch.ops import enhance, export, fusion, registration, segmentation
 from medtorch.ops.base import (
     Operation,
     OperationResult,
@@ -72,6 +72,8 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
               "super-resolve thick slices or upsample isotropically", ("input",)),
     Operation("enhance", enhance.EnhanceRequest, enhance.run_enhance,
               "N4, histogram matching, CLAHE, unsharp masking, CT window", ("input",), ("reference",)),
+    Operation("export_dicom", export.ExportDicomRequest, export.run_export_dicom,
+              "write a volume as DICOM (SEG, RTSTRUCT or a derived series), checked after writing", ("input",)),
 )}
 
 
