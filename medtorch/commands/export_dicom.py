@@ -94,8 +94,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
             "series joins its patient and study) or, for a volume that has no DICOM source, --patient-id ID (a new "
             "patient and study)", "add --source DICOMDIR, or --patient-id ID")
     target = _output_file(args.seg, args.out, args.export_as)
-    kind = "label" if args.export_as != "series" and not args.fractional else None
-    volume = read_volume(args.seg, kind=kind)
+    volume = read_volume(args.seg, kind="label" if args.export_as != "series" and not args.fractional else None)
     cancel.raise_if_cancelled()
     target.parent.mkdir(parents=True, exist_ok=True)
     request = ExportDicomRequest(

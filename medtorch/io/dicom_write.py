@@ -245,7 +245,7 @@ def write_dicom_series(
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     import medtorch
 
@@ -357,7 +357,7 @@ def write_dicom_series(
             ds.update(base)
             sop_uid = generate_uid()
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = _SOP_CLASS[mod]
+            meta.MediaStorageSOPClassUID = UID(_SOP_CLASS[mod])
             meta.MediaStorageSOPInstanceUID = sop_uid
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta

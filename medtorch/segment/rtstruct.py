@@ -269,7 +269,7 @@ def write_rtstruct(
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     import medtorch
     from medtorch.io.atomic import atomic_path
@@ -298,6 +298,7 @@ def write_rtstruct(
     first = src.datasets[0]
     g = src.geometry
     # the image (and frame) each slice k of the grid comes from
+    slice_refs: list[tuple[str, str, int | None]]
     if src.frame_numbers is None:
         slice_refs = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID), None) for ds in src.datasets]
     else:
@@ -318,7 +319,7 @@ def write_rtstruct(
         if keyword in first:
             ds.add(first[keyword])
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
+    meta.MediaStorageSOPClassUID = UID(RTSTRUCT_SOP_CLASS)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
