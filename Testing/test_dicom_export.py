@@ -364,3 +364,24 @@ def test_cli_denoise_and_superres_format_dicom(tmp_path, capsys):
     # the default stays a volume file
     rc = main(["denoise", "--in", str(folder), "--out", str(tmp_path / "d.nrrd"), "--method", "gaussian", "-q"])
     assert rc == 0 and (tmp_path / "d.nrrd").is_file()
+
+
+def test_pipeline_output_format_dicom(tmp_path):
+    from medtorch.pipeline.config import parse_config
+    from medtorch.pipeline.run import run_pipeline
+
+    folder = tmp_path / "ct"
+    uid = make_series(folder, SOURCES["oblique"])
+    with pytest.raises(MedTorchInputError, match="output_format"):
+        parse_config({"inputs": {"fixed": str(folder)}, "output_format": "dcm"}, tmp_path)
+    nrrd = tmp_path / "ct.nrrd"
+    write_volume(read_dicom_series(folder), nrrd)
+    with pytest.raises(MedTorchInputError, match="patient_id"):
+        parse_config({"inputs": {"fixed": str(nrrd)}, "output_format": "dicom"}, tmp_path)
+    config = parse_config({"study": "s", "inputs": {"fixed": str(folder)}, "output_format": "dicom",
+                           "steps": {"denoise": {"method": "gaussian"}}}, tmp_path)
+    record = run_pipeline(config).record
+    written = Path(record["outputs"]["denoised_dicom"]["path"])
+    assert Path(record["outputs"]["denoised"]["path"]).is_file() and len(list(written.iterdir())) == 7
+    assert len(record["outputs"]["denoised_dicom"]["sha256"]) == 64
+    assert pydicom.dcmread(next(written.iterdir())).ReferencedSeriesSequence[0].SeriesInstanceUID == uid
