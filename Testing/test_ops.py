@@ -27,7 +27,7 @@ REQUIRED = {"threshold": {"lower": 100.0}}
 
 NAMES = ("register", "threshold", "seeded", "seg_metrics", "segment_model", "detect_nodules", "blend", "fuse",
          "fuse_compare", "fusion_metrics", "fuse_eval", "denoise", "superres", "enhance", "models_list",
-         "models_import", "models_download", "models_verify", "models_remove", "models_pack")
+         "models_import", "models_download", "models_verify", "models_remove", "models_pack", "export_dicom")
 
 
 def _default_request(name):

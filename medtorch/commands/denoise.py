@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from medtorch.commands import Command, device_of, progress_bar
+from medtorch.commands import Command, add_format_argument, device_of, progress_bar, write_output
 from medtorch.commands.costs import cost_help
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import DenoiseRequest
@@ -19,7 +19,7 @@ from medtorch.progress import CancelToken
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="input", required=True, help="input volume (file or DICOM folder)")
-    p.add_argument("--out", required=True, help="output volume (.nrrd, .nii.gz, .mha)")
+    p.add_argument("--out", required=True, help="output volume (.nrrd, .nii.gz, .mha), or with --format dicom a folder")
     p.add_argument("--method", default=default_of(DenoiseRequest, "method"), choices=choices(DenoiseRequest, "method"),
                    help="gaussian: Gaussian smoothing; median: median filter; anisotropic: curvature anisotropic "
                         "diffusion (edge-preserving); bilateral; nlm: non-local means; patch: SimpleITK patch-based; "
@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "were removed (its summary is printed and in --metrics)")
     p.add_argument("--metrics", default=None,
                    help="write the noise estimate, seed, time (and the fidelity summary) as JSON here")
+    add_format_argument(p)
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     seconds = time.perf_counter() - start
     out = result.volumes["output"]
     out.metadata["seed"] = seed
-    write_volume(out, args.out)
+    written = write_output(args, out, args.out, args.input, args.series_uid, f"denoised by MedTorch ({args.method})",
+                           f"Denoised ({args.method})")
     fidelity = result.values.get("fidelity")
     if args.fidelity_map:
         write_volume(result.volumes["fidelity"], args.fidelity_map)
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         write_json_atomic(args.metrics, info)
     if not args.quiet:
         extra = f", noise sigma {out.metadata['noise_sigma']:.4g} ({out.metadata['noise_model']})" if "noise_sigma" in out.metadata else ""
-        print(f"Denoised ({args.method}{extra}) into {args.out} in {seconds:.1f} s")
+        print(f"Denoised ({args.method}{extra}) into {written} in {seconds:.1f} s")
         if fidelity is not None:
             print(f"{format_summary(fidelity)}; map in {args.fidelity_map}")
     return 0

@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from medtorch.commands import Command, ct_window_arg, device_of, progress_bar
+from medtorch.commands import Command, add_format_argument, ct_window_arg, device_of, progress_bar, write_output
 from medtorch.commands.costs import cost_help
 from medtorch.errors import MedTorchInputError
 from medtorch.ops import choices, default_of
@@ -109,12 +109,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="metric definitions: medtorch (MedTorch's own), or cddfuse (the CDDFuse/VIFB evaluator's, as "
                         "published tables use: 8-bit grey inputs, MI in nats, SSIM_sum: SSIM summed over both sources)")
     p.add_argument("--save-checkpoint", default=None, help="cnn: write the trained network here (.pt)")
+    add_format_argument(p, "each of --out, --out-luminance and --out-resampled")
     add_fusion_options(p)
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import __version__, ops
-    from medtorch.io import read_volume, write_volume, write_json_atomic
+    from medtorch.io import read_volume, write_json_atomic
     from medtorch.transform_io import read_transform
     from medtorch.volume import Volume
 
@@ -142,12 +143,20 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                           assume_aligned=args.assume_aligned, metrics=args.metrics_mode if args.metrics else None,
                           mi_unit=args.mi_unit, metric_set=args.metric_set, device=device_of(args), matrix=matrix)
     res = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel).native
+    if args.output_format == "dicom" and args.out and res.rgb is not None:
+        raise MedTorchInputError("a colour fusion cannot be written as a grey-scale DICOM series",
+                                 "write the fused luminance with --out-luminance FOLDER instead of --out, or leave "
+                                 "out --format dicom")
+    derivation = f"{args.moving} fused into {args.fixed} by MedTorch ({args.method})"
     if args.out:
-        write_volume(res.rgb if res.rgb is not None else res.fused, args.out)
+        write_output(args, res.rgb if res.rgb is not None else res.fused, args.out, args.fixed, args.fixed_series_uid,
+                     derivation + ", values 0 to 1", f"Fused ({args.method})")
     if args.out_luminance:
-        write_volume(res.fused, args.out_luminance)
+        write_output(args, res.fused, args.out_luminance, args.fixed, args.fixed_series_uid,
+                     derivation + ", fused luminance 0 to 1", f"Fused luminance ({args.method})")
     if args.out_resampled and res.moving_resampled is not None:
-        write_volume(res.moving_resampled, args.out_resampled)
+        write_output(args, res.moving_resampled, args.out_resampled, args.fixed, args.fixed_series_uid,
+                     f"{args.moving} resampled onto {args.fixed} by MedTorch", "Resampled onto the fixed image")
     info = res.info
     figures: dict[str, Any] = {
         "method": args.method, "params": info["params"], "normalization": args.normalization,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medtorch.commands import Command, device_of, progress_bar
+from medtorch.commands import Command, add_format_argument, device_of, progress_bar, write_output
 from medtorch.jsonvalue import plain
 from medtorch.errors import MedTorchInputError
 from medtorch.ops import choices, default_of
@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="transform, ITK convention (fixed point -> moving point): .tfm/.h5/.txt/.mat for rigid and "
                         "affine; .h5 (composite: affine + displacement field) or a displacement field image "
                         "(.nii.gz/.nrrd/.mha, affine folded in) for deformable")
-    p.add_argument("--out-volume", default=None, help="the moving volume resampled onto the fixed grid")
+    p.add_argument("--out-volume", default=None, help="the moving volume resampled onto the fixed grid (a volume file, "
+                   "or with --format dicom a folder for a DICOM series in the fixed image's patient and study)")
+    add_format_argument(p, "--out-volume")
     p.add_argument("--mode", default=default_of(RegisterRequest, "mode"), choices=choices(RegisterRequest, "mode"),
                    help="transform model")
     p.add_argument("--metric", default=default_of(RegisterRequest, "metric"), choices=choices(RegisterRequest, "metric"),
@@ -135,7 +137,7 @@ def _rows(array: Any) -> Any:
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch import ops
-    from medtorch.io import read_volume, write_json_atomic, write_volume
+    from medtorch.io import read_volume, write_json_atomic
     from medtorch.registration.landmarks import read_landmarks
 
     _check_outputs(args)  # before the long part: a bad output path fails at once
@@ -173,7 +175,9 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         return EXIT_VERDICT
     res.write_transform(args.out_transform)
     if args.out_volume and res.resampled is not None:
-        write_volume(res.resampled, args.out_volume)
+        write_output(args, res.resampled, args.out_volume, args.fixed, args.fixed_series_uid,
+                     f"{args.moving} registered to {args.fixed} by MedTorch ({args.engine} {args.mode}) and resampled "
+                     "onto the fixed grid", "Registered (resampled onto the fixed image)")
     report = dict(res.report)
     report.update({"fixed": str(args.fixed), "moving": str(args.moving), "transform": str(args.out_transform),
                    "affine_lps": plain(res.affine), "total_seconds": round(time.perf_counter() - start, 3),

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from medtorch.commands import Command, device_of, progress_bar, vec3
+from medtorch.commands import Command, add_format_argument, device_of, progress_bar, vec3, write_output
 from medtorch.commands.costs import cost_help
 from medtorch.ops import choices, default_of
 from medtorch.ops.enhance import SuperresRequest
@@ -28,7 +28,7 @@ def _factor(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="input", required=True, help="input volume (file or DICOM folder)")
-    p.add_argument("--out", required=True, help="output volume (.nrrd, .nii.gz, .mha)")
+    p.add_argument("--out", required=True, help="output volume (.nrrd, .nii.gz, .mha), or with --format dicom a folder")
     grid = p.add_mutually_exclusive_group(required=True)
     grid.add_argument("--factor", type=_factor, help="upsampling factor of the thick axis (or of every axis with --axis all)")
     grid.add_argument("--spacing", type=vec3, help="target spacing in mm for i,j,k (e.g. 1,1,1)")
@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "method put in detail the input does not support (its summary is printed and in --metrics)")
     p.add_argument("--metrics", default=None,
                    help="write the factors, slice profile, seed, time (and the fidelity summary) as JSON here")
+    add_format_argument(p)
 
 
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
@@ -82,7 +83,9 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     seconds = time.perf_counter() - start
     out, trained = result.volumes["output"], result.native
     out.metadata["seed"] = seed
-    write_volume(out, args.out)
+    written = write_output(args, out, args.out, args.input, args.series_uid,
+                           f"super-resolved by MedTorch ({args.method}, spacing "
+                           + " x ".join(f"{v:.4g}" for v in out.spacing) + " mm)", f"Super-resolved ({args.method})")
     fidelity = result.values.get("fidelity")
     if args.fidelity_map:
         write_volume(result.volumes["fidelity"], args.fidelity_map)
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if not args.quiet:
         sp = ", ".join(f"{v:.4g}" for v in out.spacing)
         print(f"Super-resolved ({args.method}) {tuple(vol.size)} -> {tuple(out.size)} voxels, spacing {sp} mm, "
-              f"into {args.out} in {seconds:.1f} s")
+              f"into {written} in {seconds:.1f} s")
         if fidelity is not None:
             print(format_summary(fidelity) + (f"; map in {args.fidelity_map}" if args.fidelity_map else ""))
     verdict = result.values.get("verdict")

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medtorch.errors import MedTorchInputError
-from medtorch.ops import enhance, fusion, models, registration, segmentation
+from medtorch.ops import enhance, export, fusion, models, registration, segmentation
 from medtorch.ops.base import (
     Operation,
     OperationResult,
@@ -83,6 +83,8 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("models_remove", models.ModelsRemoveRequest, models.run_models_remove, "remove an installed model"),
     Operation("models_pack", models.ModelsPackRequest, models.run_models_pack,
               "make a model pack from a medtorch train-seg output or a MONAI bundle folder"),
+    Operation("export_dicom", export.ExportDicomRequest, export.run_export_dicom,
+              "write a volume as DICOM (SEG, RTSTRUCT or a derived series), checked after writing", ("input",)),
 )}
 
 

@@ -49,6 +49,10 @@ class StudyConfig:
     seed: int = 0
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    #: ``file`` (volume files) or ``dicom`` (each volume output also as a DICOM series folder):
+    #: the choices of the commands' ``--format`` (:data:`medtorch.ops.export.OutputFormat`)
+    output_format: str = "file"
+    patient_id: str | None = None
 
     def enabled_steps(self) -> list[str]:
         return [s for s in STEP_ORDER if s in self.steps]
@@ -58,6 +62,7 @@ class StudyConfig:
             "study": self.study, "output_dir": str(self.output_dir), "device": self.device, "seed": self.seed,
             "inputs": {k: str(v) for k, v in self.inputs.items()}, "series_uids": dict(self.series_uids),
             "steps": copy.deepcopy(self.steps), "source": str(self.source) if self.source else None,
+            "output_format": self.output_format, "patient_id": self.patient_id,
         }
 
 
@@ -80,9 +85,19 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = Non
             data.setdefault("inputs", {})[key] = value
         else:
             data[key] = value
-    unknown = set(data) - {"study", "output_dir", "device", "seed", "inputs", "steps"}
+    unknown = set(data) - {"study", "output_dir", "device", "seed", "inputs", "steps", "output_format", "patient_id"}
     if unknown:
-        raise _err(f"unknown keys {sorted(unknown)}", "use study, output_dir, device, seed, inputs and steps")
+        raise _err(f"unknown keys {sorted(unknown)}",
+                   "use study, output_dir, device, seed, output_format, patient_id, inputs and steps")
+    from typing import get_args
+
+    from medtorch.ops.export import OutputFormat
+
+    output_format = str(data.get("output_format", "file")).strip().lower()
+    if output_format not in get_args(OutputFormat):
+        raise _err(f"output_format {data.get('output_format')!r} is unknown",
+                   "use " + " or ".join(get_args(OutputFormat)) + " (the command line's --format)")
+    patient_id = data.get("patient_id")
     study = str(data.get("study") or (source.stem if source else "study"))
     inputs_raw = data.get("inputs") or {}
     if not isinstance(inputs_raw, dict) or "fixed" not in inputs_raw:
@@ -141,7 +156,12 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = Non
         for key in ("seeds", "model"):
             if key in seg and not Path(os.path.expanduser(str(seg[key]))).is_absolute():
                 seg[key] = str((base_dir / os.path.expanduser(str(seg[key]))).resolve())
-    return StudyConfig(study, out_dir.resolve(), inputs, uids, steps, device, seed, source, data)
+    if output_format == "dicom" and not patient_id and not any(p.is_dir() for p in inputs.values()):
+        raise _err("output_format dicom needs a patient: no input is a DICOM folder and no patient_id is given",
+                   "give the fixed input as a DICOM folder (the series keep its patient and study), or add "
+                   "patient_id: ID for a new patient and study")
+    return StudyConfig(study, out_dir.resolve(), inputs, uids, steps, device, seed, source, data,
+                       output_format=output_format, patient_id=None if patient_id is None else str(patient_id))
 
 
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> StudyConfig:

@@ -63,11 +63,28 @@ class StepContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write(self, key: str, volume: Volume, relative: str) -> Path:
+    def write(self, key: str, volume: Volume, relative: str, source: str = "fixed") -> Path:
+        """Write a volume output; with ``output_format: dicom`` also as a DICOM series in the folder
+        ``<relative without extension>_dicom`` (output ``<key>_dicom``), referencing the input
+        ``source`` when that is a DICOM folder (else a new patient with ``patient_id``)."""
         from medtorch.io import write_volume
 
         path = write_volume(volume, self.out(relative))
         self.outputs[key] = str(path)
+        # a label map goes to DICOM as SEG/RTSTRUCT (medtorch export-dicom), a colour volume not at all
+        if self.config.output_format == "dicom" and volume.kind not in ("vector", "label"):
+            from medtorch.ops.export import ExportDicomRequest
+
+            ref = self.config.inputs.get(source)
+            is_dicom = ref is not None and ref.is_dir()
+            folder = self.out(relative.rsplit(".", 1)[0] + "_dicom")
+            request = ExportDicomRequest(
+                export_as="series", out=str(folder), reference=str(ref) if is_dicom else None,
+                reference_series_uid=self.config.series_uids.get(source) if is_dicom else None,
+                patient_id=None if is_dicom else self.config.patient_id,
+                derivation=f"{key} of the MedTorch study {self.config.study}", description=f"MedTorch {key}")
+            ops.run(request, {"input": volume})
+            self.outputs[f"{key}_dicom"] = str(folder)
         return path
 
     def input_volume(self, params: dict[str, Any]) -> Volume:
@@ -146,7 +163,7 @@ def _step_denoise(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
     method = p.pop("method", DenoiseRequest.method)  # the operation's default, as on the command line
     strength = p.pop("strength", None)
     out = denoise(ctx.input_volume(params), method, strength, progress=progress, cancel=cancel, **p)
-    ctx.write("denoised", out, f"enhance/denoised_{method}.nrrd")
+    ctx.write("denoised", out, f"enhance/denoised_{method}.nrrd", str(params.get("input", "fixed")))
     ctx.values["denoise"] = {"method": method, "input": params.get("input", "fixed")}
 
 
@@ -158,7 +175,7 @@ def _step_superres(ctx: StepContext, params: dict[str, Any], progress: ProgressC
     if "spacing" in p and isinstance(p["spacing"], str):
         p["spacing"] = [float(v) for v in p["spacing"].split(",")]
     out, _model = superres(ctx.input_volume(params), device=ctx.device, progress=progress, cancel=cancel, **p)
-    ctx.write("superres", out, "enhance/superres.nrrd")
+    ctx.write("superres", out, "enhance/superres.nrrd", str(params.get("input", "fixed")))
     ctx.values["superres"] = {"input": params.get("input", "fixed"), "output_spacing_mm": list(out.geometry.spacing),
                               **{k: v for k, v in p.items() if isinstance(v, (int, float, str))}}
 
@@ -222,10 +239,15 @@ def versions() -> dict[str, str]:
 
 
 def _sha256(path: str) -> str:
+    """SHA-256 of a file; of a folder (a DICOM series): of its files' names and contents, in name order."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    files = sorted(p for p in Path(path).iterdir() if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for f in files:
+        if Path(path).is_dir():
+            h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from medtorch.errors import MedTorchError, MedTorchInputError
+from medtorch.errors import MedTorchInputError
+from medtorch.io.dicom_write import DicomGeometryError
 from medtorch.volume import Geometry, Volume
 
 __all__ = [
@@ -57,15 +58,6 @@ GRID_TOL_VOXELS = 0.01
 #: Segment algorithm types of DICOM SEG (SegmentAlgorithmType).
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 _INSTALL_HINT = "install the DICOM extra: pip install 'highdicom>=0.22,<1' (or pip install medtorch[dicom])"
-
-
-class DicomGeometryError(MedTorchError):
-    """A DICOM file just written does not hold what was meant to be written; it was removed."""
-
-    def __init__(self, problem: str, fix: str) -> None:
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{problem}. What to do: {fix}.")
 
 
 @dataclass(frozen=True)
