@@ -1,4 +1,4 @@
-"""MRML bridge on the headless Slicer (slicer-core): every path between MRML nodes and
+"""medtorch.slicer.mrml on the headless Slicer (slicer-core): every path between MRML nodes and
 :class:`Volume` round-trips on an oblique, anisotropic, non-zero-origin volume.
 
 Tolerances: geometry 1e-9 (matrices are copied as doubles); voxels bit-exact.
