@@ -23,7 +23,7 @@ try:
 except ImportError:  # developer checkout: the core sits beside the module folders
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medtorch.integration.slicer_widgets import ModuleWidgetMixin
+from medtorch.slicer.widgets import ModuleWidgetMixin
 
 DENOISE_METHODS = ["gaussian", "median", "anisotropic", "bilateral", "nlm", "patch", "dct", "collab", "selfsup"]
 SR_METHODS = ["bspline", "linear", "sinc", "selfsup"]
@@ -149,7 +149,7 @@ class EnhanceSRWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
 
     def onApplyButton(self) -> None:
         """Run in a background process with a progress dialog and a Cancel button."""
-        from medtorch.integration.slicer_jobs import confirm_replacing_inputs
+        from medtorch.slicer.jobs import confirm_replacing_inputs
 
         with slicer.util.tryWithErrorDisplay(_("Failed to enhance the volume."), waitCursor=True):
             p = self._parameterNode
@@ -189,7 +189,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         return os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
     def ensureDependencies(self) -> None:
-        from medtorch.integration.dependencies import ensure_dependencies
+        from medtorch.slicer.dependencies import ensure_dependencies
 
         ensure_dependencies(self.requirementsPath(), "Enhance SR", ask=slicer.util.confirmOkCancelDisplay)
 
@@ -214,8 +214,8 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                                fidelityMap=p.fidelityMap, overwriteInput=overwriteInput)
 
     def inputsReplaced(self, p) -> list:
-        """The parameter node's outputs that are one of its inputs (see ``slicer_jobs.inputs_replaced``)."""
-        from medtorch.integration.slicer_jobs import inputs_replaced
+        """The parameter node's outputs that are one of its inputs (see ``medtorch.slicer.jobs.inputs_replaced``)."""
+        from medtorch.slicer.jobs import inputs_replaced
 
         inputs = {"input volume": p.inputVolume}
         if p.operation == "enhance":
@@ -225,7 +225,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
     def _checkInput(self, inputVolume, outputVolume, what: str, overwriteInput: bool = False,
                     referenceVolume=None) -> None:
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration.slicer_jobs import inputs_replaced, refuse_replacing_inputs
+        from medtorch.slicer.jobs import inputs_replaced, refuse_replacing_inputs
 
         if not inputVolume:
             raise MedTorchInputError("no input volume is selected", f"select the volume to {what}")
@@ -234,15 +234,15 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                                 overwriteInput)
 
     def _job(self, request, inputVolume, inputs, outputVolume, showResult: bool, name: str, attributes: dict):
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import LogicJob
 
         operation = request.operation
 
         def apply(result):
             out = result.volumes["output"]
-            node = (bridge.update_node_from_volume(outputVolume, out) if outputVolume is not None
-                    else bridge.node_from_volume(out, name))
+            node = (mrml.update_node_from_volume(outputVolume, out) if outputVolume is not None
+                    else mrml.node_from_volume(out, name))
             node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
             node.SetAttribute("MedTorch.operation", operation)
             for key, value in attributes.items():
@@ -259,13 +259,13 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                     vol = result.volumes[key]
                     label = {"comparison": vol.metadata.get("comparison", "comparison").split(" ")[0],
                              "bias_field": "bias field", "fidelity": "fidelity"}[key]
-                    extra[key] = bridge.node_from_volume(vol, slicer.mrmlScene.GenerateUniqueName(
+                    extra[key] = mrml.node_from_volume(vol, slicer.mrmlScene.GenerateUniqueName(
                         f"{inputVolume.GetName()} {label}"))
                     extra[key].SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
                     node.SetAttribute(f"MedTorch.{key}NodeID", extra[key].GetID())
             if showResult:
                 # before/after: result in the background, the input as a faded foreground, views linked
-                bridge.show_in_slice_views(background=node, foreground=inputVolume, foreground_opacity=0.0, link=True)
+                mrml.show_in_slice_views(background=node, foreground=inputVolume, foreground_opacity=0.0, link=True)
             return node
 
         return LogicJob(request, inputs, apply, slicer.mrmlScene)
@@ -282,12 +282,12 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         ID in the output's ``MedTorch.fidelityNodeID`` attribute, its summary in ``MedTorch.fidelity``).
         An ``outputVolume`` that is the input is refused unless ``overwriteInput`` (the same in every job).
         """
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.ops.enhance import DenoiseRequest
 
         self._checkInput(inputVolume, outputVolume, "denoise", overwriteInput)
         self.ensureDependencies()
-        inputs = {"input": bridge.volume_from_node(inputVolume)}
+        inputs = {"input": mrml.volume_from_node(inputVolume)}
         request = DenoiseRequest(method=method, strength=strength, iterations=int(iterations), comparison=comparison,
                                  seed=int(seed), train_iterations=trainIterations, fidelity_map=bool(fidelityMap))
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} {method}")
@@ -303,12 +303,12 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         ``fidelityMap``: also a new volume, on the input's grid, of the output re-degraded by the
         slice profile minus the input (node ID in ``MedTorch.fidelityNodeID``).
         """
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.ops.enhance import SuperresRequest
 
         self._checkInput(inputVolume, outputVolume, "super-resolve", overwriteInput)
         self.ensureDependencies()
-        inputs = {"input": bridge.volume_from_node(inputVolume)}
+        inputs = {"input": mrml.volume_from_node(inputVolume)}
         request = SuperresRequest(method=method, factor=float(factor), axis=axis, fwhm_mm=fwhm, comparison=comparison,
                                   seed=int(seed), train_iterations=trainIterations, fidelity_map=bool(fidelityMap))
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} SR x{factor:g}")
@@ -320,14 +320,14 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                    referenceVolume=None, outputVolume=None, showResult: bool = True, comparison: str = "none",
                    overwriteInput: bool = False):
         """Prepare enhancement (N4, histogram matching, CLAHE, unsharp masking, CT window) as a job."""
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.ops.enhance import EnhanceRequest
 
         self._checkInput(inputVolume, outputVolume, "enhance", overwriteInput, referenceVolume)
         self.ensureDependencies()
-        inputs = {"input": bridge.volume_from_node(inputVolume)}
+        inputs = {"input": mrml.volume_from_node(inputVolume)}
         if referenceVolume is not None:
-            inputs["reference"] = bridge.volume_from_node(referenceVolume)
+            inputs["reference"] = mrml.volume_from_node(referenceVolume)
         request = EnhanceRequest(n4=bool(n4), clahe=bool(clahe), clahe_clip=float(claheClip), unsharp=bool(unsharp),
                                  unsharp_amount=float(unsharpAmount), window=ctWindow, comparison=comparison)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} enhanced")
@@ -398,20 +398,20 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
 
     def test_DenoiseImprovesPSNR(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("Gaussian, anisotropic and DCT denoising raise PSNR and keep geometry")
         geom = oblique_geometry()
         clean = blob_phantom(geom)
-        noisyNode = bridge.node_from_volume(blob_phantom(geom, noise=15.0, seed=3), "noisy")
+        noisyNode = mrml.node_from_volume(blob_phantom(geom, noise=15.0, seed=3), "noisy")
         before = slicer.util.arrayFromVolume(noisyNode).copy()
         psnrNoisy = self._psnr(before, clean.array)
         logic = EnhanceSRLogic()
         outputs = {}
         for method, strength in (("gaussian", 1.0), ("anisotropic", 1.0), ("dct", 1.0)):
             out = logic.denoise(noisyNode, method, strength, iterations=5)
-            result = bridge.volume_from_node(out)
+            result = mrml.volume_from_node(out)
             self.assertTrue(result.geometry.isclose(geom, atol=1e-5))
             self.assertGreater(self._psnr(result.array, clean.array), psnrNoisy + 3.0, method)
             outputs[method] = out
@@ -433,14 +433,14 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
 
     def test_SuperResLandsOnPhysicalGrid(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("Super-resolution x2 keeps the physical extent; difference volume added")
         geom = oblique_geometry(size=(30, 28, 12), spacing=(1.0, 1.0, 3.0))
-        node = bridge.node_from_volume(blob_phantom(geom), "thick")
+        node = mrml.node_from_volume(blob_phantom(geom), "thick")
         out = EnhanceSRLogic().superres(node, "bspline", 3.0, "auto", comparison="difference")
-        result = bridge.volume_from_node(out)
+        result = mrml.volume_from_node(out)
         self.assertEqual(tuple(result.size), (30, 28, 36))
         np.testing.assert_allclose(result.spacing, (1.0, 1.0, 1.0), atol=1e-6)
         # first and last slice centres sit 1 mm inside the thick volume's outer slice edges
@@ -472,13 +472,13 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
 
     def test_CancelLeavesSceneAsItWas(self):
         from medtorch.errors import Cancelled
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import scene_node_ids
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import scene_node_ids
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("A cancelled background run stops within 2 s and adds nothing")
         geom = oblique_geometry(size=(96, 96, 80), spacing=(1.0, 1.0, 1.0))
-        node = bridge.node_from_volume(blob_phantom(geom, noise=10.0), "big")
+        node = mrml.node_from_volume(blob_phantom(geom, noise=10.0), "big")
         logic = EnhanceSRLogic()
         job = logic.denoiseJob(node, "anisotropic", 1.0, iterations=100)
         before = scene_node_ids(slicer.mrmlScene)

@@ -24,7 +24,7 @@ except ImportError:  # developer checkout: the core sits beside the module folde
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from medtorch import coords
-from medtorch.integration.slicer_widgets import ModuleWidgetMixin
+from medtorch.slicer.widgets import ModuleWidgetMixin
 
 #: Fusion methods offered in the module (medtorch.fusion.methods.METHODS, less the reference rule "max").
 FUSION_METHODS = ["average", "dwt", "laplacian", "gff", "gradient", "pca", "cnn"]
@@ -103,7 +103,7 @@ def registerSampleData() -> int:
     except ImportError:
         logging.info("Sample Data module not available: MedTorch sample data not registered")
         return 0
-    from medtorch.integration.sample_data import register_sample_data
+    from FusionRegistrationLib.sample_data import register_sample_data
 
     return register_sample_data(sampleDataFolder())
 
@@ -267,7 +267,7 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
 
     def onApplyButton(self) -> None:
         """Fuse: run in a background process with a progress dialog and a Cancel button."""
-        from medtorch.integration.slicer_jobs import confirm_replacing_inputs, inputs_replaced
+        from medtorch.slicer.jobs import confirm_replacing_inputs, inputs_replaced
 
         with slicer.util.tryWithErrorDisplay(_("Failed to fuse the volumes."), waitCursor=True):
             p = self._parameterNode
@@ -313,7 +313,7 @@ class FusionRegistrationWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, 
 
     def onRegisterButton(self) -> None:
         """Register: run in a background process with a progress dialog and a Cancel button."""
-        from medtorch.integration.slicer_jobs import confirm_replacing_inputs
+        from medtorch.slicer.jobs import confirm_replacing_inputs
 
         with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
             p = self._parameterNode
@@ -379,7 +379,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
     def ensureDependencies(self) -> None:
-        from medtorch.integration.dependencies import ensure_dependencies
+        from medtorch.slicer.dependencies import ensure_dependencies
 
         ensure_dependencies(self.requirementsPath(), "Fusion Registration", ask=slicer.util.confirmOkCancelDisplay)
 
@@ -391,8 +391,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         the scene changes until the job finishes; the inputs are never modified.
         """
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import LogicJob
         from medtorch.ops.fusion import BlendRequest
 
         if not fixedVolume or not movingVolume:
@@ -406,9 +406,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         def apply(result):
             fused = result.volumes["fused"]
             if outputVolume is not None:
-                node = bridge.update_node_from_volume(outputVolume, fused)
+                node = mrml.update_node_from_volume(outputVolume, fused)
             else:
-                node = bridge.node_from_volume(fused, name)
+                node = mrml.node_from_volume(fused, name)
             node.SetAndObserveTransformNodeID(fixedVolume.GetTransformNodeID())
             node.SetAttribute("MedTorch.operation", "blend")
             node.SetAttribute("MedTorch.weight", str(weight))
@@ -416,7 +416,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             if node.GetDisplayNode():
                 node.GetDisplayNode().AutoWindowLevelOn()
             if showResult:
-                bridge.show_in_slice_views(background=node)
+                mrml.show_in_slice_views(background=node)
             return node
 
         return LogicJob(request, inputs, apply, slicer.mrmlScene)
@@ -476,7 +476,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """``given`` unless 'auto'; else the node's DICOM modality when it is one fusion knows, else 'auto'."""
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.prepare import canonical_modality
-        from medtorch.integration import slicer_fusion as sf
+        from FusionRegistrationLib import fusion_scene as sf
 
         text = str(given or "auto")
         if text.strip().lower() != "auto":
@@ -493,11 +493,11 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def _volumesAndTransform(fixedVolume, movingVolume):
         """``{"fixed", "moving"[, "displacement"]}`` and the linear part of the transform between
         the two volumes (4x4 LPS rows, or None), as the fusion requests take them."""
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
 
-        inputs = {"fixed": bridge.volume_from_node(fixedVolume), "moving": bridge.volume_from_node(movingVolume)}
+        inputs = {"fixed": mrml.volume_from_node(fixedVolume), "moving": mrml.volume_from_node(movingVolume)}
         matrix = None
-        transform = bridge.transform_between_volumes(fixedVolume, movingVolume)
+        transform = mrml.transform_between_volumes(fixedVolume, movingVolume)
         if transform is not None and not hasattr(transform, "geometry"):
             matrix = tuple(tuple(row) for row in transform.tolist())
         elif transform is not None:
@@ -518,7 +518,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _refuseReplacingInputs(fixedVolume, movingVolume, outputVolume, overwriteInput: bool) -> None:
-        from medtorch.integration.slicer_jobs import inputs_replaced, refuse_replacing_inputs
+        from medtorch.slicer.jobs import inputs_replaced, refuse_replacing_inputs
 
         refuse_replacing_inputs(inputs_replaced({"output volume": outputVolume},
                                                 {"fixed volume": fixedVolume, "moving volume": movingVolume}),
@@ -527,7 +527,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def _fusionInputs(self, fixedVolume, movingVolume, outputVolume=None, overwriteInput: bool = False):
         """Checked inputs: ``{"fixed", "moving"[, "displacement"]}`` and the transform matrix (or None)."""
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
 
         if not fixedVolume or not movingVolume:
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
@@ -596,7 +596,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.methods import check_params
-        from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.slicer.jobs import LogicJob
         from medtorch.ops.fusion import FuseRequest
 
         key = str(method).strip().lower()
@@ -623,7 +623,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         def apply(result):
             import json
 
-            from medtorch.integration import slicer_fusion as sf
+            from FusionRegistrationLib import fusion_scene as sf
 
             nodes = sf.add_fuse_result(result, fixedVolume, movingVolume, name, output_node=outputVolume, show=False)
             fused = nodes["fused"]
@@ -668,7 +668,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         from medtorch.errors import MedTorchInputError
         from medtorch.fusion.methods import check_params
         from medtorch.fusion.metrics import METRICS, metric_key
-        from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.slicer.jobs import LogicJob
         from medtorch.ops.fusion import FuseCompareRequest
 
         names = self.parseMethods(methods if methods is not None else FUSION_METHODS[:-1])
@@ -692,7 +692,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
         def apply(result):
             from medtorch.fusion.compare import slice_rows
-            from medtorch.integration import slicer_fusion as sf
+            from FusionRegistrationLib import fusion_scene as sf
 
             values = result.values
             rows = list(values["rows"])
@@ -728,8 +728,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """A point list's positions in the volume's local LPS space (through its parent transform)."""
         import numpy as np
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_transforms import lps_points_from_markups
+        from medtorch.slicer import mrml
+        from medtorch.slicer.mrml import lps_points_from_markups
 
         world = lps_points_from_markups(markupsNode)
         parent = volumeNode.GetParentTransformNode()
@@ -738,14 +738,14 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         if not parent.IsTransformToWorldLinear():
             raise MedTorchInputError(f"{volumeNode.GetName()} is under a non-linear transform",
                                      "harden that transform first, or remove the landmarks")
-        ras = bridge.ras_matrix_between(None, parent)  # world -> the volume's parent space
+        ras = mrml.ras_matrix_between(None, parent)  # world -> the volume's parent space
         lps = coords.flip_affine(ras)
         return world @ lps[:3, :3].T + lps[:3, 3]
 
     @staticmethod
     def registrationInputsReplaced(fixedVolume, movingVolume, resampledVolume=None, similarityMapVolume=None) -> list:
         """The registration's output volumes that are one of its input volumes."""
-        from medtorch.integration.slicer_jobs import inputs_replaced
+        from medtorch.slicer.jobs import inputs_replaced
 
         return inputs_replaced({"resampled volume": resampledVolume, "similarity map volume": similarityMapVolume},
                                {"fixed volume": fixedVolume, "moving volume": movingVolume})
@@ -778,15 +778,15 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         import numpy as np
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import LogicJob
         from medtorch.ops.registration import RegisterRequest
 
         if not fixedVolume or not movingVolume:
             raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
         if fixedVolume is movingVolume:
             raise MedTorchInputError("the fixed and moving volumes are the same node", "select two different volumes")
-        from medtorch.integration.slicer_jobs import refuse_replacing_inputs
+        from medtorch.slicer.jobs import refuse_replacing_inputs
 
         refuse_replacing_inputs(self.registrationInputsReplaced(fixedVolume, movingVolume, resampledVolume,
                                                                 similarityMapVolume), overwriteInput)
@@ -804,10 +804,10 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("landmarks were given for only one of the volumes",
                                      "select a point list for both volumes, or for none")
         self.ensureDependencies()
-        inputs = {"fixed": bridge.volume_from_node(fixedVolume), "moving": bridge.volume_from_node(movingVolume)}
+        inputs = {"fixed": mrml.volume_from_node(fixedVolume), "moving": mrml.volume_from_node(movingVolume)}
         for key, node in (("fixed_mask", fixedMask), ("moving_mask", movingMask)):
             if node is not None:
-                inputs[key] = bridge.volume_from_node(node)
+                inputs[key] = mrml.volume_from_node(node)
         landmarks = {}
         if fixedFiducials is not None:  # a point list without points gives no landmarks
             for key, markups, volume in (("fixed_landmarks", fixedFiducials, fixedVolume),
@@ -815,7 +815,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 points = self._localPoints(markups, volume)
                 landmarks[key] = tuple(tuple(p) for p in points.tolist()) if len(points) else None
         initial = None
-        between = bridge.transform_between_volumes(fixedVolume, movingVolume)
+        between = mrml.transform_between_volumes(fixedVolume, movingVolume)
         if (between is not None and not hasattr(between, "geometry") and initialization in ("auto", "none")
                 and fixedFiducials is None):
             initial = tuple(tuple(row) for row in np.asarray(between).tolist())
@@ -836,8 +836,8 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def _applyRegistration(self, result, fixedVolume, movingVolume, name, placeUnderTransform, harden,
                            outputTransform, resampledVolume, showFused, similarityMapVolume=None, verdictTable=None):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_transforms import registration_transform_node
+        from medtorch.slicer import mrml
+        from medtorch.slicer.mrml import registration_transform_node
 
         affine = np.asarray(result.values["affine"], dtype=np.float64)
         report = dict(result.values.get("report") or {})
@@ -853,9 +853,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         resampledNode = None
         if resampled is not None:
             if resampledVolume is not None:
-                resampledNode = bridge.update_node_from_volume(resampledVolume, resampled)
+                resampledNode = mrml.update_node_from_volume(resampledVolume, resampled)
             else:
-                resampledNode = bridge.node_from_volume(resampled, slicer.mrmlScene.GenerateUniqueName(
+                resampledNode = mrml.node_from_volume(resampled, slicer.mrmlScene.GenerateUniqueName(
                     f"{movingVolume.GetName()} registered"))
             resampledNode.SetAndObserveTransformNodeID(fixedVolume.GetTransformNodeID())
             resampledNode.SetAttribute("MedTorch.operation", "register")
@@ -868,9 +868,9 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
         smap = result.volumes.get("similarity_map")
         if smap is not None:
             if similarityMapVolume is not None:
-                similarityNode = bridge.update_node_from_volume(similarityMapVolume, smap)
+                similarityNode = mrml.update_node_from_volume(similarityMapVolume, smap)
             else:
-                similarityNode = bridge.node_from_volume(smap, slicer.mrmlScene.GenerateUniqueName(
+                similarityNode = mrml.node_from_volume(smap, slicer.mrmlScene.GenerateUniqueName(
                     f"{movingVolume.GetName()} local similarity"))
             similarityNode.SetAndObserveTransformNodeID(fixedVolume.GetTransformNodeID())
             similarityNode.SetAttribute("MedTorch.operation", "register")
@@ -885,7 +885,7 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 movingVolume.HardenTransform()
         if showFused:
             foreground = movingVolume if (placeUnderTransform or harden) else resampledNode
-            bridge.show_in_slice_views(background=fixedVolume, foreground=foreground, foreground_opacity=0.5)
+            mrml.show_in_slice_views(background=fixedVolume, foreground=foreground, foreground_opacity=0.5)
         return RegistrationOutput(transformNode, resampledNode, table, report, affine, verdict, verdictNode,
                                   similarityNode)
 
@@ -1018,9 +1018,9 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         self.test_RegisterLearnedModel()
 
     def _addVolume(self, volume, name):
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
 
-        return bridge.node_from_volume(volume, name)
+        return mrml.node_from_volume(volume, name)
 
     def _visual(self):
         """Renders of Slicer's views for the visual checks (medtorch.slicer.checks); where
@@ -1052,7 +1052,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_BlendSameGrid(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("Blend two volumes on one oblique grid")
@@ -1065,7 +1065,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         out = logic.blend(fixedNode, movingNode, weight=0.25)
         self.assertIsNotNone(out)
         self.assertNotIn(out, (fixedNode, movingNode))
-        fused = bridge.volume_from_node(out)
+        fused = mrml.volume_from_node(out)
         self.assertTrue(fused.geometry.isclose(geom, atol=1e-5))
         self.assertGreaterEqual(float(fused.array.min()), 0.0)
         self.assertLessEqual(float(fused.array.max()), 1.0)
@@ -1081,7 +1081,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_BlendThroughParentTransform(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("Moving volume under a parent transform is resampled through it")
@@ -1099,9 +1099,9 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParentRas))
 
         logic = FusionRegistrationLogic()
-        without = bridge.volume_from_node(logic.blend(fixedNode, movingNode, weight=1.0, normalization="none"))
+        without = mrml.volume_from_node(logic.blend(fixedNode, movingNode, weight=1.0, normalization="none"))
         movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
-        withT = bridge.volume_from_node(logic.blend(fixedNode, movingNode, weight=1.0, normalization="none"))
+        withT = mrml.volume_from_node(logic.blend(fixedNode, movingNode, weight=1.0, normalization="none"))
         errWith = float(np.abs(withT.array - fixed.array).mean())
         errWithout = float(np.abs(without.array - fixed.array).mean())
         self.assertLess(errWith, 0.25 * errWithout)
@@ -1110,7 +1110,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_BlendInBackground(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("Background process gives the blocking result")
@@ -1118,15 +1118,15 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         fixedNode = self._addVolume(blob_phantom(geom), "fixed")
         movingNode = self._addVolume(blob_phantom(geom, noise=5.0, seed=2), "moving")
         logic = FusionRegistrationLogic()
-        blocking = bridge.volume_from_node(logic.blend(fixedNode, movingNode, weight=0.5))
+        blocking = mrml.volume_from_node(logic.blend(fixedNode, movingNode, weight=0.5))
         background = logic.blendJob(fixedNode, movingNode, weight=0.5).run_background_blocking(timeout=120)
-        np.testing.assert_allclose(bridge.volume_from_node(background).array, blocking.array, atol=1e-6)
+        np.testing.assert_allclose(mrml.volume_from_node(background).array, blocking.array, atol=1e-6)
         self.delayDisplay("Test passed")
 
     def test_FuseMethodsAndEvaluate(self):
         import numpy as np
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("Fuse through a parent transform (gff), colour fusion of a PET-like volume, compare methods")
@@ -1147,7 +1147,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         logic = FusionRegistrationLogic()
         small = {"r1": 5, "r2": 2}
         out = logic.fuse(fixedNode, movingNode, method="gff", methodParams=small)
-        fused = bridge.volume_from_node(out.fusedNode)
+        fused = mrml.volume_from_node(out.fusedNode)
         self.assertTrue(fused.geometry.isclose(fixedGeom, atol=1e-5))
         self.assertGreaterEqual(float(fused.array.min()), 0.0)
         self.assertLessEqual(float(fused.array.max()), 1.0)
@@ -1196,7 +1196,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_RegisterRigidMovesMovingOntoFixed(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.registration.synthetic import synthetic_pair
 
         self.delayDisplay("Rigid registration across contrasts; the transform node moves the moving volume onto the fixed one")
@@ -1210,11 +1210,11 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(movingNode.GetTransformNodeID(), out.transformNode.GetID())
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(movingNode), movingBefore)  # not hardened
         # The scene's transform (RAS node, through the hierarchy) maps the fixed landmarks onto the truth.
-        matrix = bridge.transform_between_volumes(fixedNode, movingNode)
+        matrix = mrml.transform_between_volumes(fixedNode, movingNode)
         mapped = pair.landmarks @ matrix[:3, :3].T + matrix[:3, 3]
         self.assertLess(float(pair.tre(mapped).max()), 0.5)
         # The resampled volume lies on the fixed grid and matches the moving contrast painted there.
-        resampled = bridge.volume_from_node(out.resampledNode)
+        resampled = mrml.volume_from_node(out.resampledNode)
         self.assertTrue(resampled.geometry.isclose(pair.fixed.geometry, atol=1e-5))
         self.assertIn("runtime_s", out.report)
         self.assertIsNotNone(out.transformNode.GetAttribute("MedTorch.final_similarity"))
@@ -1253,7 +1253,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_RegisterDeformableGridTransform(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.registration.synthetic import synthetic_pair
 
         self.delayDisplay("Deformable registration gives a grid transform node (RAS) that matches the result")
@@ -1264,7 +1264,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         out = logic.register(fixedNode, movingNode, mode="deformable", metric="mi", seed=0,
                              options={"deformable_iterations": [20, 15], "deformable_points": 20000})
         self.assertTrue(out.transformNode.IsA("vtkMRMLGridTransformNode"))
-        field = bridge.transform_between_volumes(fixedNode, movingNode)  # sampled from the node, LPS
+        field = mrml.transform_between_volumes(fixedNode, movingNode)  # sampled from the node, LPS
         self.assertEqual(field.kind, "vector")
         import torch
         from medtorch.resample import transform_points
@@ -1272,7 +1272,7 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
         nodeMapped = transform_points(torch.from_numpy(pair.landmarks.copy()), field).numpy()
         before = float(pair.tre(pair.landmarks).mean())
         self.assertLess(float(pair.tre(nodeMapped).mean()), 0.3 * before)
-        resampled = bridge.volume_from_node(out.resampledNode)
+        resampled = mrml.volume_from_node(out.resampledNode)
         self.assertTrue(resampled.geometry.isclose(pair.fixed.geometry, atol=1e-5))
         self.assertLess(float(out.report["folding_percent"]), 0.1)
         if self._visual().available:

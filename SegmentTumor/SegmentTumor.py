@@ -30,7 +30,7 @@ except ImportError:  # developer checkout: the core sits beside the module folde
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from medtorch import coords
-from medtorch.integration.slicer_widgets import ModuleWidgetMixin
+from medtorch.slicer.widgets import ModuleWidgetMixin
 
 TUMOR_COLOR = (0.85, 0.2, 0.2)
 METHODS = ["threshold", "seeded", "model", "nodules"]
@@ -211,7 +211,7 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         with slicer.util.tryWithErrorDisplay(_("Failed to segment the volume."), waitCursor=True):
             p = self._parameterNode
             if p.method == "seeded":
-                from medtorch.integration.slicer_jobs import confirm_replacing_inputs
+                from medtorch.slicer.jobs import confirm_replacing_inputs
 
                 clashes = self.logic.seededInputsReplaced(p.outputSegmentation, p.seedSegmentation,
                                                           p.referenceSegmentation)
@@ -392,7 +392,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         return os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
     def ensureDependencies(self, withTorch: bool = False) -> None:
-        from medtorch.integration.dependencies import ensure_dependencies
+        from medtorch.slicer.dependencies import ensure_dependencies
 
         ensure_dependencies(self.requirementsPath(), "Segment Tumor", ask=slicer.util.confirmOkCancelDisplay,
                             with_torch=withTorch)
@@ -406,8 +406,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         ``MedTorch.volumeMl`` attribute holds the segment's volume in mL.
         """
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import LogicJob
         from medtorch.ops import Roi
         from medtorch.ops.segmentation import ThresholdRequest
 
@@ -417,16 +417,16 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             raise MedTorchInputError("the input volume is under a transform, so the ROI box would not line up",
                                      "harden the transform on the volume first (Transforms module)")
         self.ensureDependencies()
-        inputs = {"input": bridge.volume_from_node(inputVolume)}
+        inputs = {"input": mrml.volume_from_node(inputVolume)}
         request = ThresholdRequest(lower=float(lowerThreshold), upper=float(upperThreshold),
                                    keep_largest=bool(largestComponent),
-                                   roi=Roi(**bridge.box_from_roi_node(roi)) if roi is not None else None)
+                                   roi=Roi(**mrml.box_from_roi_node(roi)) if roi is not None else None)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} segmentation")
 
         def apply(result):
             from medtorch.segment.terminology import class_terms, slicer_terminology
 
-            seg = bridge.segmentation_from_label(result.volumes["label"], {1: segmentName}, name,
+            seg = mrml.segmentation_from_label(result.volumes["label"], {1: segmentName}, name,
                                                  colors={1: TUMOR_COLOR}, reference_node=inputVolume)
             seg.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
             term = class_terms([1], {1: segmentName})[1]
@@ -461,7 +461,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         values are 1, 2, ... in segment order, the background the largest.
         """
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
 
         segmentation = seedSegmentation.GetSegmentation()
         n = segmentation.GetNumberOfSegments()
@@ -473,7 +473,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         names = [segmentation.GetSegment(i).GetName() for i in ids]
         bg = next((i for i, name in zip(ids, names) if self._isBackgroundName(name)), ids[-1])
         order = [i for i in ids if i != bg] + [bg]
-        seeds = bridge.label_from_segmentation(seedSegmentation, referenceVolume, order)
+        seeds = mrml.label_from_segmentation(seedSegmentation, referenceVolume, order)
         seeds.kind = "label"
         if not (seeds.array == len(order)).any():
             raise MedTorchInputError(
@@ -490,10 +490,10 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         import numpy as np
 
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.volume import Volume
 
-        geom = bridge.geometry_from_node(referenceVolume)
+        geom = mrml.geometry_from_node(referenceVolume)
         labels, points = [], []
         for i in range(seedMarkups.GetNumberOfControlPoints()):
             p = [0.0, 0.0, 0.0]
@@ -555,7 +555,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def seededInputsReplaced(outputSegmentation, seedSegmentation=None, referenceSegmentation=None) -> list:
         """The output segmentation, when it is the seed or the reference segmentation."""
-        from medtorch.integration.slicer_jobs import inputs_replaced
+        from medtorch.slicer.jobs import inputs_replaced
 
         return inputs_replaced({"output segmentation": outputSegmentation},
                                {"seed segmentation": seedSegmentation, "reference segmentation": referenceSegmentation})
@@ -573,24 +573,24 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         ``overwriteInput`` (the Widget asks first).
         """
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import LogicJob
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import LogicJob
         from medtorch.ops import Roi
         from medtorch.ops.segmentation import SeededRequest
 
         vols = self._checkVolumes(inputVolumes)
-        from medtorch.integration.slicer_jobs import refuse_replacing_inputs
+        from medtorch.slicer.jobs import refuse_replacing_inputs
 
         refuse_replacing_inputs(self.seededInputsReplaced(outputSegmentation, seedSegmentation, referenceSegmentation),
                                 overwriteInput)
         self.ensureDependencies(withTorch=True)
         seeds, names, colors = self._seedsAndNames(vols[0], seedSegmentation, seedMarkups, seedRadiusMm)
-        inputs = {f"channel{i}": bridge.volume_from_node(v) for i, v in enumerate(vols)}
+        inputs = {f"channel{i}": mrml.volume_from_node(v) for i, v in enumerate(vols)}
         inputs["seeds"] = seeds
         request = SeededRequest(method=method, smoothness=float(smoothness), margin_mm=float(marginMm),
                                 min_size_mm3=float(minSizeMm3),
                                 fill_holes=bool(fillHoles), device=device,
-                                roi=Roi(**bridge.box_from_roi_node(roi)) if roi is not None else None)
+                                roi=Roi(**mrml.box_from_roi_node(roi)) if roi is not None else None)
         if roi is not None and vols[0].GetParentTransformNode() is not None:
             raise MedTorchInputError("the input volume is under a transform, so the ROI box would not line up",
                                      "harden the transform on the volume first (Transforms module)")
@@ -612,8 +612,8 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         """Seeded segmentation in this process, reusing the previous run's features and labels
         when the volumes and settings are unchanged (fast re-runs after seed edits)."""
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import scene_transaction
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import scene_transaction
         from medtorch.segment.postprocess import postprocess_label
         from medtorch.segment.seeded import SeededOptions, SeededSegmenter
         from medtorch.segment.threshold import Box
@@ -627,14 +627,14 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         seeds, names, colors = self._seedsAndNames(vols[0], seedSegmentation, seedMarkups, seedRadiusMm)
         box = None
         if roi is not None:
-            b = bridge.box_from_roi_node(roi)
+            b = mrml.box_from_roi_node(roi)
             box = Box(np.asarray(b["center"]), np.asarray(b["half_size"]), np.asarray(b["axes"]))
         opts = SeededOptions(method=method, smoothness=float(smoothness), margin_mm=float(marginMm), device=device)
         key = (tuple(v.GetID() for v in vols), tuple(v.GetImageData().GetMTime() for v in vols),
-               tuple(v.GetMTime() for v in vols), repr(opts), repr(None if roi is None else bridge.box_from_roi_node(roi)))
+               tuple(v.GetMTime() for v in vols), repr(opts), repr(None if roi is None else mrml.box_from_roi_node(roi)))
         session = self._sessions.get("seeded")
         if session is None or session[0] != key:
-            segmenter = SeededSegmenter([bridge.volume_from_node(v) for v in vols], opts, region_box=box)
+            segmenter = SeededSegmenter([mrml.volume_from_node(v) for v in vols], opts, region_box=box)
             self._sessions["seeded"] = (key, segmenter)
         else:
             segmenter = session[1]
@@ -654,7 +654,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
                      referenceSegmentation, metricsTable):
         import numpy as np
 
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.segment.metrics import volumetry
         from medtorch.segment.terminology import class_terms, slicer_terminology
 
@@ -666,7 +666,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
                      for c in tumor}
         scene = slicer.mrmlScene
         name = scene.GenerateUniqueName(f"{referenceVolume.GetName()} tumor segmentation")
-        built = bridge.segmentation_from_label(label, segNames, name, colors=segColors, reference_node=referenceVolume)
+        built = mrml.segmentation_from_label(label, segNames, name, colors=segColors, reference_node=referenceVolume)
         if outputSegmentation is not None:
             outputSegmentation.GetSegmentation().DeepCopy(built.GetSegmentation())
             outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
@@ -727,7 +727,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         (all segments together); written into a table node (new if none), which is returned."""
         import numpy as np
 
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.segment.metrics import evaluate_segmentation
         from medtorch.volume import Volume
 
@@ -736,12 +736,12 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             out = {}
             for i in range(s.GetNumberOfSegments()):
                 sid = s.GetNthSegmentID(i)
-                lab = bridge.label_from_segmentation(node, referenceVolume, [sid])
+                lab = mrml.label_from_segmentation(node, referenceVolume, [sid])
                 out[s.GetSegment(sid).GetName()] = (lab.array > 0, lab.geometry)
             return out
 
         pred, ref = masks(segmentationNode), masks(referenceSegmentation)
-        geom = bridge.geometry_from_node(referenceVolume)
+        geom = mrml.geometry_from_node(referenceVolume)
         structures = []
         refByName = {k.lower(): v[0] for k, v in ref.items()}
         for name, (m, _g) in pred.items():
@@ -779,10 +779,10 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         table.Modified()
         return table
 
-    # -- deep learning and nodules (medtorch.integration.slicer_segment_dl) ------------------------------
+    # -- deep learning and nodules (SegmentTumorLib.model_scene) -----------------------------------------
     def modelJob(self, inputVolumes, modelPath: str, tta: bool = False, device: str = "auto"):
         """A trained model's segmentation as a job; its result is a new segmentation node."""
-        from medtorch.integration.slicer_segment_dl import segment_model_job
+        from SegmentTumorLib.model_scene import segment_model_job
 
         vols = self._checkVolumes(inputVolumes)
         self.ensureDependencies(withTorch=True)
@@ -813,7 +813,7 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
     def nodulesJob(self, ctVolume, minDiameterMm: float = 4.0, maxDiameterMm: float = 30.0, device: str = "auto"):
         """Lung-nodule detection as a job; its result is a new markups node (diameters in mm)."""
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration.slicer_segment_dl import detect_nodules_job
+        from SegmentTumorLib.model_scene import detect_nodules_job
 
         if minDiameterMm > maxDiameterMm:
             raise MedTorchInputError(f"the smallest nodule diameter ({minDiameterMm} mm) is above the largest "
@@ -913,12 +913,12 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
 
     def test_ThresholdInROI(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.phantoms import blob_phantom, lesion_mask, oblique_geometry
 
         self.delayDisplay("Threshold + largest component inside an ROI gives the lesion")
         geom = oblique_geometry(spacing=(0.8, 0.9, 1.2), size=(48, 44, 36))
-        volumeNode = bridge.node_from_volume(blob_phantom(geom, noise=8.0, seed=4), "phantom")
+        volumeNode = mrml.node_from_volume(blob_phantom(geom, noise=8.0, seed=4), "phantom")
         truth = lesion_mask(geom)
         centerLps = geom.center() + np.array([5.0, -3.0, 4.0])
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "ROI")
@@ -931,7 +931,7 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentation.GetNumberOfSegments(), 1)
         segmentId = segmentation.GetNthSegmentID(0)
         self.assertEqual(segmentation.GetSegment(segmentId).GetName(), "Enhancing tumor")
-        label = bridge.label_from_segmentation(seg, volumeNode).array > 0
+        label = mrml.label_from_segmentation(seg, volumeNode).array > 0
         dice = 2.0 * np.logical_and(label, truth).sum() / (label.sum() + truth.sum())
         self.assertGreater(dice, 0.85)
         volumeMl = float(seg.GetAttribute("MedTorch.volumeMl"))
@@ -943,12 +943,12 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
 
     def test_EmptyRangeIsAClearError(self):
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import scene_node_ids
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import scene_node_ids
         from medtorch.phantoms import blob_phantom, oblique_geometry
 
         self.delayDisplay("A threshold range with no voxel is refused, and the scene is untouched")
-        volumeNode = bridge.node_from_volume(blob_phantom(oblique_geometry()), "phantom")
+        volumeNode = mrml.node_from_volume(blob_phantom(oblique_geometry()), "phantom")
         before = scene_node_ids(slicer.mrmlScene)
         with self.assertRaises(MedTorchInputError) as ctx:
             SegmentTumorLogic().threshold(volumeNode, 5000.0, 6000.0)
@@ -958,14 +958,14 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
 
     def _seedSegmentation(self, seeds, referenceNode, names):
         """A seed segmentation node with one segment per value of ``seeds`` (a label volume)."""
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
 
-        node = bridge.segmentation_from_label(seeds, names, "Seeds", reference_node=referenceNode)
+        node = mrml.segmentation_from_label(seeds, names, "Seeds", reference_node=referenceNode)
         return node
 
     def test_SeededTwoChannels(self):
         import numpy as np
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.segment.tumor_phantom import make_tumor_phantom, stroke_seeds, synthetic_tissue
         from medtorch.volume import Geometry
 
@@ -973,8 +973,8 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
         geom = Geometry((56, 56, 48), origin=(-40.0, -40.0, -35.0), spacing=(1.5, 1.5, 1.5))
         phantom = make_tumor_phantom(synthetic_tissue(geom, seed=1), noise=0.06, seed=2, core_radius_mm=8.0,
                                      rim_mm=4.0, oedema_radius_mm=17.0)
-        flair = bridge.node_from_volume(phantom.channels["FLAIR"], "FLAIR")
-        t1c = bridge.node_from_volume(phantom.channels["T1c"], "T1c")
+        flair = mrml.node_from_volume(phantom.channels["FLAIR"], "FLAIR")
+        t1c = mrml.node_from_volume(phantom.channels["T1c"], "T1c")
         seeds = stroke_seeds(phantom.truth, seed=0)
         names = {1: "Necrosis", 2: "Edema", 3: "Enhancing tumor", 4: "Background"}
         seedNode = self._seedSegmentation(seeds, flair, names)
@@ -986,7 +986,7 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
                          ["Necrosis", "Edema", "Enhancing tumor"])
         self.assertIn("79654002", terminologyOf(segmentation.GetNthSegment(1)))  # SNOMED CT: Edema
         self.assertTrue(seg.GetSegmentation().ContainsRepresentation("Closed surface"))
-        label = bridge.label_from_segmentation(seg, flair).array > 0
+        label = mrml.label_from_segmentation(seg, flair).array > 0
         truth = phantom.truth.array > 0
         dice = 2.0 * np.logical_and(label, truth).sum() / (label.sum() + truth.sum())
         self.assertGreater(dice, 0.9)
@@ -1015,14 +1015,14 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
     def test_SeedsOfOneClassAreRefused(self):
         import numpy as np
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
-        from medtorch.integration.slicer_jobs import scene_node_ids
+        from medtorch.slicer import mrml
+        from medtorch.slicer.jobs import scene_node_ids
         from medtorch.phantoms import blob_phantom, oblique_geometry
         from medtorch.volume import Volume
 
         self.delayDisplay("Seeds of one class only are refused, and the scene is untouched")
         geom = oblique_geometry()
-        volumeNode = bridge.node_from_volume(blob_phantom(geom), "phantom")
+        volumeNode = mrml.node_from_volume(blob_phantom(geom), "phantom")
         arr = np.zeros(geom.shape_zyx, np.uint8)
         arr[10:12, 15:20, 15:20] = 1
         seedNode = self._seedSegmentation(Volume(arr, geom, "label"), volumeNode, {1: "Tumor"})

@@ -175,9 +175,9 @@ def _readonly_target(tmp: Path) -> str:
 
 
 def _node(volume: Volume, name: str = "input") -> Any:
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    return bridge.node_from_volume(volume, name)
+    return mrml.node_from_volume(volume, name)
 
 
 def _logic(module: str) -> Any:

@@ -13,6 +13,11 @@ TESTING = Path(__file__).resolve().parent
 for p in (str(REPO), str(TESTING)):
     if p not in sys.path:
         sys.path.insert(0, p)
+# Each module's folder, as Slicer puts it on sys.path when it loads the module: its <Module>Lib
+# package (scene code of that module alone) imports as ``FusionRegistrationLib``, ``SegmentTumorLib``.
+for module_name in ("FusionRegistration", "EnhanceSR", "SegmentTumor"):
+    if str(REPO / module_name) not in sys.path:
+        sys.path.insert(0, str(REPO / module_name))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_WIDGET_CODE = REPO / "medtorch" / "integration" / "slicer_widgets.py"
+SHARED_WIDGET_CODE = REPO / "medtorch" / "slicer" / "widgets.py"
 VALUE_WIDGETS = {"ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox", "QSpinBox", "ctkRangeWidget"}
 UNITLESS_HINTS = ("unitless", "units", "number of")
 

@@ -38,7 +38,7 @@ def test_cli_row(row, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("row", LOGIC_ROWS, ids=[r.key for r in LOGIC_ROWS])
 def test_logic_row(row, scene, monkeypatch):
-    from medtorch.integration.slicer_jobs import scene_node_ids
+    from medtorch.slicer.jobs import scene_node_ids
 
     for k, v in (row.env or {}).items():
         monkeypatch.setenv(k, v)

@@ -201,7 +201,7 @@ def test_background_task_result_matches_in_process():
 
 
 def test_requirements_files_are_parsed_and_satisfied():
-    from medtorch.integration.dependencies import missing_requirements, read_requirements
+    from medtorch.slicer.dependencies import missing_requirements, read_requirements
 
     repo = Path(__file__).resolve().parent.parent
     for module in ("FusionRegistration", "EnhanceSR", "SegmentTumor"):
@@ -213,7 +213,7 @@ def test_requirements_files_are_parsed_and_satisfied():
 
 
 def test_missing_package_asks_first_and_declining_is_a_clear_error(tmp_path, monkeypatch):
-    from medtorch.integration import dependencies
+    from medtorch.slicer import dependencies
 
     req = tmp_path / "requirements.txt"
     req.write_text("# comment\nsurely-not-installed-pkg>=1\n")

@@ -48,6 +48,16 @@ def test_no_sign_flip_outside_coords():
     assert not hits, "convert RAS <-> LPS with medtorch.coords, not by hand:\n" + "\n".join(hits)
 
 
+def test_the_scan_reaches_the_slicer_glue_and_every_module_lib():
+    """The generic glue (medtorch/slicer/) and each module's <Module>Lib package are scanned."""
+    scanned = set(_shipped_python())
+    libs = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("*/*Lib/*.py"))
+    assert {"FusionRegistration/FusionRegistrationLib/fusion_scene.py",
+            "SegmentTumor/SegmentTumorLib/model_scene.py"} <= set(libs)
+    assert set(libs) <= scanned
+    assert {"medtorch/slicer/mrml.py", "medtorch/slicer/tables.py", "medtorch/slicer/jobs.py"} <= scanned
+
+
 @pytest.mark.parametrize("snippet", [
     "ras = lps * np.array([-1.0, -1.0, 1.0])",
     "flip = np.diag([-1., -1., 1., 1.])",

@@ -153,7 +153,7 @@ def test_truth_transform_files_agree_and_align(demo: dict[str, Any]) -> None:
     """The .tfm and the JSON say the same; resampling through it aligns the moving image."""
     import SimpleITK as sitk
 
-    from medtorch.demo import pearson_correlation
+    from medtorch.registration.evaluation import pearson_correlation
     from medtorch.resample import resample
 
     out: Path = demo["out"]
@@ -231,7 +231,7 @@ def test_report_without_rendering_says_so_in_one_line(demo: dict[str, Any], tmp_
         shutil.copy(out / "figures" / name, tmp_path / "figures" / name)
     outputs = {k: v for k, v in demo["summary"]["outputs"].items() if k.removeprefix("figures/") not in demo_mod.RENDERS}
     summary = dict(demo["summary"], renders=renders, outputs=outputs)  # as a run without rendering writes it
-    text = demo_mod._write_html(tmp_path, summary, {}).read_text(encoding="utf-8")
+    text = demo_mod.write_html(tmp_path, summary, {}).read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if "are not in this report" in line]
     assert len(lines) == 1 and "rendering is turned off (MEDTORCH_NO_RENDER=1)" in lines[0]
     assert not any(f"figures/{name}" in text for name in demo_mod.RENDERS)
@@ -286,13 +286,17 @@ def test_sample_data_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_metrics_on_known_cases() -> None:
-    from medtorch.demo import dice, normalized_mutual_information, psnr, ssim3d, target_registration_error
+    """The library's measures the demo reports, on cases with a known answer."""
+    from medtorch.demo.data import apply_matrix
+    from medtorch.enhance.metrics import psnr, ssim
+    from medtorch.registration.evaluation import landmark_errors, normalized_mutual_information
+    from medtorch.segment.metrics import dice
 
     rng = np.random.default_rng(0)
     x = rng.random((12, 14, 16))
-    assert ssim3d(x, x) == pytest.approx(1.0)
+    assert ssim(x, x) == pytest.approx(1.0)
     assert psnr(x, x) == float("inf")
-    assert psnr(x, x + 0.1, data_range=1.0) == pytest.approx(20.0)
+    assert psnr(x + 0.1, x, peak=1.0) == pytest.approx(20.0)
     assert normalized_mutual_information(x, 3 * x + 1) == pytest.approx(2.0, abs=1e-6)
     assert normalized_mutual_information(x, rng.random(x.shape), bins=8) < 1.05
     a = np.zeros((5, 5, 5), bool)
@@ -302,7 +306,24 @@ def test_metrics_on_known_cases() -> None:
     assert dice(a, a) == 1.0 and dice(a, b) == pytest.approx(0.5)
     shift = np.eye(4)
     shift[:3, 3] = [3.0, 4.0, 0.0]
-    assert np.allclose(target_registration_error(np.eye(4), shift, np.zeros((2, 3))), 5.0)
+    points = np.zeros((2, 3))
+    assert np.allclose(landmark_errors(apply_matrix(np.eye(4), points), apply_matrix(shift, points)), 5.0)
+
+
+def test_the_demo_measures_with_the_library_only() -> None:
+    """No metric is written in the demo package: it imports the library's."""
+    import medtorch.demo.data as data
+    import medtorch.demo.page as page
+    import medtorch.demo.steps as steps
+
+    own = {name for mod in (data, page, steps) for name, obj in vars(mod).items()
+           if callable(obj) and getattr(obj, "__module__", "").startswith("medtorch.demo")}
+    for metric in ("dice", "psnr", "ssim", "ssim3d", "pearson_correlation", "normalized_mutual_information",
+                   "target_registration_error", "landmark_errors"):
+        assert metric not in own, metric
+    assert steps.dice.__module__ == "medtorch.segment.metrics"
+    assert steps.psnr.__module__ == steps.ssim.__module__ == "medtorch.enhance.metrics"
+    assert steps.landmark_errors.__module__ == "medtorch.registration.evaluation"
 
 
 # -- medtorch.report ------------------------------------------------------------------------------

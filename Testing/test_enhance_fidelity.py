@@ -213,10 +213,10 @@ def test_slicer_logic_adds_the_fidelity_volume(scene, sr_case, noisy):
     import slicer
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     thick, _ = sr_case
-    node = bridge.node_from_volume(thick, "thick")
+    node = mrml.node_from_volume(thick, "thick")
     mod = slicer_testbed.load_module("EnhanceSR")
     widget = mod.EnhanceSRWidget()
     widget.setup()
@@ -226,12 +226,12 @@ def test_slicer_logic_adds_the_fidelity_volume(scene, sr_case, noisy):
     out = logic.superres(node, "linear", 4.0, "auto", fwhm=FWHM_MM, fidelityMap=True)
     fid = slicer.mrmlScene.GetNodeByID(out.GetAttribute("MedTorch.fidelityNodeID"))
     assert fid is not None and "fidelity" in fid.GetName()
-    assert bridge.volume_from_node(fid).geometry.isclose(thick.geometry, atol=1e-5)
+    assert mrml.volume_from_node(fid).geometry.isclose(thick.geometry, atol=1e-5)
     assert "residual RMS" in out.GetAttribute("MedTorch.fidelitySummary")
-    dn = logic.denoise(bridge.node_from_volume(noisy, "noisy"), "gaussian", 1.0, fidelityMap=True)
+    dn = logic.denoise(mrml.node_from_volume(noisy, "noisy"), "gaussian", 1.0, fidelityMap=True)
     fid = slicer.mrmlScene.GetNodeByID(dn.GetAttribute("MedTorch.fidelityNodeID"))
-    assert bridge.volume_from_node(fid).geometry.isclose(noisy.geometry, atol=1e-5)
-    plain = logic.denoise(bridge.node_from_volume(noisy, "noisy2"), "gaussian", 1.0)
+    assert mrml.volume_from_node(fid).geometry.isclose(noisy.geometry, atol=1e-5)
+    plain = logic.denoise(mrml.node_from_volume(noisy, "noisy2"), "gaussian", 1.0)
     assert not plain.GetAttribute("MedTorch.fidelityNodeID")
 
 

@@ -22,19 +22,19 @@ def _widget(module_name):
 def test_logic_superres_makes_a_new_node_on_the_physical_grid(scene):
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(size=(20, 18, 8), spacing=(0.9, 0.9, 3.0))
-    node = bridge.node_from_volume(blob_phantom(geom), "thick")
+    node = mrml.node_from_volume(blob_phantom(geom), "thick")
     before = slicer.util.arrayFromVolume(node).copy()
     mod, _ = _widget("EnhanceSR")
     out = mod.EnhanceSRLogic().superres(node, "bspline", 3.0, "auto", comparison="checkerboard")
     assert out is not node and "SR x3" in out.GetName()
-    result = bridge.volume_from_node(out)
+    result = mrml.volume_from_node(out)
     assert result.geometry.isclose(output_geometry(geom, (1, 1, 3)), atol=1e-5)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
     board = slicer.mrmlScene.GetNodeByID(out.GetAttribute("MedTorch.comparisonNodeID"))
-    assert board is not None and bridge.volume_from_node(board).geometry.isclose(result.geometry, atol=1e-5)
+    assert board is not None and mrml.volume_from_node(board).geometry.isclose(result.geometry, atol=1e-5)
     assert out.GetAttribute("MedTorch.operation") == "superres"
     # before/after in linked views: the result behind, the input in front (faded out)
     comp = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceCompositeNodeRed")
@@ -43,16 +43,16 @@ def test_logic_superres_makes_a_new_node_on_the_physical_grid(scene):
 
 
 def test_logic_enhance_with_histogram_reference(scene):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(size=(20, 18, 16), spacing=(1.0, 1.0, 1.2))
-    node = bridge.node_from_volume(blob_phantom(geom, noise=2.0), "t1")
-    ref = bridge.node_from_volume(blob_phantom(geom).with_array(blob_phantom(geom).array * 3.0 + 50.0), "ref")
+    node = mrml.node_from_volume(blob_phantom(geom, noise=2.0), "t1")
+    ref = mrml.node_from_volume(blob_phantom(geom).with_array(blob_phantom(geom).array * 3.0 + 50.0), "ref")
     mod, _ = _widget("EnhanceSR")
     out = mod.EnhanceSRLogic().enhance(node, unsharp=True, referenceVolume=ref, comparison="difference")
-    vol = bridge.volume_from_node(out)
+    vol = mrml.volume_from_node(out)
     assert vol.geometry.isclose(geom, atol=1e-5)
-    assert vol.array.mean() > bridge.volume_from_node(node).array.mean() + 20
+    assert vol.array.mean() > mrml.volume_from_node(node).array.mean() + 20
     assert out.GetAttribute("MedTorch.steps") == str(["histogram_match", "unsharp"])
     with pytest.raises(Exception, match="output volume is the input"):
         mod.EnhanceSRLogic().enhance(node, unsharp=True, outputVolume=node)
@@ -61,10 +61,10 @@ def test_logic_enhance_with_histogram_reference(scene):
 def test_widget_runs_superres_in_the_background(scene):
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(size=(16, 16, 6), spacing=(1.0, 1.0, 2.0))
-    node = bridge.node_from_volume(blob_phantom(geom), "thick")
+    node = mrml.node_from_volume(blob_phantom(geom), "thick")
     mod, w = _widget("EnhanceSR")
     p = w._parameterNode
     w.ui.operationComboBox.setCurrentText("superres")
@@ -77,5 +77,5 @@ def test_widget_runs_superres_in_the_background(scene):
     assert w.runner.status == "done", w.ui.statusLabel.text
     out = p.outputVolume
     assert out is not None and out is not node
-    assert bridge.volume_from_node(out).size == (16, 16, 12)
+    assert mrml.volume_from_node(out).size == (16, 16, 12)
     assert "Super-resolved" in w.ui.statusLabel.text

@@ -473,18 +473,18 @@ def test_module_fuses_png_images_loaded_as_one_slice_volumes(scene, tmp_path):
     """Slicer loads a PNG as a one-slice volume (an RGB PNG as a vector volume): the module fuses them."""
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
     from medtorch.io import read_volume
 
     a8, b8 = _mni_pair()
-    mri = bridge.node_from_volume(read_volume(_write_png(tmp_path / "mri.png", a8)), "mri", scene)
-    ct = bridge.node_from_volume(read_volume(_write_png(tmp_path / "ct.png", b8)), "ct", scene)
-    pet = bridge.node_from_volume(read_volume(_write_png(tmp_path / "pet.png", _pet_like(b8))), "pet", scene)
+    mri = mrml.node_from_volume(read_volume(_write_png(tmp_path / "mri.png", a8)), "mri", scene)
+    ct = mrml.node_from_volume(read_volume(_write_png(tmp_path / "ct.png", b8)), "ct", scene)
+    pet = mrml.node_from_volume(read_volume(_write_png(tmp_path / "pet.png", _pet_like(b8))), "pet", scene)
     assert mri.GetImageData().GetDimensions()[2] == 1 and pet.GetClassName() == "vtkMRMLVectorVolumeNode"
     logic = slicer_testbed.load_module("FusionRegistration").FusionRegistrationLogic()
     out = logic.fuse(mri, ct, method="gradient", showIn3D=False, device="cpu")
-    fused = bridge.volume_from_node(out.fusedNode)
+    fused = mrml.volume_from_node(out.fusedNode)
     assert fused.array.shape == (1, *a8.shape) and out.metrics["QABF"] > 0.3
     colour = logic.fuse(mri, pet, method="gff", showIn3D=False, device="cpu")
     assert colour.rgbNode is not None
-    assert bridge.volume_from_node(colour.rgbNode).array.shape == (1, *a8.shape, 3)
+    assert mrml.volume_from_node(colour.rgbNode).array.shape == (1, *a8.shape, 3)

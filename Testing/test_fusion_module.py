@@ -41,12 +41,12 @@ def _widget():
 
 @pytest.fixture
 def pair(scene):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(size=(22, 20, 14))
     fixed = blob_phantom(geom)
     moving = blob_phantom(geom, noise=4.0, seed=3)
-    return fixed, moving, bridge.node_from_volume(fixed, "fixed"), bridge.node_from_volume(moving, "moving")
+    return fixed, moving, mrml.node_from_volume(fixed, "fixed"), mrml.node_from_volume(moving, "moving")
 
 
 def _small_params(logic, method):
@@ -58,7 +58,7 @@ def _small_params(logic, method):
 def test_logic_fuses_each_method_into_a_new_node_on_the_fixed_grid(scene, pair, method):
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     fixed, moving, fixed_node, moving_node = pair
     logic = _module().FusionRegistrationLogic()
@@ -66,7 +66,7 @@ def test_logic_fuses_each_method_into_a_new_node_on_the_fixed_grid(scene, pair, 
                      showIn3D=(method == "gff"), device="cpu")
     node = out.fusedNode
     assert node not in (fixed_node, moving_node) and out.outputNode is node and out.rgbNode is None
-    fused = bridge.volume_from_node(node)
+    fused = mrml.volume_from_node(node)
     assert fused.geometry.isclose(fixed.geometry, atol=1e-6)
     assert 0.0 <= float(fused.array.min()) < float(fused.array.max()) <= 1.0
     assert node.GetAttribute("MedTorch.method") == method
@@ -78,8 +78,8 @@ def test_logic_fuses_each_method_into_a_new_node_on_the_fixed_grid(scene, pair, 
         disp = slicer.modules.volumerendering.logic().GetFirstVolumeRenderingDisplayNode(node)
         assert disp is not None and disp.GetVisibility()
     # the inputs are unchanged; fixed as background, moving as foreground in linked views
-    np.testing.assert_array_equal(bridge.volume_from_node(fixed_node).array, fixed.array)
-    np.testing.assert_array_equal(bridge.volume_from_node(moving_node).array, moving.array)
+    np.testing.assert_array_equal(mrml.volume_from_node(fixed_node).array, fixed.array)
+    np.testing.assert_array_equal(mrml.volume_from_node(moving_node).array, moving.array)
     comp = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
     assert comp.GetBackgroundVolumeID() == fixed_node.GetID() and comp.GetForegroundVolumeID() == moving_node.GetID()
     assert comp.GetLinkedControl() == 1
@@ -88,13 +88,13 @@ def test_logic_fuses_each_method_into_a_new_node_on_the_fixed_grid(scene, pair, 
 def test_average_matches_the_core_and_output_node_is_reused_only_when_chosen(scene, pair):
     from medtorch.errors import MedTorchInputError
     from medtorch.fusion.fuse import fuse_volumes
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     fixed, moving, fixed_node, moving_node = pair
     logic = _module().FusionRegistrationLogic()
     first = logic.fuse(fixed_node, moving_node, method="average", weight=0.3, showIn3D=False).fusedNode
     expected = fuse_volumes(fixed, moving, "average", params={"weight": 0.3}).fused.array
-    np.testing.assert_allclose(bridge.volume_from_node(first).array, expected, atol=1e-6)
+    np.testing.assert_allclose(mrml.volume_from_node(first).array, expected, atol=1e-6)
     second = logic.fuse(fixed_node, moving_node, method="pca", showIn3D=False, computeMetrics=False)
     assert second.fusedNode is not first and second.tableNode is None
     third = logic.fuse(fixed_node, moving_node, method="pca", outputVolume=first, showIn3D=False).fusedNode
@@ -104,22 +104,22 @@ def test_average_matches_the_core_and_output_node_is_reused_only_when_chosen(sce
 
 
 def test_register_then_fuse_uses_the_registration_transform(scene):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
     from medtorch.registration.synthetic import synthetic_pair
 
     pair = synthetic_pair("rigid", seed=1, size=40, spacing=2.4)
-    fixed_node = bridge.node_from_volume(pair.fixed, "fixed")
-    moving_node = bridge.node_from_volume(pair.moving, "moving")
+    fixed_node = mrml.node_from_volume(pair.fixed, "fixed")
+    moving_node = mrml.node_from_volume(pair.moving, "moving")
     logic = _module().FusionRegistrationLogic()
     # Before registration the moving volume lies misaligned: a raw average with weight 1 is the
     # moving volume as it lies, far from the registered one.
-    before = bridge.volume_from_node(logic.fuse(fixed_node, moving_node, method="average", weight=1.0,
+    before = mrml.volume_from_node(logic.fuse(fixed_node, moving_node, method="average", weight=1.0,
                                                 normalization="none", showIn3D=False).fusedNode).array
     reg = logic.register(fixed_node, moving_node, mode="rigid", metric="mi", seed=0, options=FAST_REGISTRATION)
     assert moving_node.GetTransformNodeID() == reg.transformNode.GetID()
     after = logic.fuse(fixed_node, moving_node, method="average", weight=1.0, normalization="none", showIn3D=False)
-    fused = bridge.volume_from_node(after.fusedNode)
-    resampled = bridge.volume_from_node(reg.resampledNode).array  # the registration's own resampling
+    fused = mrml.volume_from_node(after.fusedNode)
+    resampled = mrml.volume_from_node(reg.resampledNode).array  # the registration's own resampling
     assert fused.geometry.isclose(pair.fixed.geometry, atol=1e-6)
     inside = resampled != 0
     assert float(np.abs(fused.array - resampled)[inside].mean()) < 0.02 * float(np.abs(resampled[inside]).mean())
@@ -130,7 +130,7 @@ def test_register_then_fuse_uses_the_registration_transform(scene):
 def test_colour_fusion_gives_an_rgb_vector_node(scene, pair):
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     fixed, _, fixed_node, moving_node = pair
     moving_node.SetAttribute("DICOM.Modality", "PT")  # found by 'auto', as for a PET loaded from DICOM
@@ -138,7 +138,7 @@ def test_colour_fusion_gives_an_rgb_vector_node(scene, pair):
     out = logic.fuse(fixed_node, moving_node, method="gff", methodParams=_small_params(logic, "gff"),
                      colorMap="hot", opacity=0.4, showIn3D=False)
     assert out.outputNode is out.rgbNode and out.rgbNode.GetClassName() == "vtkMRMLVectorVolumeNode"
-    rgb = bridge.volume_from_node(out.rgbNode)
+    rgb = mrml.volume_from_node(out.rgbNode)
     assert rgb.array.shape == fixed.array.shape + (3,) and rgb.array.dtype == np.uint8
     assert rgb.geometry.isclose(fixed.geometry, atol=1e-6)
     assert np.any(rgb.array[..., 0] != rgb.array[..., 2])  # in colour, not grey
@@ -153,7 +153,7 @@ def test_bad_input_gets_a_clear_error_and_leaves_the_scene(scene, pair):
     import slicer
 
     from medtorch.errors import MedTorchInputError
-    from medtorch.integration.slicer_jobs import scene_node_ids
+    from medtorch.slicer.jobs import scene_node_ids
 
     _, _, fixed_node, moving_node = pair
     logic = _module().FusionRegistrationLogic()
@@ -259,7 +259,7 @@ def test_cancel_leaves_the_scene_as_it_was(scene, pair):
     import slicer
     import slicer_testbed
 
-    from medtorch.integration.slicer_jobs import scene_node_ids
+    from medtorch.slicer.jobs import scene_node_ids
 
     _mod, w = _widget()
     p = w._parameterNode

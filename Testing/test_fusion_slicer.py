@@ -22,12 +22,12 @@ def _one_torch_thread():
 
 @pytest.fixture
 def pair(scene):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(size=(20, 18, 12))
     fixed = blob_phantom(geom)
     moving = blob_phantom(geom, noise=4.0, seed=3)
-    return fixed, moving, bridge.node_from_volume(fixed, "fixed"), bridge.node_from_volume(moving, "moving")
+    return fixed, moving, mrml.node_from_volume(fixed, "fixed"), mrml.node_from_volume(moving, "moving")
 
 
 def _composites(scene):
@@ -37,7 +37,7 @@ def _composites(scene):
 
 def test_overlay_with_a_colour_map_in_linked_views(scene, pair):
     from medtorch.fusion.color import color_map_lut
-    from medtorch.integration import slicer_fusion as sf
+    from FusionRegistrationLib import fusion_scene as sf
 
     _, _, fixed_node, moving_node = pair
     cnode = sf.show_fusion_in_views(fixed_node, moving_node, opacity=0.35, color_map="hot")
@@ -66,7 +66,7 @@ def test_overlay_with_a_colour_map_in_linked_views(scene, pair):
 def test_volume_rendering_of_the_fused_volume(scene, pair):
     import slicer
 
-    from medtorch.integration import slicer_fusion as sf
+    from FusionRegistrationLib import fusion_scene as sf
 
     _, _, fixed_node, _ = pair
     disp = sf.show_volume_rendering(fixed_node)
@@ -81,15 +81,15 @@ def test_volume_rendering_of_the_fused_volume(scene, pair):
 
 
 def test_rgb_node_metrics_table_and_box_plot(scene, pair):
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration import slicer_fusion as sf
+    from medtorch.slicer import mrml
+    from FusionRegistrationLib import fusion_scene as sf
 
     fixed, _, fixed_node, _ = pair
     rgb = np.zeros(fixed.array.shape + (3,), np.uint8)
     rgb[..., 0] = 255
     node = sf.rgb_volume_node(Volume(rgb, fixed.geometry, "vector"), "rgb", reference_node=fixed_node)
     assert node.GetClassName() == "vtkMRMLVectorVolumeNode"
-    back = bridge.volume_from_node(node)
+    back = mrml.volume_from_node(node)
     np.testing.assert_array_equal(back.array, rgb)
     assert back.geometry.isclose(fixed.geometry, atol=1e-9)
     with pytest.raises(ValueError, match="3 components"):
@@ -118,8 +118,8 @@ def test_rgb_node_metrics_table_and_box_plot(scene, pair):
 
 
 def test_fuse_operation_result_into_the_scene(scene, pair):
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration import slicer_fusion as sf
+    from medtorch.slicer import mrml
+    from FusionRegistrationLib import fusion_scene as sf
     from medtorch.runtime import run_operation
 
     fixed, moving, fixed_node, moving_node = pair
@@ -127,7 +127,7 @@ def test_fuse_operation_result_into_the_scene(scene, pair):
                         {"method": "gff", "moving_modality": "PT", "color_map": "hot", "metrics": "3d",
                          "device": "cpu"})
     nodes = sf.add_fuse_result(res, fixed_node, moving_node, "fused", color_map="hot")
-    fused = bridge.volume_from_node(nodes["fused"])
+    fused = mrml.volume_from_node(nodes["fused"])
     assert fused.geometry.isclose(fixed.geometry, atol=1e-9) and 0.0 <= fused.array.min() <= fused.array.max() <= 1.0
     assert nodes["fused"].GetAttribute("MedTorch.method") == "gff"
     assert nodes["rgb"].GetClassName() == "vtkMRMLVectorVolumeNode"
@@ -136,4 +136,4 @@ def test_fuse_operation_result_into_the_scene(scene, pair):
     assert metrics["QABF"] == pytest.approx(res.values["metrics"]["QABF"])
     assert _composites(scene)[0].GetForegroundVolumeID() == moving_node.GetID()
     # the inputs are unchanged
-    np.testing.assert_array_equal(bridge.volume_from_node(fixed_node).array, fixed.array)
+    np.testing.assert_array_equal(mrml.volume_from_node(fixed_node).array, fixed.array)

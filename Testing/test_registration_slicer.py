@@ -37,10 +37,10 @@ def _markups(points_lps, name):
 def test_register_button_runs_in_background_and_binds_parameters(scene, pair):
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    fixed = bridge.node_from_volume(pair.fixed, "fixed")
-    moving = bridge.node_from_volume(pair.moving, "moving")
+    fixed = mrml.node_from_volume(pair.fixed, "fixed")
+    moving = mrml.node_from_volume(pair.moving, "moving")
     mod, w = _widget()
     p = w._parameterNode
     assert p.fixedVolume is fixed and p.movingVolume is moving
@@ -73,7 +73,7 @@ def test_register_button_runs_in_background_and_binds_parameters(scene, pair):
     assert moving.GetTransformNodeID() == p.outputTransform.GetID()
     assert "Registered (torch rigid)" in w.ui.statusLabel.text
     assert p.outputTransform.GetAttribute("MedTorch.seed") == "5"
-    matrix = bridge.transform_between_volumes(fixed, moving)
+    matrix = mrml.transform_between_volumes(fixed, moving)
     assert pair.tre(pair.landmarks @ matrix[:3, :3].T + matrix[:3, 3]).max() < 0.5
 
 
@@ -82,15 +82,15 @@ def test_logic_under_parent_transforms_with_landmarks(scene, pair):
     under the fixed parent, landmark TRE is computed in local coordinates, the scene aligns."""
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     mod, _ = _widget()
-    fixed = bridge.node_from_volume(pair.fixed, "fixed")
-    moving = bridge.node_from_volume(pair.moving, "moving")
+    fixed = mrml.node_from_volume(pair.fixed, "fixed")
+    moving = mrml.node_from_volume(pair.moving, "moving")
     parent = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "fixed parent")
     to_parent = np.eye(4)
     to_parent[:3, 3] = [15.0, -4.0, 7.0]  # RAS
-    parent.SetMatrixTransformToParent(bridge.vtk_matrix_from_array(to_parent))
+    parent.SetMatrixTransformToParent(mrml.vtk_matrix_from_array(to_parent))
     fixed.SetAndObserveTransformNodeID(parent.GetID())
     # landmarks placed in the scene (world RAS): fixed points through the fixed parent
     world_fixed = pair.landmarks + np.array([-15.0, 4.0, 7.0])  # RAS shift in LPS
@@ -103,7 +103,7 @@ def test_logic_under_parent_transforms_with_landmarks(scene, pair):
     assert out.report["tre_mean_mm"] < 0.3
     assert out.transformNode.GetParentTransformNode() is parent
     assert out.resampledNode.GetParentTransformNode() is parent
-    matrix = bridge.transform_between_volumes(fixed, moving)  # fixed local -> moving local, through both
+    matrix = mrml.transform_between_volumes(fixed, moving)  # fixed local -> moving local, through both
     assert pair.tre(pair.landmarks @ matrix[:3, :3].T + matrix[:3, 3]).max() < 0.3
     assert float(out.transformNode.GetAttribute("MedTorch.tre_mean_mm")) == pytest.approx(out.report["tre_mean_mm"])
 
@@ -112,21 +112,21 @@ def test_logic_harden_only_on_request_and_output_type_checked(scene, pair):
     import slicer
 
     from medtorch.errors import MedTorchInputError
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     mod, _ = _widget()
     logic = mod.FusionRegistrationLogic()
-    fixed = bridge.node_from_volume(pair.fixed, "fixed")
-    moving = bridge.node_from_volume(pair.moving, "moving")
+    fixed = mrml.node_from_volume(pair.fixed, "fixed")
+    moving = mrml.node_from_volume(pair.moving, "moving")
     before = slicer.util.arrayFromVolume(moving).copy()
     out = logic.register(fixed, moving, placeUnderTransform=False, seed=0, options=FAST)
     assert moving.GetTransformNodeID() is None
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(moving), before)
     # harden: the moving node itself changes (its geometry now carries the transform)
-    geom_before = bridge.geometry_from_node(moving)
+    geom_before = mrml.geometry_from_node(moving)
     logic.register(fixed, moving, harden=True, seed=0, outputTransform=out.transformNode, options=FAST)
     assert moving.GetTransformNodeID() is None
-    assert not bridge.geometry_from_node(moving).isclose(geom_before, atol=1e-3)
+    assert not mrml.geometry_from_node(moving).isclose(geom_before, atol=1e-3)
     grid = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "wrong kind")
     with pytest.raises(MedTorchInputError, match="not a linear transform"):
         logic.register(fixed, moving, outputTransform=grid, seed=0, options=FAST)
@@ -138,16 +138,16 @@ def test_grid_transform_node_matches_the_field_in_lps(scene):
     """An LPS field as a grid transform node (RAS): Slicer maps fixed points exactly as ITK would."""
     import torch
 
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration.slicer_transforms import registration_transform_node
+    from medtorch.slicer import mrml
+    from medtorch.slicer.mrml import registration_transform_node
     from medtorch.phantoms import blob_phantom, oblique_geometry
     from medtorch.registration.result import total_displacement
     from medtorch.resample import transform_points
     from medtorch.volume import Geometry, Volume
 
     g = oblique_geometry()
-    fixed = bridge.node_from_volume(blob_phantom(g), "fixed")
-    moving = bridge.node_from_volume(blob_phantom(g), "moving")
+    fixed = mrml.node_from_volume(blob_phantom(g), "fixed")
+    moving = mrml.node_from_volume(blob_phantom(g), "moving")
     a = np.eye(4)
     a[:3, :3] = [[0.98, 0.06, 0.0], [-0.05, 1.01, 0.03], [0.01, -0.02, 0.99]]
     a[:3, 3] = [4.0, -2.5, 1.0]
@@ -156,7 +156,7 @@ def test_grid_transform_node_matches_the_field_in_lps(scene):
     node = registration_transform_node(a, field, "reg")
     assert node.IsA("vtkMRMLGridTransformNode")
     moving.SetAndObserveTransformNodeID(node.GetID())
-    through_scene = bridge.transform_between_volumes(fixed, moving)
+    through_scene = mrml.transform_between_volumes(fixed, moving)
     expected = total_displacement(a, field, g)
     np.testing.assert_allclose(through_scene.array, expected.array, atol=1e-3)
     pts = torch.from_numpy(g.index_to_physical(np.array([[3.0, 4.0, 5.0], [20.0, 11.0, 7.0]])))  # on the fixed grid, where the scene field is exact
@@ -169,11 +169,11 @@ def test_register_verdict_colours_the_status_fills_a_table_and_the_optional_map(
     check, and the local-similarity map only when its checkbox is on."""
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
     from medtorch.volume import Volume
 
-    fixed = bridge.node_from_volume(pair.fixed, "fixed")
-    moving = bridge.node_from_volume(pair.moving, "moving")
+    fixed = mrml.node_from_volume(pair.fixed, "fixed")
+    moving = mrml.node_from_volume(pair.moving, "moving")
     mod, w = _widget()
     p = w._parameterNode
     assert p.similarityMap is False and w.ui.similarityMapCheckBox.checked is False
@@ -192,13 +192,13 @@ def test_register_verdict_colours_the_status_fills_a_table_and_the_optional_map(
     names = [t.GetColumn(0).GetValue(r) for r in range(t.GetNumberOfRows())]
     assert {"overlap", "local_similarity", "inverse_consistency", "scale", "shear"} <= set(names)
     assert p.similarityMapVolume is not None
-    smap = bridge.volume_from_node(p.similarityMapVolume)
+    smap = mrml.volume_from_node(p.similarityMapVolume)
     assert smap.geometry.isclose(pair.fixed.geometry, atol=1e-3) and 0.3 < float(smap.array.max()) <= 1.0
     assert p.outputTransform.GetAttribute("MedTorch.verdict") == "pass"
 
     # a noise volume as the moving one, blocking, no map: the verdict fails; the same table is refilled
     g = pair.moving.geometry
-    noise = bridge.node_from_volume(Volume(np.random.default_rng(0).normal(100, 30, g.shape_zyx).astype(np.float32),
+    noise = mrml.node_from_volume(Volume(np.random.default_rng(0).normal(100, 30, g.shape_zyx).astype(np.float32),
                                            g), "noise")
     out = mod.FusionRegistrationLogic().register(fixed, noise, seed=0, verdictTable=table, options=FAST)
     assert out.verdict["status"] == "fail" and out.verdictTableNode is table and out.similarityMapNode is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtorch.integration.sample_data import SAMPLES, register_sample_data, sample_sources
+from FusionRegistrationLib.sample_data import SAMPLES, register_sample_data, sample_sources
 from medtorch.io import read_volume
 from medtorch.resample import resample
 

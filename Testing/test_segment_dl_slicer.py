@@ -16,7 +16,7 @@ from medtorch.errors import MedTorchInputError
 
 
 def test_markups_from_nodules_in_ras_with_diameters(scene):
-    from medtorch.integration.slicer_segment_dl import (
+    from SegmentTumorLib.model_scene import (
         markups_from_nodules,
         nodule_diameters,
     )
@@ -36,8 +36,8 @@ def test_markups_from_nodules_in_ras_with_diameters(scene):
 
 
 def test_detect_nodules_job_on_a_phantom(scene):
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration.slicer_segment_dl import (
+    from medtorch.slicer import mrml
+    from SegmentTumorLib.model_scene import (
         detect_nodules_job,
         nodule_diameters,
     )
@@ -45,7 +45,7 @@ def test_detect_nodules_job_on_a_phantom(scene):
 
     ct, truth = lung_phantom(size=(80, 72, 40), spacing=(1.0, 1.0, 1.5), nodule_diameters_mm=(7.0, 12.0),
                              num_vessels=4, seed=5)
-    ct_node = bridge.node_from_volume(ct, "chest CT", scene)
+    ct_node = mrml.node_from_volume(ct, "chest CT", scene)
     markups, lungs = detect_nodules_job(ct_node, min_diameter_mm=4.0, max_diameter_mm=20.0,
                                         lung_segmentation=True, scene=scene).run_blocking()
     assert markups.GetNumberOfControlPoints() == len(truth)
@@ -65,9 +65,9 @@ def test_detect_nodules_job_on_a_phantom(scene):
 def test_segment_model_job_makes_named_segments(scene, tmp_path):
     import torch
 
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration.slicer_jobs import scene_node_ids
-    from medtorch.integration.slicer_segment_dl import (
+    from medtorch.slicer import mrml
+    from medtorch.slicer.jobs import scene_node_ids
+    from SegmentTumorLib.model_scene import (
         describe_model_path,
         segment_model_job,
     )
@@ -94,7 +94,7 @@ def test_segment_model_job_makes_named_segments(scene, tmp_path):
 
     geom = oblique_geometry(size=(40, 36, 24))
     vol = blob_phantom(geom, noise=2.0, seed=3)
-    node = bridge.node_from_volume(vol, "t1c", scene)
+    node = mrml.node_from_volume(vol, "t1c", scene)
     seg = segment_model_job([node], str(bundle), scene=scene).run_blocking()
     segmentation = seg.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 1
@@ -108,7 +108,7 @@ def test_segment_model_job_makes_named_segments(scene, tmp_path):
     entry = vtk.reference("")
     assert segment.GetTag("TerminologyEntry", entry)
     assert "Enhancing Lesion" in str(entry)
-    exported = bridge.label_from_segmentation(seg, node).array > 0
+    exported = mrml.label_from_segmentation(seg, node).array > 0
     np.testing.assert_array_equal(exported, vol.array > 150.0)
     ml = json.loads(seg.GetAttribute("MedTorch.volumesMl"))["Enhancing tumor"]
     assert ml == pytest.approx((vol.array > 150.0).sum() * geom.voxel_volume_mm3 / 1000.0)

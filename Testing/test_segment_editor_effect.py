@@ -35,10 +35,10 @@ def _editor_images(scene, ph, seeds, names):
     1..N in the segments' order) as vtkOrientedImageData on one grid."""
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    source_node = bridge.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
-    seg_node = bridge.segmentation_from_label(seeds, names, "Seeds", reference_node=source_node, scene=scene)
+    source_node = mrml.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
+    seg_node = mrml.segmentation_from_label(seeds, names, "Seeds", reference_node=source_node, scene=scene)
     source = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(source_node)
     merged = slicer.vtkOrientedImageData()
     ids = [seg_node.GetSegmentation().GetNthSegmentID(i) for i in range(len(names))]
@@ -52,21 +52,21 @@ def _editor_images(scene, ph, seeds, names):
 
 
 def _labels(seg_node, source_node):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    return bridge.label_from_segmentation(seg_node, source_node).array.copy()
+    return mrml.label_from_segmentation(seg_node, source_node).array.copy()
 
 
 def test_oriented_image_round_trip_keeps_lps_geometry(scene, phantom):
     """vtkOrientedImageData (RAS, any extent) -> Volume (LPS) -> vtkOrientedImageData, on an oblique grid."""
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     ph, _, _ = phantom
-    node = bridge.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
+    node = mrml.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
     image = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(node)
-    vol = bridge.volume_from_oriented_image(image)
+    vol = mrml.volume_from_oriented_image(image)
     assert vol.geometry.isclose(ph.channels["FLAIR"].geometry, atol=1e-6)
     np.testing.assert_array_equal(vol.array, ph.channels["FLAIR"].array)
     # a clipped image (extent not starting at 0) keeps its physical place
@@ -76,20 +76,20 @@ def test_oriented_image_round_trip_keeps_lps_geometry(scene, phantom):
     clipper = slicer.vtkOrientedImageDataResample()
     sub = [ext[0] + 5, ext[1] - 3, ext[2] + 4, ext[3], ext[4] + 2, ext[5] - 1]
     clipper.CopyImage(image, clip, sub)
-    part = bridge.volume_from_oriented_image(clip)
+    part = mrml.volume_from_oriented_image(clip)
     expected = ph.channels["FLAIR"].geometry.index_to_physical(np.array([[5.0, 4.0, 2.0]]))[0]
     np.testing.assert_allclose(part.geometry.origin, expected, atol=1e-6)
     np.testing.assert_array_equal(part.array, ph.channels["FLAIR"].array[2:-1, 4:, 5:-3])
-    out = bridge.fill_oriented_image(slicer.vtkOrientedImageData(), clip, (part.array > 0).astype(np.uint8))
+    out = mrml.fill_oriented_image(slicer.vtkOrientedImageData(), clip, (part.array > 0).astype(np.uint8))
     assert out.GetExtent() == clip.GetExtent()
-    assert bridge.geometry_from_oriented_image(out).isclose(part.geometry, atol=1e-9)
+    assert mrml.geometry_from_oriented_image(out).isclose(part.geometry, atol=1e-9)
 
 
 @pytest.mark.parametrize("names", [{1: "Tumor", 2: "Background"}, {2: "Background", 1: "Tumor"}])
 def test_preview_segments_the_tumor_and_fills_the_background_segment(scene, phantom, names):
     from SegmentTumorLib.GrowFromSeeds import GrowFromSeedsLogic, background_label
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     ph, wt, seeds = phantom
     source_node, seg_node, source, merged = _editor_images(scene, ph, seeds, names)
@@ -102,14 +102,14 @@ def test_preview_segments_the_tumor_and_fills_the_background_segment(scene, phan
     out = slicer.vtkOrientedImageData()
     logic = GrowFromSeedsLogic()
     logic.preview(source, merged, out, bg)
-    preview = bridge.volume_from_oriented_image(out, "label")
-    assert preview.geometry.isclose(bridge.geometry_from_oriented_image(merged), atol=1e-9)
+    preview = mrml.volume_from_oriented_image(out, "label")
+    assert preview.geometry.isclose(mrml.geometry_from_oriented_image(merged), atol=1e-9)
     tumor_value = order.index("Tumor") + 1
     assert M.dice(preview.array == tumor_value, wt.array > 0) > 0.85
     (z0, y0, x0), (z1, y1, x1) = logic.last["region"]
     region = preview.array[z0:z1, y0:y1, x0:x1]
     assert set(np.unique(region)) == {1, 2}  # every voxel of the region goes to a segment
-    merged_arr = bridge.volume_from_oriented_image(merged, "label").array
+    merged_arr = mrml.volume_from_oriented_image(merged, "label").array
     assert np.all(preview.array[merged_arr > 0] == merged_arr[merged_arr > 0])  # seeds kept
     # the preview never writes into the segmentation (Cancel leaves it as it was)
     np.testing.assert_array_equal(_labels(seg_node, source_node), before)
@@ -119,22 +119,22 @@ def test_a_new_stroke_reuses_the_features_and_changes_the_preview(scene, phantom
     import slicer
     from SegmentTumorLib.GrowFromSeeds import GrowFromSeedsLogic
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     ph, wt, seeds = phantom
     _, _, source, merged = _editor_images(scene, ph, seeds, {1: "Tumor", 2: "Background"})
     logic = GrowFromSeedsLogic()
-    first = bridge.volume_from_oriented_image(logic.preview(source, merged, slicer.vtkOrientedImageData()), "label")
+    first = mrml.volume_from_oriented_image(logic.preview(source, merged, slicer.vtkOrientedImageData()), "label")
     assert not logic.last["incremental"]
     t_first = logic.last["seconds"]["total"]
     # a background stroke painted over a block the first preview gave to the tumor
-    arr = bridge.volume_from_oriented_image(merged, "label").array.copy()
+    arr = mrml.volume_from_oriented_image(merged, "label").array.copy()
     where = np.argwhere((first.array == 1) & (arr == 0) & (wt.array > 0))
     z, y, x = where[len(where) // 2]
     arr[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3] = 2
-    edited = bridge.fill_oriented_image(slicer.vtkOrientedImageData(), merged, arr.astype(np.int16))
+    edited = mrml.fill_oriented_image(slicer.vtkOrientedImageData(), merged, arr.astype(np.int16))
     start = time.perf_counter()
-    second = bridge.volume_from_oriented_image(logic.preview(source, edited, slicer.vtkOrientedImageData()), "label")
+    second = mrml.volume_from_oriented_image(logic.preview(source, edited, slicer.vtkOrientedImageData()), "label")
     assert logic.last["incremental"]
     assert logic.last["seconds"]["features"] < 0.5 * max(t_first, 1e-3) + 0.05
     assert np.all(second.array[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3] == 2)
@@ -149,12 +149,12 @@ def test_seeds_of_one_segment_are_refused_with_a_fix(scene, phantom):
     from SegmentTumorLib.GrowFromSeeds import GrowFromSeedsLogic
 
     from medtorch.errors import MedTorchInputError
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     ph, wt, seeds = phantom
     _, _, source, merged = _editor_images(scene, ph, seeds, {1: "Tumor", 2: "Background"})
-    arr = bridge.volume_from_oriented_image(merged, "label").array
-    only = bridge.fill_oriented_image(slicer.vtkOrientedImageData(), merged, np.where(arr == 1, 1, 0).astype(np.int16))
+    arr = mrml.volume_from_oriented_image(merged, "label").array
+    only = mrml.fill_oriented_image(slicer.vtkOrientedImageData(), merged, np.where(arr == 1, 1, 0).astype(np.int16))
     with pytest.raises(MedTorchInputError, match="one segment only"):
         GrowFromSeedsLogic().preview(source, only, slicer.vtkOrientedImageData())
 

@@ -31,19 +31,19 @@ def _module():
 
 
 def _nodes(scene, ph, seeds, names=NAMES, order=None):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    flair = bridge.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
-    t1c = bridge.node_from_volume(ph.channels["T1c"], "T1c", scene)
+    flair = mrml.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
+    t1c = mrml.node_from_volume(ph.channels["T1c"], "T1c", scene)
     items = {v: names[v] for v in (order or sorted(names))}
-    seed_node = bridge.segmentation_from_label(seeds, items, "Seeds", reference_node=flair, scene=scene)
+    seed_node = mrml.segmentation_from_label(seeds, items, "Seeds", reference_node=flair, scene=scene)
     return flair, t1c, seed_node
 
 
 def _wt(seg, ref_node, truth):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    lab = bridge.label_from_segmentation(seg, ref_node).array > 0
+    lab = mrml.label_from_segmentation(seg, ref_node).array > 0
     return M.dice(lab, truth > 0)
 
 
@@ -70,7 +70,7 @@ def test_seeded_from_segments_with_background_first(scene, phantom):
 
 
 def test_volumetry_table_matches_a_hand_count(scene, phantom):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     mod = _module()
     ph, seeds = phantom
@@ -83,7 +83,7 @@ def test_volumetry_table_matches_a_hand_count(scene, phantom):
     s = seg.GetSegmentation()
     total = 0
     for r in range(3):
-        lab = bridge.label_from_segmentation(seg, flair, [s.GetNthSegmentID(r)]).array > 0
+        lab = mrml.label_from_segmentation(seg, flair, [s.GetNthSegmentID(r)]).array > 0
         assert t.GetValue(r, 2).ToInt() == int(lab.sum())
         assert t.GetValue(r, 3).ToDouble() == pytest.approx(lab.sum() * 1.5 ** 3 / 1000.0, rel=1e-9)
         total += int(lab.sum())
@@ -94,10 +94,10 @@ def test_volumetry_table_matches_a_hand_count(scene, phantom):
 def test_seeds_from_markups_points(scene, phantom):
     mod = _module()
     ph, _ = phantom
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    flair = bridge.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
-    t1c = bridge.node_from_volume(ph.channels["T1c"], "T1c", scene)
+    flair = mrml.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
+    t1c = mrml.node_from_volume(ph.channels["T1c"], "T1c", scene)
     markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed points")
     truth = ph.truth.array
     g = ph.truth.geometry
@@ -123,7 +123,7 @@ def test_seeds_from_markups_points(scene, phantom):
 
 
 def test_output_node_reuse_and_bad_seeds(scene, phantom):
-    from medtorch.integration.slicer_jobs import scene_node_ids
+    from medtorch.slicer.jobs import scene_node_ids
 
     mod = _module()
     ph, seeds = phantom
@@ -139,10 +139,10 @@ def test_output_node_reuse_and_bad_seeds(scene, phantom):
         logic.seeded([flair], seed_node, outputSegmentation=seed_node)
     # a background segment with no seed painted
     empty_bg = seeds.with_array(np.where(seeds.array == 4, 0, seeds.array).astype(np.uint8))
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     assert scene_node_ids(scene) == before
-    bad = bridge.segmentation_from_label(empty_bg, NAMES, "bad seeds", reference_node=flair, scene=scene)
+    bad = mrml.segmentation_from_label(empty_bg, NAMES, "bad seeds", reference_node=flair, scene=scene)
     before = scene_node_ids(scene)
     with pytest.raises(MedTorchInputError, match="has no seeds"):
         logic.seeded([flair], bad)
@@ -152,19 +152,19 @@ def test_output_node_reuse_and_bad_seeds(scene, phantom):
 
 
 def test_metrics_table_against_a_reference(scene, phantom):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     mod = _module()
     ph, seeds = phantom
     flair, t1c, seed_node = _nodes(scene, ph, seeds)
-    ref = bridge.segmentation_from_label(ph.truth, {1: "Necrosis", 2: "Edema", 3: "Enhancing tumor"}, "truth",
+    ref = mrml.segmentation_from_label(ph.truth, {1: "Necrosis", 2: "Edema", 3: "Enhancing tumor"}, "truth",
                                          reference_node=flair, scene=scene)
     seg = mod.SegmentTumorLogic().seeded([flair, t1c], seed_node, referenceSegmentation=ref)
     table = scene.GetNodeByID(seg.GetAttribute("MedTorch.metricsTableID"))
     t = table.GetTable()
     rows = {t.GetValue(r, 0).ToString(): r for r in range(t.GetNumberOfRows())}
     assert list(rows) == ["Necrosis", "Edema", "Enhancing tumor", "Whole tumor"]
-    lab = bridge.label_from_segmentation(seg, flair).array
+    lab = mrml.label_from_segmentation(seg, flair).array
     truth = ph.truth.array
     r = rows["Whole tumor"]
     sp = tuple(ph.truth.geometry.spacing[::-1])
@@ -176,7 +176,7 @@ def test_metrics_table_against_a_reference(scene, phantom):
 
 
 def test_incremental_update_after_a_seed_edit(scene, phantom):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     mod = _module()
     ph, seeds = phantom
@@ -185,16 +185,16 @@ def test_incremental_update_after_a_seed_edit(scene, phantom):
     seg = logic.updateSeeded([flair, t1c], seed_node)
     assert seg.GetAttribute("MedTorch.incremental") == "false"
     # background painted over a block inside the oedema: that block leaves the tumor
-    lab = bridge.label_from_segmentation(seg, flair).array
+    lab = mrml.label_from_segmentation(seg, flair).array
     oed = np.argwhere((lab == 2) & (ph.truth.array == 2))
     z, y, x = oed[len(oed) // 3]
     arr = seeds.array.copy()
     arr[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3] = 4
     scene.RemoveNode(seed_node)
-    edited = bridge.segmentation_from_label(seeds.with_array(arr), NAMES, "Seeds", reference_node=flair, scene=scene)
+    edited = mrml.segmentation_from_label(seeds.with_array(arr), NAMES, "Seeds", reference_node=flair, scene=scene)
     again = logic.updateSeeded([flair, t1c], edited, outputSegmentation=seg)
     assert again is seg and seg.GetAttribute("MedTorch.incremental") == "true"
-    lab2 = bridge.label_from_segmentation(seg, flair).array
+    lab2 = mrml.label_from_segmentation(seg, flair).array
     assert not lab2[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3].any()
 
 

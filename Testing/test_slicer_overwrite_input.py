@@ -46,9 +46,9 @@ def _widget(module_name):
 
 
 def _array(node):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    return bridge.volume_from_node(node).array.copy()
+    return mrml.volume_from_node(node).array.copy()
 
 
 def _run(w):
@@ -59,10 +59,10 @@ def _run(w):
 
 
 def test_enhance_output_equal_to_input_asks_first(scene, answer):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(size=(40, 36, 32))
-    node = bridge.node_from_volume(blob_phantom(geom, noise=10.0, seed=3), "scan")
+    node = mrml.node_from_volume(blob_phantom(geom, noise=10.0, seed=3), "scan")
     before = _array(node)
     mod, w = _widget("EnhanceSR")
     p = w._parameterNode
@@ -97,11 +97,11 @@ def test_enhance_output_equal_to_input_asks_first(scene, answer):
 
 
 def test_fusion_output_equal_to_fixed_asks_first(scene, answer):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry()
-    fixed = bridge.node_from_volume(blob_phantom(geom), "fixed")
-    moving = bridge.node_from_volume(blob_phantom(geom, noise=4.0, seed=5), "moving")
+    fixed = mrml.node_from_volume(blob_phantom(geom), "fixed")
+    moving = mrml.node_from_volume(blob_phantom(geom, noise=4.0, seed=5), "moving")
     before = _array(fixed)
     mod, w = _widget("FusionRegistration")
     p = w._parameterNode
@@ -129,7 +129,7 @@ def test_fusion_output_equal_to_fixed_asks_first(scene, answer):
 
 
 def test_segment_output_equal_to_seeds_asks_first(scene, answer):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
     from medtorch.segment.tumor_phantom import make_tumor_phantom, stroke_seeds, synthetic_tissue
     from medtorch.volume import Geometry
 
@@ -137,9 +137,9 @@ def test_segment_output_equal_to_seeds_asks_first(scene, answer):
     ph = make_tumor_phantom(synthetic_tissue(geom, seed=1), noise=0.06, seed=2, core_radius_mm=6.0, rim_mm=3.0,
                             oedema_radius_mm=12.0)
     seeds = stroke_seeds(ph.truth, seed=0)
-    flair = bridge.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
+    flair = mrml.node_from_volume(ph.channels["FLAIR"], "FLAIR", scene)
     names = {1: "Necrosis", 2: "Edema", 3: "Enhancing tumor", 4: "Background"}
-    seed_node = bridge.segmentation_from_label(seeds, names, "Seeds", reference_node=flair, scene=scene)
+    seed_node = mrml.segmentation_from_label(seeds, names, "Seeds", reference_node=flair, scene=scene)
     mod, w = _widget("SegmentTumor")
     p = w._parameterNode
     w.ui.methodComboBox.setCurrentText("seeded")

@@ -25,11 +25,11 @@ def test_fusion_widget_binds_parameters_and_applies_in_background(scene):
     import slicer
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry()
-    fixed = bridge.node_from_volume(blob_phantom(geom), "fixed")
-    moving = bridge.node_from_volume(blob_phantom(geom, noise=4.0, seed=5), "moving")
+    fixed = mrml.node_from_volume(blob_phantom(geom), "fixed")
+    moving = mrml.node_from_volume(blob_phantom(geom, noise=4.0, seed=5), "moving")
     mod, w = _widget("FusionRegistration")
     p = w._parameterNode
     # defaults picked by the widget, GUI and parameter node agree
@@ -61,8 +61,8 @@ def test_fusion_widget_binds_parameters_and_applies_in_background(scene):
     assert "fused with" in out.GetName()
     assert w.ui.applyButton.enabled
     assert not w.runner.dialog.visible
-    expected = bridge.volume_from_node(mod.FusionRegistrationLogic().blend(fixed, moving, 0.7, "none"))
-    np.testing.assert_allclose(bridge.volume_from_node(out).array, expected.array, atol=1e-5)
+    expected = mrml.volume_from_node(mod.FusionRegistrationLogic().blend(fixed, moving, 0.7, "none"))
+    np.testing.assert_allclose(mrml.volume_from_node(out).array, expected.array, atol=1e-5)
     # the parameter node is saved with the scene: values are in the MRML node
     assert p.parameterNode.GetParameter("blendWeight") == "0.7"
     assert p.parameterNode.GetNodeReferenceID("outputVolume") == out.GetID()
@@ -70,11 +70,11 @@ def test_fusion_widget_binds_parameters_and_applies_in_background(scene):
 
 def test_rerun_writes_into_chosen_output_only(scene):
     """Re-running never overwrites a user's node unless it was chosen as the output."""
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry()
-    fixed = bridge.node_from_volume(blob_phantom(geom), "fixed")
-    moving = bridge.node_from_volume(blob_phantom(geom, noise=4.0, seed=5), "moving")
+    fixed = mrml.node_from_volume(blob_phantom(geom), "fixed")
+    moving = mrml.node_from_volume(blob_phantom(geom, noise=4.0, seed=5), "moving")
     mod, _ = _widget("FusionRegistration")
     logic = mod.FusionRegistrationLogic()
     first = logic.blend(fixed, moving, 0.5)
@@ -92,11 +92,11 @@ def test_enhance_widget_cancel_leaves_scene_as_it_was(scene):
     import slicer
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration.slicer_jobs import scene_node_ids
+    from medtorch.slicer import mrml
+    from medtorch.slicer.jobs import scene_node_ids
 
     geom = oblique_geometry(size=(96, 96, 80), spacing=(1.0, 1.0, 1.0))
-    node = bridge.node_from_volume(blob_phantom(geom, noise=10.0), "big")
+    node = mrml.node_from_volume(blob_phantom(geom, noise=10.0), "big")
     mod, w = _widget("EnhanceSR")
     p = w._parameterNode
     assert p.inputVolume is node
@@ -119,10 +119,10 @@ def test_enhance_widget_cancel_leaves_scene_as_it_was(scene):
 def test_segment_widget_reports_volume(scene):
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(spacing=(0.8, 0.9, 1.2), size=(48, 44, 36))
-    bridge.node_from_volume(blob_phantom(geom, noise=5.0, seed=2), "phantom")
+    mrml.node_from_volume(blob_phantom(geom, noise=5.0, seed=2), "phantom")
     mod, w = _widget("SegmentTumor")
     w.ui.lowerSpinBox.setValue(150.0)
     w.ui.segmentNameLineEdit.text = "Lesion"
@@ -139,10 +139,10 @@ def test_segment_widget_reports_volume(scene):
 def test_background_error_is_reported_not_raised(scene):
     import slicer_testbed
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry()
-    bridge.node_from_volume(blob_phantom(geom), "phantom")
+    mrml.node_from_volume(blob_phantom(geom), "phantom")
     mod, w = _widget("SegmentTumor")
     w.ui.lowerSpinBox.setValue(9000.0)  # no voxel that bright
     w.ui.applyButton.click()

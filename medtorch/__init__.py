@@ -3,7 +3,7 @@
 Volumes with exact geometry (:mod:`medtorch.volume`), file and DICOM input/output
 (:mod:`medtorch.io`), torch resampling (:mod:`medtorch.resample`), progress and cancel
 (:mod:`medtorch.progress`) and the algorithms of the three Slicer modules. Nothing here
-imports Slicer; :mod:`medtorch.slicer_bridge` converts to and from MRML nodes when Slicer
+imports Slicer; :mod:`medtorch.slicer.mrml` converts to and from MRML nodes when Slicer
 (or ``slicer-core``) is present.
 """
 

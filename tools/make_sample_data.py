@@ -28,7 +28,7 @@ def thumbnail(volume, path: Path) -> None:
 
 
 def main() -> int:
-    import medtorch.demo as demo
+    import medtorch.demo.data as demo
     from medtorch.io import write_volume
     from medtorch.volume import Volume
 

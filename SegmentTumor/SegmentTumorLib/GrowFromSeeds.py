@@ -56,10 +56,10 @@ class GrowFromSeedsLogic:
             backgroundValue: the background segment's label value (default: the largest).
         """
         from medtorch.errors import MedTorchInputError
-        from medtorch.integration import slicer_bridge as bridge
+        from medtorch.slicer import mrml
         from medtorch.segment.seeded import SeededSegmenter
 
-        seeds = bridge.volume_from_oriented_image(mergedSeeds, "label")
+        seeds = mrml.volume_from_oriented_image(mergedSeeds, "label")
         arr = np.asarray(seeds.array)
         values = [int(v) for v in np.unique(arr[arr > 0])]
         if len(values) < 2:
@@ -76,7 +76,7 @@ class GrowFromSeedsLogic:
             swapped[arr == top] = bg
         key = self._source_key(source)
         if self._segmenter is None or key != self._key:
-            image = bridge.volume_from_oriented_image(source, "scalar")
+            image = mrml.volume_from_oriented_image(source, "scalar")
             if not image.geometry.isclose(seeds.geometry, atol=1e-4):
                 raise MedTorchInputError("the seeds are not on the source volume's grid",
                                          "let the Segment Editor clip both to one grid")
@@ -94,4 +94,4 @@ class GrowFromSeedsLogic:
             out[lab == bg] = top
         self.last = {"seconds": res.seconds, "incremental": res.incremental, "region": res.region,
                      "verdict": res.verdict}
-        return bridge.fill_oriented_image(outputLabelmap, mergedSeeds, out)
+        return mrml.fill_oriented_image(outputLabelmap, mergedSeeds, out)

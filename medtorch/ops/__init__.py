@@ -3,7 +3,7 @@
 Every operation is a typed request (a frozen dataclass: its parameters, their ``Literal``
 choices and defaults, defined once) and a run function, listed in :data:`OPERATIONS`. The
 command line, the YAML pipeline, the demo, the Slicer modules (through
-:class:`~medtorch.integration.slicer_jobs.LogicJob`) and background jobs
+:class:`~medtorch.slicer.jobs.LogicJob`) and background jobs
 (:mod:`medtorch.runtime`, whose worker runs one operation per job) all call :func:`run`::
 
     from medtorch import ops

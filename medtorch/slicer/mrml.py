@@ -1,5 +1,6 @@
-"""MRML bridge: volume, label map, vector, segmentation and transform nodes to and from
-:class:`~medtorch.volume.Volume`, with RAS (Slicer) and LPS (MedTorch, ITK) handled here.
+"""MRML nodes to and from :class:`~medtorch.volume.Volume`: volume, label map, vector,
+segmentation and transform nodes, registration results and markups, with RAS (Slicer) and
+LPS (MedTorch, ITK) converted through :mod:`medtorch.coords`.
 
 Slicer (or PyPI's ``slicer-core``) is imported lazily, inside the functions, so the rest
 of ``medtorch`` stays importable without it.
@@ -9,6 +10,21 @@ of ``medtorch`` stays importable without it.
   fixed volume's local LPS points to the moving volume's local LPS points through both
   nodes' parent transforms (a 4x4 matrix when all are linear, else a displacement field
   sampled on the fixed grid).
+
+Registration results: ITK's convention (MedTorch's) maps *fixed* points to *moving* points --
+the "resampling" direction, which Slicer calls **FromParent** (world, i.e. the fixed volume's
+space, to the transformed node's local space). So:
+
+* a linear result ``A`` (4x4 LPS) becomes a ``vtkMRMLLinearTransformNode`` whose to-parent
+  RAS matrix is ``F A^-1 F`` (``F``: the RAS <-> LPS flip,
+  :func:`medtorch.coords.to_parent_ras_from_itk`): :func:`linear_transform_node_from_lps`;
+* a deformable result ``p -> A(p + d(p))`` becomes a ``vtkMRMLGridTransformNode`` whose
+  FromParent transform is a ``vtkOrientedGridTransform`` holding the total displacement
+  ``t(p) = A(p + d(p)) - p``, converted to RAS: the grid's origin and axes flipped by ``F``,
+  each vector too. The field is stored on its own grid and interpolated linearly, exactly as
+  ITK's ``DisplacementFieldTransform`` (and :func:`medtorch.resample.resample`) does, so a
+  volume placed under the node shows where the registration put it
+  (:func:`registration_transform_node`).
 """
 
 from __future__ import annotations
@@ -242,6 +258,104 @@ def linear_transform_node_from_lps(matrix_lps: np.ndarray, name: str = "", scene
     node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
     node.SetMatrixTransformToParent(vtk_matrix_from_array(to_parent_ras))
     return node
+
+
+# -- registration results and markups (ITK's fixed -> moving convention; see the module docstring) --
+
+
+def lps_points_from_markups(node: Any) -> np.ndarray:
+    """World positions of a markups node's control points as an ``(N, 3)`` LPS array (mm)."""
+    if node is None:
+        raise MedTorchInputError("no markups node was given", "select a point list")
+    n = int(node.GetNumberOfControlPoints())
+    out = np.zeros((n, 3))
+    for i in range(n):
+        ras = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(i, ras)
+        out[i] = coords.lps_from_ras(ras)
+    return out
+
+
+def _grid_transform_from_lps(field: Volume) -> Any:
+    """A ``vtkOrientedGridTransform`` (RAS) of an LPS displacement-field volume."""
+    import vtk
+    from vtk.util import numpy_support
+
+    slicer = _slicer()
+    if field.kind != "vector" or field.num_components != 3:
+        raise MedTorchInputError("a grid transform needs a 3-component displacement field",
+                                 "give the displacement as a vector volume (LPS mm)")
+    geom = field.geometry
+    ras_vectors = coords.ras_from_lps(field.array)
+    image = vtk.vtkImageData()
+    image.SetDimensions(*geom.size)
+    image.SetOrigin(*coords.ras_from_lps(geom.origin))
+    image.SetSpacing(*geom.spacing)
+    flat = np.ascontiguousarray(ras_vectors.reshape(-1, 3))
+    array = numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_DOUBLE)
+    array.SetNumberOfComponents(3)
+    image.GetPointData().SetScalars(array)
+    direction = np.eye(4)
+    direction[:3, :3] = coords.flip_rows(geom.direction)
+    grid = slicer.vtkOrientedGridTransform()
+    grid.SetDisplacementGridData(image)
+    grid.SetGridDirectionMatrix(vtk_matrix_from_array(direction))
+    grid.SetInterpolationModeToLinear()
+    return grid
+
+
+def set_grid_transform_from_lps(node: Any, field: Volume) -> Any:
+    """Put an LPS displacement field (fixed -> moving, ITK) into a grid transform node as FromParent."""
+    node.SetAndObserveTransformFromParent(_grid_transform_from_lps(field))
+    return node
+
+
+def grid_transform_node_from_lps(field: Volume, name: str = "", scene: Any = None) -> Any:
+    """A new ``vtkMRMLGridTransformNode`` from an LPS displacement field (fixed -> moving, ITK)."""
+    slicer = _slicer()
+    scene = scene if scene is not None else slicer.mrmlScene
+    node = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", name)
+    try:
+        set_grid_transform_from_lps(node, field)
+    except Exception:
+        scene.RemoveNode(node)
+        raise
+    return node
+
+
+def _total_field(affine: np.ndarray, displacement: Volume) -> Volume:
+    """``t(p) = A(p + d(p)) - p`` on the displacement's own grid (exact for trilinear interpolation:
+    the linear part of ``t`` is reproduced exactly by it)."""
+    from medtorch.registration.result import total_displacement
+
+    return total_displacement(affine, displacement, displacement.geometry)
+
+
+def registration_transform_node(affine: np.ndarray, displacement: Volume | None, name: str = "",
+                                node: Any = None, scene: Any = None) -> Any:
+    """The MRML node of a registration result (see the module docstring).
+
+    ``node``: an existing transform node to fill (linear for a linear result, grid for a
+    deformable one); ``None`` makes a new node.
+    """
+    slicer = _slicer()
+    scene = scene if scene is not None else slicer.mrmlScene
+    if displacement is None:
+        if node is None:
+            return linear_transform_node_from_lps(affine, name, scene)
+        if not node.IsA("vtkMRMLLinearTransformNode"):
+            raise MedTorchInputError(f"the output transform {node.GetName()} is not a linear transform",
+                                     "choose a linear transform node, or 'Create new'")
+        to_parent = coords.to_parent_ras_from_itk(affine)
+        node.SetMatrixTransformToParent(vtk_matrix_from_array(to_parent))
+        return node
+    total = _total_field(affine, displacement)
+    if node is None:
+        return grid_transform_node_from_lps(total, name, scene)
+    if not node.IsA("vtkMRMLGridTransformNode"):
+        raise MedTorchInputError(f"the output transform {node.GetName()} is not a grid transform",
+                                 "choose a grid transform node, or 'Create new', for deformable registration")
+    return set_grid_transform_from_lps(node, total)
 
 
 # -- segmentations ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""MRML bridge on the headless Slicer (slicer-core): every path between MRML nodes and
+"""medtorch.slicer.mrml on the headless Slicer (slicer-core): every path between MRML nodes and
 :class:`Volume` round-trips on an oblique, anisotropic, non-zero-origin volume.
 
 Tolerances: geometry 1e-9 (matrices are copied as doubles); voxels bit-exact.
@@ -25,13 +25,13 @@ def _volume(dtype, kind="scalar"):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, np.uint16, np.int32])
 def test_scalar_node_round_trip(scene, dtype):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     vol = _volume(dtype)
     before = vol.array.copy()
-    node = bridge.node_from_volume(vol, "v")
+    node = mrml.node_from_volume(vol, "v")
     assert node.GetClassName() == "vtkMRMLScalarVolumeNode"
-    back = bridge.volume_from_node(node)
+    back = mrml.volume_from_node(node)
     assert back.array.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(back.array, vol.array)
     assert back.geometry.isclose(GEOM, atol=1e-9)
@@ -39,19 +39,19 @@ def test_scalar_node_round_trip(scene, dtype):
 
 
 def test_label_and_vector_nodes_round_trip(scene):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     label = Volume((np.arange(np.prod(GEOM.shape_zyx)) % 4).reshape(GEOM.shape_zyx).astype(np.int16), GEOM, "label")
-    node = bridge.node_from_volume(label, "lab")
+    node = mrml.node_from_volume(label, "lab")
     assert node.GetClassName() == "vtkMRMLLabelMapVolumeNode"
-    back = bridge.volume_from_node(node)
+    back = mrml.volume_from_node(node)
     assert back.kind == "label"
     np.testing.assert_array_equal(back.array, label.array)
 
     vec = _volume(np.float32, "vector")
-    vnode = bridge.node_from_volume(vec, "vec")
+    vnode = mrml.node_from_volume(vec, "vec")
     assert vnode.GetClassName() == "vtkMRMLVectorVolumeNode"
-    vback = bridge.volume_from_node(vnode)
+    vback = mrml.volume_from_node(vnode)
     assert vback.kind == "vector" and vback.num_components == 3
     np.testing.assert_array_equal(vback.array, vec.array)
     assert vback.geometry.isclose(GEOM, atol=1e-9)
@@ -61,9 +61,9 @@ def test_ras_lps_convention_on_a_point(scene):
     """Voxel (i, j, k) = (2, 3, 4) lands at the same physical point in MRML (RAS) and in the core (LPS)."""
     import vtk
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    node = bridge.node_from_volume(_volume(np.float32), "v")
+    node = mrml.node_from_volume(_volume(np.float32), "v")
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
     ras = np.array(m.MultiplyPoint((2.0, 3.0, 4.0, 1.0))[:3])
@@ -77,13 +77,13 @@ def test_sitk_and_mrml_agree_through_files(scene, tmp_path):
     """A volume written by the core and loaded by Slicer's own reader has the same geometry."""
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
     from medtorch.io import write_volume
 
     vol = _volume(np.int16)
     write_volume(vol, tmp_path / "v.nrrd")
     node = slicer.util.loadVolume(str(tmp_path / "v.nrrd"))
-    back = bridge.volume_from_node(node)
+    back = mrml.volume_from_node(node)
     assert back.geometry.isclose(GEOM, atol=1e-6)
     np.testing.assert_array_equal(back.array, vol.array)
 
@@ -92,18 +92,18 @@ def test_linear_transform_between_volumes(scene):
     """The ITK-convention matrix from parent transforms maps fixed points where MRML maps them."""
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    fixed = bridge.node_from_volume(_volume(np.float32), "f")
-    moving = bridge.node_from_volume(_volume(np.float32), "m")
-    assert bridge.transform_between_volumes(fixed, moving) is None
+    fixed = mrml.node_from_volume(_volume(np.float32), "f")
+    moving = mrml.node_from_volume(_volume(np.float32), "m")
+    assert mrml.transform_between_volumes(fixed, moving) is None
     t_m = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     to_parent = np.eye(4)
     to_parent[:3, :3] = rotation_matrix((5.0, 0.0, -12.0))
     to_parent[:3, 3] = (4.0, -7.0, 2.5)
     t_m.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(to_parent))
     moving.SetAndObserveTransformNodeID(t_m.GetID())
-    a = bridge.transform_between_volumes(fixed, moving)
+    a = mrml.transform_between_volumes(fixed, moving)
     # A fixed-local LPS point p sits at world RAS F p; the moving-local point there is to_parent^-1 (F p).
     p = np.array([3.0, -2.0, 11.0])
     flip = np.array([-1.0, -1.0, 1.0])
@@ -114,10 +114,10 @@ def test_linear_transform_between_volumes(scene):
 def test_nonlinear_transform_becomes_displacement_field(scene):
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    fixed = bridge.node_from_volume(_volume(np.float32), "f")
-    moving = bridge.node_from_volume(_volume(np.float32), "m")
+    fixed = mrml.node_from_volume(_volume(np.float32), "f")
+    moving = mrml.node_from_volume(_volume(np.float32), "m")
     grid = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode")
     import vtk
 
@@ -133,7 +133,7 @@ def test_nonlinear_transform_becomes_displacement_field(scene):
     gt.SetInterpolationModeToLinear()
     grid.SetAndObserveTransformFromParent(gt)
     moving.SetAndObserveTransformNodeID(grid.GetID())
-    field = bridge.transform_between_volumes(fixed, moving)
+    field = mrml.transform_between_volumes(fixed, moving)
     assert isinstance(field, Volume) and field.kind == "vector"
     assert field.geometry.isclose(GEOM, atol=1e-9)
     # world -> moving-local is the from-parent transform: p + (1.5, -2, 0.75) RAS = (-1.5, 2, 0.75) LPS
@@ -143,34 +143,34 @@ def test_nonlinear_transform_becomes_displacement_field(scene):
 def test_linear_transform_node_from_lps_matches_itk_convention(scene):
     import vtk
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     a = np.eye(4)
     a[:3, :3] = rotation_matrix((10.0, 20.0, -5.0))
     a[:3, 3] = (3.0, -1.0, 8.0)
-    node = bridge.linear_transform_node_from_lps(a, "reg")
+    node = mrml.linear_transform_node_from_lps(a, "reg")
     m = vtk.vtkMatrix4x4()
     node.GetMatrixTransformFromParent(m)  # world (fixed) RAS -> moving RAS
-    from_parent = bridge.array_from_vtk_matrix(m)
+    from_parent = mrml.array_from_vtk_matrix(m)
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     np.testing.assert_allclose(flip @ from_parent @ flip, a, atol=1e-9)
 
 
 def test_segmentation_round_trip_and_names(scene):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     geom = oblique_geometry(size=(20, 18, 12))
     label = np.zeros(geom.shape_zyx, np.uint8)
     label[3:8, 4:10, 5:12] = 1
     label[8:10, 10:14, 2:6] = 2
-    ref = bridge.node_from_volume(blob_phantom(geom), "ref")
-    seg = bridge.segmentation_from_label(Volume(label, geom, "label"), {1: "Core", 2: "Edema"}, "seg",
+    ref = mrml.node_from_volume(blob_phantom(geom), "ref")
+    seg = mrml.segmentation_from_label(Volume(label, geom, "label"), {1: "Core", 2: "Edema"}, "seg",
                                          colors={1: (1.0, 0.0, 0.0)}, reference_node=ref)
     s = seg.GetSegmentation()
     names = [s.GetNthSegment(i).GetName() for i in range(s.GetNumberOfSegments())]
     assert names == ["Core", "Edema"]
     assert s.GetNthSegment(0).GetColor() == (1.0, 0.0, 0.0)
-    back = bridge.label_from_segmentation(seg, ref)
+    back = mrml.label_from_segmentation(seg, ref)
     np.testing.assert_array_equal(back.array, label)
     assert back.geometry.isclose(geom, atol=1e-6)
 
@@ -178,23 +178,23 @@ def test_segmentation_round_trip_and_names(scene):
 def test_roi_box_in_lps(scene):
     import slicer
 
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
     roi.SetCenter(10.0, 20.0, 30.0)
     roi.SetSize(4.0, 6.0, 8.0)
-    box = bridge.box_from_roi_node(roi)
+    box = mrml.box_from_roi_node(roi)
     np.testing.assert_allclose(box["center"], (-10.0, -20.0, 30.0))
     np.testing.assert_allclose(box["half_size"], (2.0, 3.0, 4.0))
     np.testing.assert_allclose(np.abs(np.asarray(box["axes"])), np.eye(3), atol=1e-12)
 
 
 def test_show_in_slice_views(scene):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
-    a = bridge.node_from_volume(_volume(np.float32), "a")
-    b = bridge.node_from_volume(_volume(np.float32), "b")
-    assert bridge.show_in_slice_views(background=a, foreground=b, foreground_opacity=0.4) == 3
+    a = mrml.node_from_volume(_volume(np.float32), "a")
+    b = mrml.node_from_volume(_volume(np.float32), "b")
+    assert mrml.show_in_slice_views(background=a, foreground=b, foreground_opacity=0.4) == 3
     import slicer
 
     for comp in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):

@@ -1,7 +1,7 @@
 """Slicer side of deep-learning segmentation and lung-nodule detection (SegmentTumor).
 
 What the module's Logic calls (all scene work is in the ``apply`` step of a
-:class:`~medtorch.integration.slicer_jobs.LogicJob`, so a cancel or an error leaves the scene
+:class:`~medtorch.slicer.jobs.LogicJob`, so a cancel or an error leaves the scene
 as it was):
 
 * :func:`describe_model_path` -- the channels a model wants, for the input selectors;
@@ -116,11 +116,11 @@ def segmentation_from_model_result(label: Volume, labels: Mapping[Any, str], nam
     them) to segment names. Attributes: ``MedTorch.operation`` = ``segment_model``,
     ``MedTorch.volumesMl`` (JSON name -> mL), ``MedTorch.info`` (JSON details of the run).
     """
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml
 
     names = {int(k): str(v) for k, v in labels.items()}
     cols = dict(colors) if colors is not None else segment_colors(names)
-    seg = bridge.segmentation_from_label(label, names, name, colors=cols, reference_node=reference_node, scene=scene)
+    seg = mrml.segmentation_from_label(label, names, name, colors=cols, reference_node=reference_node, scene=scene)
     _tag_terminology(seg, names)
     seg.SetAttribute("MedTorch.operation", "segment_model")
     if volumes_ml is not None:
@@ -190,8 +190,8 @@ def segment_model_job(volume_nodes: Sequence[Any], model_path: str, *, overlap: 
         MedTorchInputError: no model, no volume, an empty selector, volumes under different
             transforms (they would not line up).
     """
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration.slicer_jobs import LogicJob
+    from medtorch.slicer import mrml
+    from medtorch.slicer.jobs import LogicJob
     from medtorch.ops.segmentation import ModelRequest
 
     slicer = _slicer()
@@ -205,7 +205,7 @@ def segment_model_job(volume_nodes: Sequence[Any], model_path: str, *, overlap: 
     if len(parents) > 1:
         raise MedTorchInputError("the input volumes are under different transforms, so they would not line up",
                                  "put them under the same transform, or harden the transforms first")
-    inputs = {f"channel{i}": bridge.volume_from_node(n) for i, n in enumerate(nodes)}
+    inputs = {f"channel{i}": mrml.volume_from_node(n) for i, n in enumerate(nodes)}
     request = ModelRequest(model=str(model_path), overlap=overlap, tta=bool(tta), device=device,
                            label_convention=label_convention, output_interpolation=output_interpolation,
                            crop_foreground=bool(crop_foreground), trust_code=bool(trust_code))
@@ -228,15 +228,15 @@ def detect_nodules_job(ct_node: Any, *, min_diameter_mm: float = 4.0, max_diamet
                        lung_segmentation: bool = False, scene: Any = None) -> Any:
     """A :class:`LogicJob` running ``detect_nodules`` on ``ct_node``; its result is the new
     markups node (``(markups, lung segmentation)`` when ``lung_segmentation``)."""
-    from medtorch.integration import slicer_bridge as bridge
-    from medtorch.integration.slicer_jobs import LogicJob
+    from medtorch.slicer import mrml
+    from medtorch.slicer.jobs import LogicJob
     from medtorch.ops.segmentation import NodulesRequest
 
     slicer = _slicer()
     scene = scene if scene is not None else slicer.mrmlScene
     if ct_node is None:
         raise MedTorchInputError("no CT volume is selected", "select the chest CT")
-    inputs = {"input": bridge.volume_from_node(ct_node)}
+    inputs = {"input": mrml.volume_from_node(ct_node)}
     request = NodulesRequest(min_diameter_mm=float(min_diameter_mm), max_diameter_mm=float(max_diameter_mm),
                              score_threshold=float(score_threshold), device=device)
     name = markups_name or scene.GenerateUniqueName(f"{ct_node.GetName()} nodules")
@@ -247,7 +247,7 @@ def detect_nodules_job(ct_node: Any, *, min_diameter_mm: float = 4.0, max_diamet
         markups.SetAttribute("MedTorch.numCandidates", str(result.values.get("num_candidates", "")))
         if not lung_segmentation:
             return markups
-        lungs = bridge.segmentation_from_label(result.volumes["lung_mask"], {1: "Lungs"}, f"{name} lungs",
+        lungs = mrml.segmentation_from_label(result.volumes["lung_mask"], {1: "Lungs"}, f"{name} lungs",
                                                colors={1: DEFAULT_COLORS["lungs"]}, reference_node=ct_node, scene=scene)
         lungs.SetAndObserveTransformNodeID(ct_node.GetTransformNodeID())
         return markups, lungs

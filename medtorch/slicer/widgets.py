@@ -2,7 +2,7 @@
 
 :class:`ModuleWidgetMixin` holds what every module widget does the same way: load the
 ``.ui``, bind the parameter node to it (``connectGui``), keep the Apply button's state,
-follow scene close, and run a :class:`~medtorch.integration.slicer_jobs.LogicJob` in the
+follow scene close, and run a :class:`~medtorch.slicer.jobs.LogicJob` in the
 background with a progress dialog and Cancel. A module's widget class lists it first:
 
     class MyWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -111,7 +111,7 @@ class ModuleWidgetMixin:
 
     def runJob(self, job: Any, title: str, on_done: Callable[[Any], None]) -> Any:
         """Run ``job`` in the background: progress dialog, Cancel, GUI stays responsive."""
-        from medtorch.integration.slicer_jobs import QtJobRunner
+        from medtorch.slicer.jobs import QtJobRunner
 
         def done(output: Any) -> None:
             on_done(output)

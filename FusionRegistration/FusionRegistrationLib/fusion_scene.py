@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.slicer.tables import table_node_from_rows
 from medtorch.volume import Volume
 
 __all__ = [
@@ -118,7 +119,7 @@ def show_fusion_in_views(fixed_node: Any, moving_node: Any, opacity: float = 0.5
     With ``color_map`` the moving volume's display uses that colour node (window/level from
     its own range). Views are linked when ``link``. Returns the colour node (or None).
     """
-    from medtorch.integration.slicer_bridge import show_in_slice_views
+    from medtorch.slicer.mrml import show_in_slice_views
 
     if fixed_node is None or moving_node is None:
         raise MedTorchInputError("the fixed or moving volume is not set", "select both volumes")
@@ -184,7 +185,7 @@ def rgb_volume_node(volume: Volume, name: str = "", scene: Any = None, reference
 
     ``reference_node``'s parent transform is copied (the result lies where the fixed volume does).
     """
-    from medtorch.integration.slicer_bridge import node_from_volume
+    from medtorch.slicer.mrml import node_from_volume
 
     if volume.kind != "vector" or volume.num_components != 3:
         raise MedTorchInputError(
@@ -205,10 +206,6 @@ def rgb_volume_node(volume: Volume, name: str = "", scene: Any = None, reference
     return node
 
 
-def _numeric(values: Sequence[Any]) -> bool:
-    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
-
-
 def metrics_table_node(rows: Sequence[dict[str, Any]] | dict[str, float], name: str = "Fusion metrics",
                        scene: Any = None, columns: Sequence[str] | None = None, table_node: Any = None) -> Any:
     """Metrics into a ``vtkMRMLTableNode`` (a new one, or ``table_node`` replaced).
@@ -216,32 +213,14 @@ def metrics_table_node(rows: Sequence[dict[str, Any]] | dict[str, float], name: 
     ``rows``: a list of dicts (one row each; e.g. the rows of
     :func:`medtorch.fusion.evaluate.evaluate`) or one ``{metric: value}`` dict, stored as
     one row per metric (columns ``metric`` and ``value``). Numeric columns become double
-    columns, the rest strings.
+    columns, the rest strings (:func:`medtorch.slicer.tables.table_node_from_rows`).
     """
-    import vtk
-
     if isinstance(rows, dict):
         rows = [{"metric": k, "value": float(v)} for k, v in rows.items()]
     rows = list(rows)
     if not rows:
         raise MedTorchInputError("there are no metrics to put in a table", "run the fusion with metrics first")
-    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
-    sc = _scene(scene)
-    node = table_node if table_node is not None else sc.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = vtk.vtkTable()
-    for c in cols:
-        values = [r.get(c) for r in rows]
-        if _numeric([v for v in values if v is not None]) and any(v is not None for v in values):
-            arr = vtk.vtkDoubleArray()
-            for v in values:
-                arr.InsertNextValue(float("nan") if v is None else float(v))
-        else:
-            arr = vtk.vtkStringArray()
-            for v in values:
-                arr.InsertNextValue("" if v is None else str(v))
-        arr.SetName(str(c))
-        table.AddColumn(arr)
-    node.SetAndObserveTable(table)
+    node = table_node_from_rows(rows, name, _scene(scene), columns, table_node)
     node.SetAttribute("MedTorch.output", "fusion metrics")
     return node
 
@@ -355,10 +334,7 @@ def add_fuse_result(result: Any, fixed_node: Any, moving_node: Any | None = None
     rendered in the 3D view (:func:`show_volume_rendering`) when ``render_3d``. Returns
     ``{"fused", "rgb", "table"}`` (missing ones None).
     """
-    from medtorch.integration.slicer_bridge import (
-        node_from_volume,
-        update_node_from_volume,
-    )
+    from medtorch.slicer.mrml import node_from_volume, update_node_from_volume
 
     sc = _scene(scene)
     fused = result.volumes["fused"]
