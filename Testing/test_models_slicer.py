@@ -48,7 +48,7 @@ def test_logic_imports_with_the_license_asked_once_lists_and_removes(scene, pack
 
 
 def test_the_model_job_takes_an_installed_model_by_name(scene, pack):
-    from medtorch.integration import slicer_bridge as bridge
+    from medtorch.slicer import mrml as bridge
 
     _, logic = _logic()
     logic.importModelPack(str(pack), confirm=lambda text: True)

@@ -269,9 +269,11 @@ class _Server:
                     server.break_first.discard(path)
                     body = body[: len(data) // 2]
                     self.close_connection = True
+                # recorded before the reply is sent: the client may return (and the test read
+                # ``requests``) before this thread runs again
+                server.requests.append((self.path, rng, len(body)))
                 self.wfile.write(body)
                 self.wfile.flush()
-                server.requests.append((self.path, rng, len(body)))
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
