@@ -136,7 +136,7 @@ def _key_of(path: Path) -> str:
     return name
 
 
-def _local(path_text: str, folder: Path, root: Path) -> Path:
+def _local(path_text: str, folder: Path) -> Path:
     """A path recorded in a run record, found again when the output folder was moved (copied from
     a cluster): the recorded path if it exists, else the same path below the case's folder."""
     path = Path(path_text)
@@ -150,7 +150,7 @@ def _local(path_text: str, folder: Path, root: Path) -> Path:
     return path
 
 
-def read_pipeline_case(folder: Path, case_id: str | None = None, root: Path | None = None) -> Case:
+def read_pipeline_case(folder: Path, case_id: str | None = None) -> Case:
     """A study's folder (``run.json``, the step folders); a folder without ``run.json`` gives a
     case whose status says so (a case still running, or one that failed before starting)."""
     folder = Path(folder)
@@ -170,7 +170,7 @@ def read_pipeline_case(folder: Path, case_id: str | None = None, root: Path | No
     seen: set[Path] = set()
     inputs = (record.get("config") or {}).get("inputs") or {}
     for key, path_text in inputs.items():
-        path = _local(str(path_text), folder, root or folder)
+        path = _local(str(path_text), folder)
         entry = classify(str(key), path, f"input '{key}'")
         if entry is not None:
             case.files.append(entry)
@@ -179,7 +179,7 @@ def read_pipeline_case(folder: Path, case_id: str | None = None, root: Path | No
         path_text = info.get("path") if isinstance(info, dict) else info
         if not path_text:
             continue
-        path = _local(str(path_text), folder, root or folder)
+        path = _local(str(path_text), folder)
         entry = classify(str(key), path, f"output of {str(key).split('_')[0]}")
         if entry is not None and path.resolve() not in seen:
             case.files.append(entry)
@@ -217,7 +217,7 @@ def read_demo_case(folder: Path, summary: dict[str, Any]) -> Case:
     case = Case("demo", folder, status="done")
     outputs = summary.get("outputs") or {}
     for key, path_text in outputs.items():
-        path = _local(str(path_text), folder, folder)
+        path = _local(str(path_text), folder)
         entry = classify(_key_of(Path(key)), path)
         if entry is not None:
             case.files.append(entry)
@@ -249,7 +249,7 @@ def read_output(root: str | Path) -> Output:
                 folder = root / case_id
                 if not folder.is_dir() and row.get("output_dir"):
                     folder = Path(row["output_dir"])
-                case = read_pipeline_case(folder, case_id, root)
+                case = read_pipeline_case(folder, case_id)
                 case.summary = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
                 case.status = row.get("status") or case.status
                 case.verdict = row.get("verdict") or case.verdict

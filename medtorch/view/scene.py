@@ -78,7 +78,7 @@ class CaseScene:
                 self._add_segmentation(entry)
         self.views = views.Views(self.hs.scene, self.hs.app_logic, size)
         self._size_3d = int(size_3d)
-        self._three_d: views.ThreeDView | None = None
+        self._three_d: ThreeD | None = None
 
     # -- loading ------------------------------------------------------------------------
     def _entry(self, key: str) -> FileEntry:
@@ -144,8 +144,8 @@ class CaseScene:
     def set_position(self, ras: list[float]) -> None:
         """Move the linked views to the RAS point ``ras``: each slice view through its own axis."""
         self.position = [float(v) for v in ras]
-        for name, (axis, _) in SLICE_AXES.items():
-            self.views[name].logic.SetSliceOffset(self.position[axis])
+        for name in SLICE_AXES:
+            self.views[name].jump_to(self.position)  # along the view's own normal, whatever its sign
 
     def slice_range(self, name: str) -> tuple[float, float]:
         """The slider range (mm) of slice view ``name``: the background's extent along its axis."""
@@ -176,7 +176,8 @@ class CaseScene:
     def render_3d(self) -> bytes:
         if self._three_d is None:
             self._three_d = ThreeD(self)
-        return png_bytes(self._three_d.render())
+        three_d: ThreeD = self._three_d
+        return png_bytes(three_d.render())
 
     def close(self) -> None:
         if self._three_d is not None:

@@ -1,0 +1,216 @@
+"""``medtorch view``: the cases of a real ``medtorch batch`` output, shown in Slicer's views in a
+headless Chromium.
+
+The fixture runs ``medtorch batch`` (register, fuse, threshold segmentation; two cases) on small
+phantoms. The reader's tests need nothing more; the browser test needs trame
+(``pip install 'medtorch[view]'``), slicer-core with offscreen OpenGL, and Chromium
+(``apt-get install chromium``), and skips saying which is missing. It starts the real command,
+drives the page over the DevTools protocol and checks what a person would: the cases listed,
+the slice views drawn (not blank), the Red slider moving the Red view, another case opening;
+it measures how long after the start the slider first moved the view (target: 10 s on an idle
+machine; asserted at 60 s so that a loaded machine does not fail it) and saves a screenshot.
+
+``MEDTORCH_VIEW_OUTPUT=DIR`` runs the browser test on another output (e.g. ``medtorch demo``'s)
+and ``MEDTORCH_VIEW_SCREENSHOT=PATH`` keeps its screenshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medtorch.cli import main
+from medtorch.io import write_volume
+from medtorch.phantoms import blob_phantom, oblique_geometry
+from medtorch.view.outputs import read_output
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def batch_output(tmp_path_factory):
+    """A real ``medtorch batch`` output: cases c0 and c1 (register, fuse, threshold segmentation)."""
+    tmp = tmp_path_factory.mktemp("view-batch")
+    geom = oblique_geometry(size=(40, 36, 24))
+    rows = ["case_id,fixed,moving"]
+    for i in range(2):
+        write_volume(blob_phantom(geom, noise=3.0, seed=i), tmp / f"f{i}.nrrd")
+        write_volume(blob_phantom(geom, noise=3.0, seed=10 + i, world_shift=(2.0, -1.0, 1.0)), tmp / f"m{i}.nrrd")
+        rows.append(f"c{i},f{i}.nrrd,m{i}.nrrd")
+    (tmp / "cases.csv").write_text("\n".join(rows) + "\n")
+    (tmp / "study.yaml").write_text(yaml.safe_dump({
+        "inputs": {"fixed": "f0.nrrd", "moving": "m0.nrrd"},
+        "steps": {"register": {"mode": "rigid", "metric": "mse"}, "fuse": {"method": "average"},
+                  "segment": {"input": "fixed", "method": "threshold", "lower": 60.0}}}))
+    out = tmp / "cohort"
+    assert main(["batch", "--manifest", str(tmp / "cases.csv"), "--config", str(tmp / "study.yaml"),
+                 "--out", str(out), "--workers", "1", "-q"]) == 0
+    return out
+
+
+def test_the_cases_of_a_batch_output_are_read_with_their_files_metrics_and_verdicts(batch_output):
+    out = read_output(batch_output)
+    assert out.kind == "batch" and [c.case_id for c in out.cases] == ["c0", "c1"]
+    case = out.cases[0]
+    assert case.status == "done" and case.verdict in ("pass", "warn", "fail")
+    kinds = {f.key: f.kind for f in case.files}
+    assert kinds["fixed"] == kinds["moving"] == kinds["moving_registered"] == kinds["fused"] == "volume"
+    assert kinds["segmentation"] == "segmentation" and kinds["transform"] == "transform"
+    assert case.files[0].size == (40, 36, 24)
+    assert case.metrics["segment"]["voxel_count"] > 0 and "QABF" in case.metrics["fuse"]
+    assert case.verdicts["register"]["status"] == case.verdict
+    assert case.summary["case_id"] == "c0" and "seconds" in case.summary
+    # a moved output folder (copied from a cluster) still finds its files below the case folder
+    assert all(f.path.exists() for f in case.files)
+
+
+def test_a_pipeline_output_is_one_case(batch_output):
+    out = read_output(batch_output / "c1")
+    assert out.kind == "pipeline" and [c.case_id for c in out.cases] == ["c1"]
+    assert {f.kind for f in out.cases[0].files} == {"volume", "segmentation", "transform"}
+
+
+def test_a_folder_without_output_is_refused_with_what_to_do(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    assert main(["view", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no MedTorch output" in err and "What to do: give the folder that medtorch batch" in err
+    assert main(["view", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_without_trame_the_command_says_how_to_install_it(batch_output, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "trame", None)  # import trame fails
+    assert main(["view", str(batch_output)]) == 2
+    assert "pip install 'medtorch[view]'" in capsys.readouterr().err
+
+
+# -- in a browser --------------------------------------------------------------------------------
+def _needs_browser_stack() -> str:
+    from browser_helpers import find_chromium
+
+    for module, install in (("trame", "pip install 'medtorch[view]'"), ("trame_vuetify", "pip install 'medtorch[view]'"),
+                            ("slicer", "pip install slicer-core")):
+        try:
+            __import__(module)
+        except ImportError:
+            pytest.skip(f"{module} is not installed ({install})")
+    from medtorch.slicer.views import rendering_unavailable
+
+    reason = rendering_unavailable()
+    if reason:
+        pytest.skip(f"offscreen rendering unavailable: {reason}")
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium for the browser test (apt-get install chromium)")
+    return chromium
+
+
+def _start_view(folder: Path, *extra: str) -> tuple[subprocess.Popen[str], str, float, list[str]]:
+    """``medtorch view FOLDER`` in a child process; (process, its URL, start time, stderr lines so far)."""
+    started = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "medtorch", "view", str(folder), "--port", "0", *extra],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the URL line, once the first case is drawn and the server listens
+    match = re.search(r"http://\S+/", line)
+    if not match:
+        process.kill()
+        raise AssertionError(f"medtorch view printed {line!r}; stderr: {process.communicate()[1]}")
+    return process, match.group(0), started, []
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"medtorch view did not stop on Ctrl-C; stderr: {err}") from None
+    return process.returncode, err
+
+
+def test_the_page_lists_the_cases_and_its_slider_moves_the_view(batch_output, tmp_path, record_property):
+    from browser_helpers import IMAGE_STATS_JS, Browser
+
+    chromium = _needs_browser_stack()
+    folder = Path(os.environ.get("MEDTORCH_VIEW_OUTPUT") or batch_output)
+    expected_cases = [c.case_id for c in read_output(folder).cases]
+    process, url, started, _ = _start_view(folder)
+    figures: dict[str, float] = {"server_ready_s": time.perf_counter() - started}
+    try:
+        assert url.startswith("http://127.0.0.1:"), url  # this machine only, unless asked
+
+        async def drive() -> dict:
+            async with Browser(chromium) as page:
+                await page.goto(url)
+                red = "#view-Red"
+                stats = await page.wait_for(f"{IMAGE_STATS_JS}('{red}')", timeout=60)
+                figures["views_drawn_s"] = time.perf_counter() - started
+                names = await page.evaluate(
+                    "Array.from(document.querySelectorAll('.case-title')).map(e => e.textContent.trim())")
+                # the slice slider: focus the Red view's thumb and step it with the arrow keys
+                await page.evaluate("document.querySelector('#slider-Red .v-slider-thumb').focus()")
+                await page.press("ArrowUp", 10)
+                moved = await page.wait_for(
+                    f"(() => {{ const s = {IMAGE_STATS_JS}('{red}'); return s && s.checksum !== {stats['checksum']}"
+                    " ? s : null; })()", timeout=60)
+                figures["interactive_s"] = time.perf_counter() - started
+                position = await page.evaluate("document.querySelector('#position').textContent")
+                views = {name: await page.evaluate(f"{IMAGE_STATS_JS}('#view-{name}')")
+                         for name in ("Yellow", "Green", "3D")}
+                await page.wait_for(f"{IMAGE_STATS_JS}('#view-3D')", timeout=60)
+                tables = await page.evaluate(
+                    "({files: document.querySelector('#files-table').textContent,"
+                    " metrics: document.querySelector('#metrics-table').textContent})")
+                shot = Path(os.environ.get("MEDTORCH_VIEW_SCREENSHOT") or tmp_path / "medtorch-view.png")
+                await page.screenshot(shot)
+                opened = None
+                if len(names) > 1:  # another case opens
+                    await page.click(".case-item:nth-child(2)")
+                    opened = await page.wait_for(
+                        f"document.querySelector('#case-title').textContent.includes({json.dumps(names[1])})"
+                        " && document.querySelector('#case-title').textContent", timeout=60)
+                return {"stats": stats, "names": names, "moved": moved, "position": position, "views": views,
+                        "tables": tables, "shot": str(shot), "opened": opened}
+
+        result = asyncio.run(drive())
+    finally:
+        rc, err = _stop(process)
+    print(f"\nmedtorch view on {folder.name}: server ready {figures['server_ready_s']:.1f} s, views drawn in the "
+          f"browser {figures['views_drawn_s']:.1f} s, slider moved the view {figures['interactive_s']:.1f} s "
+          f"after start (target 10 s); screenshot {result['shot']}")
+    for name, value in figures.items():
+        record_property(name, round(value, 2))
+    assert rc == 0 and "medtorch view: stopped" in err, err  # Ctrl-C stops it cleanly
+    assert result["names"] == expected_cases
+    assert result["stats"]["width"] == 320 and result["stats"]["nonBlack"] > 0.05  # the Red view shows the scan
+    assert result["moved"]["nonBlack"] > 0.02 and "position R" in result["position"]
+    for name, stats in result["views"].items():
+        assert stats is None or stats["nonBlack"] > 0.02, (name, stats)
+    assert "volume" in result["tables"]["files"]
+    assert Path(result["shot"]).stat().st_size > 10_000
+    if len(result["names"]) > 1:
+        assert result["opened"]
+    assert figures["interactive_s"] < 60, figures
+
+
+def test_listening_beyond_this_machine_is_asked_for_and_warned_about(batch_output):
+    _needs_browser_stack()
+    process, url, _, _ = _start_view(batch_output, "--host", "0.0.0.0", "-q")
+    rc, err = _stop(process)
+    assert url.startswith("http://0.0.0.0:")
+    assert "warning: listening on 0.0.0.0" in err and "no login" in err
+    assert rc == 0
