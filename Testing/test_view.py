@@ -70,8 +70,43 @@ def test_the_cases_of_a_batch_output_are_read_with_their_files_metrics_and_verdi
     assert case.metrics["segment"]["voxel_count"] > 0 and "QABF" in case.metrics["fuse"]
     assert case.verdicts["register"]["status"] == case.verdict
     assert case.summary["case_id"] == "c0" and "seconds" in case.summary
-    # a moved output folder (copied from a cluster) still finds its files below the case folder
+    assert case.segmented == "fixed"  # the study segmented its fixed scan: shown under the segments first
+
+
+def test_the_page_lists_a_case_in_words(batch_output):
+    """What the page shows under the views: files, the transform's matrix, metrics, each verdict check."""
+    from medtorch.view.app import _default_layers, case_details
+
+    case = read_output(batch_output).cases[0]
+    assert _default_layers(case) == ("fixed", "moving_registered")
+    details = case_details(case)
+    assert [f["key"] for f in details["files"]] == ["fixed", "moving", "moving_registered", "fused", "segmentation"]
+    (transform,) = details["transforms"]
+    assert transform["text"].startswith("linear (4x4 matrix, LPS mm): [") and transform["text"].endswith("1.000]")
+    assert {"step": "segment", "name": "voxel_count", "value": str(case.metrics["segment"]["voxel_count"])} \
+        in details["metrics"]
+    checks = case.verdicts["register"]["checks"]
+    assert [v["name"] for v in details["verdicts"]] == [c["name"] for c in checks] and checks
+    assert [v["status"] for v in details["verdicts"]] == [c["status"] for c in checks]
+    assert any(v["message"] for v in details["verdicts"])
     assert all(f.path.exists() for f in case.files)
+
+
+def test_an_output_folder_copied_elsewhere_finds_its_files_there(batch_output, tmp_path):
+    """run.json records absolute paths; a folder copied from a cluster finds its files below itself."""
+    import shutil
+
+    moved = tmp_path / "copied"
+    shutil.copytree(batch_output, moved)
+    away = batch_output.with_name("cohort-away")
+    batch_output.rename(away)
+    try:
+        case = read_output(moved).cases[0]
+        outputs = [f for f in case.files if f.key not in ("fixed", "moving")]  # the inputs stayed where they were
+        assert {f.key for f in outputs} == {"transform", "moving_registered", "fused", "segmentation"}
+        assert all(f.path.is_relative_to(moved / "c0") and f.path.exists() for f in outputs)
+    finally:
+        away.rename(batch_output)
 
 
 def test_a_pipeline_output_is_one_case(batch_output):
@@ -116,19 +151,22 @@ def _needs_browser_stack() -> str:
     return chromium
 
 
-def _start_view(folder: Path, *extra: str) -> tuple[subprocess.Popen[str], str, float, list[str]]:
-    """``medtorch view FOLDER`` in a child process; (process, its URL, start time, stderr lines so far)."""
-    started = time.perf_counter()
+def _launch_view(folder: Path, *extra: str) -> subprocess.Popen[str]:
+    """``medtorch view FOLDER --port 0`` in a child process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "medtorch", "view", str(folder), "--port", "0", *extra],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, "-m", "medtorch", "view", str(folder), "--port", "0", *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _url_of(process: subprocess.Popen[str]) -> str:
+    """The URL the command prints once its first case is drawn and the server listens."""
     assert process.stdout is not None
-    line = process.stdout.readline()  # the URL line, once the first case is drawn and the server listens
+    line = process.stdout.readline()
     match = re.search(r"http://\S+/", line)
     if not match:
         process.kill()
         raise AssertionError(f"medtorch view printed {line!r}; stderr: {process.communicate()[1]}")
-    return process, match.group(0), started, []
+    return match.group(0)
 
 
 def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -148,14 +186,16 @@ def test_the_page_lists_the_cases_and_its_slider_moves_the_view(batch_output, tm
     chromium = _needs_browser_stack()
     folder = Path(os.environ.get("MEDTORCH_VIEW_OUTPUT") or batch_output)
     expected_cases = [c.case_id for c in read_output(folder).cases]
-    process, url, started, _ = _start_view(folder)
-    figures: dict[str, float] = {"server_ready_s": time.perf_counter() - started}
+    started = time.perf_counter()
+    process = _launch_view(folder)
+    figures: dict[str, float] = {}
+    urls: list[str] = []
     try:
-        assert url.startswith("http://127.0.0.1:"), url  # this machine only, unless asked
-
         async def drive() -> dict:
-            async with Browser(chromium) as page:
-                await page.goto(url)
+            async with Browser(chromium) as page:  # the browser starts while the viewer does, as a user's would be open
+                urls.append(await asyncio.to_thread(_url_of, process))
+                figures["server_ready_s"] = time.perf_counter() - started
+                await page.goto(urls[0])
                 red = "#view-Red"
                 stats = await page.wait_for(f"{IMAGE_STATS_JS}('{red}')", timeout=60)
                 figures["views_drawn_s"] = time.perf_counter() - started
@@ -194,6 +234,7 @@ def test_the_page_lists_the_cases_and_its_slider_moves_the_view(batch_output, tm
           f"after start (target 10 s); screenshot {result['shot']}")
     for name, value in figures.items():
         record_property(name, round(value, 2))
+    assert urls[0].startswith("http://127.0.0.1:"), urls  # this machine only, unless asked
     assert rc == 0 and "medtorch view: stopped" in err, err  # Ctrl-C stops it cleanly
     assert result["names"] == expected_cases
     assert result["stats"]["width"] == 320 and result["stats"]["nonBlack"] > 0.05  # the Red view shows the scan
@@ -209,7 +250,8 @@ def test_the_page_lists_the_cases_and_its_slider_moves_the_view(batch_output, tm
 
 def test_listening_beyond_this_machine_is_asked_for_and_warned_about(batch_output):
     _needs_browser_stack()
-    process, url, _, _ = _start_view(batch_output, "--host", "0.0.0.0", "-q")
+    process = _launch_view(batch_output, "--host", "0.0.0.0", "-q")
+    url = _url_of(process)
     rc, err = _stop(process)
     assert url.startswith("http://0.0.0.0:")
     assert "warning: listening on 0.0.0.0" in err and "no login" in err

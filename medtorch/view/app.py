@@ -15,6 +15,7 @@ internet access, e.g. through an SSH tunnel from a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import math
@@ -71,12 +72,12 @@ def _transform_text(path: Path) -> str:
 
 
 def _default_layers(case: Case) -> tuple[str | None, str | None]:
-    """The layers a case opens with: the fixed scan (or the first volume) under the registered
-    moving scan (or the fused one, or the second volume)."""
+    """The layers a case opens with: the scan that was segmented (or the fixed one, or the first
+    volume) under the registered moving scan (or the fused one, or the second volume)."""
     keys = [v.key for v in case.volumes]
     if not keys:
         return None, None
-    background = next((k for k in ("fixed", "t1") if k in keys), keys[0])
+    background = next((k for k in (case.segmented, "fixed", "t1") if k in keys), keys[0])
     rest = [k for k in keys if k != background]
     foreground = next((k for k in ("moving_registered", "t2like_registered", "fused") if k in rest),
                       rest[0] if rest else None)
@@ -112,6 +113,7 @@ class ViewerApp:
         self.state = self.server.state
         self.scene: CaseScene | None = None
         self._busy = False
+        self._pending_3d = False
         self._init_state()
         self._build_ui()
         self._bind()
@@ -303,7 +305,23 @@ class ViewerApp:
         finally:
             self._busy = False
         self._render_slices()
-        self._render_3d()
+        self._render_3d_soon()
+
+    def _render_3d_soon(self) -> None:
+        """The 3D view drawn after the slice views reach the page (it takes longer): on the next turn of
+        the server's loop, or when the server is ready; at once when no loop runs."""
+        self._pending_3d = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # drawn by serve() once the server listens
+        loop.call_later(0.02, self._render_pending_3d)
+
+    def _render_pending_3d(self) -> None:
+        if not self._pending_3d:
+            return
+        with self.state:  # pushed to the page when the block ends
+            self._render_3d()
 
     def _sync_positions(self) -> None:
         assert self.scene is not None
@@ -337,7 +355,7 @@ class ViewerApp:
                 self._busy = False
         self._render_slices()
         if changed:
-            self._render_3d()
+            self._render_3d_soon()
 
     def _on_segments(self, segments_visible: Any = None, **_: Any) -> None:
         if self.scene is None or self._busy:
@@ -346,7 +364,7 @@ class ViewerApp:
         for g in self.scene.segments:
             self.scene.set_segment_visible(g.key, g.key in shown)
         self._render_slices()
-        self._render_3d()
+        self._render_3d_soon()
 
     def _on_3d(self, **_: Any) -> None:
         if self.scene is None or self._busy:
@@ -366,6 +384,7 @@ class ViewerApp:
         self.state.renders += 1
 
     def _render_3d(self) -> None:
+        self._pending_3d = False
         if self.scene is None:
             return
         self.state.img_3d = _data_url(self.scene.render_3d())
@@ -389,6 +408,8 @@ class ViewerApp:
                       f"http://{shown}:{self.server.port}/ (Ctrl-C to stop; ready in "
                       f"{time.perf_counter() - started:.1f} s)\n")
             out.flush()
+            if self._pending_3d:
+                asyncio.get_event_loop().call_later(0.02, self._render_pending_3d)
 
         previous = os.environ.get("TRAME_ARGS")
         os.environ["TRAME_ARGS"] = ""  # trame reads no option from medtorch's command line

@@ -63,6 +63,8 @@ class Case:
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the case's row of summary.csv (batch outputs)
     summary: dict[str, str] = field(default_factory=dict)
+    #: the key of the volume the segmentation step worked on (shown under the segments first)
+    segmented: str = ""
 
     def of_kind(self, kind: str) -> list[FileEntry]:
         return [f for f in self.files if f.kind == kind]
@@ -168,7 +170,11 @@ def read_pipeline_case(folder: Path, case_id: str | None = None) -> Case:
     if isinstance(error, dict):
         case.error = f"{error.get('type', '')}: {error.get('message', '')}".strip(": ")
     seen: set[Path] = set()
-    inputs = (record.get("config") or {}).get("inputs") or {}
+    config = record.get("config") or {}
+    segment_step = (config.get("steps") or {}).get("segment")
+    if isinstance(segment_step, dict) and segment_step.get("enabled", True) is not False:
+        case.segmented = str(segment_step.get("input") or "fixed")
+    inputs = config.get("inputs") or {}
     for key, path_text in inputs.items():
         path = _local(str(path_text), folder)
         entry = classify(str(key), path, f"input '{key}'")
@@ -214,7 +220,7 @@ def _flat_numbers(section: Any, prefix: str = "", out: dict[str, Any] | None = N
 
 def read_demo_case(folder: Path, summary: dict[str, Any]) -> Case:
     """``medtorch demo``'s folder as one case: its volumes, transforms and numbers."""
-    case = Case("demo", folder, status="done")
+    case = Case("demo", folder, status="done", segmented="tumor_phantom")  # the demo segments its tumor phantom
     outputs = summary.get("outputs") or {}
     for key, path_text in outputs.items():
         path = _local(str(path_text), folder)

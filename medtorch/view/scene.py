@@ -135,7 +135,13 @@ class CaseScene:
             bounds = [0.0] * 6
             bg.GetRASBounds(bounds)
             self.bounds = bounds
-            self.position = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
+            focus = bounds
+            if self.segments:  # where the first segmentation is: what the case is about
+                seg_bounds = [0.0] * 6
+                self.segments[0].segmentation.GetRASBounds(seg_bounds)
+                if seg_bounds[1] >= seg_bounds[0]:
+                    focus = seg_bounds
+            self.position = [(focus[0] + focus[1]) / 2, (focus[2] + focus[3]) / 2, (focus[4] + focus[5]) / 2]
             for view in self.views.slices():
                 view.fit()
             self.set_position(self.position)
