@@ -168,8 +168,9 @@ class CaseScene:
             self._rendering_display.SetVisibility(0)
             self._rendering_display = None
         if self.volume_rendering and self.background:
+            # fainter where there are segments, so that their surfaces show through
             self._rendering_display = views.show_volume_rendering(self.hs, self._volume_node(self.background),
-                                                                  max_opacity=0.15)
+                                                                  max_opacity=0.05 if self.segments else 0.15)
 
     def set_volume_rendering(self, on: bool) -> None:
         self.volume_rendering = bool(on)
