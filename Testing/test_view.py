@@ -256,3 +256,36 @@ def test_listening_beyond_this_machine_is_asked_for_and_warned_about(batch_outpu
     assert url.startswith("http://0.0.0.0:")
     assert "warning: listening on 0.0.0.0" in err and "no login" in err
     assert rc == 0
+
+
+def test_without_offscreen_opengl_the_command_says_why_in_one_line(batch_output, capsys, monkeypatch):
+    pytest.importorskip("trame", reason="pip install 'medtorch[view]'")
+    pytest.importorskip("trame_vuetify", reason="pip install 'medtorch[view]'")
+    monkeypatch.setenv("MEDTORCH_NO_RENDER", "1")  # as on a machine without EGL: rendering_unavailable says why
+    assert main(["view", str(batch_output)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("medtorch view: error: cannot draw Slicer's views on this machine: rendering is turned off")
+    assert "What to do:" in err
+
+
+def test_a_case_still_running_or_failed_is_listed_with_its_status(tmp_path):
+    (tmp_path / "a").mkdir()  # no run.json yet
+    (tmp_path / "summary.csv").write_text("case_id,status,verdict,error\na,cancelled,,\nb,failed,,OSError: no such file\n")
+    cases = read_output(tmp_path).cases
+    assert [(c.case_id, c.status, c.error, c.files) for c in cases] == [
+        ("a", "cancelled", "", []), ("b", "failed", "OSError: no such file", [])]
+
+
+def test_a_port_in_use_is_refused_before_anything_is_loaded(batch_output, capsys):
+    import socket
+
+    pytest.importorskip("trame", reason="pip install 'medtorch[view]'")
+    pytest.importorskip("trame_vuetify", reason="pip install 'medtorch[view]'")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["view", str(batch_output), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1 port {port}" in err and "--port 0 for a free one" in err

@@ -30,6 +30,22 @@ def _check_trame() -> None:
                                  INSTALL_HINT) from exc
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken before the case is loaded (seconds), not after."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise MedTorchInputError(f"cannot listen on {host} port {port} ({exc.strerror or exc})",
+                                     "choose another --port, or --port 0 for a free one") from exc
+
+
 def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     from medtorch.view.outputs import read_output
 
@@ -39,6 +55,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
         raise MedTorchInputError(f"--size {args.size} is out of range", "give a view size of 64 to 2048 pixels")
     _check_trame()
     output = read_output(args.outdir)
+    _check_port(args.host, args.port)
     from medtorch.slicer.views import rendering_unavailable
 
     reason = rendering_unavailable()
