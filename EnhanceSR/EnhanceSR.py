@@ -370,11 +370,9 @@ class EnhanceSRTest(ScriptedLoadableModuleTest):
     def _visual(self):
         """Renders of Slicer's views for the visual checks (medtorch.slicer.checks); where
         rendering is unavailable they are skipped, and the reason is said once."""
-        if getattr(self, "_visualChecks", None) is None:
-            from medtorch.slicer.checks import VisualChecks
+        from medtorch.slicer.checks import VisualChecks
 
-            self._visualChecks = VisualChecks(self.delayDisplay)
-        return self._visualChecks
+        return VisualChecks.of(self)
 
     def _beforeAfter(self, view, outputNode, inputNode):
         """Renders of ``outputNode`` and ``inputNode`` in ``view``: the module shows the result

@@ -895,25 +895,14 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def _verdictTable(self, verdict: dict, name: str, tableNode=None):
         """A table node with a row per check of ``verdict`` (name, value, threshold, status,
         message); ``tableNode`` is refilled if given. Its ``MedTorch.verdict`` attribute holds the status."""
-        import vtk
+        from medtorch.slicer.tables import table_node_from_rows
         from medtorch.verdict import Verdict
 
         v = Verdict.from_dict(verdict)
-        if tableNode is None:
-            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(name))
-        table = tableNode.GetTable()
-        while table.GetNumberOfColumns():
-            table.RemoveColumn(0)
-        columns = []
-        for title in self.VERDICT_COLUMNS:
-            column = vtk.vtkStringArray()
-            column.SetName(title)
-            columns.append(column)
-        for c in v.checks:
-            for column, text in zip(columns, (c.name, c.value_text, c.threshold_text, c.status, c.message)):
-                column.InsertNextValue(text)
-        for column in columns:
-            table.AddColumn(column)
+        rows = [dict(zip(self.VERDICT_COLUMNS, (c.name, c.value_text, c.threshold_text, c.status, c.message)))
+                for c in v.checks]
+        tableNode = table_node_from_rows(rows, name, slicer.mrmlScene, self.VERDICT_COLUMNS, tableNode,
+                                         kinds=dict.fromkeys(self.VERDICT_COLUMNS, "str"))
         tableNode.SetAttribute("MedTorch.operation", "register")
         tableNode.SetAttribute("MedTorch.verdict", v.status)
         tableNode.Modified()
@@ -922,17 +911,12 @@ class FusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def _reportTable(self, report: dict, name: str):
         import json
 
-        import vtk
+        from medtorch.slicer.tables import table_node_from_rows
 
-        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(name))
-        keys, values = vtk.vtkStringArray(), vtk.vtkStringArray()
-        keys.SetName("quantity")
-        values.SetName("value")
-        for key, value in report.items():
-            keys.InsertNextValue(str(key))
-            values.InsertNextValue(value if isinstance(value, str) else json.dumps(value, default=str))
-        table.GetTable().AddColumn(keys)
-        table.GetTable().AddColumn(values)
+        rows = [{"quantity": str(key), "value": value if isinstance(value, str) else json.dumps(value, default=str)}
+                for key, value in report.items()]
+        table = table_node_from_rows(rows, name, slicer.mrmlScene, ("quantity", "value"),
+                                     kinds={"quantity": "str", "value": "str"})
         table.SetAttribute("MedTorch.operation", "register")
         return table
 
@@ -1025,11 +1009,9 @@ class FusionRegistrationTest(ScriptedLoadableModuleTest):
     def _visual(self):
         """Renders of Slicer's views for the visual checks (medtorch.slicer.checks); where
         rendering is unavailable they are skipped, and the reason is said once."""
-        if getattr(self, "_visualChecks", None) is None:
-            from medtorch.slicer.checks import VisualChecks
+        from medtorch.slicer.checks import VisualChecks
 
-            self._visualChecks = VisualChecks(self.delayDisplay)
-        return self._visualChecks
+        return VisualChecks.of(self)
 
     def _checkShownIn3D(self, view, volumeNode, what):
         """The volume rendering of ``volumeNode`` shows in the 3D view, around the volume's centre."""

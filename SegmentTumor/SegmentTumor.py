@@ -704,22 +704,13 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
 
     def writeVolumetryTable(self, rows, tableNode=None, name: str = "Tumor volumes"):
         """Write volumetry rows (segment, label value(s), voxels, mL) into a table node (new if none)."""
-        table = tableNode or slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(name))
-        t = table.GetTable()
-        t.Initialize()
-        cols = [vtk.vtkStringArray(), vtk.vtkStringArray(), vtk.vtkIntArray(), vtk.vtkDoubleArray()]
-        for col, title in zip(cols, ("Segment", "Label values", "Voxels", "Volume (mL)")):
-            col.SetName(title)
-            t.AddColumn(col)
-        t.SetNumberOfRows(len(rows))
-        for r, row in enumerate(rows):
-            t.SetValue(r, 0, vtk.vtkVariant(row.name))
-            t.SetValue(r, 1, vtk.vtkVariant(" ".join(str(v) for v in row.values)))
-            t.SetValue(r, 2, vtk.vtkVariant(int(row.voxels)))
-            t.SetValue(r, 3, vtk.vtkVariant(float(row.volume_ml)))
-        table.Modified()
-        return table
+        from medtorch.slicer.tables import table_node_from_rows
+
+        titles = ("Segment", "Label values", "Voxels", "Volume (mL)")
+        return table_node_from_rows(
+            [dict(zip(titles, (row.name, " ".join(str(v) for v in row.values), int(row.voxels), float(row.volume_ml))))
+             for row in rows], name, slicer.mrmlScene, titles, tableNode,
+            kinds={"Segment": "str", "Label values": "str", "Voxels": "int", "Volume (mL)": "float"})
 
     def scoreAgainstReference(self, segmentationNode, referenceSegmentation, referenceVolume, metricsTable=None):
         """Dice, HD95, surface Dice, sensitivity, specificity, precision and volumes of each segment
@@ -756,25 +747,15 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
             rep = evaluate_segmentation(Volume(p.astype(np.uint8), geom, "label"), Volume(r.astype(np.uint8), geom, "label"),
                                         {name: [1]}, tolerance_mm=1.0, lesion_wise_scores=False)
             rows.append(rep.structures[0])
-        table = metricsTable or slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{segmentationNode.GetName()} metrics"))
-        t = table.GetTable()
-        t.Initialize()
-        titles = ["Structure", "Dice", "HD95 (mm)", "Surface Dice 1 mm", "Sensitivity", "Specificity", "Precision",
-                  "Volume (mL)", "Reference volume (mL)"]
-        first = vtk.vtkStringArray()
-        first.SetName(titles[0])
-        t.AddColumn(first)
-        for title in titles[1:]:
-            col = vtk.vtkDoubleArray()
-            col.SetName(title)
-            t.AddColumn(col)
-        t.SetNumberOfRows(len(rows))
-        for r, s in enumerate(rows):
-            t.SetValue(r, 0, vtk.vtkVariant(s.name))
-            for c, v in enumerate((s.dice, s.hd95_mm, s.surface_dice, s.sensitivity, s.specificity, s.precision,
-                                   s.volume_pred_ml, s.volume_ref_ml), start=1):
-                t.SetValue(r, c, vtk.vtkVariant(float(v)))
+        from medtorch.slicer.tables import table_node_from_rows
+
+        titles = ("Structure", "Dice", "HD95 (mm)", "Surface Dice 1 mm", "Sensitivity", "Specificity", "Precision",
+                  "Volume (mL)", "Reference volume (mL)")
+        table = table_node_from_rows(
+            [dict(zip(titles, (s.name, s.dice, s.hd95_mm, s.surface_dice, s.sensitivity, s.specificity, s.precision,
+                               s.volume_pred_ml, s.volume_ref_ml))) for s in rows],
+            f"{segmentationNode.GetName()} metrics", slicer.mrmlScene, titles, metricsTable,
+            kinds={t: ("str" if t == "Structure" else "float") for t in titles})
         table.SetAttribute("MedTorch.metrics", json.dumps([s.__dict__ for s in rows], default=float))
         table.Modified()
         return table
@@ -856,11 +837,9 @@ class SegmentTumorTest(ScriptedLoadableModuleTest):
     def _visual(self):
         """Renders of Slicer's views for the visual checks (medtorch.slicer.checks); where
         rendering is unavailable they are skipped, and the reason is said once."""
-        if getattr(self, "_visualChecks", None) is None:
-            from medtorch.slicer.checks import VisualChecks
+        from medtorch.slicer.checks import VisualChecks
 
-            self._visualChecks = VisualChecks(self.delayDisplay)
-        return self._visualChecks
+        return VisualChecks.of(self)
 
     def _centreRas(self, mask, geometry):
         """The RAS centre of the true voxels of ``mask`` ([z, y, x] on ``geometry``)."""

@@ -54,7 +54,10 @@ PYTHON_ONLY = {
     "medtorch/segment/metrics.py": "segmentation_metrics() called with something that is not a Volume",
     "medtorch/io/raw.py": "the memory-map API (medtorch.io.raw), which no command uses",
 }
-_PY_API = re.compile(r"\bmedtorch\.[a-z_]+\.[a-z_]+|\b[a-z_]+\.[a-z_]+\(|\b(torch|np|sitk|pywt)\.[a-z_]+|\bimport ")
+# Python code in a hint: a dotted API, a call, or an import statement ("import it" and the CLI's
+# "medtorch models import" are a user's words)
+_PY_API = re.compile(r"\bmedtorch\.[a-z_]+\.[a-z_]+|\b[a-z_]+\.[a-z_]+\(|\b(torch|np|sitk|pywt)\.[a-z_]+"
+                     r"|\bfrom [a-z_][a-z_.]* import \w|\bimport (torch|numpy|SimpleITK|medtorch|slicer|monai|itk|pywt)\b")
 
 
 def _hints() -> list[tuple[str, int, str]]:
@@ -72,6 +75,11 @@ def _hints() -> list[tuple[str, int, str]]:
 
 
 def test_no_hint_names_a_python_function():
+    for code in ("from medtorch.segment import seeded", "import torch first", "call medtorch.io.read_volume",
+                 "use np.float32", "run seeded_segment.run("):
+        assert _PY_API.search(code), code  # the pattern catches Python code
+    for words in ("import it (medtorch models import PACK.zip)", "import a model pack first"):
+        assert not _PY_API.search(words), words  # and leaves a user's words alone
     hints = _hints()
     assert len(hints) > 300  # the scan finds the hints
     bad = [f"{rel}:{line}: {text}" for rel, line, text in hints if _PY_API.search(text) and rel not in PYTHON_ONLY

@@ -202,3 +202,23 @@ def test_show_in_slice_views(scene):
         assert comp.GetForegroundVolumeID() == b.GetID()
         assert comp.GetForegroundOpacity() == pytest.approx(0.4)
         assert comp.GetLinkedControl() == 1
+
+
+def test_table_columns_take_their_kinds_even_without_rows(scene):
+    """``medtorch.slicer.tables``: numbers make double columns, text string columns; a named kind
+    holds (an int column stays int; an empty table keeps its columns' kinds)."""
+    from medtorch.slicer.tables import table_node_from_rows
+
+    rows = [{"Segment": "Tumor", "Voxels": 12, "Volume (mL)": 0.5, "note": None},
+            {"Segment": "Oedema", "Voxels": 7, "Volume (mL)": None, "note": "x"}]
+    node = table_node_from_rows(rows, "volumes", scene, kinds={"Voxels": "int"})
+    t = node.GetTable()
+    kinds = {t.GetColumn(i).GetName(): t.GetColumn(i).GetClassName() for i in range(t.GetNumberOfColumns())}
+    assert kinds == {"Segment": "vtkStringArray", "Voxels": "vtkIntArray", "Volume (mL)": "vtkDoubleArray",
+                     "note": "vtkStringArray"}
+    assert t.GetValue(1, 1).ToInt() == 7 and np.isnan(t.GetValue(1, 2).ToDouble()) and t.GetValue(0, 3).ToString() == ""
+    empty = table_node_from_rows([], "volumes", scene, ["Segment", "Voxels"], kinds={"Segment": "str", "Voxels": "int"})
+    assert empty.GetName() != node.GetName()  # a second table of the same name is made unique
+    assert [empty.GetTable().GetColumn(i).GetClassName() for i in range(2)] == ["vtkStringArray", "vtkIntArray"]
+    again = table_node_from_rows(rows[:1], "ignored", scene, table_node=empty)
+    assert again is empty and empty.GetTable().GetNumberOfRows() == 1

@@ -226,6 +226,16 @@ class VisualChecks:
             else:
                 logging.warning(message)
 
+    @classmethod
+    def of(cls, test: Any) -> "VisualChecks":
+        """The visual checks of a module self-test (a ``ScriptedLoadableModuleTest``): made on first
+        use with the test's ``delayDisplay`` as the message channel, then kept on the test."""
+        checks = getattr(test, "_visualChecks", None)
+        if checks is None:
+            checks = cls(test.delayDisplay)
+            test._visualChecks = checks
+        return checks
+
     @property
     def available(self) -> bool:
         return self.reason is None

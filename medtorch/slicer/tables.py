@@ -2,19 +2,23 @@
 
 One way to build a results table in the scene (metrics, fusion scores, evaluation rows):
 each row a ``{column: value}`` dict; a column whose values are all numbers becomes a
-double column (missing values NaN), any other a string column (missing values empty).
+double column (missing values NaN), any other a string column (missing values empty), unless
+the caller names a column's kind (``"str"``, ``"int"`` or ``"float"``), which holds even for a
+table without rows.
 
 Slicer's VTK is imported lazily, inside the functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+ColumnKind = Literal["str", "int", "float"]
 
 import numpy as np
 
-__all__ = ["is_numeric", "table_from_rows", "table_node_from_rows"]
+__all__ = ["ColumnKind", "is_numeric", "table_from_rows", "table_node_from_rows"]
 
 
 def is_numeric(values: Sequence[Any]) -> bool:
@@ -22,20 +26,32 @@ def is_numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
 
 
-def table_from_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Any:
+def _kind_of(values: Sequence[Any]) -> ColumnKind:
+    present = [v for v in values if v is not None]
+    return "float" if present and is_numeric(present) else "str"
+
+
+def table_from_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                    kinds: Mapping[str, ColumnKind] | None = None) -> Any:
     """A ``vtkTable`` of ``rows`` (one per dict); ``columns`` (default: every key, first seen
-    first) names the columns and their order."""
+    first) names the columns and their order; ``kinds`` fixes the kind of some columns (an
+    ``int`` column's missing values are 0)."""
     import vtk
 
     cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
     table = vtk.vtkTable()
     for c in cols:
         values = [r.get(c) for r in rows]
+        kind = (kinds or {}).get(c) or _kind_of(values)
         arr: Any
-        if is_numeric([v for v in values if v is not None]) and any(v is not None for v in values):
+        if kind == "float":
             arr = vtk.vtkDoubleArray()
             for v in values:
                 arr.InsertNextValue(float("nan") if v is None else float(v))
+        elif kind == "int":
+            arr = vtk.vtkIntArray()
+            for v in values:
+                arr.InsertNextValue(0 if v is None else int(v))
         else:
             arr = vtk.vtkStringArray()
             for v in values:
@@ -46,14 +62,16 @@ def table_from_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] | Non
 
 
 def table_node_from_rows(rows: Sequence[dict[str, Any]], name: str, scene: Any = None,
-                         columns: Sequence[str] | None = None, table_node: Any = None) -> Any:
+                         columns: Sequence[str] | None = None, table_node: Any = None,
+                         kinds: Mapping[str, ColumnKind] | None = None) -> Any:
     """``rows`` in a ``vtkMRMLTableNode``: ``table_node``'s table replaced, or a new node named
-    ``name`` in ``scene`` (Slicer's scene when None)."""
+    ``name`` (made unique) in ``scene`` (Slicer's scene when None)."""
     if table_node is None:
         if scene is None:
             import slicer
 
             scene = slicer.mrmlScene
-        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table_node.SetAndObserveTable(table_from_rows(rows, columns))
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    table_node.SetAndObserveTable(table_from_rows(rows, columns, kinds))
+    table_node.Modified()
     return table_node
