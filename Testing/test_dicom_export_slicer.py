@@ -92,8 +92,9 @@ def test_segment_tumor_exports_seg_and_rtstruct_referencing_the_loaded_series(di
         np.testing.assert_allclose(centroid, want[value_of[name]][0], atol=0.25)
         assert volume == pytest.approx(want[value_of[name]][1], rel=1e-3)
     # a second export never replaces the first
+    first = path.read_bytes()
     again = logic.exportToDicom(seg, node, str(out), "seg")
-    assert Path(again.path).name == "tumor_SEG (2).dcm" and path.read_bytes() == path.read_bytes()
+    assert Path(again.path).name == "tumor_SEG (2).dcm" and path.read_bytes() == first
 
     rt = logic.exportToDicom(seg, node, str(out), "rtstruct")
     ds = pydicom.dcmread(rt.path)
