@@ -94,6 +94,8 @@ class EnhanceSRParameterNode:
     fidelityMap - also make the fidelity map (denoise and superres) as a new volume.
     outputVolume - where the result goes; a new volume is created when none is chosen.
     showResult - show the result in the slice views (linked), the input as a faded foreground.
+    dicomPatientId - Export to DICOM of a volume without a DICOM source: the new patient's ID.
+    dicomModality - Export to DICOM: "auto" (the source series'), "CT" or "MR".
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -120,6 +122,8 @@ class EnhanceSRParameterNode:
     fidelityMap: bool = False
     outputVolume: vtkMRMLScalarVolumeNode
     showResult: bool = True
+    dicomPatientId: str = ""
+    dicomModality: Annotated[str, Choice(["auto", "CT", "MR"])] = "auto"
 
 
 #
@@ -139,6 +143,8 @@ class EnhanceSRWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.setupModuleWidget(EnhanceSRLogic())
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
+        self.setupDicomExport(self.ui.exportFolderButton)
 
     def selectDefaultInputs(self, p) -> None:
         if not p.inputVolume:
@@ -159,6 +165,14 @@ class EnhanceSRWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
                 return
             job = self.logic.jobFromParameters(p, overwriteInput=bool(clashes))
             self.runJob(job, _("Enhance SR"), self.onDone)
+
+    def onExportDicomButton(self) -> None:
+        """Export to DICOM: the output volume as a new DICOM series, derived from the input's series."""
+        p = self._parameterNode
+        self.runDicomExport(lambda: self.logic.exportToDicom(
+            p.outputVolume, self.ui.exportFolderButton.directory, inputVolume=p.inputVolume,
+            patientId=p.dicomPatientId, modality=p.dicomModality, referenceFolder=self.ui.exportSourceFolderLineEdit.currentPath),
+            self.ui.exportStatusLabel)
 
     def onDone(self, outputNode) -> None:
         self._parameterNode.outputVolume = outputNode
@@ -332,6 +346,28 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
                                  unsharp_amount=float(unsharpAmount), window=ctWindow, comparison=comparison)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} enhanced")
         return self._job(request, inputVolume, inputs, outputVolume, showResult, name, {})
+
+    # -- Export to DICOM (medtorch.slicer.dicom, the export_dicom operation) -------------------------------
+    def exportToDicom(self, outputVolume, outputFolder: str, inputVolume=None, patientId: str = "",
+                      modality: str = "auto", referenceFolder: str = "", database=None):
+        """Write ``outputVolume`` as a new DICOM series (a new sub-folder of ``outputFolder``), derived
+        from the DICOM series of ``inputVolume`` (the one it was loaded from; else the series in
+        ``referenceFolder``): it joins that series' patient and study. Without a DICOM source a new
+        patient and study are made, and ``patientId`` and ``modality`` (``CT`` or ``MR``; ``auto``: the
+        source series') are required (nothing is invented). The series is
+        read back and checked in patient space first; a corner more than half a voxel off refuses it
+        (``DicomGeometryError``: problem and what to do) and nothing is written.
+        Returns a ``medtorch.slicer.dicom.ExportResult`` (``path``, ``values``, ``message``)."""
+        from medtorch.slicer.dicom import export_volume
+
+        operation = (outputVolume.GetAttribute("MedTorch.operation") or "") if outputVolume is not None else ""
+        method = (outputVolume.GetAttribute("MedTorch.method") or "") if outputVolume is not None else ""
+        verb = {"denoise": "denoised", "superres": "super-resolved", "enhance": "enhanced"}.get(operation, "derived")
+        derivation = f"{verb} by MedTorch" + (f" ({method})" if method else "")
+        return export_volume(outputVolume, outputFolder, reference_node=inputVolume,
+                             reference_folder=referenceFolder or None, patient_id=patientId, modality=modality,
+                             database=database,
+                             description=f"MedTorch {verb}", derivation=derivation)
 
     # -- blocking ------------------------------------------------------------------------------
     def denoise(self, inputVolume, method: str = "collab", strength: Optional[float] = None, iterations: int = 5,

@@ -36,6 +36,8 @@ TUMOR_COLOR = (0.85, 0.2, 0.2)
 METHODS = ["threshold", "seeded", "model", "nodules"]
 SEEDED_METHODS = ["geodesic", "competition"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+#: What a segmentation is exported as (Export to DICOM): the shown choice -> the export_dicom operation's ``export_as``.
+DICOM_EXPORTS = {"DICOM SEG": "seg", "RTSTRUCT": "rtstruct"}
 
 
 #
@@ -127,6 +129,8 @@ class SegmentTumorParameterNode:
     referenceSegmentation - reference to score against (Dice, HD95, ...); none: no scoring.
     metricsTable - table that receives the scores; a new table when none is chosen.
     device - where the computation runs.
+    dicomSegmentation - the segmentation Export to DICOM writes (none: the output segmentation).
+    dicomExportAs - "DICOM SEG" or "RTSTRUCT".
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -157,6 +161,8 @@ class SegmentTumorParameterNode:
     referenceSegmentation: vtkMRMLSegmentationNode
     metricsTable: vtkMRMLTableNode
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    dicomSegmentation: vtkMRMLSegmentationNode
+    dicomExportAs: Annotated[str, Choice(list(DICOM_EXPORTS))] = "DICOM SEG"
 
 
 #
@@ -183,6 +189,8 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
         self.ui.removeModelButton.connect("clicked(bool)", self.onRemoveModelButton)
         self.ui.installedModelComboBox.connect("currentIndexChanged(int)", self.onInstalledModelChosen)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
+        self.setupDicomExport(self.ui.exportFolderButton)
         self.refreshInstalledModels()
 
     def cleanup(self) -> None:
@@ -246,6 +254,15 @@ class SegmentTumorWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             seg = self.logic.updateSeeded(self._inputVolumes(p), p.seedSegmentation, p.seedMarkups,
                                           **self._seededOptions(p))
             self.onSeededDone(seg)
+
+    def onExportDicomButton(self) -> None:
+        """Export to DICOM: the chosen segmentation (else the output segmentation) as DICOM SEG or
+        RTSTRUCT, referencing the DICOM series of the input volume; the result or why not in the label."""
+        p = self._parameterNode
+        self.runDicomExport(lambda: self.logic.exportToDicom(
+            p.dicomSegmentation or p.outputSegmentation, p.inputVolume, self.ui.exportFolderButton.directory,
+            DICOM_EXPORTS[p.dicomExportAs], referenceFolder=self.ui.exportSourceFolderLineEdit.currentPath),
+            self.ui.exportStatusLabel)
 
     # -- installed models (SegmentTumorLib.Models) --------------------------------------------------
     def refreshInstalledModels(self) -> None:
@@ -790,6 +807,22 @@ class SegmentTumorLogic(ScriptedLoadableModuleLogic):
         from SegmentTumorLib.Models import remove_model
 
         return remove_model(name, modelsDir)
+
+    # -- Export to DICOM (medtorch.slicer.dicom, the export_dicom operation) --------------------------------
+    def exportToDicom(self, segmentationNode, inputVolume, outputFolder: str, exportAs: str = "seg",
+                      referenceFolder: str = "", database=None):
+        """Write ``segmentationNode`` as a DICOM SEG (``exportAs="seg"``) or RTSTRUCT (``"rtstruct"``)
+        into a new file in ``outputFolder``, on the grid of ``inputVolume`` (the volume it was made
+        on) and referencing that volume's DICOM series: the one it was loaded from (Slicer's DICOM
+        database, or ``database``), else the series in ``referenceFolder``. The file is read back and
+        checked in patient space first; a segment more than half a voxel off refuses it
+        (``DicomGeometryError``: problem and what to do) and nothing is written.
+        Returns a ``medtorch.slicer.dicom.ExportResult`` (``path``, ``values``, ``message``)."""
+        from medtorch.slicer.dicom import export_segmentation
+
+        self.ensureDependencies()  # highdicom writes DICOM SEG
+        return export_segmentation(segmentationNode, inputVolume, outputFolder, exportAs,
+                                   reference_folder=referenceFolder or None, database=database)
 
     def nodulesJob(self, ctVolume, minDiameterMm: float = 4.0, maxDiameterMm: float = 30.0, device: str = "auto"):
         """Lung-nodule detection as a job; its result is a new markups node (diameters in mm)."""

@@ -38,10 +38,20 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(sub.choices)
 
 
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    """The dests of a command's parser and of its actions' parsers (``models pack``'s ``--out``)."""
+    out = {a.dest for a in parser._actions}
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                out |= _dests(sub)
+    return out
+
+
 def test_the_table_names_real_options_and_every_out_option():
     subs = _subparsers()
     for name, (ins, outs) in PATH_OPTIONS.items():
-        dests = {a.dest for a in subs[name]._actions}
+        dests = _dests(subs[name])
         assert set(ins) | set(outs) <= dests, (name, set(ins) | set(outs) - dests)
         assert "overwrite_input" in dests
         # every option called --out... is declared as an output
@@ -56,6 +66,8 @@ def test_the_table_names_real_options_and_every_out_option():
     ["register", "--fixed", "{other}", "--moving", "{in}", "--out-transform", "{dir}/t.tfm", "--out-volume", "{in}"],
     ["superres", "--in", "{in}", "--factor", "2", "--out", "{dir}/../{dirname}/in.nii.gz"],  # the same file through ..
     ["segment", "--in", "{in}", "--seeds", "{other}", "--out", "{link}"],  # a symbolic link to the input
+    ["models", "pack", "{dir}", "--license", "{other}", "--out", "{other}"],  # the pack over its license file
+    ["models", "pack", "{dir}", "--out", "{dir}"],  # the pack over the bundle folder
 ])
 def test_an_output_that_is_an_input_is_refused_before_any_work(argv, vol, tmp_path, capsys):
     other = tmp_path / "other.nii.gz"
@@ -78,6 +90,18 @@ def test_two_outputs_that_are_one_file_are_refused(vol, tmp_path, capsys):
                "--out-resampled", str(out), "--quiet"])
     assert rc == 2 and "--out and --out-resampled are one file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_models_pack_takes_overwrite_input_after_the_action(vol, tmp_path, capsys):
+    """``--overwrite-input`` is accepted after ``models pack`` too (it lets the check pass; the
+    bundle, not a bundle here, is then refused by the packing itself)."""
+    argv = ["models", "pack", str(tmp_path / "no_bundle"), "--license", str(vol), "--out", str(vol), "-q"]
+    assert main(argv) == 2 and "would replace your input" in capsys.readouterr().err
+    before = _sha(vol)
+    assert main(argv + ["--overwrite-input"]) == 2
+    err = capsys.readouterr().err
+    assert "would replace your input" not in err and "unrecognized arguments" not in err
+    assert _sha(vol) == before
 
 
 def test_overwrite_input_replaces_it_on_purpose(vol, tmp_path):

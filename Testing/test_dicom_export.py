@@ -385,3 +385,45 @@ def test_pipeline_output_format_dicom(tmp_path):
     assert Path(record["outputs"]["denoised"]["path"]).is_file() and len(list(written.iterdir())) == 7
     assert len(record["outputs"]["denoised_dicom"]["sha256"]) == 64
     assert pydicom.dcmread(next(written.iterdir())).ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+
+
+def test_pipeline_writes_the_segmentation_as_dicom_seg_or_says_why_not(tmp_path):
+    """``output_format: dicom``: a label map becomes a DICOM SEG referencing the input series (read
+    back here by highdicom and compared with the NRRD label map in patient space); from an input
+    that is not DICOM it is not written, and the run's notes say why."""
+    from test_dicom_seg import highdicom_segments, intended
+
+    from medtorch.io import read_volume
+    from medtorch.pipeline.config import parse_config
+    from medtorch.pipeline.run import run_pipeline
+
+    folder = tmp_path / "ct"
+    uid = make_series(folder, SOURCES["negated_column_pr598"])
+    lower = float(np.percentile(read_dicom_series(folder).array, 97))
+    steps = {"denoise": {"method": "gaussian"}, "segment": {"method": "threshold", "lower": lower}}
+    record = run_pipeline(parse_config({"study": "s", "inputs": {"fixed": str(folder)}, "output_format": "dicom",
+                                        "steps": steps}, tmp_path / "out")).record
+    seg_path = Path(record["outputs"]["segmentation_seg"]["path"])
+    assert seg_path.name == "segmentation_SEG.dcm" and len(record["outputs"]["segmentation_seg"]["sha256"]) == 64
+    ds = pydicom.dcmread(seg_path)
+    assert ds.Modality == "SEG" and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+    label = read_volume(record["outputs"]["segmentation"]["path"])
+    (centroid, volume), = intended(label.array, label.geometry).values()
+    (got_centroid, got_volume), = highdicom_segments(seg_path).values()
+    np.testing.assert_allclose(got_centroid, centroid, atol=0.25)
+    assert got_volume == pytest.approx(volume, rel=1e-3)
+    assert "denoised_dicom" in record["outputs"] and "notes" not in record
+
+    nrrd = tmp_path / "ct.nrrd"
+    write_volume(read_dicom_series(folder), nrrd)
+    config = {"study": "n", "inputs": {"fixed": str(nrrd)}, "output_format": "dicom", "patient_id": "P1",
+              "steps": steps}
+    with pytest.raises(MedTorchInputError, match="modality: CT"):
+        parse_config(config, tmp_path / "out2")
+    record = run_pipeline(parse_config({**config, "modality": "ct"}, tmp_path / "out2")).record
+    assert pydicom.dcmread(next(Path(record["outputs"]["denoised_dicom"]["path"]).iterdir())).Modality == "CT"
+    assert "segmentation" in record["outputs"] and "segmentation_seg" not in record["outputs"]
+    assert "denoised_dicom" in record["outputs"]
+    note, = record["notes"]
+    assert note.startswith("segmentation: not written as DICOM SEG") and "not a DICOM series" in note
+    assert not list((tmp_path / "out2").rglob("*_SEG.dcm"))

@@ -18,3 +18,7 @@ class ctkDoubleSpinBox(QWidget):
 
 class ctkPathLineEdit(QWidget):
     pass
+
+
+class ctkDirectoryButton(QWidget):
+    pass

@@ -69,6 +69,8 @@ class FakeWidget(qt.QWidget):
         self._scene: Any = None
         self._current_node: Any = None
         self.currentIndex = 0
+        self.directory = props.get("directory", "")  # ctkDirectoryButton
+        self.currentPath = props.get("currentPath", "")  # ctkPathLineEdit
 
     def className(self) -> str:
         return self.className_

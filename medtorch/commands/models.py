@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--trust-bundle-code", dest="trust_code", action="store_true",
                    help="allow $ Python expressions in the bundle's network, preprocessing and inferer configs")
     _common(a)
+    # also after the sub-command; SUPPRESS keeps the value of the general option given before it
+    a.add_argument("--overwrite-input", action="store_true", default=argparse.SUPPRESS,
+                   help="let --out be the license file (or another input) and replace it (refused otherwise)")
 
 
 def _ask(model: str, license_name: str, text: str) -> bool:

@@ -27,6 +27,8 @@ PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "denoise": (("input",), ("out", "metrics", "fidelity_map")),
     "enhance": (("input", "match"), ("out", "bias_field")),
     "export-dicom": (("seg", "source"), ("out",)),
+    # models pack: the pack (--out) never replaces the bundle folder or the license file it packs
+    "models": (("bundle", "license_file"), ("out",)),
     "fuse": (("fixed", "moving", "transform", "checkpoint"),
              ("out", "out_luminance", "out_resampled", "metrics", "save_checkpoint")),
     "register": (("fixed", "moving", "fixed_mask", "moving_mask", "initial_transform", "fixed_landmarks",
@@ -39,9 +41,13 @@ PATH_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+#: dests whose flag is not ``--`` + the dest with dashes
+_FLAGS = {"input": "--in", "license_file": "--license", "bundle": "BUNDLE"}
+
+
 def flag_of(dest: str) -> str:
     """The command-line flag of an argparse ``dest`` (``out_volume`` -> ``--out-volume``; ``input`` -> ``--in``)."""
-    return "--in" if dest == "input" else "--" + dest.replace("_", "-")
+    return _FLAGS.get(dest, "--" + dest.replace("_", "-"))
 
 
 def _values(value: object) -> Iterator[str]:

@@ -53,6 +53,8 @@ class StudyConfig:
     #: the choices of the commands' ``--format`` (:data:`medtorch.ops.export.OutputFormat`)
     output_format: str = "file"
     patient_id: str | None = None
+    #: ``CT`` or ``MR``: the modality of DICOM series written without a DICOM input to take it from
+    modality: str | None = None
 
     def enabled_steps(self) -> list[str]:
         return [s for s in STEP_ORDER if s in self.steps]
@@ -62,7 +64,7 @@ class StudyConfig:
             "study": self.study, "output_dir": str(self.output_dir), "device": self.device, "seed": self.seed,
             "inputs": {k: str(v) for k, v in self.inputs.items()}, "series_uids": dict(self.series_uids),
             "steps": copy.deepcopy(self.steps), "source": str(self.source) if self.source else None,
-            "output_format": self.output_format, "patient_id": self.patient_id,
+            "output_format": self.output_format, "patient_id": self.patient_id, "modality": self.modality,
         }
 
 
@@ -85,10 +87,11 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = Non
             data.setdefault("inputs", {})[key] = value
         else:
             data[key] = value
-    unknown = set(data) - {"study", "output_dir", "device", "seed", "inputs", "steps", "output_format", "patient_id"}
+    unknown = set(data) - {"study", "output_dir", "device", "seed", "inputs", "steps", "output_format", "patient_id",
+                      "modality"}
     if unknown:
         raise _err(f"unknown keys {sorted(unknown)}",
-                   "use study, output_dir, device, seed, output_format, patient_id, inputs and steps")
+                   "use study, output_dir, device, seed, output_format, patient_id, modality, inputs and steps")
     from typing import get_args
 
     from medtorch.ops.export import OutputFormat
@@ -98,6 +101,9 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = Non
         raise _err(f"output_format {data.get('output_format')!r} is unknown",
                    "use " + " or ".join(get_args(OutputFormat)) + " (the command line's --format)")
     patient_id = data.get("patient_id")
+    modality = None if data.get("modality") is None else str(data.get("modality")).strip().upper()
+    if modality is not None and modality not in ("CT", "MR"):
+        raise _err(f"modality {data.get('modality')!r} is unknown", "use CT or MR (the class of the DICOM images written)")
     study = str(data.get("study") or (source.stem if source else "study"))
     inputs_raw = data.get("inputs") or {}
     if not isinstance(inputs_raw, dict) or "fixed" not in inputs_raw:
@@ -160,8 +166,12 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = Non
         raise _err("output_format dicom needs a patient: no input is a DICOM folder and no patient_id is given",
                    "give the fixed input as a DICOM folder (the series keep its patient and study), or add "
                    "patient_id: ID for a new patient and study")
+    if output_format == "dicom" and not modality and not any(p.is_dir() for p in inputs.values()):
+        raise _err("output_format dicom without a DICOM input needs the modality of the series it writes",
+                   "add modality: CT or modality: MR")
     return StudyConfig(study, out_dir.resolve(), inputs, uids, steps, device, seed, source, data,
-                       output_format=output_format, patient_id=None if patient_id is None else str(patient_id))
+                       output_format=output_format, patient_id=None if patient_id is None else str(patient_id),
+                       modality=modality)
 
 
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> StudyConfig:

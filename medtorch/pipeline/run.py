@@ -49,6 +49,7 @@ class StepContext:
     outputs: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def out(self, relative: str) -> Path:
         path = self.config.output_dir / relative
@@ -63,25 +64,51 @@ class StepContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write(self, key: str, volume: Volume, relative: str, source: str = "fixed") -> Path:
-        """Write a volume output; with ``output_format: dicom`` also as a DICOM series in the folder
+    def write(self, key: str, volume: Volume, relative: str, source: str = "fixed",
+              names: dict[int, str] | None = None) -> Path:
+        """Write a volume output; with ``output_format: dicom`` also as DICOM, through the
+        ``export_dicom`` operation: a grey-scale volume as a DICOM series in the folder
         ``<relative without extension>_dicom`` (output ``<key>_dicom``), referencing the input
-        ``source`` when that is a DICOM folder (else a new patient with ``patient_id``)."""
+        ``source`` when that is a DICOM folder (else a new patient with ``patient_id``); a label map
+        as a DICOM SEG ``<relative without extension>_SEG.dcm`` (output ``<key>_seg``) referencing
+        the input ``source``, which must then be a DICOM series (segment names from ``names``).
+        What could not be written as DICOM, and why, goes to the run's ``notes``."""
         from medtorch.io import write_volume
 
         path = write_volume(volume, self.out(relative))
         self.outputs[key] = str(path)
-        # a label map goes to DICOM as SEG/RTSTRUCT (medtorch export-dicom), a colour volume not at all
-        if self.config.output_format == "dicom" and volume.kind not in ("vector", "label"):
-            from medtorch.ops.export import ExportDicomRequest
+        if self.config.output_format != "dicom":
+            return path
+        from medtorch.ops.export import ExportDicomRequest
 
-            ref = self.config.inputs.get(source)
-            is_dicom = ref is not None and ref.is_dir()
+        ref = self.config.inputs.get(source)
+        is_dicom = ref is not None and ref.is_dir()
+        if volume.kind == "vector":
+            self.notes.append(f"{key}: a colour volume is not written as DICOM (its grey-scale outputs are)")
+        elif volume.kind == "label":
+            if not is_dicom:
+                self.notes.append(f"{key}: not written as DICOM SEG: a DICOM SEG must reference the DICOM series the "
+                                  f"segmentation was made on, and the input {source!r} is not a DICOM series "
+                                  "(medtorch export-dicom --as seg --source DICOMDIR writes it from the series)")
+            elif not np.any(volume.array):
+                self.notes.append(f"{key}: not written as DICOM SEG: the segmentation is empty")
+            else:
+                seg_path = self.out(relative.rsplit(".", 1)[0] + "_SEG.dcm")
+                request = ExportDicomRequest(
+                    export_as="seg", out=str(seg_path), reference=str(ref),
+                    reference_series_uid=self.config.series_uids.get(source),
+                    names=tuple(f"{v}={n.replace(',', ' ')}" for v, n in sorted((names or {}).items())),
+                    algorithm_type="AUTOMATIC", description=f"MedTorch {key} ({self.config.study})"[:64])
+                ops.run(request, {"input": volume})
+                self.outputs[f"{key}_seg"] = str(seg_path)
+        else:
             folder = self.out(relative.rsplit(".", 1)[0] + "_dicom")
             request = ExportDicomRequest(
                 export_as="series", out=str(folder), reference=str(ref) if is_dicom else None,
                 reference_series_uid=self.config.series_uids.get(source) if is_dicom else None,
                 patient_id=None if is_dicom else self.config.patient_id,
+                modality="auto" if is_dicom else "CT" if self.config.modality == "CT" else
+                "MR" if self.config.modality == "MR" else "auto",
                 derivation=f"{key} of the MedTorch study {self.config.study}", description=f"MedTorch {key}")
             ops.run(request, {"input": volume})
             self.outputs[f"{key}_dicom"] = str(folder)
@@ -185,6 +212,7 @@ def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
     p = {k: v for k, v in params.items() if k != "input"}
     method = p.pop("method", "threshold")
     vol = ctx.input_volume(params)
+    names: dict[int, str] = {}  # label value -> segment name (a model's labels)
     if method == "threshold":
         from medtorch.ops.segmentation import ThresholdRequest
 
@@ -199,6 +227,7 @@ def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
         label, info = segment_with_model(p.pop("model"), [vol], device=ctx.device, progress=progress,
                                          cancel=cancel, **p)
         values = {k: v for k, v in dict(info).items() if isinstance(v, (int, float, str))}
+        names = {int(k): str(v) for k, v in (info.get("labels") or {}).items()}
     elif method == "seeded":
         from medtorch.io import read_volume
         from medtorch.ops.segmentation import SeededRequest
@@ -212,7 +241,9 @@ def _step_segment(ctx: StepContext, params: dict[str, Any], progress: ProgressCa
             ctx.verdicts["segment"] = out.values["verdict"]
     else:
         raise MedTorchInputError(f"unknown segmentation method {method!r}", "use threshold, seeded or model")
-    ctx.write("segmentation", label, "segment/segmentation.nrrd")
+    if label.kind != "label":  # a segmentation is a label map, whatever the method returned
+        label = Volume(label.array, label.geometry, "label")
+    ctx.write("segmentation", label, "segment/segmentation.nrrd", str(params.get("input", "fixed")), names)
     counts = np.bincount(label.array.astype(np.int64).ravel())
     volumes_ml = {str(v): float(c) * label.geometry.voxel_volume_mm3 / 1000.0
                   for v, c in enumerate(counts) if v > 0 and c > 0}
@@ -317,6 +348,8 @@ def _run_pipeline(config: StudyConfig, progress: ProgressCallback | None, cancel
 
             record["verdicts"] = ctx.verdicts
             record["verdict"] = worst(v["status"] for v in ctx.verdicts.values())
+        if ctx.notes:
+            record["notes"] = ctx.notes
         record["outputs"] = {k: {"path": v, "sha256": _sha256(v)} for k, v in ctx.outputs.items() if Path(v).exists()}
         record["finished"] = datetime.now(timezone.utc).isoformat()
         write_json_atomic(config.output_dir / RUN_RECORD, record)

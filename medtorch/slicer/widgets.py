@@ -123,6 +123,32 @@ class ModuleWidgetMixin:
         self._checkCanApply()
         return self.runner
 
+    # -- Export to DICOM ---------------------------------------------------------------------------
+    def setupDicomExport(self, folderButton: Any) -> None:
+        """Give the output-folder button (``ctkDirectoryButton``) of an Export to DICOM section a
+        folder to start from: Slicer's default scene folder, else the home folder."""
+        import os
+
+        import slicer
+
+        if not folderButton.directory or folderButton.directory == ".":
+            folderButton.directory = getattr(slicer.app, "defaultScenePath", "") or os.path.expanduser("~")
+
+    def runDicomExport(self, export: Callable[[], Any], label: Any) -> Any:
+        """Run ``export`` (a Logic export returning :class:`medtorch.slicer.dicom.ExportResult`) and
+        show its sentence in ``label``; a refusal (no reference, a failed geometry check) shows its
+        problem and what to do there and in an error dialog (Slicer's ``tryWithErrorDisplay``)."""
+        import slicer
+
+        with slicer.util.tryWithErrorDisplay("Failed to export to DICOM.", waitCursor=True):
+            try:
+                result = export()
+            except Exception as exc:
+                label.text = f"Not exported: {exc}"
+                raise
+        label.text = result.message
+        return result
+
     def onJobCancelled(self) -> None:
         self.ui.statusLabel.text = "Cancelled: nothing was changed"
         self._checkCanApply()
