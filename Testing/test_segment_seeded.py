@@ -361,3 +361,56 @@ def test_region_larger_than_the_memory_budget_is_refused_before_starting(case, m
     monkeypatch.setenv("MEDTORCH_MEMORY_BUDGET", "64K")
     with pytest.raises(OutOfMemoryBudget, match="MEDTORCH_MEMORY_BUDGET"):
         seeded_segment([ph.channels["FLAIR"], ph.channels["T1c"]], seeds)
+
+
+def _rings_and_bridge(n: int = 64, ring_mm: float = 12.0, seed: int = 0):
+    """A bright lesion (radius 8 mm) joined by a bright bridge along the diagonal to a bright blob
+    beyond the background strokes; background strokes: rings on three orthogonal slices."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=float),) * 3, indexing="ij")
+    c = n / 2.0
+    lesion = (z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2 <= 8.0 ** 2
+    t = ((z - c) + (y - c) + (x - c)) / 3.0  # position along the diagonal
+    off = np.sqrt((z - c - t) ** 2 + (y - c - t) ** 2 + (x - c - t) ** 2)
+    bridge = (off <= 3.5) & (t >= 0) & (t <= 13.0)
+    blob = (z - c - 13) ** 2 + (y - c - 13) ** 2 + (x - c - 13) ** 2 <= 5.0 ** 2
+    img = np.where(lesion | bridge | blob, 1.0, 0.2) + 0.05 * rng.standard_normal((n, n, n))
+    seeds = np.zeros((n, n, n), np.uint8)
+    ci = int(c)
+    for ax in range(3):
+        plane = [z, y, x][ax] == ci
+        r = np.sqrt(sum(((g - c) ** 2) for k, g in enumerate((z, y, x)) if k != ax))
+        seeds[plane & (np.abs(r - ring_mm) <= 0.7)] = 2
+        seeds[plane & (r <= 4.0)] = 1
+    g = Geometry((n, n, n), spacing=(1.0, 1.0, 1.0))
+    return Volume(img.astype(np.float32), g, "scalar"), Volume(seeds, g, "label"), lesion, blob
+
+
+def test_a_tumor_like_region_beyond_the_background_ring_is_not_taken():
+    """The background strokes surround the lesion: a bright blob beyond them, joined to the lesion
+    by a bright bridge (so connectivity does not remove it), is not tumor; without the rule it is
+    taken, so the scene does test the rule."""
+    img, seeds, lesion, blob = _rings_and_bridge()
+    with_hull = seeded_segment(img, seeds).label.array > 0
+    without = seeded_segment(img, seeds, SeededOptions(background_hull=False)).label.array > 0
+    assert without[blob].mean() > 0.5  # the scene's trap works
+    assert with_hull[blob].mean() == 0.0
+    assert dice(with_hull, lesion) > 0.85
+
+
+def test_the_background_hull_applies_only_when_the_strokes_surround_the_tumor():
+    from medtorch.segment.seeded import _outside_background_hull
+
+    _, seeds, lesion, blob = _rings_and_bridge()
+    s = seeds.array.astype(np.int64)
+    index = np.where(s == 1, 0, np.where(s == 2, 1, -1))
+    out = _outside_background_hull(index, 2, (1.0, 1.0, 1.0), 0.3)
+    assert out is not None and out[blob].all() and not out[lesion].any()
+    flat = index.copy()
+    flat[(flat == 1) & (np.arange(64)[:, None, None] != 32)] = -1  # the axial ring only: a flat hull
+    assert _outside_background_hull(flat, 2, (1.0, 1.0, 1.0), 0.3) is None
+    outside = index.copy()
+    outside[2, 2, 2] = 0  # a tumor seed beyond the background strokes: they do not surround it
+    assert _outside_background_hull(outside, 2, (1.0, 1.0, 1.0), 0.3) is None
+    far = _outside_background_hull(index, 2, (1.0, 1.0, 1.0), 3.0)  # a margin of 3 hull radii
+    assert far is None or not far[blob].any()

@@ -92,6 +92,7 @@ MEDTORCH_VARIANTS: dict[str, dict[str, Any]] = {
     "medtorch": {},
     "medtorch (region competition)": {"method": "competition"},
     "medtorch (region not deepened)": {"region_aspect": 0.0},
+    "medtorch (no background hull)": {"background_hull": False},
 }
 GROWCUT = "FastGrowCut"
 RW = "random walker"

@@ -86,6 +86,8 @@ class SeededRequest(Request):
     bandwidth: float = 0.12
     evidence_weight: float = 0.1
     grid_mm: float = 2.0
+    background_hull: bool = True
+    hull_margin: float = 0.3
     device: str | None = None
     seed: int = 0
     roi: Roi | None = None

@@ -45,6 +45,8 @@ __all__ = ["GeodesicSettings", "ClassDensities", "contrast_normalise", "fit_dens
 #: Feature range (in seed-contrast units) and bin step of the class densities.
 _LO, _HI, _STEP = -4.0, 4.0, 0.05
 _NBINS = int(round((_HI - _LO) / _STEP)) + 1
+#: Path cost per mm of a tumor class where it may not go (far above any evidence cost).
+_BARRIER_COST = 1.0e3
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,8 @@ def _upsample(d: np.ndarray, f: Sequence[int], shape: tuple[int, ...]) -> np.nda
 
 def geodesic_competition(features: Sequence[np.ndarray], seed_index: np.ndarray, n_classes: int,
                          spacing_zyx: Sequence[float], settings: GeodesicSettings,
-                         progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> np.ndarray:
+                         progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                         outside: np.ndarray | None = None) -> np.ndarray:
     """Class index (``0 .. K-1``) of every voxel of the region.
 
     Args:
@@ -265,10 +268,13 @@ def geodesic_competition(features: Sequence[np.ndarray], seed_index: np.ndarray,
         seed_index: ``[z, y, x]`` class index of each seed voxel, -1 elsewhere.
         n_classes: number of classes (the background last).
         spacing_zyx: voxel size (mm).
+        outside: where no tumor class may be (the background there, and no tumor path passes).
     """
     report(progress, cancel, 0.0, "class densities of the seeds")
     dens = fit_densities(features, seed_index, n_classes, settings.bandwidth)
     costs = evidence_costs(dens.log_likelihood(features), settings.evidence_weight)
+    if outside is not None and outside.any():  # no tumor class passes there
+        costs[: n_classes - 1] += np.float32(_BARRIER_COST) * outside.astype(np.float32)[None]
     f = coarse_factors(spacing_zyx, settings.grid_mm)
     f0c = _blocks(features[0], f)
     cc = _blocks(costs, f)
@@ -282,6 +288,8 @@ def geodesic_competition(features: Sequence[np.ndarray], seed_index: np.ndarray,
     report(progress, cancel, 0.9, "competition")
     up = _upsample(np.stack(dist), f, seed_index.shape)
     labels = (up[1] < up[0]).astype(np.intp) if n_classes == 2 else np.argmin(up, axis=0)
+    if outside is not None:
+        labels[outside] = n_classes - 1
     seeded = seed_index >= 0
     labels[seeded] = seed_index[seeded]
     return labels

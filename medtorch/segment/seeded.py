@@ -133,6 +133,18 @@ class SeededOptions:
         bandwidth: geodesic: kernel width of the class densities (units of the seeds' contrast).
         evidence_weight: geodesic: cost per mm of a voxel's evidence (nats) against a class.
         grid_mm: geodesic: spacing (mm) of the grid the path costs are computed on.
+        background_hull: geodesic: when the background strokes surround the tumor (their convex
+            hull is solid and holds every tumor seed, as a ring drawn on several slices does),
+            nothing farther than ``hull_margin`` beyond that hull is tumor, and no tumor class
+            passes there: a far region that merely looks like tumor is not taken. On a
+            development set of 12 varied phantoms (``phantom_family`` with another seed than the
+            benchmark's) it lifted the mean whole-tumor Dice from 0.750 to 0.821 (runaways to
+            tumor-like tissue beyond the ring stopped), with the real-data development cases
+            unchanged (0.857, 3-slice and missing-side strokes).
+        hull_margin: how far beyond the background strokes' hull a tumor may still reach, as a
+            fraction of the hull's radius (a tumor bulges between the slices its ring was drawn
+            on). 0.3: the largest value tried (0, 0.15, 0.3) that kept the real development
+            cases' mean within 0.001 of the run without the hull; 0.15 cut their largest tumor.
         device: ``auto``, ``cpu``, ``cuda``, ``mps`` (see :func:`medtorch.device.select_device`).
         seed: random seed of the k-means initialisation (recorded with the result).
 
@@ -158,6 +170,8 @@ class SeededOptions:
     bandwidth: float = 0.12
     evidence_weight: float = 0.1
     grid_mm: float = 2.0
+    background_hull: bool = True
+    hull_margin: float = 0.3
     device: str | None = None
     seed: int = 0
 
@@ -171,6 +185,7 @@ class SeededOptions:
             (self.bandwidth > 0, "bandwidth must be > 0"),
             (self.evidence_weight >= 0, "evidence_weight must be >= 0"),
             (self.grid_mm > 0, "grid_mm must be > 0 mm"),
+            (self.hull_margin >= 0, "hull_margin must be >= 0"),
             (self.smoothing_mm >= 0, "smoothing_mm must be >= 0 mm"),
             (self.radius_mm > 0, "radius_mm must be > 0 mm"),
             (self.smoothness >= 0, "smoothness must be >= 0"),
@@ -834,6 +849,42 @@ def _seed_connected(labels: np.ndarray, seed_index: np.ndarray, background: int,
     return out
 
 
+def _outside_background_hull(seed_index: np.ndarray, n_classes: int, spacing_zyx: Sequence[float],
+                             margin: float, step_mm: float = 2.0) -> np.ndarray | None:
+    """Voxels beyond the background strokes: outside the convex hull of the background seeds by
+    more than ``margin`` times the hull's radius (that of a ball of the hull's volume), when the
+    hull is solid (the strokes are not all on one plane) and holds every tumor seed, i.e. the
+    user's background strokes surround the tumor. ``None`` otherwise (one-slice strokes,
+    scattered background, a box). Evaluated on a grid of about ``step_mm``."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    bg = np.argwhere(seed_index == n_classes - 1)
+    tumor = np.argwhere((seed_index >= 0) & (seed_index < n_classes - 1))
+    if len(bg) < 4 or len(tumor) == 0:
+        return None
+    sp = np.asarray(spacing_zyx, float)
+    pts = bg * sp
+    try:  # one background point per step_mm cell is enough for the hull
+        hull = ConvexHull(pts[np.unique(np.round(pts / step_mm).astype(np.int64), axis=0, return_index=True)[1]])
+    except (QhullError, ValueError):  # flat or too few strokes: no enclosing hull
+        return None
+    normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
+    margin_mm = float(margin) * (3.0 * hull.volume / (4.0 * np.pi)) ** (1.0 / 3.0)
+
+    def beyond(x: np.ndarray) -> np.ndarray:  # how far outside the hull (a lower bound; <= 0 inside)
+        return (x @ normals.T + offsets).max(axis=1)
+
+    if np.any(beyond(tumor * sp) > 0):
+        return None
+    f = [max(1, int(round(step_mm / s))) for s in sp]
+    centres = np.stack(np.meshgrid(*(np.arange(0, n, b) + (b - 1) / 2.0 for n, b in zip(seed_index.shape, f)),
+                                   indexing="ij"), -1)
+    coarse = (beyond(centres.reshape(-1, 3) * sp) > margin_mm).reshape(centres.shape[:3])
+    out = np.repeat(np.repeat(np.repeat(coarse, f[0], 0), f[1], 1), f[2], 2)
+    out = out[: seed_index.shape[0], : seed_index.shape[1], : seed_index.shape[2]]
+    return out if out.any() else None
+
+
 @contextlib.contextmanager
 def _single_thread(device: torch.device) -> Iterator[None]:
     """One torch thread on the CPU inside the block (see :meth:`SeededSegmenter.segment`)."""
@@ -1036,8 +1087,11 @@ class SeededSegmenter:
         feats = [contrast_normalise(f, seed_index_np, k) for f in self._gfeat]
         settings = GeodesicSettings(opts.smoothing_mm, opts.context_mm, opts.bandwidth, opts.evidence_weight,
                                     opts.grid_mm)
-        labels = geodesic_competition(feats, seed_index_np, k, np.asarray(self.geometry.spacing)[::-1], settings,
-                                      SubProgress(progress, 0.3, 0.9, "geodesic competition"), cancel)
+        spacing = np.asarray(self.geometry.spacing)[::-1]
+        labels = geodesic_competition(feats, seed_index_np, k, spacing, settings,
+                                      SubProgress(progress, 0.3, 0.9, "geodesic competition"), cancel,
+                                      outside=_outside_background_hull(seed_index_np, k, spacing, opts.hull_margin)
+                                      if opts.background_hull else None)
         times["geodesic"] = time.perf_counter() - t1
         return labels, 0, 0, False
 
