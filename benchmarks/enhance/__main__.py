@@ -417,7 +417,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sr-iterations", type=int, default=None, help="override the self-supervised SR iterations")
     p.add_argument("--factors", default=None, help="comma-separated SR factors instead of the mode's (e.g. 4)")
     p.add_argument("--levels", default=None, help="comma-separated noise levels instead of the mode's (e.g. 0.05)")
+    p.add_argument("--real-dir", default=None,
+                   help="folder of real 1 mm brain MRI (case folders with flair/t1/t1ce/t2 NIfTI files, BraTS layout): "
+                        "run only the real-data super-resolution benchmark (benchmarks/enhance/real.py)")
+    p.add_argument("--split", default=None, help="with --real-dir: only the cases of this split in its cases.csv (e.g. held-out)")
+    p.add_argument("--cases", default=None, help="with --real-dir: comma-separated case folders to run")
+    p.add_argument("--contrasts", default=None, help="with --real-dir: comma-separated contrasts (default t1,t1ce,t2,flair)")
+    p.add_argument("--profiles-only", action="store_true", help="with --real-dir: only the slice-profile estimates (no SR)")
+    p.add_argument("--no-profiles", action="store_true", help="with --real-dir: skip the slice-profile estimate table")
+    p.add_argument("--real-out", default=str(REPO / "docs" / "benchmarks" / "enhance_real.md"),
+                   help="with --real-dir: Markdown report (a .json beside it)")
     args = p.parse_args(argv)
+    if args.real_dir:
+        from benchmarks.enhance import real
+
+        args.command_line = "python -m benchmarks.enhance " + " ".join(sys.argv[1:] if argv is None else argv)
+        with tempfile.TemporaryDirectory(prefix="enh_real_") as tmp:
+            work = Path(args.workdir) if args.workdir else Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            print(real.run(args, _environment(args.threads), config_for(args),
+                           {s.strip().lower() for s in args.skip.split(",") if s.strip()}, _log, work))
+        return 0
     parts = {s.strip() for s in args.parts.split(",") if s.strip()}
     args.denoise_size = 64 if args.quick else 128
     args.sr_crop = 96 if args.quick else None
