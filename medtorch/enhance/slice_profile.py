@@ -145,7 +145,7 @@ def _noise_spectrum(lag_corr: np.ndarray, length: int) -> torch.Tensor:
     return torch.from_numpy(out / float((win**2).sum()))
 
 
-def _profile_mismatch(t: torch.Tensor, axis: int, in_plane: list[int], factor: int, fwhm: float, shape: str,
+def _profile_mismatch(views: dict[int, torch.Tensor], axis: int, factor: int, fwhm: float, shape: str,
                       s2: float, length: int, free_gain: bool) -> float:
     """How far the two spectra of :func:`estimate_slice_profile` are from agreeing, for one candidate profile."""
     f = int(factor)
@@ -155,7 +155,7 @@ def _profile_mismatch(t: torch.Tensor, axis: int, in_plane: list[int], factor: i
     noise_dec = s2 * _noise_spectrum(np.asarray(lags), length)
     noise_blur = s2 * _noise_spectrum(np.asarray([lags[0]]), length)
     res = []
-    for along in in_plane:
+    for along, t in views.items():
         dec = _line_spectrum(degrade_along(t, along, f, fwhm, shape), along, length) - noise_dec
         blur = _line_spectrum(_blur_along(t, along, w), axis, length) - noise_blur
         k = torch.arange(len(dec))
@@ -196,7 +196,7 @@ def estimate_slice_profile(array: np.ndarray, axis: int, factor: int, noise_sigm
     matching the energy of neighbour differences, came out 12-20 % low on the MNI template
     for this reason). Candidates: FWHM 0.25 to 2.5 thick slices per shape (coarse grid, then
     a fine one around the best, and a parabola through the three best). Only the central
-    ``max_in_plane`` voxels of each in-plane axis are used.
+    ``max_in_plane`` voxels of each in-plane axis are used (every other line across the axis analysed).
     """
     a = np.asarray(array, dtype=np.float32)
     f = int(factor)
@@ -215,6 +215,12 @@ def estimate_slice_profile(array: np.ndarray, axis: int, factor: int, noise_sigm
         raise MedTorchInputError(f"the volume {tuple(a.shape)} is too small to estimate its slice profile",
                                  "give the slice profile FWHM explicitly")
     s2 = float(noise_sigma) ** 2
+    # for the spectra along (and blurred along) one in-plane axis, every other line of the third
+    # axis is enough: neighbouring lines are nearly alike, and it halves the work
+    views = {}
+    for along in in_plane:
+        other = [d for d in in_plane if d != along][0]
+        views[along] = t.index_select(other, torch.arange(0, t.shape[other], 2)).contiguous()
     coarse = np.linspace(0.25 * f, 2.5 * f, 13)
     best: tuple[float, float, str] = (float("inf"), float(f), "gaussian")
     steps = len(shapes) * (len(coarse) + 7)
@@ -224,7 +230,7 @@ def estimate_slice_profile(array: np.ndarray, axis: int, factor: int, noise_sigm
         for fw in coarse:
             report(progress, cancel, n / steps, "estimating the slice profile")
             n += 1
-            costs.append(_profile_mismatch(t, axis, in_plane, f, float(fw), shape, s2, length, free_gain))
+            costs.append(_profile_mismatch(views, axis, f, float(fw), shape, s2, length, free_gain))
         i = int(np.argmin(costs))
         lo_, hi_ = coarse[max(i - 1, 0)], coarse[min(i + 1, len(coarse) - 1)]
         fine = np.linspace(lo_, hi_, 7)
@@ -232,7 +238,7 @@ def estimate_slice_profile(array: np.ndarray, axis: int, factor: int, noise_sigm
         for fw in fine:
             report(progress, cancel, n / steps, "estimating the slice profile")
             n += 1
-            fcost.append(_profile_mismatch(t, axis, in_plane, f, float(fw), shape, s2, length, free_gain))
+            fcost.append(_profile_mismatch(views, axis, f, float(fw), shape, s2, length, free_gain))
         j = int(np.argmin(fcost))
         fw_best = float(fine[j])
         if 0 < j < len(fine) - 1:  # parabola through the three around the minimum
