@@ -228,7 +228,7 @@ def report(path: Path, root: Path, args: Any, env: dict[str, Any], rows: list[di
         "than in-plane. The data may not be redistributed: it is read from the folder given on the command line "
         "and never stored in this repository.",
         "",
-        f"Each volume is made thick along k (axial) with a known slice profile -- "
+        "Each volume is made thick along k (axial) with a known slice profile -- "
         + ", ".join(f"a {s} of {w:g} mm FWHM" for s, w in PROFILES)
         + f" -- keeping one thick slice per {FACTOR} thin slices (x{FACTOR}, thick slices centred on the thin slices "
         "they replace). The methods see only the thick volume: MedTorch's self-supervised SR runs its blind path "
