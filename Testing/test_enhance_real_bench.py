@@ -22,7 +22,7 @@ def brats_like(tmp_path):
             sitk.WriteImage(img, str(tmp_path / case / f"{f}.nii.gz"))
     (tmp_path / "cases.csv").write_text("case_id,split\nBrats18_X_1,held-out\nBRATS2015_brats_2013_pat0009_1,dev\n"
                                         "Brats18_Y_1,held-out\n")
-    (tmp_path / "SOURCES.md").write_text("# Sources\n\n## repo/a @ 123\n* Case: Brats18_X_1, original files.\n"
+    (tmp_path / "SOURCES.md").write_text("# Sources\n\n**Licence status: never commit.** Terms\napply.\n\n## repo/a @ 123\n* Case: Brats18_X_1, original files.\n"
                                          "* Case: Brats18_Z_1, not used.\n* Path: brats_2013_pat0009_1/\n"
                                          "* Licence: no redistribution.\n")
     return tmp_path
@@ -44,7 +44,8 @@ def test_volumes_are_found_by_contrast_and_split(brats_like):
 def test_sources_quote_the_cases_used_and_the_licence(brats_like):
     lines = real.source_lines(brats_like, ["Brats18_X_1", "BRATS2015_brats_2013_pat0009_1"])
     assert "* Case: Brats18_X_1, original files." in lines and "* Path: brats_2013_pat0009_1/" in lines
-    assert "* Licence: no redistribution." in lines
+    assert "* Licence: no redistribution." in lines and "## repo/a @ 123" in lines
+    assert lines[:2] == ["**Licence status: never commit.** Terms", "apply."]
     assert not any("Brats18_Z_1" in s for s in lines)
 
 

@@ -79,17 +79,32 @@ def split_of(root: Path) -> dict[str, str]:
 
 
 def source_lines(root: Path, cases: list[str]) -> list[str]:
-    """The lines of ``SOURCES.md`` that name a case used (or its BRATS 2015 short name), and its licence lines."""
+    """From ``SOURCES.md``: the licence paragraph, and in each section naming a case used, its heading,
+    the lines naming a case used, and its licence line."""
     p = root / "SOURCES.md"
     if not p.exists():
         return []
     keys = set(cases) | {c.split("BRATS2015_", 1)[1] for c in cases if c.startswith("BRATS2015_")}
-    keys |= {k.replace("Brats18_", "") for k in cases}
-    out = []
-    for line in p.read_text().splitlines():
-        s = line.strip()
-        if s and (any(k in s for k in keys) or s.startswith("## ") or "Licence" in s or "licence" in s.lower()):
-            out.append(s)
+    text = p.read_text().splitlines()
+    out: list[str] = []
+    para = False
+    for line in text:  # the licence paragraph, whole
+        if line.strip().startswith("**Licence"):
+            para = True
+        if para and not line.strip():
+            break
+        if para:
+            out.append(line.strip())
+    sections: list[list[str]] = []
+    for line in text:
+        if line.startswith("## "):
+            sections.append([line.strip()])
+        elif sections and line.strip():
+            sections[-1].append(line.strip())
+    for sec in sections:
+        hits = [s for s in sec[1:] if any(k in s for k in keys)]
+        if hits and not sec[0].lower().startswith(("## missing", "## labelled")):
+            out += ["", sec[0]] + hits + [s for s in sec[1:] if s.startswith("* Licence") and s not in hits]
     return out
 
 
@@ -246,18 +261,18 @@ def report(path: Path, root: Path, args: Any, env: dict[str, Any], rows: list[di
     src = source_lines(root, cases)
     if src:
         lines += ["", "Where the data came from (`SOURCES.md`, lines naming these cases and the licences):", ""]
-        lines += [f"> {s}" for s in src]
+        lines += [f"> {s}" if s else ">" for s in src]
     lines += ["", "## Results", "",
               "| case | contrast | true profile | method | PSNR (dB) | SSIM | time (s) | CPU time (s) | profile estimate |",
               "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         name = f"**{r['method']}**" if r["method"].startswith("MedTorch") else r["method"]
-        prof = f"{r['shape']} {r['fwhm']:g} mm"
+        true_profile = f"{r['shape']} {r['fwhm']:g} mm"
         if "psnr" not in r:
-            lines.append(f"| {r['case']} | {r['contrast']} | {prof} | {name} | failed: {str(r.get('error'))[:80]} | | | | |")
+            lines.append(f"| {r['case']} | {r['contrast']} | {true_profile} | {name} | failed: {str(r.get('error'))[:80]} | | | | |")
             continue
         est = f"{r.get('shape_estimate')} {f2(r.get('fwhm_estimate'))} mm" if r.get("fwhm_estimate") is not None else ""
-        lines.append(f"| {r['case']} | {r['contrast']} | {prof} | {name} | {f2(r['psnr'])} | {f2(r['ssim'], 4)} | "
+        lines.append(f"| {r['case']} | {r['contrast']} | {true_profile} | {name} | {f2(r['psnr'])} | {f2(r['ssim'], 4)} | "
                      f"{f2(r.get('seconds'), 1)} | {f2(r.get('cpu_seconds'), 1)} | {est} |")
     lines += ["", f"Targets: selfsup (blind) >= +{TARGET_GAIN_DB} dB over cubic B-spline at x{FACTOR} in every contrast, "
               f"<= {BUDGET_S:g} s per volume on 2 cores; the profile estimate within {PROFILE_TOLERANCE:.0%} of the "
