@@ -208,6 +208,7 @@ CLI_FIELDS = {
     "denoise": (DenoiseRequest, {"--method": "method", "--iterations": "iterations", "--noise-model": "noise_model",
                                  "--output-dtype": "output_dtype", "--seed": "seed"}),
     "superres": (SuperresRequest, {"--method": "method", "--axis": "axis", "--adversarial-weight": "adversarial_weight",
+                                   "--profile-shape": "profile_shape",
                                    "--output-dtype": "output_dtype", "--seed": "seed"}),
     "enhance": (ops.enhance.EnhanceRequest, {"--n4-shrink": "n4_shrink", "--clahe-clip": "clahe_clip",
                                              "--clahe-kernel": "clahe_kernel_mm", "--unsharp-sigma": "unsharp_sigma_mm",

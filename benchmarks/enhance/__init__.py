@@ -17,4 +17,12 @@ PSNR and SSIM inside the head mask, wall time, CPU time and peak memory, each me
 its own process. The Markdown table goes to ``docs/benchmarks/enhance.md`` (``--out``).
 ``--quick`` uses a 64^3 crop at 5 % and a 96^3 crop at x4 (the default training; selfsup
 denoising with 30 network iterations).
+
+``--real-dir DIR`` runs instead the super-resolution benchmark on real 1 mm brain MRI read
+from ``DIR`` (BraTS layout: case folders with flair/t1/t1ce/t2 NIfTI files; ``cases.csv`` and
+``SOURCES.md`` beside them give the split and the provenance), made thick with a known slice
+profile, the methods seeing only the thick volume (MedTorch's blind path), and a table of the
+slice-profile estimates against the truth (template and real volumes, Gaussian and box,
+with and without gaps): see :mod:`benchmarks.enhance.real`. Its report goes to
+``docs/benchmarks/enhance_real.md`` (``--real-out``).
 """

@@ -50,8 +50,11 @@ def head_mask(clean: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(m)
 
 
-def thick_slices(factor: int, fwhm_mm: float | None = None, volume: "object | None" = None):
-    """``(thick Volume, thin reference Volume)`` of the template (or ``volume``) along k."""
+def thick_slices(factor: int, fwhm_mm: float | None = None, volume: "object | None" = None, shape: str = "gaussian"):
+    """``(thick Volume, thin reference Volume)`` of the template (or ``volume``) along k.
+
+    ``shape``: the slice profile, ``gaussian`` or ``box`` (of width ``fwhm_mm``).
+    """
     import torch
 
     from medtorch.enhance.slice_profile import degrade_along
@@ -62,7 +65,7 @@ def thick_slices(factor: int, fwhm_mm: float | None = None, volume: "object | No
     n = a.shape[0] // factor * factor
     thin = np.ascontiguousarray(a[:n])
     fwhm = float(factor) if fwhm_mm is None else float(fwhm_mm)
-    thick = degrade_along(torch.from_numpy(thin), 0, factor, fwhm / float(vol.spacing[2])).numpy()
+    thick = degrade_along(torch.from_numpy(thin), 0, factor, fwhm / float(vol.spacing[2]), shape).numpy()
     g = vol.geometry
     thin_geom = Geometry((g.size[0], g.size[1], n), g.origin, g.spacing, g.direction)
     # thick slice k is centred on thin slices f k .. f k + f - 1, i.e. on thin index f k + (f - 1) / 2

@@ -124,10 +124,10 @@ def medtorch_superres(prepared: Any, params: dict[str, Any], prepare: bool) -> A
         settings.setdefault("iterations", default_iterations(int(params["factor"])))
         cfg = SRTrainConfig(**settings)
     out, model = superres(prepared, params["method"], factor=float(params["factor"]), fwhm_mm=params.get("fwhm_mm"),
-                          config=cfg)
+                          config=cfg, profile_shape=params.get("profile_shape", "gaussian"))
     info: dict[str, Any] = {"size": list(out.size), "spacing": [float(v) for v in out.spacing]}
     if model is not None:
-        info.update({k: model.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "log")})
+        info.update({k: model.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "profile_shape", "log")})
         if params.get("model_out"):
             save_model(model, params["model_out"])
     return out.array, info

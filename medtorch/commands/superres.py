@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="axis to refine: auto (the thickest), i, j, k, or all (isotropic upsampling)")
     p.add_argument("--fwhm", type=float, default=None,
                    help="selfsup: slice profile FWHM in mm (default: estimated from the volume)")
+    p.add_argument("--profile-shape", default=default_of(SuperresRequest, "profile_shape"),
+                   choices=choices(SuperresRequest, "profile_shape"),
+                   help="selfsup: slice profile shape: gaussian, box (2D multi-slice acquisitions), or auto (the "
+                        "better fit; the two fit almost equally well, so give the shape when it is known)")
     p.add_argument("--train-iterations", type=int, default=None, help="selfsup: training iterations")
     p.add_argument("--max-train-seconds", type=float, default=None, help="selfsup: stop training after this time")
     p.add_argument("--adversarial-weight", type=float, default=default_of(SuperresRequest, "adversarial_weight"),
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
     seed = seed_everything(args.seed)
     vol = read_volume(args.input)
     request = SuperresRequest(method=args.method, factor=args.factor, spacing=args.spacing, axis=args.axis,
-                              fwhm_mm=args.fwhm, seed=seed, train_iterations=args.train_iterations,
+                              fwhm_mm=args.fwhm, profile_shape=args.profile_shape, seed=seed, train_iterations=args.train_iterations,
                               max_train_seconds=args.max_train_seconds, adversarial_weight=args.adversarial_weight,
                               model_in=args.model, output_dtype=args.output_dtype,
                               device=device_of(args) if args.method == "selfsup" else "cpu",
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace, cancel: CancelToken) -> int:
                 "seconds": round(seconds, 3), "input_size": list(vol.size), "output_size": list(out.size),
                 "output_spacing": [float(v) for v in out.spacing]}
         if trained is not None:
-            info.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "factor", "log")})
+            info.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "profile_shape", "factor", "log")})
         if fidelity is not None:
             info["fidelity"] = fidelity
         if result.values.get("verdict") is not None:

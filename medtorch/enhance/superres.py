@@ -16,8 +16,9 @@ around its centre. Origin and direction are moved accordingly; the other axes ar
   (:class:`~medtorch.enhance.srnet.AxisSRNet`) learns, from the volume's own in-plane
   slices degraded along one in-plane direction with the slice profile and factor, to
   restore the thin lines; it is applied to the planes containing the thick axis (two
-  orientations, averaged). The slice profile is a Gaussian whose FWHM is given, or
-  estimated from the volume (:func:`~medtorch.enhance.slice_profile.estimate_slice_fwhm`).
+  orientations, averaged). The slice profile is a Gaussian whose FWHM is given, or, on
+  the blind path, a Gaussian or box whose shape and FWHM are estimated from the volume
+  (:func:`~medtorch.enhance.slice_profile.estimate_slice_profile`).
   For isotropic upsampling (``axis="all"``) the model learns ``f s -> s`` from the volume
   degraded by ``f`` and is applied along each axis in turn (scale invariance, as in
   zero-shot SR). The trained model and its metadata can be saved and reused
@@ -237,7 +238,7 @@ def _apply_axis(net: torch.nn.Module, x: torch.Tensor, dim: int, factor: int, pr
 
 
 def _training_pairs(x: torch.Tensor, dims_for_planes: Sequence[int], factor: int,
-                    fwhm_voxels: float, spacing_zyx: np.ndarray, target_spacing: float):
+                    fwhm_voxels: float, spacing_zyx: np.ndarray, target_spacing: float, shape: str = "gaussian"):
     """Degraded/high-resolution plane pairs from the planes normal to each of ``dims_for_planes``.
 
     In each such plane both axes are thin; each one in turn is degraded (the other is
@@ -264,7 +265,7 @@ def _training_pairs(x: torch.Tensor, dims_for_planes: Sequence[int], factor: int
             n = planes.shape[2] // factor * factor
             planes = planes[..., :n].contiguous()
             highs.append(planes)
-            lows.append(degrade_along(planes, 2, factor, fwhm_voxels))
+            lows.append(degrade_along(planes, 2, factor, fwhm_voxels, shape))
     return TrainingPairs(highs, lows, factor)
 
 
@@ -284,11 +285,23 @@ def _foreground_planes(pairs: Any) -> Any:
 
 def train_selfsup_sr(volume: Volume, axis: int | None, factor: int, fwhm_mm: float | None = None,
                      config: Any = None, device: Any = "cpu", progress: ProgressCallback | None = None,
-                     cancel: CancelToken | None = None) -> SuperResolutionModel:
-    """Learn a through-plane (``axis`` i/j/k) or isotropic (``axis=None``) SR model from ``volume`` alone."""
+                     cancel: CancelToken | None = None, profile_shape: str = "gaussian") -> SuperResolutionModel:
+    """Learn a through-plane (``axis`` i/j/k) or isotropic (``axis=None``) SR model from ``volume`` alone.
+
+    ``profile_shape``: the slice profile's shape, ``gaussian`` or ``box`` (2D multi-slice
+    acquisitions are close to a box), or ``auto``: the better-fitting of the two when the FWHM
+    is estimated (a Gaussian when it is given). The two shapes fit a thick volume almost
+    equally well, so ``auto`` gets the profile's width (second moment) right but its FWHM
+    only as well as the shape is guessed; give the shape when it is known.
+    """
     from medtorch.enhance.noise import estimate_noise
-    from medtorch.enhance.slice_profile import estimate_slice_fwhm
+    from medtorch.enhance.slice_profile import PROFILE_SHAPES, estimate_slice_profile
     from medtorch.enhance.srnet import SRTrainConfig, default_iterations, train_axis_sr
+
+    if profile_shape not in (*PROFILE_SHAPES, "auto"):
+        raise MedTorchInputError(f"unknown slice profile shape {profile_shape!r}",
+                                 "use one of " + ", ".join((*PROFILE_SHAPES, "auto")))
+    shape = "gaussian" if profile_shape == "auto" else profile_shape
 
     f = int(factor)
     cfg = config if config is not None else SRTrainConfig(iterations=default_iterations(f))
@@ -309,8 +322,9 @@ def train_selfsup_sr(volume: Volume, axis: int | None, factor: int, fwhm_mm: flo
         planes_from = [dim]
         if fwhm_mm is None:
             sigma = estimate_noise(volume.array).sigma / (hi - lo)
-            fwhm_vox = estimate_slice_fwhm(x.numpy(), dim, f, noise_sigma=sigma,
-                                           progress=SubProgress(progress, 0.0, 0.04, "slice profile"), cancel=cancel)
+            fwhm_vox, shape = estimate_slice_profile(
+                x.numpy(), dim, f, noise_sigma=sigma, shapes=PROFILE_SHAPES if profile_shape == "auto" else (profile_shape,),
+                progress=SubProgress(progress, 0.0, 0.04, "slice profile"), cancel=cancel)
             fwhm = fwhm_vox * target
             profile_source = "estimated"
         else:
@@ -319,14 +333,14 @@ def train_selfsup_sr(volume: Volume, axis: int | None, factor: int, fwhm_mm: flo
     if not fwhm > 0:
         raise MedTorchInputError(f"the slice profile FWHM {fwhm} mm is not positive",
                                  "give a positive FWHM in mm (often the slice thickness), or let it be estimated")
-    pairs = _training_pairs(x, planes_from, f, fwhm / target, spacing_zyx, target)
+    pairs = _training_pairs(x, planes_from, f, fwhm / target, spacing_zyx, target, shape)
     pairs = _foreground_planes(pairs)
     net, log = train_axis_sr(pairs, cfg, device=device, progress=SubProgress(progress, 0.05, 1.0, "training"),
                              cancel=cancel)
     meta = {
         "method": "selfsup", "kind": "through-plane" if axis is not None else "isotropic",
         "factor": f, "axis": "ijk"[axis] if axis is not None else "all",
-        "fwhm_mm": round(float(fwhm), 4), "fwhm_source": profile_source,
+        "fwhm_mm": round(float(fwhm), 4), "fwhm_source": profile_source, "profile_shape": shape,
         "input_spacing": [float(v) for v in volume.spacing], "output_spacing_mm": float(target) if axis is not None
         else float(volume.spacing.min()) / f,
         "intensity_scale": [lo, hi], "seed": int(cfg.seed), "train": cfg.as_dict(), "log": log,
@@ -341,7 +355,8 @@ def train_selfsup_sr(volume: Volume, axis: int | None, factor: int, fwhm_mm: flo
 def superres(volume: Volume, method: str = "bspline", factor: float | None = None,
              spacing: Sequence[float] | None = None, axis: str | int = "auto", fwhm_mm: float | None = None,
              model: SuperResolutionModel | None = None, config: Any = None, device: Any = "cpu",
-             progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> tuple[Volume, SuperResolutionModel | None]:
+             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+             profile_shape: str = "gaussian") -> tuple[Volume, SuperResolutionModel | None]:
     """Super-resolve ``volume`` (never modified) onto the grid of :func:`output_geometry`.
 
     Args:
@@ -351,6 +366,8 @@ def superres(volume: Volume, method: str = "bspline", factor: float | None = Non
             changes are upsampled (``axis`` is then ignored).
         axis: ``auto`` (the thick axis), ``i``/``j``/``k``, or ``all`` (isotropic upsampling).
         fwhm_mm: slice profile FWHM for ``selfsup`` (estimated when ``None``).
+        profile_shape: the slice profile's shape for ``selfsup``: ``gaussian``, ``box`` or
+            ``auto`` (see :func:`train_selfsup_sr`).
         model: a trained model to apply instead of training (``selfsup``).
         config: :class:`~medtorch.enhance.srnet.SRTrainConfig` for ``selfsup``.
 
@@ -407,7 +424,8 @@ def superres(volume: Volume, method: str = "bspline", factor: float | None = Non
                                  "give a spacing that changes one axis or all three")
     if model is None:
         model = train_selfsup_sr(volume, None if iso else axes[0], f_int, fwhm_mm, config, device,
-                                 SubProgress(progress, 0.0, 0.8, "learning from the volume"), cancel)
+                                 SubProgress(progress, 0.0, 0.8, "learning from the volume"), cancel,
+                                 profile_shape=profile_shape)
     elif model.factor != f_int:
         raise MedTorchInputError(f"the model was trained for factor {model.factor}, not {f_int}",
                                  "train a model for this factor, or use its factor")
@@ -417,6 +435,7 @@ def superres(volume: Volume, method: str = "bspline", factor: float | None = Non
         out = interpolate(out, out_geom, "linear", None, cancel)
     out.metadata = {**volume.metadata, "operation": "superres", "method": "selfsup",
                     "factors": [float(v) for v in factors], "seed": model.metadata.get("seed"),
-                    "fwhm_mm": model.metadata.get("fwhm_mm"), "fwhm_source": model.metadata.get("fwhm_source")}
+                    "fwhm_mm": model.metadata.get("fwhm_mm"), "fwhm_source": model.metadata.get("fwhm_source"),
+                    "profile_shape": model.metadata.get("profile_shape", "gaussian")}
     report(progress, cancel, 1.0, "done")
     return out, model

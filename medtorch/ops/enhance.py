@@ -29,6 +29,8 @@ NoiseModel = Literal["rician", "gaussian", "poisson"]
 SrMethod = Literal["linear", "bspline", "sinc", "selfsup"]
 #: The axis super-resolution refines: the thickest, one of i, j, k, or all (isotropic).
 SrAxis = Literal["auto", "i", "j", "k", "all"]
+#: The slice profile's shape for selfsup: a Gaussian, a box (2D multi-slice), or the better fit.
+SrProfileShape = Literal["gaussian", "box", "auto"]
 #: An extra before/after volume: none, the difference, or a checkerboard of the two.
 Comparison = Literal["none", "difference", "checkerboard"]
 
@@ -74,6 +76,7 @@ class SuperresRequest(Request):
     spacing: Vec3 | None = None
     axis: SrAxis = "auto"
     fwhm_mm: float | None = None
+    profile_shape: SrProfileShape = "gaussian"
     seed: int = 0
     train_iterations: int | None = None
     max_train_seconds: float | None = None
@@ -156,10 +159,10 @@ def run_superres(request: SuperresRequest, inputs: dict[str, Volume], progress: 
                         adversarial_weight=float(request.adversarial_weight))
     out, trained = superres(vol, request.method, factor=None if factor is None else float(factor), spacing=spacing,
                             axis=request.axis, fwhm_mm=request.fwhm_mm, model=model, config=cfg, device=request.device,
-                            progress=progress, cancel=cancel)
+                            progress=progress, cancel=cancel, profile_shape=request.profile_shape)
     values: dict[str, Any] = {"factors": out.metadata.get("factors"), "seed": seed}
     if trained is not None:
-        values.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "factor")})
+        values.update({k: trained.metadata.get(k) for k in ("fwhm_mm", "fwhm_source", "profile_shape", "factor")})
         if request.model_out:
             values["model_path"] = str(save_model(trained, request.model_out))
     volumes = {"output": cast_output(out, request.output_dtype, vol.array.dtype)}
