@@ -16,8 +16,8 @@ from __future__ import annotations
 #: last run did not measure at a size large enough to extrapolate from (said so in the help).
 COST_256_2CORES: dict[str, dict[str, float | None]] = {
     "denoise": {"gaussian": 0.7, "median": 4.7, "anisotropic": 15.4, "bilateral": 27.6, "nlm": 106.4,
-                "patch": 1727.1, "dct": 106.2, "collab": 437.3, "selfsup": None},
-    "superres": {"linear": 0.2, "bspline": 3.3, "sinc": 165.2, "selfsup": None},
+                "patch": 1727.1, "dct": 106.2, "collab": 437.3, "selfsup": 964.4},
+    "superres": {"linear": 0.2, "bspline": 3.3, "sinc": 165.2, "selfsup": 223.3},
     "fuse": {"average": 1.5, "dwt": 2.6, "laplacian": 3.2, "gff": 3.3, "gradient": 14.5, "pca": 2, "cnn": 601.2,
              "max": 1.2},
 }

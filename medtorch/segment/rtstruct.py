@@ -37,7 +37,7 @@ import numpy as np
 
 from medtorch.errors import MedTorchInputError
 from medtorch.io.dicom_write import DicomGeometryError
-from medtorch.segment.dicom_seg import ALGORITHM_TYPES, MAX_SHIFT_VOXELS, _grid_problem, _read_source, _stats
+from medtorch.segment.dicom_seg import ALGORITHM_TYPES, SegmentCheck, _grid_problem, _read_source, _stats
 from medtorch.volume import Geometry, Volume
 
 __all__ = ["RoiCheck", "RtStructWriteResult", "write_rtstruct", "check_rtstruct", "slice_contours"]
@@ -51,24 +51,11 @@ _PATIENT_STUDY = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirth
 
 
 @dataclass(frozen=True)
-class RoiCheck:
-    """One ROI as intended and as read back (LPS mm, mm³)."""
+class RoiCheck(SegmentCheck):
+    """One ROI as intended and as read back (LPS mm, mm³): a SEG segment's check plus its contours."""
 
-    number: int
-    label_value: int
-    name: str
-    intended_centroid: tuple[float, float, float]
-    written_centroid: tuple[float, float, float] | None
-    intended_volume_mm3: float
-    written_volume_mm3: float
-    shift_voxels: float
-    volume_diff_voxels: float
-    contours: int
-    differing_voxels: int  # voxels filled from the contours that differ from the label map
-
-    @property
-    def ok(self) -> bool:
-        return self.shift_voxels <= MAX_SHIFT_VOXELS and self.volume_diff_voxels <= MAX_SHIFT_VOXELS
+    contours: int = 0
+    differing_voxels: int = 0  # voxels filled from the contours that differ from the label map
 
 
 @dataclass(frozen=True)
