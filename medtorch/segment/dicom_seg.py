@@ -151,6 +151,18 @@ def _grid_problem(label: Geometry, source: Geometry) -> str | None:
 # -- what is meant to be written -------------------------------------------------------------
 
 
+
+def _source_of(segmentation: Volume, source: Any, source_series_uid: str | None) -> Any:
+    """The source series (:func:`_read_source`), refused unless the segmentation lies on its grid."""
+    src = _read_source(source, source_series_uid)
+    problem = _grid_problem(segmentation.geometry, src.geometry)
+    if problem:
+        raise MedTorchInputError(
+            f"the segmentation is not on the grid of the source series {src.series_uid}: {problem}",
+            "give the source series the segmentation was computed on (--source, and --source-series-uid for a "
+            "folder of several series), or resample the segmentation onto that series first")
+    return src
+
 def _stats(weights: np.ndarray, geometry: Geometry) -> tuple[np.ndarray | None, float]:
     """Centroid (LPS) and volume (mm³) of a [z, y, x] weight array on ``geometry``."""
     total = float(weights.sum(dtype=np.float64))
@@ -361,13 +373,7 @@ def write_dicom_seg(
     if algorithm not in ALGORITHM_TYPES:
         raise MedTorchInputError(f"unknown segment algorithm type {algorithm_type!r}",
                                  "use " + ", ".join(ALGORITHM_TYPES))
-    src = _read_source(source, source_series_uid)
-    problem = _grid_problem(segmentation.geometry, src.geometry)
-    if problem:
-        raise MedTorchInputError(
-            f"the segmentation is not on the grid of the source series {src.series_uid}: {problem}",
-            "give the source series the segmentation was computed on (--source, and --source-series-uid for a "
-            "folder of several series), or resample the segmentation onto that series first")
+    src = _source_of(segmentation, source, source_series_uid)
     array = np.asarray(segmentation.array)
     if not np.all(np.isfinite(array)):
         raise MedTorchInputError("the segmentation holds NaN or infinite values", "give a label map or probability map")

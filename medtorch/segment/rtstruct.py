@@ -37,7 +37,7 @@ import numpy as np
 
 from medtorch.errors import MedTorchInputError
 from medtorch.io.dicom_write import DicomGeometryError
-from medtorch.segment.dicom_seg import ALGORITHM_TYPES, SegmentCheck, _grid_problem, _read_source, _stats
+from medtorch.segment.dicom_seg import ALGORITHM_TYPES, SegmentCheck, _source_of, _stats
 from medtorch.volume import Geometry, Volume
 
 __all__ = ["RoiCheck", "RtStructWriteResult", "write_rtstruct", "check_rtstruct", "slice_contours"]
@@ -265,13 +265,7 @@ def write_rtstruct(
     algorithm = str(algorithm_type).upper()
     if algorithm not in ALGORITHM_TYPES:
         raise MedTorchInputError(f"unknown ROI generation algorithm {algorithm_type!r}", "use " + ", ".join(ALGORITHM_TYPES))
-    src = _read_source(source, source_series_uid)
-    problem = _grid_problem(segmentation.geometry, src.geometry)
-    if problem:
-        raise MedTorchInputError(
-            f"the segmentation is not on the grid of the source series {src.series_uid}: {problem}",
-            "give the source series the segmentation was computed on (--source, and --source-series-uid for a "
-            "folder of several series), or resample the segmentation onto that series first")
+    src = _source_of(segmentation, source, source_series_uid)
     array = np.asarray(segmentation.array)
     if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)) or array.min() < 0:
         raise MedTorchInputError("the segmentation is not a label map (it has negative, non-integer or NaN values)",
