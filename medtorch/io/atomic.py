@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -122,6 +123,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Put the finished folder ``tmp`` (beside ``final``) in place of ``final``: an existing
+    ``final`` is moved aside first and removed only once ``tmp`` is in its place, so a reader
+    sees the old folder or the new one, never a half-written one."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from medtorch.errors import MedTorchInputError
+from medtorch.io.atomic import replace_folder
 from medtorch.models.pack import CARD, LICENSE, pack_sha256, verify_pack
 from medtorch.models.segmentation import (
     KIND,
@@ -214,14 +215,7 @@ class ModelStore:
                     "sha256": pack_sha256(tmp / _PACK), "source": source or str(p.resolve()), "installed_at": _now(),
                     "config": config}
             (tmp / _INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
-            final = self.root / model_name
-            if final.exists():
-                old = self.root / f".{model_name}.old-{os.getpid()}"
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(final)
+            replace_folder(tmp, self.root / model_name)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise MedTorchInputError(f"the model could not be installed in {self.root} ({exc.strerror or exc})",

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from medtorch.errors import MedTorchInputError
+from medtorch.io.atomic import replace_folder
 from medtorch.progress import CancelToken, ProgressCallback, report
 
 __all__ = ["Case", "TrainingResult", "find_cases", "train_segmentation", "write_bundle"]
@@ -359,13 +360,7 @@ def write_bundle(out_dir: str | os.PathLike[str], *, network_def: dict[str, Any]
         (tmp / "configs" / "inference.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp / "models" / "model.pt")
         (tmp / "docs" / "README.md").write_text(readme or "Trained with `medtorch train-seg`.\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise MedTorchInputError(f"the bundle could not be written to {out} ({exc.strerror or exc})",
