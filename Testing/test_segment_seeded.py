@@ -444,8 +444,9 @@ def _cavity_at_the_brain_edge(cavity_value: float = 0.45, n: int = 48):
 
 def test_a_dark_cavity_inside_the_tumor_is_taken_with_the_growcut_rule():
     """The rule adds the cavity FastGrowCut gives the tumor, and nothing outside the lesion."""
+    pytest.importorskip("itk", reason="the cavity rule runs FastGrowCut (the optional extra 'growcut')")
     img, seeds, lesion, cavity = _cavity_at_the_brain_edge()
-    with_rule = seeded_segment(img, seeds)
+    with_rule = seeded_segment(img, seeds, SeededOptions(growcut_cavity=True))
     without = seeded_segment(img, seeds, SeededOptions(growcut_cavity=False)).label.array > 0
     a = with_rule.label.array > 0
     assert without[cavity].mean() < 0.7  # the scene's trap works: the cavity is largely missed
@@ -468,7 +469,7 @@ def test_the_growcut_rule_without_itk_growcut_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_itk)
     img, seeds, _, _ = _cavity_at_the_brain_edge()
     with pytest.raises(MedTorchInputError) as exc:
-        seeded_segment(img, seeds)
+        seeded_segment(img, seeds, SeededOptions(growcut_cavity=True))
     assert "itk-growcut" in str(exc.value) and "growcut_cavity=False" in str(exc.value)
-    # turned off, the rule needs nothing
-    assert seeded_segment(img, seeds, SeededOptions(growcut_cavity=False)).label.array.any()
+    # off (the default), the rule needs nothing
+    assert seeded_segment(img, seeds).label.array.any()
