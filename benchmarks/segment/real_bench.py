@@ -93,6 +93,7 @@ MEDTORCH_VARIANTS: dict[str, dict[str, Any]] = {
     "medtorch (region competition)": {"method": "competition"},
     "medtorch (region not deepened)": {"region_aspect": 0.0},
     "medtorch (no background hull)": {"background_hull": False},
+    "medtorch (no GrowCut cavity)": {"growcut_cavity": False},
 }
 GROWCUT = "FastGrowCut"
 RW = "random walker"
@@ -284,22 +285,14 @@ def medtorch_segment(channels: Sequence[Any], seeds: Any, box: Any = None, optio
 
 def growcut_segment(flair: np.ndarray, seeds: np.ndarray, region: tuple[np.ndarray, np.ndarray],
                     spacing_zyx: Sequence[float]) -> tuple[np.ndarray, float]:
-    """ITK FastGrowCut on ``flair`` in ``region`` (distance penalty 0): the voxels given class 1."""
-    import itk
+    """ITK FastGrowCut on ``flair`` in ``region`` (distance penalty 0, the region as Slicer's effect
+    gives it: no padding): the voxels given class 1."""
+    from medtorch.segment.growcut import fast_growcut
 
     t0 = time.perf_counter()
     sl = tuple(slice(int(a), int(b)) for a, b in zip(*region))
-    img = itk.image_from_array(np.ascontiguousarray(flair[sl], dtype=np.float32))
-    lab = itk.image_from_array(np.ascontiguousarray(seeds[sl], dtype=np.uint8))
-    for im in (img, lab):
-        im.SetSpacing([float(v) for v in list(spacing_zyx)[::-1]])
-    f = itk.FastGrowCut[itk.Image[itk.F, 3], itk.Image[itk.UC, 3]].New()
-    f.SetInput(img)
-    f.SetSeedImage(lab)
-    f.SetDistancePenalty(0.0)
-    f.Update()
     out = np.zeros(seeds.shape, np.uint8)
-    out[sl] = itk.array_from_image(f.GetOutput()) == 1
+    out[sl] = fast_growcut(flair[sl], seeds[sl], spacing_zyx, pad=0) == 1
     return out, time.perf_counter() - t0
 
 

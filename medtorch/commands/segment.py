@@ -59,6 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="competition: weight of the boundary smoothness term")
     seeded.add_argument("--iterations", type=int, default=default_of(SeededRequest, "iterations"),
                         help="competition: most region-competition iterations")
+    seeded.add_argument("--growcut-cavity", action=argparse.BooleanOptionalAction,
+                        default=default_of(SeededRequest, "growcut_cavity"),
+                        help="add what FastGrowCut (Slicer's Grow from seeds) gives the tumor inside the result's "
+                             "convex hull: dark cavities and necrosis enclosed by the tumor (needs "
+                             "pip install 'medtorch[growcut]')")
     seeded.add_argument("--seed", type=int, default=default_of(SeededRequest, "seed"),
                         help="random seed (k-means start), recorded in --info")
     seeded.add_argument("--roi-center", type=vec3, default=None,
@@ -241,6 +246,7 @@ def run_seeded(args: argparse.Namespace, cancel: CancelToken) -> int:
                             region_aspect=args.region_aspect,
                             smoothing_mm=args.smoothing, radius_mm=args.radius,
                             smoothness=args.smoothness, iterations=args.iterations,
+                            growcut_cavity=args.growcut_cavity,
                             device=getattr(args, "device", None), seed=args.seed, roi=roi, min_size_mm3=args.min_size,
                             largest=args.largest, fill_holes=args.fill_holes)
     result = ops.run(request, inputs, progress=progress_bar(args), cancel=cancel)

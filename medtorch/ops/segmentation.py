@@ -88,6 +88,8 @@ class SeededRequest(Request):
     grid_mm: float = 2.0
     background_hull: bool = True
     hull_margin: float = 0.3
+    growcut_cavity: bool = False
+    growcut_cavity_mm: float = 2.0
     device: str | None = None
     seed: int = 0
     roi: Roi | None = None
