@@ -93,7 +93,7 @@ MEDTORCH_VARIANTS: dict[str, dict[str, Any]] = {
     "medtorch (region competition)": {"method": "competition"},
     "medtorch (region not deepened)": {"region_aspect": 0.0},
     "medtorch (no background hull)": {"background_hull": False},
-    "medtorch (no GrowCut cavity)": {"growcut_cavity": False},
+    "medtorch (GrowCut cavity)": {"growcut_cavity": True},
 }
 GROWCUT = "FastGrowCut"
 RW = "random walker"
