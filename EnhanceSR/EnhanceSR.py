@@ -27,6 +27,9 @@ from medtorch.slicer.widgets import ModuleWidgetMixin
 
 DENOISE_METHODS = ["gaussian", "median", "anisotropic", "bilateral", "nlm", "patch", "dct", "collab", "selfsup"]
 SR_METHODS = ["bspline", "linear", "sinc", "selfsup"]
+#: The slice profile shapes of selfsup (``SuperresRequest.profile_shape``; a test checks they agree).
+SR_PROFILE_SHAPES = ["gaussian", "box", "auto"]
+SR_PROFILE_SHAPE_DEFAULT = "gaussian"
 CT_WINDOW_CHOICES = ["none", "brain", "subdural", "stroke", "bone", "lung", "mediastinum", "soft_tissue", "liver"]
 
 
@@ -85,6 +88,7 @@ class EnhanceSRParameterNode:
     factor - super-resolution factor of the thick axis (or of all axes).
     axis - "auto" (the thickest), "i", "j", "k" or "all" (isotropic upsampling).
     fwhm - slice profile FWHM in mm for self-supervised SR (0 = estimate it).
+    profileShape - slice profile shape for self-supervised SR: "gaussian", "box" or "auto".
     n4, clahe, unsharp - enhancement steps to run.
     claheClip - CLAHE clip limit.
     unsharpAmount - unsharp masking amount.
@@ -111,6 +115,7 @@ class EnhanceSRParameterNode:
     factor: Annotated[float, WithinRange(1.0, 8.0)] = 2.0
     axis: Annotated[str, Choice(["auto", "i", "j", "k", "all"])] = "auto"
     fwhm: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
+    profileShape: Annotated[str, Choice(SR_PROFILE_SHAPES)] = SR_PROFILE_SHAPE_DEFAULT
     n4: bool = True
     clahe: bool = False
     claheClip: Annotated[float, WithinRange(0.001, 1.0)] = 0.01
@@ -215,7 +220,7 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         if p.operation == "superres":
             return self.superresJob(p.inputVolume, p.srMethod, p.factor, p.axis, p.fwhm or None, p.outputVolume,
                                     p.showResult, p.comparison, int(p.seed), train, fidelityMap=p.fidelityMap,
-                                    overwriteInput=overwriteInput)
+                                    profileShape=p.profileShape, overwriteInput=overwriteInput)
         if p.operation == "enhance":
             return self.enhanceJob(p.inputVolume, n4=p.n4, clahe=p.clahe, claheClip=p.claheClip, unsharp=p.unsharp,
                                    unsharpAmount=p.unsharpAmount,
@@ -311,8 +316,10 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
     def superresJob(self, inputVolume, method: str = "bspline", factor: float = 2.0, axis: str = "auto",
                     fwhm: Optional[float] = None, outputVolume=None, showResult: bool = True,
                     comparison: str = "none", seed: int = 0, trainIterations: Optional[int] = None,
-                    fidelityMap: bool = False, overwriteInput: bool = False):
+                    fidelityMap: bool = False, overwriteInput: bool = False, profileShape: str = "gaussian"):
         """Prepare super-resolution as a job (through-plane, or isotropic with ``axis="all"``).
+
+        ``profileShape``: the slice profile's shape for selfsup (``gaussian``, ``box`` or ``auto``).
 
         ``fidelityMap``: also a new volume, on the input's grid, of the output re-degraded by the
         slice profile minus the input (node ID in ``MedTorch.fidelityNodeID``).
@@ -324,7 +331,8 @@ class EnhanceSRLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies()
         inputs = {"input": mrml.volume_from_node(inputVolume)}
         request = SuperresRequest(method=method, factor=float(factor), axis=axis, fwhm_mm=fwhm, comparison=comparison,
-                                  seed=int(seed), train_iterations=trainIterations, fidelity_map=bool(fidelityMap))
+                                  seed=int(seed), train_iterations=trainIterations, fidelity_map=bool(fidelityMap),
+                                  profile_shape=profileShape)
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} SR x{factor:g}")
         return self._job(request, inputVolume, inputs, outputVolume, showResult, name,
                          {"method": method, "factor": factor, "axis": axis})

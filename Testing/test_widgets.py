@@ -149,3 +149,40 @@ def test_background_error_is_reported_not_raised(scene):
     assert slicer_testbed.run_events_until(lambda: w.runner.status != "running", timeout=120)
     assert w.runner.status == "failed"
     assert "What to do" in w.ui.statusLabel.text
+
+
+def test_enhance_widget_slice_profile_shape_reaches_the_superres_request(scene):
+    """The panel's slice-profile shape (selfsup) is the request's choice: bound both ways and passed to
+    the superres operation, whose trained model records it."""
+    import slicer
+
+    from medtorch.ops.base import choices, default_of
+    from medtorch.ops.enhance import SuperresRequest
+    from medtorch.slicer import mrml
+
+    geom = oblique_geometry(size=(40, 40, 8), spacing=(1.0, 1.0, 4.0))
+    node = mrml.node_from_volume(blob_phantom(geom, noise=2.0, seed=3), "thick")
+    mod, w = _widget("EnhanceSR")
+    p = w._parameterNode
+    combo = w.ui.profileShapeComboBox
+    # the panel offers exactly the request's shapes, the request's default first and selected
+    assert list(mod.SR_PROFILE_SHAPES) == list(choices(SuperresRequest, "profile_shape"))
+    assert combo.items[0] == default_of(SuperresRequest, "profile_shape") == p.profileShape
+    assert sorted(combo.items) == sorted(mod.SR_PROFILE_SHAPES)
+    assert "box" in combo.toolTip and "2D multi-slice" in combo.toolTip
+    # GUI -> parameter node -> request
+    w.ui.operationComboBox.setCurrentText("superres")
+    w.ui.srMethodComboBox.setCurrentText("selfsup")
+    combo.setCurrentText("box")
+    assert p.profileShape == "box"
+    job = w.logic.jobFromParameters(p)
+    assert job.request.operation == "superres" and job.request.profile_shape == "box"
+    # parameter node -> GUI
+    p.profileShape = "auto"
+    assert combo.currentText == "auto"
+    assert w.logic.jobFromParameters(p).request.profile_shape == "auto"
+    # the shape reaches the training: the output records the box the model was trained with
+    out = w.logic.superres(node, "selfsup", 4.0, "auto", profileShape="box", trainIterations=2)
+    assert out.GetAttribute("MedTorch.profile_shape") == "box"
+    assert out.GetAttribute("MedTorch.fwhm_source") == "estimated"
+    assert slicer.mrmlScene.GetNodeByID(out.GetID()) is out

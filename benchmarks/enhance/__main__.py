@@ -41,10 +41,18 @@ OVER_NLM_DB = 2.0
 #: Super-resolution targets over cubic B-spline, and the time budget per volume.
 SR_TARGET_DB = {2: 1.0, 4: 2.5, 5: 2.0}
 SR_BUDGET_S = 600.0
-#: Self-supervised SR training settings used here (the command's defaults); the iterations are
-#: the default for each factor (``medtorch.enhance.srnet.default_iterations``: 600 f) unless
+#: Self-supervised SR training settings used here: the command's defaults
+#: (``medtorch.enhance.srnet.SRTrainConfig``, read when the benchmark runs); the iterations are
+#: the default for each factor (``medtorch.enhance.srnet.default_iterations``) unless
 #: ``--sr-iterations`` says otherwise.
-SR_CONFIG = {"features": 48, "layers": 6, "batch": 16, "patch": 64, "seed": 0}
+SR_CONFIG_KEYS = ("features", "layers", "batch", "patch", "patch_min_std")
+
+
+def sr_config() -> dict[str, Any]:
+    from medtorch.enhance.srnet import SRTrainConfig
+
+    defaults = SRTrainConfig()
+    return {**{k: getattr(defaults, k) for k in SR_CONFIG_KEYS}, "seed": 0}
 
 
 def _psnr_ssim(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -351,7 +359,7 @@ def write_report(path: Path, args: argparse.Namespace, env: dict[str, Any], den:
             "which lies exactly on the super-resolved grid (the output grid rule of `medtorch.enhance.superres`). "
             "PSNR (peak = the data range) and SSIM inside the head mask. Self-supervised SR learns from the thick "
             f"volume alone (settings {json.dumps(config_for(args))}, iterations "
-            f"{'as given' if args.sr_iterations else 'the default 600 x factor'}); its slice profile is estimated from the thick "
+            f"{'as given' if args.sr_iterations else 'the default for the factor'}); its slice profile is estimated from the thick "
             "volume (the blind path, as a user runs it; the estimate is listed beside the truth). Real 1 mm brain MRI "
             "and the profile estimate against the truth for box profiles and slice gaps: `enhance_real.md` "
             "(`--real-dir`).",
@@ -403,7 +411,7 @@ def write_report(path: Path, args: argparse.Namespace, env: dict[str, Any], den:
 
 
 def config_for(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = dict(SR_CONFIG)
+    cfg = sr_config()
     if args.sr_iterations:
         cfg["iterations"] = args.sr_iterations
     return cfg

@@ -13,6 +13,15 @@ CUSTOM = {
     "qMRMLNodeComboBox": ("QWidget", "qMRMLNodeComboBox.h", False),
     "qMRMLWidget": ("QWidget", "qMRMLWidget.h", True),
 }
+#: Custom widgets declared only in the ``.ui`` files that use them.
+CUSTOM_IF_USED = {
+    "ctkDirectoryButton": ("QWidget", "ctkDirectoryButton.h", False),
+    "ctkPathLineEdit": ("QWidget", "ctkPathLineEdit.h", False),
+}
+
+
+class QtSet(str):
+    """A property value written as a Qt flag set (``<set>A|B</set>``), e.g. ctkPathLineEdit's filters."""
 
 
 def prop(name: str, value, stdset: bool = True) -> str:
@@ -23,6 +32,8 @@ def prop(name: str, value, stdset: bool = True) -> str:
         body = f"<number>{value}</number>"
     elif isinstance(value, float):
         body = f"<double>{value!r}</double>"
+    elif isinstance(value, QtSet):
+        body = f"<set>{escape(str(value))}</set>"
     elif isinstance(value, list):
         body = "<stringlist>" + "".join(f"<string>{escape(v)}</string>" for v in value) + "</stringlist>"
     else:
@@ -80,10 +91,11 @@ def document(module: str, body: list[str]) -> str:
     items = "".join(f"<item>{b}</item>" for b in body)
     spacer = ('<item><spacer name="verticalSpacer"><property name="orientation"><enum>Qt::Vertical</enum></property>'
               '</spacer></item>')
+    used = {c: v for c, v in CUSTOM_IF_USED.items() if f'<widget class="{c}"' in "".join(body)}
     customs = "".join(
         f"<customwidget><class>{c}</class><extends>{e}</extends><header>{h}</header>"
         + ("<container>1</container>" if cont else "") + "</customwidget>"
-        for c, (e, h, cont) in CUSTOM.items()
+        for c, (e, h, cont) in {**CUSTOM, **used}.items()
     )
     combos = []
     import re

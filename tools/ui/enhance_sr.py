@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ui.common import SCALAR, apply_button, document, label, node_combo, request_items, section, status_label, widget
+from ui.common import SCALAR, QtSet, apply_button, document, label, node_combo, request_items, section, status_label, widget
 
 from medtorch.ops.enhance import DenoiseRequest, SuperresRequest
 
@@ -64,6 +64,13 @@ def build() -> str:
          widget("QDoubleSpinBox", "fwhmSpinBox",
                 "selfsup: full width at half maximum of the slice profile; 0 = estimate it from the volume",
                 "fwhm", minimum=0.0, maximum=20.0, singleStep=0.5, decimals=2, value=0.0, suffix=" mm")),
+        (label("profileShapeLabel", "Slice profile shape:", "Shape of the slice profile"),
+         widget("QComboBox", "profileShapeComboBox",
+                "selfsup: how each thick slice weighs the tissue across its thickness. gaussian: a smooth bell "
+                "(3D acquisitions resampled to thick slices); box: equal weight across the slice (2D multi-slice "
+                "acquisitions); auto: the one that fits the volume better, when the FWHM is estimated (the two fit "
+                "almost equally well, so choose the shape when you know how the scan was acquired)",
+                "profileShape", items=request_items(SuperresRequest, "profile_shape"))),
     ], collapsed=True)
     selfsup = section("learningCollapsibleButton", "Self-supervised learning", "Training of the self-supervised methods", [
         (label("trainIterationsLabel", "Training iterations:", "How long the network trains"),
@@ -112,5 +119,36 @@ def build() -> str:
          widget("QCheckBox", "showResultCheckBox", "Show the result in the linked slice views, with the input as a "
                 "foreground to fade in for before/after", "showResult", text="")),
     ])
+    export = section("exportCollapsibleButton", "Export to DICOM",
+                     "Write the output volume as a new DICOM series derived from the input's DICOM series", [
+        (label("exportSourceFolderLabel", "Source DICOM folder:",
+               "Only for an input volume not loaded through the DICOM module"),
+         widget("ctkPathLineEdit", "exportSourceFolderLineEdit",
+                "Only needed when the input volume was not loaded through Slicer's DICOM module: the folder holding "
+                "the DICOM files of the series it came from (the new series joins its patient and study)",
+                filters=QtSet("ctkPathLineEdit::Dirs|ctkPathLineEdit::Drives|ctkPathLineEdit::NoDot|"
+                              "ctkPathLineEdit::NoDotDot|ctkPathLineEdit::Readable"))),
+        (label("exportPatientIdLabel", "Patient ID:", "For an input without a DICOM source"),
+         widget("QLineEdit", "exportPatientIdLineEdit",
+                "Only for an input without a DICOM source (not loaded through the DICOM module, no source folder "
+                "chosen): the patient ID of the new patient and study the series is written in. Nothing is invented: "
+                "without it the export is refused", "dicomPatientId", text="")),
+        (label("exportModalityLabel", "Modality:", "The modality the new series is written as"),
+         widget("QComboBox", "exportModalityComboBox",
+                "auto: the modality of the input's DICOM series. For an input without a DICOM source choose CT or MR: "
+                "the series is written as CT or MR images, which PACS and viewers show with their 3D geometry",
+                "dicomModality", items=["auto", "CT", "MR"])),
+        (label("exportFolderLabel", "Output folder:", "Where the DICOM series is written"),
+         widget("ctkDirectoryButton", "exportFolderButton",
+                "The folder the DICOM files are written to (a new file or sub-folder each time: nothing there is "
+                "replaced). Send them from there to a PACS, or open them in OHIF or another DICOM viewer",
+                caption="Choose the folder for the DICOM export")),
+        ("", widget("QPushButton", "exportDicomButton",
+                    "Write the output volume as a new DICOM series, in the patient and study of the input's DICOM "
+                    "series; it is read back and checked (corners within half a voxel, values) before it is kept",
+                    text="Export to DICOM")),
+        ("", widget("QLabel", "exportStatusLabel",
+                    "What the last export wrote, or why nothing was written and what to do", text="", wordWrap=True)),
+    ], collapsed=True)
     return document("EnhanceSR", [inputs, params, sr, selfsup, enh, outputs,
-                                  apply_button("Enhance the input volume into a new volume"), status_label()])
+                                  apply_button("Enhance the input volume into a new volume"), status_label(), export])
