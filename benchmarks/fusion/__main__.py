@@ -646,7 +646,7 @@ def harvard_markdown(harvard: dict[str, Any] | None) -> list[str]:
                  f"{'met' if v_ok else 'not met'}); {r['seconds']:.3f} s per pair (median "
                  f"{r['seconds_median']:.3f} s; target ≤ {HARVARD_SECONDS_TARGET:g} s: "
                  f"{'met' if r['seconds'] <= HARVARD_SECONDS_TARGET else 'not met'})"
-                 + (f", {r['cpu_seconds']:.3f} CPU s per pair (one thread: the time the pair takes on an idle "
+                 + (f", {r['cpu_seconds']:.3f} CPU s per pair (one thread, so about the wall time on an idle "
                     f"core; {'met' if r['cpu_seconds'] <= HARVARD_SECONDS_TARGET else 'not met'})"
                     if "cpu_seconds" in r else "") + ".")
     L.append("")
