@@ -577,8 +577,10 @@ def harvard_markdown(harvard: dict[str, Any] | None) -> list[str]:
           "© K. A. Johnson and J. A. Becker). Test split: CDDFuse's `test_img/{MRI_CT,MRI_PET,MRI_SPECT}` "
           "(Zhaozixiang1228/MMIF-CDDFuse at fd8da1f; 21, 42 and 73 pairs, 256 × 256 8-bit RGB PNGs). Training "
           "split: xianming-gu/Havard-Medical-Image-Fusion-Datasets (984d169), de-duplicated against the test "
-          "split by grey-level correlation ≥ 0.99 (163, 269 and 301 pairs). The benchmark reads a folder laid "
-          "out as `<task>/{test,train}/{MRI,CT|PET|SPECT}/<name>.png` and downloads nothing.", "",
+          "split by grey-level correlation ≥ 0.99 of either image (163, 269 and 301 pairs). The benchmark reads "
+          "a folder laid out as `<task>/{test,train}/{MRI,CT|PET|SPECT}/<name>.png` and downloads nothing; "
+          "`python -m benchmarks.fusion.prepare_harvard --cddfuse CLONE --train CLONE --out DIR` builds it from "
+          "local clones of the two repositories.", "",
           "**Protocol.** Each pair is fused by `fuse_volumes` as the files come (8-bit display images scaled by "
           "1/255; PET/SPECT pseudo-colour fused in YCbCr: the luminance Y is fused with the MRI, Cb/Cr kept), "
           "the fused grey/Y image rounded to 8 bits as a grey PNG holds it, and scored with "
