@@ -60,7 +60,7 @@ it and give the target registration error. The result is a linear or grid transf
 <br><b>Fusion</b>: bring the moving volume onto the fixed grid (through the transforms the
 volumes are under: after Register, just press Fuse) and fuse the two into a new volume by a
 weighted average, DWT (mean approximation, max-abs details), a Laplacian pyramid, guided
-filtering (GFF), gradient-domain fusion (the stronger gradient, then a Poisson solve), PCA
+filtering (GFF), gradient-domain fusion (the stronger gradient, then a robust or Poisson reconstruction), PCA
 weights or a small CNN trained on the pair itself. 2D images (PNG, JPEG, TIFF, BMP, which Slicer
 loads as one-slice volumes) are fused as 2D images. Each input is first brought to [0, 1]
 (CT through a window preset, MRI and the rest by 1st-99th percentiles); the fused volume is

@@ -349,10 +349,16 @@ HARVARD_VIF_TARGET = {k: v["VIF"] for k, v in CDDFUSE_MIF.items()}
 HARVARD_METHODS = ["average", "max", "pca", "dwt", "laplacian", "gff", "gradient"]
 #: The training-free method the targets are for, and the grid its parameters are chosen from (training split).
 HARVARD_CANDIDATE = "gradient"
-#: Every grid point runs with the method's other defaults (lam 1/32, box_iterations 20: the result kept in
-#: [0, 1] by ADMM, see ``benchmarks/fusion/select_gradient.py`` for how those were chosen).
-GRADIENT_GRID = {"base": ["max", "gff"], "second_weight": [1.0, 0.25], "window": [2, 3]}
-GRID_KEYS = tuple(GRADIENT_GRID)
+#: Every grid point runs with the method's other defaults (``l2``: lam 1/32, the result kept in [0, 1] by 20
+#: ADMM iterations, see ``benchmarks/fusion/select_gradient.py`` for how those were chosen; ``l1``: lam 0.3,
+#: 30 ADMM iterations, l1_rho 30). The ``l2`` points are the earlier grid; the ``l1`` ones the robust
+#: reconstruction over the guided-filter base.
+GRID_KEYS = ("norm", "base", "second_weight", "window", "edge_weight")
+GRADIENT_GRID: list[dict[str, Any]] = (
+    [{"norm": "l2", "base": base, "second_weight": w, "window": r, "edge_weight": 0.0}
+     for base in ("max", "gff") for w in (1.0, 0.25) for r in (2, 3)]
+    + [{"norm": "l1", "base": "gff", "second_weight": w, "window": r, "edge_weight": e}
+       for w in (1.0, 0.5, 0.25) for r in (1, 2, 3) for e in (0.0, 0.5)])
 HARVARD_SECONDS_TARGET = 0.1
 
 
@@ -391,7 +397,6 @@ def select_gradient_params(folder: Path, per_task: int, log: Callable[[str], Non
     """Choose the gradient method's parameters per task on the training split: over the
     :data:`GRADIENT_GRID`, the point with the best (Qabf / Qabf target + VIF / VIF target) / 2 on
     ``per_task`` training pairs of that task (drawn with :data:`SEED`)."""
-    import itertools
 
     from medtorch.fusion import fuse_volumes
 
@@ -402,8 +407,8 @@ def select_gradient_params(folder: Path, per_task: int, log: Callable[[str], Non
         pick = sorted(rng.choice(len(names), min(per_task, len(names)), replace=False))
         sample[task] = [_harvard_pair(folder, task, other, "train", names[i]) for i in pick]
     grid = []
-    for values in itertools.product(*(GRADIENT_GRID[k] for k in GRID_KEYS)):
-        params = dict(zip(GRID_KEYS, values))
+    for point in GRADIENT_GRID:
+        params = dict(point)
         row: dict[str, Any] = dict(params)
         for task, _, _ in HARVARD_TASKS:
             vals = [_score_fused(ag, bg, fuse_volumes(mri, oth, HARVARD_CANDIDATE, params=params).fused.array[0],
@@ -462,20 +467,23 @@ def run_harvard(folder: Path, params: dict[str, dict[str, Any]], log: Callable[[
             mri, oth, ag, bg = _harvard_pair(folder, task, other, "test", name)
             for m in methods:
                 t0 = time.perf_counter()
+                c0 = time.process_time()
                 per_task = params.get("per_task", {}).get(m)
                 res = fuse_volumes(mri, oth, m, params=per_task[task] if per_task else params.get(m))
                 secs = time.perf_counter() - t0
+                cpu = time.process_time() - c0
                 vals = _score_fused(ag, bg, res.fused.array[0])
                 vals["seconds"] = secs
+                vals["cpu_seconds"] = cpu
                 per[m].append(vals)
-        means = {m: {k: float(np.mean([v[k] for v in rows])) for k in (*EV_METRICS, "seconds")}
+        means = {m: {k: float(np.mean([v[k] for v in rows])) for k in (*EV_METRICS, "seconds", "cpu_seconds")}
                  for m, rows in per.items()}
         for m in methods:
             means[m]["seconds_median"] = float(np.median([v["seconds"] for v in per[m]]))
         out["tasks"][task] = {"label": label, "pairs": len(names), "means": means}
         c = means[HARVARD_CANDIDATE]
         log(f"  {label} ({len(names)} pairs): {HARVARD_CANDIDATE} Qabf {c['Qabf']:.3f} VIF {c['VIF']:.3f}, "
-            f"{c['seconds']:.3f} s/pair")
+            f"{c['seconds']:.3f} s/pair ({c['cpu_seconds']:.3f} CPU s)")
     return out
 
 
@@ -569,8 +577,10 @@ def harvard_markdown(harvard: dict[str, Any] | None) -> list[str]:
           "© K. A. Johnson and J. A. Becker). Test split: CDDFuse's `test_img/{MRI_CT,MRI_PET,MRI_SPECT}` "
           "(Zhaozixiang1228/MMIF-CDDFuse at fd8da1f; 21, 42 and 73 pairs, 256 × 256 8-bit RGB PNGs). Training "
           "split: xianming-gu/Havard-Medical-Image-Fusion-Datasets (984d169), de-duplicated against the test "
-          "split by grey-level correlation ≥ 0.99 (163, 269 and 301 pairs). The benchmark reads a folder laid "
-          "out as `<task>/{test,train}/{MRI,CT|PET|SPECT}/<name>.png` and downloads nothing.", "",
+          "split by grey-level correlation ≥ 0.99 of either image (163, 269 and 301 pairs). The benchmark reads "
+          "a folder laid out as `<task>/{test,train}/{MRI,CT|PET|SPECT}/<name>.png` and downloads nothing; "
+          "`python -m benchmarks.fusion.prepare_harvard --cddfuse CLONE --train CLONE --out DIR` builds it from "
+          "local clones of the two repositories.", "",
           "**Protocol.** Each pair is fused by `fuse_volumes` as the files come (8-bit display images scaled by "
           "1/255; PET/SPECT pseudo-colour fused in YCbCr: the luminance Y is fused with the MRI, Cb/Cr kept), "
           "the fused grey/Y image rounded to 8 bits as a grey PNG holds it, and scored with "
@@ -580,14 +590,18 @@ def harvard_markdown(harvard: dict[str, Any] | None) -> list[str]:
           "reports them; its published CDDFuse_MIF row beside them (not rerun: its checkpoints are not in the "
           "snapshot). Seconds: `fuse_volumes` per pair (mean), including the colour conversion.", "",
           f"**Parameters chosen on the training split** (never on the test split), per task: the "
-          f"`{HARVARD_CANDIDATE}` method's grid " + " × ".join(f"`{k}`" for k in GRID_KEYS) + " (the other "
-          "parameters at their defaults: lam 1/32, the result kept in [0, 1] by 20 ADMM iterations, rho 0.5; "
-          "`benchmarks/fusion/select_gradient.py` records how those were chosen) on "
+          f"`{HARVARD_CANDIDATE}` method's grid over " + ", ".join(f"`{k}`" for k in GRID_KEYS) + " (the other "
+          "parameters at their defaults: for `l2`, lam 1/32, the result kept in [0, 1] by 20 ADMM iterations, "
+          "rho 0.5, `benchmarks/fusion/select_gradient.py` records how those were chosen; for `l1`, lam 0.3, "
+          "30 ADMM iterations, l1_rho 30, chosen on other training pairs of the same split) on "
           f"{sel['per_task']} training pairs per task (drawn with seed {sel['seed']}); criterion per task "
           "(Qabf / Qabf target + VIF / VIF target) / 2. `base`: the image the gradients are integrated over "
           "(`max`: the pixel maximum; `gff`: the guided-filter fusion); `second_weight`: the weight of the "
           "CT/PET/SPECT gradient energy when choosing which source's gradient to keep (below 1 favours the "
-          "MRI's edges). Chosen: " + "; ".join(f"{label}: " + _params_text(ch[t]) for t, _, label in HARVARD_TASKS)
+          "MRI's edges); `norm`: how the mismatch to the chosen gradients is penalised (`l2`: least squares, "
+          "the screened Poisson equation; `l1`: its length, a robust reconstruction that keeps most edges exact "
+          "and puts the disagreement of the two sources in few pixels); `edge_weight`: with `l1`, each pixel's "
+          "mismatch weighted by the chosen gradient's strength to this power (0: all alike). Chosen: " + "; ".join(f"{label}: " + _params_text(ch[t]) for t, _, label in HARVARD_TASKS)
           + ".", "",
           "| " + " | ".join(GRID_KEYS) + " | CT-MRI Qabf | CT-MRI VIF | PET-MRI Qabf | PET-MRI VIF | SPECT-MRI Qabf "
           "| SPECT-MRI VIF |", "|---" * (len(GRID_KEYS) + 6) + "|"]
@@ -615,11 +629,11 @@ def harvard_markdown(harvard: dict[str, Any] | None) -> list[str]:
               "--harvard-dir DIR --cnn-checkpoint fusion_cnn_harvard.pt --retrain-cnn --threads 1`.", ""]
     for task, t in harvard["tasks"].items():
         L += [f"### {t['label']} ({t['pairs']} test pairs)", "",
-              "| method | " + " | ".join(EV_METRICS) + " | s/pair |", "|---" * (len(EV_METRICS) + 2) + "|"]
+              "| method | " + " | ".join(EV_METRICS) + " | s/pair (CPU s) |", "|---" * (len(EV_METRICS) + 2) + "|"]
         for m, r in t["means"].items():
             name = f"**{m}**" if m == HARVARD_CANDIDATE else m
             L.append(f"| {name} | " + " | ".join(_f(r[k], 2 if k in ('SD', 'SF') else 3) for k in EV_METRICS)
-                     + f" | {r['seconds']:.3f} |")
+                     + f" | {r['seconds']:.3f}" + (f" ({r['cpu_seconds']:.3f})" if "cpu_seconds" in r else "") + " |")
         c = CDDFUSE_MIF[task]
         L.append("| CDDFuse_MIF (published) | " + " | ".join(f"{c[k]:.2f}" for k in EV_METRICS) + " | – |")
         L.append("")
@@ -633,7 +647,10 @@ def harvard_markdown(harvard: dict[str, Any] | None) -> list[str]:
                  f"{'met' if q_ok else 'not met'}), VIF {r['VIF']:.3f} (CDDFuse {HARVARD_VIF_TARGET[task]:.2f}: "
                  f"{'met' if v_ok else 'not met'}); {r['seconds']:.3f} s per pair (median "
                  f"{r['seconds_median']:.3f} s; target ≤ {HARVARD_SECONDS_TARGET:g} s: "
-                 f"{'met' if r['seconds'] <= HARVARD_SECONDS_TARGET else 'not met'}).")
+                 f"{'met' if r['seconds'] <= HARVARD_SECONDS_TARGET else 'not met'})"
+                 + (f", {r['cpu_seconds']:.3f} CPU s per pair (one thread, so about the wall time on an idle "
+                    f"core; {'met' if r['cpu_seconds'] <= HARVARD_SECONDS_TARGET else 'not met'})"
+                    if "cpu_seconds" in r else "") + ".")
     L.append("")
     return L
 

@@ -24,6 +24,8 @@ for volumes, ``[..., y, x]`` for images), on any device, and never modifies its 
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -188,6 +190,23 @@ def box_matrix(n: int, r: int) -> np.ndarray:
     i = np.arange(n)
     m = (np.abs(i[:, None] - i[None, :]) <= r).astype(np.float64)
     return m / m.sum(axis=1, keepdims=True)
+
+
+#: Box matrices for axes up to this length are kept (:func:`_box_matrix_tensor`): a 2D image's
+#: guided filter asks for the same few (n, r) 26 times, and building one cost as much as using it.
+BOX_MATRIX_CACHE_LENGTH = 512
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_box_matrix(n: int, r: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.as_tensor(box_matrix(n, r)).to(device=device, dtype=dtype)
+
+
+def _box_matrix_tensor(n: int, r: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | np.ndarray:
+    """:func:`box_matrix` as a tensor of ``dtype`` on ``device``, cached for short axes (read-only use)."""
+    if n <= BOX_MATRIX_CACHE_LENGTH:
+        return _cached_box_matrix(n, r, dtype, str(device))
+    return box_matrix(n, r)
 
 
 def apply_matrix(x: torch.Tensor, matrix: np.ndarray | torch.Tensor, axis: int) -> torch.Tensor:
@@ -387,7 +406,7 @@ def box_mean(
         d = x.ndim - nd + k
         n = out.shape[d]
         if n <= MATRIX_MAX_LENGTH:
-            out = apply_matrix(out, box_matrix(n, r), d)
+            out = apply_matrix(out, _box_matrix_tensor(n, r, out.dtype, out.device), d)
             continue
         shape = list(out.shape)
         shape[d] = 1

@@ -35,8 +35,30 @@ the problem is solved under ``0 <= F <= 1`` by ADMM (Boyd et al. 2011, splitting
 ``Z`` in the box, penalty ``rho``): each iteration is one FFT solve with ``lam + rho`` and a
 clip. Without it the caller clips the unconstrained solution.
 
-Parameters: ``lam = 1/32`` (with the unnormalised 3x3 Sobel of the metric this is
-``lam = 2``), ``window = 2``; ``box_iterations = 20``, ``rho = 0.5`` for images (the method's
+**The robust reconstruction** (``norm="l1"``). Least squares spreads
+the disagreement of the two target fields over every pixel near it, so no edge comes out
+exact: on the Harvard MRI-CT training pairs a quarter of Q^{AB/F}'s weight was lost on the
+*stronger* source's own edges. Penalising the mismatch by its length instead (the L1 /
+total-variation-like norm of robust gradient-field integration, e.g. Agrawal, Raskar & Chellappa
+2006; Reddy, Agrawal & Chellappa 2009) keeps most edges exact and puts the disagreement in a
+few pixels::
+
+    F = argmin_{0 <= F <= 1}  sum_v w_v |S F - T|_v + lam / 2 || F - F_0 ||^2,
+
+solved by ADMM (splits ``D = S F - T``, shrunk by the group soft threshold, and ``Z = F``,
+clipped), each iteration one FFT solve; ``w_v = (|T_v| / mean |T|) ** edge_weight`` (0: all
+pixels alike; above 0 the strong edges weigh more). On 8 Harvard training pairs per task it
+raised both Q^{AB/F} and VIF over least squares at the same selection (MRI-CT 0.627 -> 0.653
+and 0.567 -> 0.671; PET 0.783 -> 0.798 and 0.850 -> 0.954; SPECT 0.793 -> 0.798 and 1.012 ->
+1.052, base gff, ``second_weight`` 0.25, window 3). ``lam = 0.3`` and 30 iterations (60 changed
+no mean by more than 0.002) with ``l1_rho = 30`` were chosen there; the benchmark chooses the
+norm and the rest per task on the training split. It is not the default: the L1 term grows
+linearly with edge contrast and the base term quadratically, so ``lam`` is not scale-free, and on
+a synthetic piecewise-constant scene (``Testing/test_fusion_2d.py``) least squares scored the
+higher Q^{AB/F} although the robust result kept far more edges exact.
+
+Parameters of the least-squares reconstruction: ``lam = 1/32`` (with the unnormalised 3x3
+Sobel of the metric this is ``lam = 2``), ``window = 2``; ``box_iterations = 20``, ``rho = 0.5`` for images (the method's
 default; volumes default to 0, where every iteration is a 3D FFT), chosen on the Harvard
 training pairs (``benchmarks/fusion/select_gradient.py``); the Harvard benchmark chooses
 ``base``, ``second_weight`` and ``window`` per task on the training split
@@ -53,10 +75,13 @@ from medtorch.errors import MedTorchInputError
 from medtorch.fusion.filters import pad_axis, window_sum
 from medtorch.progress import CancelToken, ProgressCallback, report
 
-__all__ = ["GRADIENT_BASES", "fuse_gradient"]
+__all__ = ["GRADIENT_BASES", "GRADIENT_NORMS", "fuse_gradient"]
 
 #: The base images ``F_0`` the method offers: the pixel maximum, or the guided-filter fusion (:mod:`.gff`).
 GRADIENT_BASES = ("max", "gff")
+#: How the gradient mismatch is penalised: ``l2`` (screened Poisson, least squares) or ``l1``
+#: (robust: the sum of the mismatch vectors' lengths, solved by ADMM).
+GRADIENT_NORMS = ("l2", "l1")
 
 
 def _transfer(sizes: list[int], axes: list[int], ndim: int, dtype: torch.dtype,
@@ -107,6 +132,9 @@ def fuse_gradient(
     rho: float = 0.5,
     base_image: torch.Tensor | None = None,
     second_weight: float = 1.0,
+    norm: str = "l2",
+    edge_weight: float = 0.0,
+    l1_rho: float = 30.0,
 ) -> tuple[torch.Tensor, dict[str, object]]:
     """Gradient-domain fusion of two images or volumes of one shape (see the module docstring).
 
@@ -115,6 +143,12 @@ def fuse_gradient(
     ``base_image`` replaces the base ``F_0 = max(A, B)`` (e.g. a guided-filter fusion).
     ``second_weight`` weighs ``B``'s windowed gradient energy in the choice (``A`` is taken where
     its energy >= ``second_weight`` times ``B``'s): below 1 favours ``A``'s edges.
+
+    ``norm="l1"`` penalises the gradient mismatch by its length (the robust reconstruction,
+    see the module docstring), weighted per voxel by the target gradient's strength to the
+    power ``edge_weight`` (0: every voxel alike); it always keeps the result in [0, 1] and runs
+    ``box_iterations`` ADMM iterations (penalties ``l1_rho`` on the gradient split, ``rho`` on
+    the box split).
     """
     if a.shape != b.shape:
         raise MedTorchInputError(f"the images differ in shape ({tuple(a.shape)} vs {tuple(b.shape)})",
@@ -128,6 +162,15 @@ def fuse_gradient(
                                  "use e.g. box_iterations 20, rho 0.5")
     if not second_weight > 0:
         raise MedTorchInputError(f"second_weight must be > 0, got {second_weight}", "use e.g. 1 (no preference)")
+    if norm not in GRADIENT_NORMS:
+        raise MedTorchInputError(f"the gradient method's norm must be one of {', '.join(GRADIENT_NORMS)}, got {norm!r}",
+                                 "use 'l2' (least squares) or 'l1' (robust)")
+    if not edge_weight >= 0 or not l1_rho > 0:
+        raise MedTorchInputError(f"edge_weight must be >= 0 and l1_rho > 0, got {edge_weight}, {l1_rho}",
+                                 "use e.g. edge_weight 0, l1_rho 30")
+    if norm == "l1" and int(box_iterations) < 1:
+        raise MedTorchInputError("the l1 reconstruction is iterative: box_iterations must be at least 1",
+                                 "use e.g. box_iterations 30")
     if base_image is not None and base_image.shape != a.shape:
         raise MedTorchInputError(f"the base image's shape {tuple(base_image.shape)} differs from {tuple(a.shape)}",
                                  "give a base image of the sources' shape")
@@ -166,6 +209,19 @@ def fuse_gradient(
     del diff
     report(progress, cancel, 0.6, "screened Poisson solve (FFT)")
     base = torch.maximum(x[0], x[1]) if base_image is None else x[2]
+    shape = [sizes[d] for d in axes]
+    info: dict[str, object] = {"lam": float(lam), "window": r, "pad": int(pad), "box_iterations": int(box_iterations),
+                               "rho": float(rho), "second_weight": float(second_weight), "norm": norm}
+    if norm == "l1":
+        targets = torch.stack([torch.where(take_a, g[0], g[1]) for g in grads])
+        del grads
+        out = _solve_l1(targets, base, kernels, axes, shape, float(lam), float(rho), float(l1_rho),
+                        float(edge_weight), int(box_iterations), progress, cancel)
+        info.update({"edge_weight": float(edge_weight), "l1_rho": float(l1_rho)})
+        for d, p in pads.items():
+            out = out.narrow(d, p, a.shape[d])
+        report(progress, cancel, 1.0, "gradient-domain fusion done")
+        return out.to(a.dtype).contiguous(), info
     num = torch.fft.rfftn(base, dim=axes) * float(lam)
     den = torch.full_like(kernels[0].real, float(lam))
     for k, g in zip(kernels, grads):
@@ -173,7 +229,6 @@ def fuse_gradient(
         num += k.conj() * torch.fft.rfftn(target, dim=axes)
         den = den + (k * k.conj()).real
     del grads
-    shape = [sizes[d] for d in axes]
     out = torch.fft.irfftn(num / den, s=shape, dim=axes)
     n_box = int(box_iterations)
     if n_box:
@@ -192,6 +247,82 @@ def fuse_gradient(
     for d, p in pads.items():
         out = out.narrow(d, p, a.shape[d])
     report(progress, cancel, 1.0, "gradient-domain fusion done")
-    return out.to(a.dtype).contiguous(), {"lam": float(lam), "window": r, "pad": int(pad),
-                                          "box_iterations": n_box, "rho": float(rho),
-                                          "second_weight": float(second_weight)}
+    return out.to(a.dtype).contiguous(), info
+
+
+def _sobel_weights(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[n, 1, 3, ...]`` convolution weights of the normalised Sobel derivatives of :func:`_transfer`
+    along each of ``n`` axes (correlation taps ``[-1, 0, 1] / 2`` along the axis, ``[1, 2, 1] / 4``
+    along the others)."""
+    diff = torch.tensor([-0.5, 0.0, 0.5], dtype=dtype, device=device)
+    smooth = torch.tensor([0.25, 0.5, 0.25], dtype=dtype, device=device)
+    out = []
+    for k in range(n):
+        w = torch.ones([1] * n, dtype=dtype, device=device)
+        for j in range(n):
+            taps = (diff if j == k else smooth).reshape([3 if i == j else 1 for i in range(n)])
+            w = w * taps
+        out.append(w)
+    return torch.stack(out)[:, None]
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """Circular correlation of ``x`` (``[c, *spatial]``) with ``weight``; ``transpose`` applies its adjoint."""
+    import torch.nn.functional as nnf
+
+    n = x.ndim - 1
+    xp = nnf.pad(x[None], (1, 1) * n, mode="circular")
+    conv = (nnf.conv1d, nnf.conv2d, nnf.conv3d)[n - 1]
+    if transpose:  # sum_k S_k^T x_k: correlation with the flipped taps, channels summed
+        return conv(xp, torch.flip(weight, list(range(2, 2 + n))).transpose(0, 1))[0, 0]
+    return conv(xp, weight)[0]
+
+
+def _solve_l1(targets: torch.Tensor, base: torch.Tensor, kernels: list[torch.Tensor], axes: list[int],
+              shape: list[int], lam: float, rho: float, l1_rho: float, edge_weight: float, iterations: int,
+              progress: ProgressCallback | None, cancel: CancelToken | None) -> torch.Tensor:
+    """``argmin_F sum_v w_v |S F - T|_v + lam/2 ||F - F_0||^2`` subject to ``0 <= F <= 1``, by ADMM.
+
+    Splits ``D = S F - T`` (its proximal step shrinks each mismatch vector's length by
+    ``w_v / l1_rho``, the group soft threshold) and ``Z = F`` (clipped to [0, 1]); the
+    ``F`` step is one Fourier-diagonal solve of ``(lam + l1_rho S^T S + rho) F = ...``, its
+    right-hand side built in the image domain (the Sobel operators as circular correlations,
+    which is what the Fourier transfer functions are). ``w_v = (|T_v| / mean |T|) ** edge_weight``.
+    Returns ``Z``.
+    """
+    # float32: 30 iterations settle far above its rounding, and each FFT costs half the float64 one
+    out_dtype = base.dtype
+    out_shape = base.shape
+    targets = targets.float()
+    base = base.float()
+    energy = torch.stack([(k * k.conj()).real for k in kernels]).sum(0)
+    den = (lam + rho + l1_rho * energy).float()
+    # the Sobel operators as circular correlations over the solved axes (what the transfer functions are)
+    grid = [base.shape[d] for d in axes]
+    base = base.reshape(grid)
+    targets = targets.reshape([len(axes)] + grid)
+    weights = _sobel_weights(len(axes), base.dtype, base.device)
+    dims = list(range(len(axes)))
+    den = den.reshape([den.shape[d] for d in axes])
+    const = base * lam + l1_rho * _conv(targets, weights, True)
+    if edge_weight > 0:
+        length = torch.sqrt((targets * targets).sum(0))
+        weight = (length / length.mean().clamp_min(1e-12)).pow(edge_weight) / l1_rho
+    else:
+        weight = torch.full_like(base, 1.0 / l1_rho)
+    d_ = torch.zeros_like(targets)
+    u1 = torch.zeros_like(targets)
+    z = base.clamp(0.0, 1.0)
+    u2 = torch.zeros_like(z)
+    for it in range(iterations):
+        if it % 5 == 0:
+            report(progress, cancel, 0.6 + 0.4 * it / iterations, f"robust (l1) reconstruction, ADMM iteration {it + 1}")
+        rhs = const + l1_rho * _conv(d_ - u1, weights, True) + rho * (z - u2)
+        f = torch.fft.irfftn(torch.fft.rfftn(rhs, dim=dims) / den, s=shape, dim=dims)
+        v = _conv(f[None], weights, False).sub_(targets).add_(u1)
+        length = torch.sqrt((v * v).sum(0)).clamp_min_(1e-12)
+        d_ = v * (1.0 - weight / length).clamp_min_(0.0)
+        u1 = v.sub_(d_)
+        z = (f + u2).clamp_(0.0, 1.0)
+        u2 = u2.add_(f).sub_(z)
+    return z.reshape(out_shape).to(out_dtype)
