@@ -63,6 +63,7 @@ import numpy as np
 
 from medtorch.errors import Cancelled, MedTorchInputError
 from medtorch.ops.registration import Mode
+from medtorch.optional import installed_version, itk_with
 from medtorch.progress import (
     CancelToken,
     ProgressCallback,
@@ -548,27 +549,12 @@ def load_elastix() -> Any:
 
     The first call loads ITK's and elastix's libraries (seconds); later calls are free.
     """
-    try:
-        import itk
-    except ImportError as exc:
-        raise MedTorchInputError("itk-elastix is not installed", "pip install itk-elastix") from exc
-    try:
-        itk.ElastixRegistrationMethod  # noqa: B018 - triggers the lazy load
-        itk.ParameterObject  # noqa: B018
-    except AttributeError as exc:
-        raise MedTorchInputError("itk-elastix is not installed (itk is, without elastix)",
-                                 "pip install itk-elastix") from exc
-    return itk
+    return itk_with("itk-elastix", ("ElastixRegistrationMethod", "ParameterObject"), "pip install itk-elastix")
 
 
 def elastix_version() -> str:
     """The installed itk-elastix version, or ``"not installed"``."""
-    try:
-        from importlib.metadata import version
-
-        return version("itk-elastix")
-    except Exception:  # noqa: BLE001 - metadata missing
-        return "not installed"
+    return installed_version("itk-elastix")
 
 
 def elastix_parameter_maps(mode: str, seed: int = 0) -> list[dict[str, list[str]]]:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medtorch.errors import MedTorchInputError
+from medtorch.optional import installed_version, itk_with
 
 __all__ = ["load_growcut", "fast_growcut", "growcut_version"]
 
@@ -29,26 +30,12 @@ def load_growcut() -> Any:
     """``itk`` with FastGrowCut loaded; :class:`MedTorchInputError` when itk-growcut is missing.
 
     The first call loads ITK's libraries (seconds); later calls are free."""
-    try:
-        import itk
-    except ImportError as exc:
-        raise MedTorchInputError("FastGrowCut (itk-growcut) is not installed", INSTALL_FIX) from exc
-    try:
-        itk.FastGrowCut  # noqa: B018 - triggers the lazy load
-    except AttributeError as exc:
-        raise MedTorchInputError("FastGrowCut (itk-growcut) is not installed (itk is, without it)",
-                                 INSTALL_FIX) from exc
-    return itk
+    return itk_with("FastGrowCut (itk-growcut)", ("FastGrowCut",), INSTALL_FIX)
 
 
 def growcut_version() -> str:
     """The installed itk-growcut version, or ``"not installed"``."""
-    try:
-        from importlib.metadata import version
-
-        return version("itk-growcut")
-    except Exception:  # noqa: BLE001 - metadata missing
-        return "not installed"
+    return installed_version("itk-growcut")
 
 
 def fast_growcut(image: np.ndarray, seeds: np.ndarray, spacing_zyx: Sequence[float], pad: int = 2) -> np.ndarray:
