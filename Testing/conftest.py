@@ -40,3 +40,18 @@ def scene(headless_slicer):
     slicer_testbed.reset_scene()
     yield slicer.mrmlScene
     slicer_testbed.reset_scene()
+
+
+@pytest.fixture
+def without_itk(monkeypatch):
+    """Imports of ``itk`` (and its submodules) fail, as where no ITK wheel is installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_itk(name, *args, **kwargs):
+        if name == "itk" or name.startswith("itk."):
+            raise ImportError("No module named 'itk'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_itk)

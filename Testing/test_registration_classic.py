@@ -204,17 +204,7 @@ def test_bad_input_messages(rigid_case):
         register_sitk(rigid_case.fixed, const, "rigid")
 
 
-def test_missing_elastix_is_a_clear_error(monkeypatch, rigid_case):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "itk" or name.startswith("itk."):
-            raise ImportError("No module named 'itk'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_missing_elastix_is_a_clear_error(without_itk, rigid_case):
     with pytest.raises(MedTorchInputError, match="itk-elastix is not installed") as err:
         register_elastix(rigid_case.fixed, rigid_case.moving, "rigid")
     assert "pip install itk-elastix" in str(err.value)

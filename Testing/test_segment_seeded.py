@@ -456,17 +456,7 @@ def test_a_dark_cavity_inside_the_tumor_is_taken_with_the_growcut_rule():
     assert "growcut_cavity" in with_rule.seconds
 
 
-def test_the_growcut_rule_without_itk_growcut_is_a_clear_error(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_itk(name, *args, **kwargs):
-        if name == "itk" or name.startswith("itk."):
-            raise ImportError("No module named 'itk'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_itk)
+def test_the_growcut_rule_without_itk_growcut_is_a_clear_error(without_itk):
     img, seeds, _, _ = _cavity_at_the_brain_edge()
     with pytest.raises(MedTorchInputError) as exc:
         seeded_segment(img, seeds, SeededOptions(growcut_cavity=True))
