@@ -70,11 +70,14 @@ def node_combo(name: str, param: str, tooltip: str, node_types: list[str], optio
                   noneDisplay="Create new" if optional else "None", renameEnabled=True)
 
 
-def form(rows: list[tuple[str, str]]) -> str:
-    """rows: (label xml, field xml) pairs; label xml may be '' for a full-width field."""
+def form(rows: list[tuple[str | None, str]]) -> str:
+    """rows: (label xml, field xml) pairs; label xml may be '' for a full-width field, or None for a
+    field in the field column with nothing beside it."""
     out = ['<layout class="QFormLayout">']
     for r, (lab, field) in enumerate(rows):
-        if lab:
+        if lab is None:
+            out.append(f'<item row="{r}" column="1">{field}</item>')
+        elif lab:
             out.append(f'<item row="{r}" column="0">{lab}</item><item row="{r}" column="1">{field}</item>')
         else:
             out.append(f'<item row="{r}" column="0" colspan="2">{field}</item>')
@@ -82,7 +85,12 @@ def form(rows: list[tuple[str, str]]) -> str:
     return "".join(out)
 
 
-def section(name: str, title: str, tooltip: str, rows: list[tuple[str, str]], collapsed: bool = False) -> str:
+def hbox(name: str, widgets: list[str]) -> str:
+    """A horizontal row of widgets (e.g. buttons side by side in a form's field column)."""
+    return f'<layout class="QHBoxLayout" name="{name}">' + "".join(f"<item>{w}</item>" for w in widgets) + "</layout>"
+
+
+def section(name: str, title: str, tooltip: str, rows: list[tuple[str | None, str]], collapsed: bool = False) -> str:
     return (f'<widget class="ctkCollapsibleButton" name="{name}">{prop("toolTip", tooltip)}{prop("text", title)}'
             f'{prop("collapsed", collapsed)}{form(rows)}</widget>')
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ui.common import SCALAR, apply_button, document, label, node_combo, request_items, section, status_label, widget
+from ui.common import (SCALAR, QtSet, apply_button, document, hbox, label, node_combo, request_items, section,
+                       status_label, widget)
 
 from medtorch.ops.segmentation import SeededRequest
 
@@ -93,11 +94,22 @@ def build() -> str:
     model = section("modelCollapsibleButton", "Model", "A trained segmentation model, offline", [
         (label("modelPathLabel", "Model:", "Trained model"),
          widget("QLineEdit", "modelPathLineEdit",
-                "Path of a MONAI bundle folder, a TorchScript file or an nnU-Net v2 model folder (never downloaded); "
-                "the input volumes are its channels, in its order", "modelPath", text="")),
+                "The name of an installed model (see Installed models), or the path of a MONAI bundle folder, a "
+                "TorchScript file or an nnU-Net v2 model folder (never downloaded); the input volumes are its channels, "
+                "in its order", "modelPath", text="")),
         (label("ttaLabel", "Flip augmentation:", "Test-time augmentation"),
          widget("QCheckBox", "ttaCheckBox", "Average the prediction over flips (4 times slower, often more accurate)",
                 "testTimeAugmentation", text="")),
+        (label("installedModelLabel", "Installed models:", "Models installed on this computer (medtorch models list)"),
+         widget("QComboBox", "installedModelComboBox",
+                "Choose an installed model to segment with: its name becomes the model above. Each model shows its "
+                "input channels, in order")),
+        (None, hbox("modelButtonsLayout", [
+            widget("QPushButton", "importModelButton",
+                   "Install a model pack (.zip) from a file: every hash is checked and its license is shown for your "
+                   "agreement (no network needed)", text="Import model pack..."),
+            widget("QPushButton", "removeModelButton", "Remove the chosen installed model from this computer",
+                   text="Remove model")])),
     ], collapsed=True)
     nodules = section("nodulesCollapsibleButton", "Lung nodules", "Nodule detection in a chest CT", [
         (label("minNoduleLabel", "Smallest diameter:", "Smallest nodule found"),
@@ -134,6 +146,38 @@ def build() -> str:
                 "auto: $MEDTORCH_DEVICE if set, else CUDA GPU, then Apple MPS, then CPU; or force cpu, cuda or mps",
                 "device", items=["auto", "cpu", "cuda", "mps"])),
     ], collapsed=True)
+    export = section("exportCollapsibleButton", "Export to DICOM",
+                     "Write the segmentation as DICOM (SEG or RTSTRUCT) referencing the input volume's DICOM series", [
+        (label("exportSegmentationLabel", "Segmentation:", "The segmentation to export"),
+         widget("qMRMLNodeComboBox", "exportSegmentationSelector",
+                "The segmentation to export (None: the output segmentation). It is written on the grid of the input "
+                "volume, the volume it was made on", "dicomSegmentation", nodeTypes=["vtkMRMLSegmentationNode"],
+                showChildNodeTypes=False, addEnabled=False, removeEnabled=False, noneEnabled=True,
+                noneDisplay="Output segmentation")),
+        (label("exportAsLabel", "Export as:", "The DICOM object the segmentation is written as"),
+         widget("QComboBox", "exportAsComboBox",
+                "DICOM SEG: the segments as a DICOM Segmentation (PACS, OHIF, research viewers). RTSTRUCT: the segments "
+                "as outlines of an RT Structure Set, for radiotherapy planning systems", "dicomExportAs",
+                items=["DICOM SEG", "RTSTRUCT"])),
+        (label("exportSourceFolderLabel", "Source DICOM folder:",
+               "Only for an input volume not loaded through the DICOM module"),
+         widget("ctkPathLineEdit", "exportSourceFolderLineEdit",
+                "Only needed when the input volume was not loaded through Slicer's DICOM module: the folder holding "
+                "the DICOM files of the series it came from (the export must reference that series)",
+                filters=QtSet("ctkPathLineEdit::Dirs|ctkPathLineEdit::Drives|ctkPathLineEdit::NoDot|"
+                              "ctkPathLineEdit::NoDotDot|ctkPathLineEdit::Readable"))),
+        (label("exportFolderLabel", "Output folder:", "Where the DICOM file is written"),
+         widget("ctkDirectoryButton", "exportFolderButton",
+                "The folder the DICOM files are written to (a new file or sub-folder each time: nothing there is "
+                "replaced). Send them from there to a PACS, or open them in OHIF or another DICOM viewer",
+                caption="Choose the folder for the DICOM export")),
+        ("", widget("QPushButton", "exportDicomButton",
+                    "Write the segmentation as a DICOM SEG or RTSTRUCT file that references the input volume's DICOM "
+                    "series; the file is read back and checked (each segment within half a voxel) before it is kept",
+                    text="Export to DICOM")),
+        ("", widget("QLabel", "exportStatusLabel",
+                    "What the last export wrote, or why nothing was written and what to do", text="", wordWrap=True)),
+    ], collapsed=True)
     return document("SegmentTumor", [inputs, params, seeded, model, nodules, outputs, advanced,
                                      apply_button("Segment with the chosen method into a segmentation, with a volumetry table"),
-                                     status_label()])
+                                     status_label(), export])
