@@ -59,15 +59,19 @@ def default_allocator() -> Iterator[None]:
     """glibc's allocation as an ordinary process has it while timing small images: the fixed
     128 kB mmap threshold above makes every mid-sized tensor a fresh mmap and its page faults, and
     a 256 x 256 gradient fusion took ~0.4 s under it against 0.14-0.2 s in a fresh process. The
-    threshold is raised to glibc's dynamic ceiling on 64-bit (32 MB) inside, and set back after."""
+    threshold is raised to glibc's dynamic ceiling on 64-bit (32 MB) inside, with the trim threshold
+    at twice that as glibc's dynamic mode sets it (else the heap's top is handed back to the OS after
+    every call, and faulted in again), and both are set back after."""
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         yield
         return
-    _LIBC.mallopt(-3, 32 * 1024 * 1024)
+    _LIBC.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+    _LIBC.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
     try:
         yield
     finally:
         _LIBC.mallopt(-3, 128 * 1024)
+        _LIBC.mallopt(-1, 128 * 1024)
 
 
 class PeakRSS:
