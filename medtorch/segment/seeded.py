@@ -892,15 +892,23 @@ def _outside_background_hull(seed_index: np.ndarray, n_classes: int, spacing_zyx
     normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
     margin_mm = float(margin) * (3.0 * hull.volume / (4.0 * np.pi)) ** (1.0 / 3.0)
 
-    def beyond(x: np.ndarray) -> np.ndarray:  # how far outside the hull (a lower bound; <= 0 inside)
-        return (x @ normals.T + offsets).max(axis=1)
+    def beyond(x: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """How far outside the hull (a lower bound; <= 0 inside), in chunks: one product of all the
+        points with all the facets made a [points, facets] array of ~0.3 GB on a large tumor's
+        region and took 1.6 s, chunked in float32 0.05 s (float32 is ~1e-4 mm off at 200 mm)."""
+        n, d = normals.T.astype(dtype), offsets.astype(dtype)
+        x = x.astype(dtype)
+        out = np.empty(len(x), dtype)
+        for i in range(0, len(x), 16384):
+            out[i:i + 16384] = (x[i:i + 16384] @ n + d).max(axis=1)
+        return out
 
     if np.any(beyond(tumor * sp) > 0):
         return None
     f = [max(1, int(round(step_mm / s))) for s in sp]
     centres = np.stack(np.meshgrid(*(np.arange(0, n, b) + (b - 1) / 2.0 for n, b in zip(seed_index.shape, f)),
                                    indexing="ij"), -1)
-    coarse = (beyond(centres.reshape(-1, 3) * sp) > margin_mm).reshape(centres.shape[:3])
+    coarse = (beyond(centres.reshape(-1, 3) * sp, np.float32) > margin_mm).reshape(centres.shape[:3])
     out = np.repeat(np.repeat(np.repeat(coarse, f[0], 0), f[1], 1), f[2], 2)
     out = out[: seed_index.shape[0], : seed_index.shape[1], : seed_index.shape[2]]
     return out if out.any() else None
