@@ -85,6 +85,32 @@ def form(rows: list[tuple[str | None, str]]) -> str:
     return "".join(out)
 
 
+def dicom_source_folder_row(why: str) -> tuple[str, str]:
+    """The Export to DICOM sections' source-folder row; ``why`` ends its tooltip (what the series is for)."""
+    return (label("exportSourceFolderLabel", "Source DICOM folder:",
+                  "Only for an input volume not loaded through the DICOM module"),
+            widget("ctkPathLineEdit", "exportSourceFolderLineEdit",
+                   "Only needed when the input volume was not loaded through Slicer's DICOM module: the folder holding "
+                   f"the DICOM files of the series it came from ({why})",
+                   filters=QtSet("ctkPathLineEdit::Dirs|ctkPathLineEdit::Drives|ctkPathLineEdit::NoDot|"
+                                 "ctkPathLineEdit::NoDotDot|ctkPathLineEdit::Readable")))
+
+
+def dicom_export_rows(written: str, button_tooltip: str) -> list[tuple[str | None, str]]:
+    """The Export to DICOM sections' last rows: output folder, the export button, its status line.
+    ``written``: what one export writes ("file", "series")."""
+    return [
+        (label("exportFolderLabel", "Output folder:", f"Where the DICOM {written} is written"),
+         widget("ctkDirectoryButton", "exportFolderButton",
+                "The folder the DICOM files are written to (a new file or sub-folder each time: nothing there is "
+                "replaced). Send them from there to a PACS, or open them in OHIF or another DICOM viewer",
+                caption="Choose the folder for the DICOM export")),
+        ("", widget("QPushButton", "exportDicomButton", button_tooltip, text="Export to DICOM")),
+        ("", widget("QLabel", "exportStatusLabel",
+                    "What the last export wrote, or why nothing was written and what to do", text="", wordWrap=True)),
+    ]
+
+
 def hbox(name: str, widgets: list[str]) -> str:
     """A horizontal row of widgets (e.g. buttons side by side in a form's field column)."""
     return f'<layout class="QHBoxLayout" name="{name}">' + "".join(f"<item>{w}</item>" for w in widgets) + "</layout>"

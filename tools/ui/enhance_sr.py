@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ui.common import SCALAR, QtSet, apply_button, document, label, node_combo, request_items, section, status_label, widget
+from ui.common import (SCALAR, apply_button, dicom_export_rows, dicom_source_folder_row, document, label, node_combo,
+                       request_items, section, status_label, widget)
 
 from medtorch.ops.enhance import DenoiseRequest, SuperresRequest
 
@@ -121,13 +122,7 @@ def build() -> str:
     ])
     export = section("exportCollapsibleButton", "Export to DICOM",
                      "Write the output volume as a new DICOM series derived from the input's DICOM series", [
-        (label("exportSourceFolderLabel", "Source DICOM folder:",
-               "Only for an input volume not loaded through the DICOM module"),
-         widget("ctkPathLineEdit", "exportSourceFolderLineEdit",
-                "Only needed when the input volume was not loaded through Slicer's DICOM module: the folder holding "
-                "the DICOM files of the series it came from (the new series joins its patient and study)",
-                filters=QtSet("ctkPathLineEdit::Dirs|ctkPathLineEdit::Drives|ctkPathLineEdit::NoDot|"
-                              "ctkPathLineEdit::NoDotDot|ctkPathLineEdit::Readable"))),
+        dicom_source_folder_row("the new series joins its patient and study"),
         (label("exportPatientIdLabel", "Patient ID:", "For an input without a DICOM source"),
          widget("QLineEdit", "exportPatientIdLineEdit",
                 "Only for an input without a DICOM source (not loaded through the DICOM module, no source folder "
@@ -138,17 +133,9 @@ def build() -> str:
                 "auto: the modality of the input's DICOM series. For an input without a DICOM source choose CT or MR: "
                 "the series is written as CT or MR images, which PACS and viewers show with their 3D geometry",
                 "dicomModality", items=["auto", "CT", "MR"])),
-        (label("exportFolderLabel", "Output folder:", "Where the DICOM series is written"),
-         widget("ctkDirectoryButton", "exportFolderButton",
-                "The folder the DICOM files are written to (a new file or sub-folder each time: nothing there is "
-                "replaced). Send them from there to a PACS, or open them in OHIF or another DICOM viewer",
-                caption="Choose the folder for the DICOM export")),
-        ("", widget("QPushButton", "exportDicomButton",
-                    "Write the output volume as a new DICOM series, in the patient and study of the input's DICOM "
-                    "series; it is read back and checked (corners within half a voxel, values) before it is kept",
-                    text="Export to DICOM")),
-        ("", widget("QLabel", "exportStatusLabel",
-                    "What the last export wrote, or why nothing was written and what to do", text="", wordWrap=True)),
+        *dicom_export_rows("series", "Write the output volume as a new DICOM series, in the patient and study of the "
+                           "input's DICOM series; it is read back and checked (corners within half a voxel, values) "
+                           "before it is kept"),
     ], collapsed=True)
     return document("EnhanceSR", [inputs, params, sr, selfsup, enh, outputs,
                                   apply_button("Enhance the input volume into a new volume"), status_label(), export])

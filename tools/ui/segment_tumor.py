@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ui.common import (SCALAR, QtSet, apply_button, document, hbox, label, node_combo, request_items, section,
-                       status_label, widget)
+from ui.common import (SCALAR, apply_button, dicom_export_rows, dicom_source_folder_row, document, hbox, label,
+                       node_combo, request_items, section, status_label, widget)
 
 from medtorch.ops.segmentation import SeededRequest
 
@@ -159,24 +159,10 @@ def build() -> str:
                 "DICOM SEG: the segments as a DICOM Segmentation (PACS, OHIF, research viewers). RTSTRUCT: the segments "
                 "as outlines of an RT Structure Set, for radiotherapy planning systems", "dicomExportAs",
                 items=["DICOM SEG", "RTSTRUCT"])),
-        (label("exportSourceFolderLabel", "Source DICOM folder:",
-               "Only for an input volume not loaded through the DICOM module"),
-         widget("ctkPathLineEdit", "exportSourceFolderLineEdit",
-                "Only needed when the input volume was not loaded through Slicer's DICOM module: the folder holding "
-                "the DICOM files of the series it came from (the export must reference that series)",
-                filters=QtSet("ctkPathLineEdit::Dirs|ctkPathLineEdit::Drives|ctkPathLineEdit::NoDot|"
-                              "ctkPathLineEdit::NoDotDot|ctkPathLineEdit::Readable"))),
-        (label("exportFolderLabel", "Output folder:", "Where the DICOM file is written"),
-         widget("ctkDirectoryButton", "exportFolderButton",
-                "The folder the DICOM files are written to (a new file or sub-folder each time: nothing there is "
-                "replaced). Send them from there to a PACS, or open them in OHIF or another DICOM viewer",
-                caption="Choose the folder for the DICOM export")),
-        ("", widget("QPushButton", "exportDicomButton",
-                    "Write the segmentation as a DICOM SEG or RTSTRUCT file that references the input volume's DICOM "
-                    "series; the file is read back and checked (each segment within half a voxel) before it is kept",
-                    text="Export to DICOM")),
-        ("", widget("QLabel", "exportStatusLabel",
-                    "What the last export wrote, or why nothing was written and what to do", text="", wordWrap=True)),
+        dicom_source_folder_row("the export must reference that series"),
+        *dicom_export_rows("file", "Write the segmentation as a DICOM SEG or RTSTRUCT file that references the input "
+                           "volume's DICOM series; the file is read back and checked (each segment within half a voxel) "
+                           "before it is kept"),
     ], collapsed=True)
     return document("SegmentTumor", [inputs, params, seeded, model, nodules, outputs, advanced,
                                      apply_button("Segment with the chosen method into a segmentation, with a volumetry table"),
