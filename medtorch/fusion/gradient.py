@@ -302,8 +302,7 @@ def sobel_circular_adjoint(v: torch.Tensor) -> torch.Tensor:
 
 def _solve_l1(targets: torch.Tensor, base: torch.Tensor, kernels: list[torch.Tensor], axes: list[int],
               shape: list[int], lam: float, rho: float, l1_rho: float, edge_weight: float, iterations: int,
-              progress: ProgressCallback | None, cancel: CancelToken | None,
-              relax: float | None = None) -> torch.Tensor:
+              progress: ProgressCallback | None, cancel: CancelToken | None) -> torch.Tensor:
     """``argmin_F sum_v w_v |S F - T|_v + lam/2 ||F - F_0||^2`` subject to ``0 <= F <= 1``, by ADMM.
 
     Splits ``D = S F - T`` (its proximal step shrinks each mismatch vector's length by
@@ -314,7 +313,7 @@ def _solve_l1(targets: torch.Tensor, base: torch.Tensor, kernels: list[torch.Ten
     Over-relaxed (Boyd et al. 2011, section 3.4.3): each split sees ``relax * new + (1 - relax) *
     previous`` (:data:`L1_RELAXATION`). Returns ``Z``.
     """
-    relax = L1_RELAXATION if relax is None else float(relax)
+    relax = L1_RELAXATION
     # float32: 15-30 iterations settle far above its rounding, and each FFT costs half the float64 one
     out_dtype = base.dtype
     out_shape = base.shape
@@ -346,12 +345,11 @@ def _solve_l1(targets: torch.Tensor, base: torch.Tensor, kernels: list[torch.Ten
         spec = torch.fft.rfftn(rhs, dim=dims).div_(den)
         f = torch.fft.irfftn(spec, s=shape, dim=dims)
         sf = sobel_circular(f).sub_(targets)
-        v = (sf if relax == 1.0 else sf.mul_(relax).add_(d_, alpha=1.0 - relax)).add_(u1)
+        v = sf.mul_(relax).add_(d_, alpha=1.0 - relax).add_(u1)
         shrink = (v * v).sum(0).sqrt_().clamp_min_(1e-12).reciprocal_().mul_(weight).neg_().add_(1.0).clamp_min_(0.0)
         d_ = v * shrink
         u1 = v.sub_(d_)
-        if relax != 1.0:
-            f = f.mul_(relax).add_(z, alpha=1.0 - relax)
+        f = f.mul_(relax).add_(z, alpha=1.0 - relax)
         z = (f + u2).clamp_(0.0, 1.0)
         u2 = u2.add_(f).sub_(z)
     return z.reshape(out_shape).to(out_dtype)
