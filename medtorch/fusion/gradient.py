@@ -69,6 +69,7 @@ training pairs (``benchmarks/fusion/select_gradient.py``); the Harvard benchmark
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -257,6 +258,18 @@ def fuse_gradient(
     return out.to(a.dtype).contiguous(), info
 
 
+def _sobel_padded(fp: torch.Tensor, k: int, shape: Sequence[int], adjoint: bool) -> torch.Tensor:
+    """The normalised Sobel derivative along axis ``k`` of ``fp``, a copy padded by one sample per
+    side on every axis, cropped to ``shape``; ``adjoint``: the derivative taps reversed."""
+    n = len(shape)
+    hi, lo = fp.narrow(k, 2, shape[k]), fp.narrow(k, 0, shape[k])
+    t = lo - hi if adjoint else hi - lo
+    for j in range(n):
+        if j != k:
+            t = t.narrow(j, 0, shape[j]) + t.narrow(j, 2, shape[j]) + 2.0 * t.narrow(j, 1, shape[j])
+    return t.mul_(0.5 * 0.25 ** (n - 1))
+
+
 def sobel_circular(f: torch.Tensor) -> torch.Tensor:
     """``[n, *f.shape]``: the normalised Sobel derivatives of :func:`_transfer` along each of
     ``f``'s ``n`` axes as circular correlations (taps ``[-1, 0, 1] / 2`` along the axis,
@@ -267,17 +280,8 @@ def sobel_circular(f: torch.Tensor) -> torch.Tensor:
     """
     import torch.nn.functional as nnf
 
-    n = f.ndim
-    fp = nnf.pad(f[None, None], (1, 1) * n, mode="circular")[0, 0]
-    out = []
-    for k in range(n):
-        t = fp.narrow(k, 2, f.shape[k]) - fp.narrow(k, 0, f.shape[k])
-        for j in range(n):
-            if j != k:
-                m = f.shape[j]
-                t = t.narrow(j, 0, m) + t.narrow(j, 2, m) + 2.0 * t.narrow(j, 1, m)
-        out.append(t.mul_(0.5 * 0.25 ** (n - 1)))
-    return torch.stack(out)
+    fp = nnf.pad(f[None, None], (1, 1) * f.ndim, mode="circular")[0, 0]
+    return torch.stack([_sobel_padded(fp, k, f.shape, False) for k in range(f.ndim)])
 
 
 def sobel_circular_adjoint(v: torch.Tensor) -> torch.Tensor:
@@ -286,18 +290,10 @@ def sobel_circular_adjoint(v: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as nnf
 
     n = v.ndim - 1
-    out: torch.Tensor | None = None
-    for k in range(n):
-        size = v.shape[k + 1]
-        fp = nnf.pad(v[k][None, None], (1, 1) * n, mode="circular")[0, 0]
-        t = fp.narrow(k, 0, size) - fp.narrow(k, 2, size)
-        for j in range(n):
-            if j != k:
-                m = v.shape[j + 1]
-                t = t.narrow(j, 0, m) + t.narrow(j, 2, m) + 2.0 * t.narrow(j, 1, m)
-        out = t if out is None else out.add_(t)
-    assert out is not None
-    return out.mul_(0.5 * 0.25 ** (n - 1))
+    out = _sobel_padded(nnf.pad(v[0][None, None], (1, 1) * n, mode="circular")[0, 0], 0, v.shape[1:], True)
+    for k in range(1, n):
+        out.add_(_sobel_padded(nnf.pad(v[k][None, None], (1, 1) * n, mode="circular")[0, 0], k, v.shape[1:], True))
+    return out
 
 
 def _solve_l1(targets: torch.Tensor, base: torch.Tensor, kernels: list[torch.Tensor], axes: list[int],
