@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +197,89 @@ def test_split_column_of_cases_csv_overrides_the_rule(tmp_path):
     (tmp_path / "cases.csv").write_text("case_id,split\nX_1,test\n")
     with pytest.raises(ValueError, match="use 'dev' or 'held-out'"):
         read_fixed_split(tmp_path)
+
+
+def _commit_files(repo: Path, files: dict[str, bytes]) -> str:
+    import subprocess
+
+    for rel, data in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(data)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "HOME": str(repo), "PATH": os.environ.get("PATH", "")}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "cases"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env, capture_output=True)
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True, env=env).stdout.strip()
+
+
+def _nii_bytes(tmp: Path, array: np.ndarray, spacing: tuple[float, float, float]) -> bytes:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin((-3.0, 5.0, 7.5))
+    p = tmp / "x.nii.gz"
+    sitk.WriteImage(img, str(p), True)
+    return p.read_bytes()
+
+
+def test_prepare_real_copies_cases_from_git_and_fixes_the_split(tmp_path: Path) -> None:
+    """``benchmarks.segment.prepare_real`` reads each case from the named commit with ``git show``:
+    a float32 label map becomes uint8 on the same grid, other files are byte-identical copies,
+    ``cases.csv`` carries the fixed split, and a Git LFS pointer is refused."""
+    import csv
+
+    import SimpleITK as sitk
+
+    from benchmarks.segment import prepare_real as pr
+
+    rng = np.random.default_rng(0)
+    flair = rng.normal(size=(6, 7, 8)).astype(np.float32)
+    seg = np.zeros((6, 7, 8), np.float32)
+    seg[2:4, 2:5, 3:6] = 2.0
+    seg[3, 3, 4] = 4.0
+    repo = tmp_path / "repo"
+    files = {"d/pat/Flair.nii.gz": _nii_bytes(tmp_path, flair, (1.0, 1.0, 1.0)),
+             "d/pat/T1c.nii.gz": _nii_bytes(tmp_path, flair * 2, (1.0, 1.0, 1.0)),
+             "d/pat/OT.nii.gz": _nii_bytes(tmp_path, seg, (1.0, 1.0, 1.0)),
+             "e/Brats18_X_1/Brats18_X_1_flair.nii.gz": _nii_bytes(tmp_path, flair, (1.0, 1.0, 1.0)),
+             "e/Brats18_X_1/Brats18_X_1_seg.nii.gz": _nii_bytes(tmp_path, seg.astype(np.uint8), (1.0, 1.0, 1.0)),
+             "f/Brats18_Y_1/Brats18_Y_1_flair.nii.gz": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n",
+             "f/Brats18_Y_1/Brats18_Y_1_seg.nii.gz": b"version https://git-lfs.github.com/spec/v1\noid sha256:1\n"}
+    commit = _commit_files(repo, files)
+    dm = ("deepmedic/deepmedic", commit)
+    sources = [pr.Source("BRATS2015_brats_2013_pat0001_1", dm, "d/pat",
+                         {"flair": "Flair.nii.gz", "t1ce": "T1c.nii.gz", "seg": "OT.nii.gz"}, "BRATS 2015",
+                         float_label=True),
+               pr.Source("Brats18_X_1", ("other/repo", commit), "e/Brats18_X_1",
+                         {"flair": "Brats18_X_1_flair.nii.gz", "seg": "Brats18_X_1_seg.nii.gz"}, "BraTS 2018")]
+    out = tmp_path / "out"
+    rows = pr.prepare({"deepmedic/deepmedic": repo, "other/repo": repo}, out, sources)
+    assert [r["split"] for r in rows] == ["dev", "held-out"]
+    assert (out / "BRATS2015_brats_2013_pat0001_1" / "flair.nii.gz").read_bytes() == files["d/pat/Flair.nii.gz"]
+    lab = sitk.ReadImage(str(out / "BRATS2015_brats_2013_pat0001_1" / "seg.nii.gz"))
+    assert lab.GetPixelID() == sitk.sitkUInt8
+    assert lab.GetOrigin() == (-3.0, 5.0, 7.5)
+    assert np.array_equal(sitk.GetArrayFromImage(lab), seg.astype(np.uint8))
+    with open(out / "cases.csv") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert [(r["case_id"], r["split"], r["wt_voxels"]) for r in csv_rows] == [
+        ("BRATS2015_brats_2013_pat0001_1", "dev", str(int((seg > 0).sum()))), ("Brats18_X_1", "held-out", str(int((seg > 0).sum())))]
+    assert "never be committed" in (out / "SOURCES.md").read_text()
+    lfs = [pr.Source("Brats18_Y_1", ("other/repo", commit), "f/Brats18_Y_1",
+                     {"flair": "Brats18_Y_1_flair.nii.gz", "seg": "Brats18_Y_1_seg.nii.gz"}, "BraTS 2018")]
+    with pytest.raises(SystemExit, match="LFS pointer"):
+        pr.prepare({"other/repo": repo}, tmp_path / "out2", lfs)
+
+
+def test_prepare_real_lists_the_benchmark_split() -> None:
+    """The cases it writes are the 19 of ``docs/benchmarks/segment_real.md``: five development, the
+    rest held-out, each once."""
+    from benchmarks.segment import prepare_real as pr
+
+    names = [s.case for s in pr.SOURCES]
+    assert len(names) == len(set(names)) == 19
+    assert set(pr.DEVELOPMENT) <= set(names) and len(pr.DEVELOPMENT) == 5
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "segment_real.md").read_text()
+    assert all(n in doc for n in names)

@@ -10,7 +10,8 @@ Data
 T1, else T1ce. The whole tumor (WT = ``seg > 0``) is segmented, with binary seeds (tumor 1,
 background 2). A ``SOURCES.md`` and a ``cases.csv`` in DIR are read and quoted in the report. The
 data is never copied into the repository: no licence of the cases used here allows redistributing
-them (the report says so).
+them (the report says so). ``python -m benchmarks.segment.prepare_real`` writes the folder the
+reports used, from clones of the three public repositories that hold the cases.
 
 Split (fixed, independent of any result)
 ----------------------------------------
