@@ -54,3 +54,28 @@ def test_head_mask_is_above_a_negative_background():
     a[2:8, 2:8, 2:8] = np.random.default_rng(0).normal(size=(6, 6, 6))
     m = real.head_mask(a)
     assert m[2:8, 2:8, 2:8].all() and not m[0].any()
+
+
+def test_benchmark_fidelity_passes_the_truth_and_flags_a_wrong_output() -> None:
+    """The SR benchmarks' fidelity column (``benchmarks.enhance.data.fidelity``): the thin volume a
+    noisy thick one was made from, re-degraded by the true profile, explains its input (pass);
+    the same output shifted by four thin slices along k does not (warn or fail, and named)."""
+    from scipy import ndimage
+
+    from benchmarks.enhance import data
+    from medtorch.volume import Geometry, Volume
+
+    rng = np.random.default_rng(3)
+    obj = ndimage.gaussian_filter(rng.normal(size=(48, 40, 36)), 2.0).astype(np.float32)
+    obj = (obj - obj.min()) / (obj.max() - obj.min())
+    vol = Volume(obj, Geometry((36, 40, 48), (2.0, -3.0, 1.0), (1.0, 1.0, 1.0), np.eye(3)))
+    thick, thin = data.thick_slices(4, 4.0, volume=vol)
+    noisy = Volume(thick.array + rng.normal(scale=0.01, size=thick.array.shape).astype(np.float32), thick.geometry)
+    good = data.fidelity(noisy, thin.array, 4, 4.0)
+    assert good["verdict"] == "pass", good
+    assert 0.5 < good["rms_over_noise_sigma"] < 1.5
+    bad = data.fidelity(noisy, np.roll(thin.array, 4, axis=0), 4, 4.0)
+    assert bad["verdict"] in ("warn", "fail") and "fidelity_rms" in bad["flagged"], bad
+    assert "error" in data.fidelity(noisy, thin.array[:-4], 4, 4.0)
+    lines = data.fidelity_lines([(["x4", "MedTorch"], bad, -1.0), (["x4", "MedTorch"], good, -0.5)], ["factor", "method"])
+    assert lines[-1].endswith("below cubic B-spline: 2; flagged by the verdict (warn or fail): 1.")

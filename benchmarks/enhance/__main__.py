@@ -187,6 +187,10 @@ def bench_superres(work: Path, factors: list[int], threads: int, crop: int | Non
                     row["psnr"], row["ssim"] = _psnr_ssim(out, thin.array, mask)
                 row.update(seconds=res["seconds"], cpu_seconds=res["cpu_seconds"], peak_mb=res["peak_mb"],
                            info=res["info"])
+                if "psnr" in row:
+                    info = res["info"] or {}
+                    row["fidelity"] = data.fidelity(thick, out, f, info.get("fwhm_mm"),
+                                                    info.get("profile_shape") or "gaussian")
                 _log(f"  {row.get('psnr', float('nan')):.2f} dB in {res['seconds']:.1f} s")
                 if extra["method"] == "selfsup":
                     models[f] = model_path
@@ -383,6 +387,10 @@ def write_report(path: Path, args: argparse.Namespace, env: dict[str, Any], den:
             lines.append(f"| x{t['factor']} | {_fmt(t['bspline'])} | {_fmt(t['selfsup'])} | {t['gain']:+.2f} | "
                          f"+{_fmt(t['target'], 1)} | {'yes' if t['reached'] else '**no**'} | {_fmt(t['seconds'], 1)} | "
                          f"{'yes' if t['in_budget'] else '**no**'} |")
+        gains = {t["factor"]: t["gain"] for t in sr_t}
+        lines += [""] + data.fidelity_lines(
+            [([f"x{r['factor']}", r["method"]], r.get("fidelity"), gains.get(r["factor"]) if r["method"] == SR_SELFSUP else None)
+             for r in sr if "psnr" in r], ["factor", "method"])
         lines.append("")
     if dep:
         lines += [

@@ -74,3 +74,62 @@ def thick_slices(factor: int, fwhm_mm: float | None = None, volume: "object | No
     spacing[2] *= factor
     thick_geom = Geometry((g.size[0], g.size[1], thick.shape[0]), origin, spacing, g.direction)
     return Volume(thick, thick_geom), Volume(thin, thin_geom)
+
+
+def fidelity(thick: "object", out: np.ndarray, factor: int, fwhm_mm: float | None, shape: str = "gaussian") -> dict:
+    """The fidelity summary and verdict a user gets with a super-resolved ``out`` of ``thick``
+    (:func:`medtorch.enhance.fidelity.superres_fidelity` on the output grid of
+    :func:`medtorch.enhance.superres.output_geometry`, :func:`~medtorch.enhance.fidelity.superres_verdict`):
+    ``fwhm_mm`` is the profile the method used (a self-supervised model's own estimate), or
+    ``None`` for the interpolators (estimated from ``thick``, as ``medtorch superres --fidelity-map``
+    does). A box profile is re-degraded with a box as wide as the thick voxel (``fwhm_mm`` 0)."""
+    from medtorch.enhance.fidelity import superres_fidelity, superres_verdict
+    from medtorch.enhance.superres import output_geometry
+    from medtorch.volume import Volume
+
+    g = thick.geometry  # type: ignore[attr-defined]
+    og = output_geometry(g, (1.0, 1.0, float(factor)))
+    if tuple(og.shape_zyx) != tuple(out.shape):
+        return {"error": f"output shape {out.shape} is not the super-resolved grid {og.shape_zyx}"}
+    given = 0.0 if (shape == "box" and fwhm_mm is not None) else fwhm_mm
+    _, summary = superres_fidelity(thick, Volume(np.asarray(out, np.float32), og), fwhm_mm=given,  # type: ignore[arg-type]
+                                   fwhm_source="estimated" if fwhm_mm is not None else None)
+    verdict = superres_verdict(summary)
+    keep = ("rms_over_noise_sigma", "fraction_above_3_sigma", "max_abs_over_noise_sigma", "rms_relative_to_range")
+    return {**{k: summary.get(k) for k in keep}, "verdict": verdict.status,
+            "flagged": [c.name for c in verdict.checks if c.status in ("warn", "fail")]}
+
+
+def fidelity_lines(entries: list, headers: list) -> list:
+    """A Markdown section on the fidelity maps of super-resolved outputs: ``entries`` are
+    ``(label cells, fidelity dict or None, gain over cubic B-spline in dB or None)``; ``headers`` name
+    the label cells. Ends with how many outputs below cubic B-spline the verdict flagged."""
+    from medtorch.enhance.fidelity import SUPERRES_THRESHOLDS as th
+
+    lines = ["## Fidelity map summary (what a user sees)", "",
+             "Each output re-degraded by the slice profile its method used (selfsup: its own estimate; the "
+             "interpolators: the profile estimated from the thick volume, as `medtorch superres --fidelity-map` "
+             "does), minus the thick input, in units of the input's estimated noise sigma "
+             "(`medtorch.enhance.fidelity`), and the verdict on it (`superres_verdict`: RMS warn at "
+             f"{th['fidelity_rms'][0]:g} / fail at {th['fidelity_rms'][1]:g} sigma, voxels beyond 3 sigma warn at "
+             f"{th['fidelity_outliers'][0]:.0%} / fail at {th['fidelity_outliers'][1]:.0%}, largest residual warn at "
+             f"{th['fidelity_peak'][0]:g} sigma). It checks that the output explains its input; it cannot see an error "
+             "that the slice profile used hides (an output sharper than the truth, re-degraded by a profile estimated "
+             "as wide, is consistent with its input).", "",
+             "| " + " | ".join(headers) + " | residual RMS (sigma) | beyond 3 sigma | largest (sigma) | verdict | "
+             "gain over cubic B-spline (dB) |",
+             "| " + " | ".join("---" for _ in headers) + " | ---: | ---: | ---: | --- | ---: |"]
+    below = flagged = 0
+    for cells, fid, gain in entries:
+        if not fid or "error" in fid:
+            lines.append("| " + " | ".join(cells) + f" | {(fid or {}).get('error', 'not computed')} | | | | |")
+            continue
+        v = fid["verdict"] + (f" ({', '.join(fid['flagged'])})" if fid.get("flagged") else "")
+        lines.append("| " + " | ".join(cells) + f" | {fid['rms_over_noise_sigma']:.2f} | "
+                     f"{100 * fid['fraction_above_3_sigma']:.2f} % | {fid['max_abs_over_noise_sigma']:.1f} | {v} | "
+                     + ("-" if gain is None else f"{gain:+.2f}") + " |")
+        if gain is not None and gain < 0:
+            below += 1
+            flagged += fid["verdict"] in ("warn", "fail")
+    lines += ["", f"MedTorch outputs below cubic B-spline: {below}; flagged by the verdict (warn or fail): {flagged}."]
+    return lines

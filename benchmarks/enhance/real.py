@@ -157,6 +157,8 @@ def bench_real(work: Path, volumes: list[tuple[str, str, Path]], threads: int, c
                     info = res["info"] or {}
                     row.update(seconds=res["seconds"], cpu_seconds=res["cpu_seconds"], peak_mb=res["peak_mb"],
                                fwhm_estimate=info.get("fwhm_mm"), shape_estimate=info.get("profile_shape"))
+                    row["fidelity"] = data.fidelity(thick, out, FACTOR, info.get("fwhm_mm"),
+                                                    info.get("profile_shape") or "gaussian")
                     log(f"  {row.get('psnr', float('nan')):.2f} dB in {res['seconds']:.1f} s"
                         + (f", profile {info.get('profile_shape')} {info.get('fwhm_mm')} mm" if info.get("fwhm_mm") else ""))
                 rows.append(row)
@@ -298,6 +300,12 @@ def report(path: Path, root: Path, args: Any, env: dict[str, Any], rows: list[di
                 by_c.setdefault(t["contrast"], []).append(t["gain"])
             lines += ["", "Mean gain over cubic B-spline by contrast: "
                       + "; ".join(f"{c} {np.mean(g):+.2f} dB (min {min(g):+.2f}, n = {len(g)})" for c, g in sorted(by_c.items())) + "."]
+    if rows:
+        gains = {(t["case"], t["contrast"], t["shape"], t["fwhm"]): t["gain"] for t in summ}
+        entries = [([r["case"], r["contrast"], f"{r['shape']} {r['fwhm']:g} mm", r["method"]], r.get("fidelity"),
+                    gains.get((r["case"], r["contrast"], r["shape"], r["fwhm"])) if r["method"] == SELFSUP else None)
+                   for r in rows if "psnr" in r]
+        lines += [""] + data.fidelity_lines(entries, ["case", "contrast", "true profile", "method"])
     if prof:
         lines += ["", "## Slice profile estimate against the truth", "",
                   "The blind path's estimate from the thick volume alone (`medtorch.enhance.slice_profile."
