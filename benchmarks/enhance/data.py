@@ -82,7 +82,7 @@ def fidelity(thick: "object", out: np.ndarray, factor: int, fwhm_mm: float | Non
     :func:`medtorch.enhance.superres.output_geometry`, :func:`~medtorch.enhance.fidelity.superres_verdict`):
     ``fwhm_mm`` is the profile the method used (a self-supervised model's own estimate), or
     ``None`` for the interpolators (estimated from ``thick``, as ``medtorch superres --fidelity-map``
-    does). A box profile is re-degraded with a box as wide as the thick voxel (``fwhm_mm`` 0)."""
+    does); ``shape``: the profile's shape (a box model is re-degraded with its box)."""
     from medtorch.enhance.fidelity import superres_fidelity, superres_verdict
     from medtorch.enhance.superres import output_geometry
     from medtorch.volume import Volume
@@ -91,11 +91,12 @@ def fidelity(thick: "object", out: np.ndarray, factor: int, fwhm_mm: float | Non
     og = output_geometry(g, (1.0, 1.0, float(factor)))
     if tuple(og.shape_zyx) != tuple(out.shape):
         return {"error": f"output shape {out.shape} is not the super-resolved grid {og.shape_zyx}"}
-    given = 0.0 if (shape == "box" and fwhm_mm is not None) else fwhm_mm
-    _, summary = superres_fidelity(thick, Volume(np.asarray(out, np.float32), og), fwhm_mm=given,  # type: ignore[arg-type]
-                                   fwhm_source="estimated" if fwhm_mm is not None else None)
+    _, summary = superres_fidelity(thick, Volume(np.asarray(out, np.float32), og), fwhm_mm=fwhm_mm,  # type: ignore[arg-type]
+                                   fwhm_source="estimated" if fwhm_mm is not None else None,
+                                   profile_shape="box" if shape == "box" else "gaussian")
     verdict = superres_verdict(summary)
-    keep = ("rms_over_noise_sigma", "fraction_above_3_sigma", "max_abs_over_noise_sigma", "rms_relative_to_range")
+    keep = ("rms_over_noise_sigma", "fraction_above_3_sigma", "max_abs_over_noise_sigma", "rms_relative_to_range",
+            "fwhm_over_spacing")
     return {**{k: summary.get(k) for k in keep}, "verdict": verdict.status,
             "flagged": [c.name for c in verdict.checks if c.status in ("warn", "fail")]}
 

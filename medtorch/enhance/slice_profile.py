@@ -49,7 +49,7 @@ def gaussian_profile_kernel(factor: int, fwhm_voxels: float) -> tuple[torch.Tens
 PROFILE_SHAPES = ("gaussian", "box")
 
 
-def _tent_integral(u: np.ndarray) -> np.ndarray:
+def tent_integral(u: np.ndarray) -> np.ndarray:
     """``int_{-inf}^{u} max(0, 1 - |x|) dx``."""
     u = np.clip(u, -1.0, 1.0)
     return np.where(u < 0, 0.5 * (u + 1.0) ** 2, 1.0 - 0.5 * (1.0 - u) ** 2)
@@ -63,7 +63,7 @@ def _box_kernel(factor: int, width_voxels: float) -> tuple[torch.Tensor, int]:
     half = 0.5 * float(width_voxels)
     reach = max(0, int(math.ceil(half - c + 1.0 - 1e-9)) - 1)
     j = np.arange(-reach, f + reach, dtype=np.float64)
-    w = _tent_integral(c + half - j) - _tent_integral(c - half - j)
+    w = tent_integral(c + half - j) - tent_integral(c - half - j)
     return torch.from_numpy(w / w.sum()).to(torch.float32), reach
 
 

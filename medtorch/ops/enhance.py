@@ -172,9 +172,12 @@ def run_superres(request: SuperresRequest, inputs: dict[str, Volume], progress: 
         from medtorch.enhance.fidelity import superres_fidelity, superres_verdict
 
         fwhm, source = request.fwhm_mm, None
+        shape = "box" if request.profile_shape == "box" else "gaussian"
         if trained is not None:  # the profile the model was trained with, given or estimated
             fwhm, source = trained.metadata.get("fwhm_mm"), trained.metadata.get("fwhm_source")
-        fmap, values["fidelity"] = superres_fidelity(vol, out, fwhm, fwhm_source=source, cancel=cancel)
+            shape = "box" if trained.metadata.get("profile_shape") == "box" else "gaussian"
+        fmap, values["fidelity"] = superres_fidelity(vol, out, fwhm, fwhm_source=source, cancel=cancel,
+                                                     profile_shape=shape)
         values["verdict"] = superres_verdict(values["fidelity"]).to_dict()
         if request.fidelity_map:
             volumes["fidelity"] = fmap
