@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from medtorch.segment import geodesic
 from medtorch.segment.metrics import dice
-from medtorch.segment.seeded import seeded_segment
+from medtorch.segment.seeded import SeededOptions, seeded_segment
 from medtorch.segment.threshold import Box
 from medtorch.segment.tumor_phantom import make_tumor_phantom, stroke_seeds, synthetic_tissue
 from medtorch.volume import Geometry, Volume
@@ -191,3 +191,24 @@ def test_strokes_on_one_slice_get_a_region_as_deep_as_it_is_wide(binary_case):
     off = seeded_segment([ph.channels["FLAIR"]], seeds.with_array(flat), SeededOptions(region_aspect=0.0))
     assert dice(on.label.array, t) > dice(off.label.array, t) + 0.1
     assert dice(on.label.array, t) > 0.8
+
+
+def test_a_small_region_is_segmented_on_its_own_voxels() -> None:
+    """A lesion of 6 mm is three cells of the 2 mm grid: a region small enough is computed on its
+    voxels (``full_resolution_voxels``), which recovers the lesion's boundary; forced onto the
+    2 mm grid the same seeds lose much of it."""
+    rng = np.random.default_rng(5)
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    lesion = (zz - 20.3) ** 2 + (yy - 19.6) ** 2 + (xx - 20.2) ** 2 <= 3.2 ** 2
+    img = np.where(lesion, 1.0, 0.4) + rng.normal(scale=0.03, size=lesion.shape)
+    seeds = np.zeros(lesion.shape, np.uint8)
+    seeds[20, 19:21, 19:22] = 1
+    ring = ((yy - 20) ** 2 + (xx - 20) ** 2 >= 9 ** 2) & ((yy - 20) ** 2 + (xx - 20) ** 2 <= 10 ** 2)
+    seeds[(zz == 20) & ring] = 2
+    g = Geometry((40, 40, 40), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), np.eye(3))
+    vol = Volume(img.astype(np.float32), g)
+    sv = Volume(seeds, g, "label")
+    fine = seeded_segment([vol], sv).label.array > 0
+    coarse = seeded_segment([vol], sv, SeededOptions(full_resolution_voxels=0)).label.array > 0
+    assert dice(fine, lesion) >= 0.85
+    assert dice(fine, lesion) > dice(coarse, lesion) + 0.05

@@ -86,6 +86,7 @@ class SeededRequest(Request):
     bandwidth: float = 0.12
     evidence_weight: float = 0.1
     grid_mm: float = 2.0
+    full_resolution_voxels: int = 400_000
     background_hull: bool = True
     hull_margin: float = 0.3
     growcut_cavity: bool = False

@@ -24,9 +24,9 @@ two scales, times 1D densities of the other channels, each weighted by how well 
 the seeds' classes relative to the first channel (Fisher's ratio, at most 1): a channel in
 which the classes look alike adds nothing.
 
-Distances are computed exactly (Dijkstra, 6-connected) on a grid of about ``grid_mm``
-(block means), then interpolated back to the voxel grid (trilinear) where the classes
-compete. Defaults were chosen on the development half of the real-data benchmark
+Distances are computed exactly (Dijkstra, 6-connected) on the region's voxels when it holds
+at most ``full_resolution_voxels`` (a small lesion), else on a grid of about ``grid_mm`` (block
+means), then interpolated back to the voxel grid (trilinear) where the classes compete. Defaults were chosen on the development half of the real-data benchmark
 (``benchmarks/segment/real_bench.py``) and checked on its held-out half.
 """
 
@@ -58,7 +58,11 @@ class GeodesicSettings:
         context_mm: Gaussian sigma (mm) of the first channel's context feature.
         bandwidth: kernel width of the class densities, in units of the seeds' contrast.
         evidence_weight: cost per mm of a voxel's evidence (in nats) against a class.
-        grid_mm: spacing (mm) of the grid the distances are computed on.
+        grid_mm: spacing (mm) of the grid the distances are computed on, for a region of more
+            than ``full_resolution_voxels`` voxels.
+        full_resolution_voxels: a region of at most this many voxels is computed on its own
+            voxels: the coarse grid only bounds the cost, and a small lesion (a few mm across) is
+            only a few cells of it.
     """
 
     smoothing_mm: float = 1.0
@@ -66,6 +70,7 @@ class GeodesicSettings:
     bandwidth: float = 0.12
     evidence_weight: float = 0.1
     grid_mm: float = 2.0
+    full_resolution_voxels: int = 400_000
 
 
 def contrast_normalise(x: np.ndarray, seed_index: np.ndarray, n_classes: int) -> np.ndarray:
@@ -275,7 +280,8 @@ def geodesic_competition(features: Sequence[np.ndarray], seed_index: np.ndarray,
     costs = evidence_costs(dens.log_likelihood(features), settings.evidence_weight)
     if outside is not None and outside.any():  # no tumor class passes there
         costs[: n_classes - 1] += np.float32(_BARRIER_COST) * outside.astype(np.float32)[None]
-    f = coarse_factors(spacing_zyx, settings.grid_mm)
+    small = seed_index.size <= settings.full_resolution_voxels
+    f = (1, 1, 1) if small else coarse_factors(spacing_zyx, settings.grid_mm)
     f0c = _blocks(features[0], f)
     cc = _blocks(costs, f)
     seeds_c = _coarse_seeds(seed_index, n_classes, f)
