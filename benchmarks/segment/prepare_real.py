@@ -1,4 +1,4 @@
-"""Lay out the real brain-tumour cases as ``benchmarks.segment.real_bench --real-dir`` reads them.
+"""Lay out the real brain-tumor cases as ``benchmarks.segment.real_bench --real-dir`` reads them.
 
 ``python -m benchmarks.segment.prepare_real --deepmedic REPO --bioexp REPO --deepbrainseg REPO --out DIR``
 
@@ -10,7 +10,7 @@ Each ``REPO`` is a git repository (a clone, or the bare mirror that the ``fetch`
 at the commits named in :data:`SOURCES` (the files are read from those commits with ``git show``, so
 a newer clone gives the same bytes or fails loudly). ``DIR`` gets ``<case>/{flair,t1,t1ce,t2,seg}.nii.gz``,
 ``cases.csv`` (with the fixed ``split`` column) and ``SOURCES.md``. Every copy is checked: real
-image data (not a Git LFS pointer), FLAIR and label on one grid, a label with tumour voxels.
+image data (not a Git LFS pointer), FLAIR and label on one grid, a label with tumor voxels.
 
 Nothing is downloaded, and nothing written here may be committed: no licence of these cases
 allows redistribution (BraTS 2018 terms give no such right; the BRATS 2015 copies are CC BY-NC-SA).
@@ -71,12 +71,12 @@ SOURCES: tuple[Source, ...] = (
                 "Brats18_TCIA10_637_1")),
 )
 
-SOURCES_MD = """# Sources of the real brain-tumour MRI cases in this folder
+SOURCES_MD = """# Sources of the real brain-tumor MRI cases in this folder
 
 Written by `python -m benchmarks.segment.prepare_real`. Every file came from a snapshot of a public GitHub
 repository (a clone or a bare git mirror; files read with `git show <commit>:<path>`). Nothing else was
 downloaded. Every file was checked: it is real image data, not a Git LFS pointer; flair and seg share one grid
-(240x240x155, 1 mm); seg holds integer labels with > 0 tumour voxels (whole tumour = seg > 0).
+(240x240x155, 1 mm); seg holds integer labels with > 0 tumor voxels (whole tumor = seg > 0).
 
 **Licence status: this data must never be committed or redistributed.** The BraTS 2018 data terms give no
 right to redistribute (the two koriavinash1 repositories below are MIT-licensed as *code*, but that licence
@@ -159,7 +159,7 @@ def prepare(repos: dict[str, Path], out: Path, sources: Sequence[Source] = SOURC
             raise SystemExit(f"{s.case}: FLAIR and label are not on one grid")
         wt = int((sitk.GetArrayViewFromImage(seg) > 0).sum())
         if wt == 0:
-            raise SystemExit(f"{s.case}: the label map has no tumour voxel")
+            raise SystemExit(f"{s.case}: the label map has no tumor voxel")
         rows.append({"case_id": s.case, "split": "dev" if s.case in DEVELOPMENT else "held-out",
                      "source_repo": s.repo[0], "commit": s.repo[1], "path": s.folder,
                      "channels": "+".join(k for k in s.files if k != "seg"), "wt_voxels": str(wt),
