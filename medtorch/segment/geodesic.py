@@ -26,7 +26,8 @@ which the classes look alike adds nothing.
 
 Distances are computed exactly (Dijkstra, 6-connected) on the region's voxels when it holds
 at most ``full_resolution_voxels`` (a small lesion), else on a grid of about ``grid_mm`` (block
-means), then interpolated back to the voxel grid (trilinear) where the classes compete. Defaults were chosen on the development half of the real-data benchmark
+means), then interpolated back to the voxel grid (trilinear) where the classes compete.
+Defaults were chosen on the development half of the real-data benchmark
 (``benchmarks/segment/real_bench.py``) and checked on its held-out half.
 """
 
