@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from medtorch.enhance.noise import NoiseEstimate, estimate_noise, rician_mean, rician_unbias_mean
-from medtorch.enhance.slice_profile import FWHM_TO_SIGMA, estimate_slice_fwhm, tent_integral
+from medtorch.enhance.slice_profile import FWHM_TO_SIGMA, box_weights, estimate_slice_fwhm
 from medtorch.errors import MedTorchInputError
 from medtorch.progress import CancelToken, ProgressCallback, SubProgress, report
 from medtorch.verdict import Verdict
@@ -84,8 +84,7 @@ def profile_weights(centres: np.ndarray, n_out: int, fwhm_voxels: float, width_v
         half = 0.5 * float(fwhm_voxels)
         for k, u in enumerate(c):
             j = np.arange(math.floor(u - half) - 1, math.ceil(u + half) + 2)
-            w = tent_integral(u + half - j) - tent_integral(u - half - j)
-            np.add.at(W[k], _reflect(j, int(n_out)), w / w.sum())
+            np.add.at(W[k], _reflect(j, int(n_out)), box_weights(u, fwhm_voxels, j))
         return W
     if fwhm_voxels > 0:
         sigma = float(fwhm_voxels) * FWHM_TO_SIGMA

@@ -49,10 +49,19 @@ def gaussian_profile_kernel(factor: int, fwhm_voxels: float) -> tuple[torch.Tens
 PROFILE_SHAPES = ("gaussian", "box")
 
 
-def tent_integral(u: np.ndarray) -> np.ndarray:
+def _tent_integral(u: np.ndarray) -> np.ndarray:
     """``int_{-inf}^{u} max(0, 1 - |x|) dx``."""
     u = np.clip(u, -1.0, 1.0)
     return np.where(u < 0, 0.5 * (u + 1.0) ** 2, 1.0 - 0.5 * (1.0 - u) ** 2)
+
+
+def box_weights(centre: float, width: float, j: np.ndarray) -> np.ndarray:
+    """The box slice profile's weights on samples ``j``: a box of ``width`` (samples) centred on
+    ``centre``, over the object taken as linear between the samples (weight ``j`` is the box's
+    integral of the hat function centred on ``j``), normalised to sum 1."""
+    half = 0.5 * float(width)
+    w = _tent_integral(centre + half - j) - _tent_integral(centre - half - j)
+    return w / w.sum()
 
 
 def _box_kernel(factor: int, width_voxels: float) -> tuple[torch.Tensor, int]:
@@ -63,8 +72,7 @@ def _box_kernel(factor: int, width_voxels: float) -> tuple[torch.Tensor, int]:
     half = 0.5 * float(width_voxels)
     reach = max(0, int(math.ceil(half - c + 1.0 - 1e-9)) - 1)
     j = np.arange(-reach, f + reach, dtype=np.float64)
-    w = tent_integral(c + half - j) - tent_integral(c - half - j)
-    return torch.from_numpy(w / w.sum()).to(torch.float32), reach
+    return torch.from_numpy(box_weights(c, width_voxels, j)).to(torch.float32), reach
 
 
 def profile_kernel(factor: int, fwhm_voxels: float, shape: str = "gaussian") -> tuple[torch.Tensor, int]:
